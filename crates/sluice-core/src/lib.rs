@@ -1,1 +1,19 @@
-//! placeholder
+//! The vocabulary every Sluice crate shares, with no I/O: log sequence numbers, change ids,
+//! the change record and its JSON envelope, and the classification of errors into
+//! transient (retry) and definite (stop and tell the operator).
+//!
+//! Invariants:
+//! - A [`ChangeId`] orders exactly like `(commit_lsn, ordinal)`, and its text form
+//!   round-trips through [`ChangeId::from_str`](std::str::FromStr).
+//! - [`ChangeRecord::write_json`] always produces one valid JSON object; row images are
+//!   carried already encoded as JSON objects, so they are spliced, never re-parsed.
+
+mod error;
+mod lsn;
+mod record;
+mod time;
+
+pub use error::{ErrorClass, Hint};
+pub use lsn::{ChangeId, Lsn, ParseError};
+pub use record::{ChangeRecord, LogicalMessage, Op};
+pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

@@ -1,6 +1,19 @@
 //! PostgreSQL side of Sluice: the wire client (startup, auth, TLS, simple queries), the
 //! logical replication stream, the pgoutput decoder, value conversion to the JSON mapping
-//! of the change record, and slot/publication management.
+//! of the change record, transaction assembly, and slot/publication management.
 
+pub mod catalog;
+pub mod changes;
+pub mod conninfo;
+mod error;
 pub mod pgoutput;
+pub mod replication;
+pub mod source;
+mod tls;
 pub mod values;
+pub mod wire;
+
+pub use conninfo::{ConnInfo, SslMode};
+pub use error::{PgError, ServerError};
+pub use source::{Output, SourceConfig, SourceError, SourceStatus, SourceWorker};
+pub use wire::Connection;

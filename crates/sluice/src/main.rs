@@ -1,1 +1,101 @@
-fn main() {}
+//! `sluice`: change data capture from PostgreSQL.
+//!
+//! The binary owns configuration, the command line and supervision: a cancellation token
+//! tree for the workers, signals to stop, a deadline on shutdown, and exit codes
+//! (0 done, 1 failure, 2 bad configuration or a failed preflight).
+
+mod commands;
+mod config;
+mod demo;
+mod sink;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stream PostgreSQL changes, in order, at least once."
+)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `sluice_pg=debug`.
+    #[arg(long, global = true, default_value = "info", env = "SLUICE_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline until interrupted.
+    Run {
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Check the database and the configuration, and say how to fix what is wrong.
+    Check {
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Drop the pipeline's replication slot and publication (nothing else).
+    Teardown {
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Start a throw-away PostgreSQL, write to a demo table, and stream the changes to stdout.
+    Demo {
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => commands::run(&config).await,
+            Command::Check { config } => commands::check(&config).await,
+            Command::Teardown { config } => commands::teardown(&config).await,
+            Command::Demo { seconds } => demo::run(seconds).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

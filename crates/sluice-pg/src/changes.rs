@@ -1,0 +1,751 @@
+//! Turns decoded pgoutput messages into change records: the relation cache (schema changes
+//! are picked up whenever a Relation message arrives), row images as JSON, column
+//! exclusions, transaction boundaries, and streamed in-progress transactions, which are
+//! spilled to disk until their commit.
+//!
+//! Invariants:
+//! - Records come out in commit order with ordinals 1, 2, ... per transaction; a streamed
+//!   transaction's records come out only at its Stream Commit, and never if it aborts
+//!   (aborted subtransactions are left out).
+//! - An unchanged TOAST value is never written as null: it is filled from the old row when
+//!   PostgreSQL sent one (REPLICA IDENTITY FULL), otherwise left out of `after` and named
+//!   in `unchanged_toast`.
+//! - Excluded columns never reach a record.
+//! - Memory does not grow with the size of a transaction: records are handed to the
+//!   caller one at a time, and streamed ones wait on disk.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_core::{pg_epoch_to_unix_micros, ChangeId, ChangeRecord, LogicalMessage, Lsn, Op};
+
+use crate::error::PgError;
+use crate::pgoutput::{self, Message, OldTuple, TupleData, TupleValue};
+use crate::values::{write_json, write_json_string, TypeKind, TypeRegistry};
+
+/// Columns to leave out, by `schema.table`.
+pub type Exclusions = HashMap<String, BTreeSet<String>>;
+
+/// What the caller must do after handing a message to [`Assembler::handle`].
+#[derive(Debug)]
+pub enum Handled {
+    /// Nothing more.
+    Done,
+    /// A transaction committed; everything before `end_lsn` has been emitted.
+    Commit { end_lsn: Lsn },
+    /// The Relation message needs catalog facts first: resolve these type OIDs (and the
+    /// primary key of `primary_key_of`), record them, and hand the same message again.
+    NeedCatalog {
+        types: Vec<u32>,
+        primary_key_of: Option<u32>,
+    },
+    /// A streamed transaction committed: emit its records from the replay, then treat it
+    /// as a commit at `end_lsn`.
+    Replay { replay: Replay, end_lsn: Lsn },
+}
+
+struct Column {
+    name: Arc<str>,
+    /// `"name":` ready to splice into a JSON object.
+    json_key: Box<[u8]>,
+    kind: TypeKind,
+    key: bool,
+    excluded: bool,
+}
+
+struct Relation {
+    schema: Arc<str>,
+    table: Arc<str>,
+    columns: Vec<Column>,
+}
+
+struct Txn {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_ts: i64,
+    ordinal: u32,
+}
+
+/// A record of a streamed transaction waiting on disk for its commit.
+struct Spill {
+    file: BufWriter<std::fs::File>,
+    path: PathBuf,
+    aborted_subxacts: HashSet<u32>,
+    count: u64,
+}
+
+/// Assembles committed transactions out of pgoutput messages.
+pub struct Assembler {
+    relations: HashMap<u32, Relation>,
+    types: TypeRegistry,
+    primary_keys: HashMap<u32, Vec<String>>,
+    exclusions: Exclusions,
+    txn: Option<Txn>,
+    in_stream: bool,
+    stream_xid: u32,
+    spills: HashMap<u32, Spill>,
+    spill_dir: PathBuf,
+}
+
+impl Assembler {
+    /// `spill_dir` holds streamed transactions until they commit; it is emptied here,
+    /// since a restart re-streams anything that was not confirmed.
+    pub fn new(exclusions: Exclusions, spill_dir: PathBuf) -> std::io::Result<Self> {
+        if spill_dir.exists() {
+            std::fs::remove_dir_all(&spill_dir)?;
+        }
+        std::fs::create_dir_all(&spill_dir)?;
+        Ok(Assembler {
+            relations: HashMap::new(),
+            types: TypeRegistry::new(),
+            primary_keys: HashMap::new(),
+            exclusions,
+            txn: None,
+            in_stream: false,
+            stream_xid: 0,
+            spills: HashMap::new(),
+            spill_dir,
+        })
+    }
+
+    /// Forgets transaction state after the connection was lost: the server sends every
+    /// unconfirmed transaction again, with its Relation messages.
+    pub fn reset(&mut self) {
+        self.txn = None;
+        self.in_stream = false;
+        for (_, s) in self.spills.drain() {
+            let _ = std::fs::remove_file(&s.path);
+        }
+        self.relations.clear();
+    }
+
+    /// Whether a transaction is open (received in part, not yet committed).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some() || !self.spills.is_empty()
+    }
+
+    pub fn types_mut(&mut self) -> &mut TypeRegistry {
+        &mut self.types
+    }
+
+    pub fn set_primary_key(&mut self, relation: u32, columns: Vec<String>) {
+        self.primary_keys.insert(relation, columns);
+    }
+
+    /// Handles one pgoutput message that started at `wal_start`; records go to `emit`.
+    pub fn handle(
+        &mut self,
+        wal_start: Lsn,
+        data: &[u8],
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<Handled, PgError> {
+        let msg = pgoutput::decode(data, self.in_stream)?;
+        match msg {
+            Message::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
+                self.txn = Some(Txn {
+                    xid,
+                    commit_lsn: Lsn(final_lsn),
+                    commit_ts,
+                    ordinal: 0,
+                });
+            }
+            Message::Commit { end_lsn, .. } => {
+                self.txn = None;
+                return Ok(Handled::Commit {
+                    end_lsn: Lsn(end_lsn),
+                });
+            }
+            Message::Origin { .. } => {}
+            Message::Type { .. } => {}
+            Message::Relation(rel) => return self.relation(rel),
+            Message::Insert { xid, relation, new } => {
+                let rel = self.relation_of(relation)?;
+                let mut unchanged = Vec::new();
+                let after = row_json(rel, &new, false, None, &mut unchanged)?;
+                let key = key_json(rel, &new)?;
+                self.change(
+                    xid,
+                    wal_start,
+                    Op::Insert,
+                    relation,
+                    Some(key),
+                    None,
+                    Some(after),
+                    unchanged,
+                    emit,
+                )?;
+            }
+            Message::Update {
+                xid,
+                relation,
+                old,
+                new,
+            } => {
+                let rel = self.relation_of(relation)?;
+                let mut unchanged = Vec::new();
+                let (before, full_old) = match &old {
+                    Some(OldTuple::Full(t)) => (
+                        Some(row_json(rel, t, false, None, &mut Vec::new())?),
+                        Some(t),
+                    ),
+                    Some(OldTuple::Key(t)) => {
+                        (Some(row_json(rel, t, true, None, &mut Vec::new())?), None)
+                    }
+                    None => (None, None),
+                };
+                let after = row_json(rel, &new, false, full_old, &mut unchanged)?;
+                let key = key_json(rel, &new)?;
+                self.change(
+                    xid,
+                    wal_start,
+                    Op::Update,
+                    relation,
+                    Some(key),
+                    before,
+                    Some(after),
+                    unchanged,
+                    emit,
+                )?;
+            }
+            Message::Delete { xid, relation, old } => {
+                let rel = self.relation_of(relation)?;
+                let (before, tuple) = match &old {
+                    OldTuple::Full(t) => (row_json(rel, t, false, None, &mut Vec::new())?, t),
+                    OldTuple::Key(t) => (row_json(rel, t, true, None, &mut Vec::new())?, t),
+                };
+                let key = key_json(rel, tuple)?;
+                self.change(
+                    xid,
+                    wal_start,
+                    Op::Delete,
+                    relation,
+                    Some(key),
+                    Some(before),
+                    None,
+                    Vec::new(),
+                    emit,
+                )?;
+            }
+            Message::Truncate { xid, relations, .. } => {
+                for relation in relations {
+                    self.relation_of(relation)?;
+                    self.change(
+                        xid,
+                        wal_start,
+                        Op::Truncate,
+                        relation,
+                        None,
+                        None,
+                        None,
+                        Vec::new(),
+                        emit,
+                    )?;
+                }
+            }
+            Message::Message {
+                xid,
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                let message = LogicalMessage {
+                    prefix: prefix.to_owned(),
+                    content: content.to_vec(),
+                    transactional,
+                };
+                if transactional {
+                    self.emit_or_spill(
+                        xid,
+                        Lsn(lsn),
+                        Op::Message,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Vec::new(),
+                        Some(message),
+                        emit,
+                    )?;
+                } else {
+                    // Outside any transaction: its own position is its identity.
+                    emit(ChangeRecord {
+                        id: ChangeId {
+                            commit_lsn: Lsn(lsn),
+                            ordinal: 0,
+                        },
+                        op: Op::Message,
+                        schema: "".into(),
+                        table: "".into(),
+                        key: None,
+                        before: None,
+                        after: None,
+                        unchanged_toast: Vec::new(),
+                        lsn: Lsn(lsn),
+                        commit_lsn: Lsn(lsn),
+                        commit_ts_micros: pg_epoch_to_unix_micros(
+                            crate::replication::pg_now_micros(),
+                        ),
+                        xid: xid.unwrap_or(0),
+                        message: Some(message),
+                    });
+                }
+            }
+            Message::StreamStart { xid, .. } => {
+                self.in_stream = true;
+                self.stream_xid = xid;
+                if !self.spills.contains_key(&xid) {
+                    let path = self.spill_dir.join(format!("{xid}.spill"));
+                    let file = BufWriter::with_capacity(256 * 1024, std::fs::File::create(&path)?);
+                    self.spills.insert(
+                        xid,
+                        Spill {
+                            file,
+                            path,
+                            aborted_subxacts: HashSet::new(),
+                            count: 0,
+                        },
+                    );
+                }
+            }
+            Message::StreamStop => self.in_stream = false,
+            Message::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    if let Some(s) = self.spills.remove(&xid) {
+                        let _ = std::fs::remove_file(&s.path);
+                    }
+                } else if let Some(s) = self.spills.get_mut(&xid) {
+                    s.aborted_subxacts.insert(subxid);
+                }
+            }
+            Message::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_ts,
+                ..
+            } => {
+                let Some(mut spill) = self.spills.remove(&xid) else {
+                    // Everything it did was filtered out or it was empty.
+                    return Ok(Handled::Commit {
+                        end_lsn: Lsn(end_lsn),
+                    });
+                };
+                spill.file.flush()?;
+                let file = spill.file.into_inner().map_err(|e| e.into_error())?;
+                drop(file);
+                let reader =
+                    BufReader::with_capacity(256 * 1024, std::fs::File::open(&spill.path)?);
+                // Unlinked now: the open reader keeps the data until it is dropped.
+                let _ = std::fs::remove_file(&spill.path);
+                return Ok(Handled::Replay {
+                    replay: Replay {
+                        reader,
+                        remaining: spill.count,
+                        aborted: spill.aborted_subxacts,
+                        xid,
+                        commit_lsn: Lsn(commit_lsn),
+                        commit_ts,
+                        ordinal: 0,
+                    },
+                    end_lsn: Lsn(end_lsn),
+                });
+            }
+        }
+        Ok(Handled::Done)
+    }
+
+    fn relation_of(&self, oid: u32) -> Result<&Relation, PgError> {
+        self.relations.get(&oid).ok_or_else(|| {
+            PgError::Protocol(format!(
+                "change for relation {oid} before its Relation message"
+            ))
+        })
+    }
+
+    fn relation(&mut self, rel: pgoutput::Relation<'_>) -> Result<Handled, PgError> {
+        let unknown: Vec<u32> = rel
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| !self.types.knows(*oid))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let full = rel.replica_identity == b'f';
+        let pk_missing = full && !self.primary_keys.contains_key(&rel.oid);
+        if !unknown.is_empty() || pk_missing {
+            return Ok(Handled::NeedCatalog {
+                types: unknown,
+                primary_key_of: pk_missing.then_some(rel.oid),
+            });
+        }
+        let qualified = format!("{}.{}", rel.namespace, rel.name);
+        let excluded = self.exclusions.get(&qualified);
+        // With REPLICA IDENTITY FULL every column is flagged as identity; the record's key
+        // is the primary key then, or the whole row if there is none.
+        let pk = self
+            .primary_keys
+            .get(&rel.oid)
+            .filter(|pk| full && !pk.is_empty());
+        let columns = rel
+            .columns
+            .iter()
+            .map(|c| {
+                let mut json_key = Vec::with_capacity(c.name.len() + 3);
+                write_json_string(c.name.as_bytes(), &mut json_key);
+                json_key.push(b':');
+                Column {
+                    name: c.name.into(),
+                    json_key: json_key.into_boxed_slice(),
+                    kind: self.types.kind(c.type_oid),
+                    key: match pk {
+                        Some(pk) => pk.iter().any(|k| k == c.name),
+                        None => c.flags & 1 == 1,
+                    },
+                    excluded: excluded.is_some_and(|ex| ex.contains(c.name)),
+                }
+            })
+            .collect();
+        self.relations.insert(
+            rel.oid,
+            Relation {
+                schema: rel.namespace.into(),
+                table: rel.name.into(),
+                columns,
+            },
+        );
+        Ok(Handled::Done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        xid: Option<u32>,
+        lsn: Lsn,
+        op: Op,
+        relation: u32,
+        key: Option<String>,
+        before: Option<String>,
+        after: Option<String>,
+        unchanged: Vec<Arc<str>>,
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        let rel = self.relation_of(relation)?;
+        let table = Some((rel.schema.clone(), rel.table.clone()));
+        self.emit_or_spill(
+            xid, lsn, op, table, key, before, after, unchanged, None, emit,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_or_spill(
+        &mut self,
+        xid: Option<u32>,
+        lsn: Lsn,
+        op: Op,
+        table: Option<(Arc<str>, Arc<str>)>,
+        key: Option<String>,
+        before: Option<String>,
+        after: Option<String>,
+        unchanged_toast: Vec<Arc<str>>,
+        message: Option<LogicalMessage>,
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        let (schema, table) = table.unwrap_or_else(|| ("".into(), "".into()));
+        if self.in_stream {
+            let spill = self.spills.get_mut(&self.stream_xid).ok_or_else(|| {
+                PgError::Protocol("streamed change outside a Stream Start".into())
+            })?;
+            let entry = SpillEntry {
+                subxid: xid.unwrap_or(self.stream_xid),
+                op,
+                schema: &schema,
+                table: &table,
+                key: key.as_deref(),
+                before: before.as_deref(),
+                after: after.as_deref(),
+                unchanged: &unchanged_toast,
+                lsn,
+                message: message.as_ref(),
+            };
+            entry.write(&mut spill.file)?;
+            spill.count += 1;
+            return Ok(());
+        }
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| PgError::Protocol("change outside a transaction".into()))?;
+        txn.ordinal += 1;
+        emit(ChangeRecord {
+            id: ChangeId {
+                commit_lsn: txn.commit_lsn,
+                ordinal: txn.ordinal,
+            },
+            op,
+            schema,
+            table,
+            key,
+            before,
+            after,
+            unchanged_toast,
+            lsn,
+            commit_lsn: txn.commit_lsn,
+            commit_ts_micros: pg_epoch_to_unix_micros(txn.commit_ts),
+            xid: txn.xid,
+            message,
+        });
+        Ok(())
+    }
+}
+
+/// Appends a JSON object of the tuple's columns (only key columns with `keys_only`).
+/// Unchanged TOAST values are taken from `old` when it has them, else named in `unchanged`.
+fn row_json(
+    rel: &Relation,
+    tuple: &TupleData<'_>,
+    keys_only: bool,
+    old: Option<&TupleData<'_>>,
+    unchanged: &mut Vec<Arc<str>>,
+) -> Result<String, PgError> {
+    if tuple.columns.len() != rel.columns.len() {
+        return Err(PgError::Protocol(format!(
+            "{}.{}: tuple has {} columns, its Relation message {}",
+            rel.schema,
+            rel.table,
+            tuple.columns.len(),
+            rel.columns.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(64 + 16 * rel.columns.len());
+    out.push(b'{');
+    let mut first = true;
+    for (i, (col, val)) in rel.columns.iter().zip(&tuple.columns).enumerate() {
+        if col.excluded || (keys_only && !col.key) {
+            continue;
+        }
+        let val = match val {
+            TupleValue::UnchangedToast => match old.and_then(|o| o.columns.get(i)) {
+                Some(v @ (TupleValue::Text(_) | TupleValue::Binary(_) | TupleValue::Null)) => v,
+                _ => {
+                    unchanged.push(col.name.clone());
+                    continue;
+                }
+            },
+            v => v,
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&col.json_key);
+        write_value(&col.kind, val, &mut out);
+    }
+    out.push(b'}');
+    // Built only from ASCII framing and write_json/write_json_string output, which is UTF-8.
+    String::from_utf8(out).map_err(|_| PgError::Protocol("row image is not UTF-8".into()))
+}
+
+fn key_json(rel: &Relation, tuple: &TupleData<'_>) -> Result<String, PgError> {
+    row_json(rel, tuple, true, None, &mut Vec::new())
+}
+
+fn write_value(kind: &TypeKind, val: &TupleValue<'_>, out: &mut Vec<u8>) {
+    match val {
+        TupleValue::Null | TupleValue::UnchangedToast => out.extend_from_slice(b"null"),
+        TupleValue::Text(text) => {
+            if write_json(kind, text, out).is_err() {
+                // A value we cannot map is still delivered, as its text form.
+                write_json_string(text, out);
+            }
+        }
+        TupleValue::Binary(bytes) => {
+            use base64::Engine;
+            out.push(b'"');
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+    }
+}
+
+/// The on-disk form of a streamed change: length-prefixed fields, little-endian.
+struct SpillEntry<'a> {
+    subxid: u32,
+    op: Op,
+    schema: &'a str,
+    table: &'a str,
+    key: Option<&'a str>,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+    unchanged: &'a [Arc<str>],
+    lsn: Lsn,
+    message: Option<&'a LogicalMessage>,
+}
+
+impl SpillEntry<'_> {
+    fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
+        w.write_all(&self.subxid.to_le_bytes())?;
+        w.write_all(&[op_code(self.op)])?;
+        w.write_all(&self.lsn.0.to_le_bytes())?;
+        put_bytes(w, Some(self.schema.as_bytes()))?;
+        put_bytes(w, Some(self.table.as_bytes()))?;
+        put_bytes(w, self.key.map(str::as_bytes))?;
+        put_bytes(w, self.before.map(str::as_bytes))?;
+        put_bytes(w, self.after.map(str::as_bytes))?;
+        w.write_all(&(self.unchanged.len() as u32).to_le_bytes())?;
+        for c in self.unchanged {
+            put_bytes(w, Some(c.as_bytes()))?;
+        }
+        match self.message {
+            None => w.write_all(&[0]),
+            Some(m) => {
+                w.write_all(&[1 + m.transactional as u8])?;
+                put_bytes(w, Some(m.prefix.as_bytes()))?;
+                put_bytes(w, Some(&m.content))
+            }
+        }
+    }
+}
+
+fn op_code(op: Op) -> u8 {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Truncate => 3,
+        Op::Read => 4,
+        Op::Message => 5,
+    }
+}
+
+fn put_bytes(w: &mut impl Write, b: Option<&[u8]>) -> std::io::Result<()> {
+    match b {
+        None => w.write_all(&u32::MAX.to_le_bytes()),
+        Some(b) => {
+            w.write_all(&(b.len() as u32).to_le_bytes())?;
+            w.write_all(b)
+        }
+    }
+}
+
+/// The records of a committed streamed transaction, read back from its spill file.
+pub struct Replay {
+    reader: BufReader<std::fs::File>,
+    remaining: u64,
+    aborted: HashSet<u32>,
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_ts: i64,
+    ordinal: u32,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("xid", &self.xid)
+            .field("remaining", &self.remaining)
+            .finish()
+    }
+}
+
+impl Replay {
+    /// The next record in commit order, or `None` at the end.
+    pub fn next_record(&mut self) -> Result<Option<ChangeRecord>, PgError> {
+        while self.remaining > 0 {
+            self.remaining -= 1;
+            let r = &mut self.reader;
+            let subxid = u32::from_le_bytes(get_array(r)?);
+            let [op] = get_array::<1>(r)?;
+            let lsn = Lsn(u64::from_le_bytes(get_array(r)?));
+            let schema = get_string(r)?.unwrap_or_default();
+            let table = get_string(r)?.unwrap_or_default();
+            let key = get_string(r)?;
+            let before = get_string(r)?;
+            let after = get_string(r)?;
+            let n = u32::from_le_bytes(get_array(r)?);
+            let mut unchanged_toast = Vec::new();
+            for _ in 0..n {
+                unchanged_toast.push(Arc::from(get_string(r)?.unwrap_or_default()));
+            }
+            let [m] = get_array::<1>(r)?;
+            let message = if m == 0 {
+                None
+            } else {
+                let prefix = get_string(r)?.unwrap_or_default();
+                let content = get_bytes(r)?.unwrap_or_default();
+                Some(LogicalMessage {
+                    prefix,
+                    content,
+                    transactional: m == 2,
+                })
+            };
+            if self.aborted.contains(&subxid) {
+                continue;
+            }
+            let op = match op {
+                0 => Op::Insert,
+                1 => Op::Update,
+                2 => Op::Delete,
+                3 => Op::Truncate,
+                4 => Op::Read,
+                _ => Op::Message,
+            };
+            self.ordinal += 1;
+            return Ok(Some(ChangeRecord {
+                id: ChangeId {
+                    commit_lsn: self.commit_lsn,
+                    ordinal: self.ordinal,
+                },
+                op,
+                schema: schema.into(),
+                table: table.into(),
+                key,
+                before,
+                after,
+                unchanged_toast,
+                lsn,
+                commit_lsn: self.commit_lsn,
+                commit_ts_micros: pg_epoch_to_unix_micros(self.commit_ts),
+                xid: self.xid,
+                message,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+fn get_array<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    r.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn get_bytes(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let len = u32::from_le_bytes(get_array(r)?);
+    if len == u32::MAX {
+        return Ok(None);
+    }
+    let mut b = vec![0u8; len as usize];
+    r.read_exact(&mut b)?;
+    Ok(Some(b))
+}
+
+fn get_string(r: &mut impl Read) -> std::io::Result<Option<String>> {
+    get_bytes(r)?
+        .map(|b| {
+            String::from_utf8(b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+        .transpose()
+}

@@ -1,0 +1,505 @@
+//! The source worker: holds the pipeline's advisory lock, streams from the slot, assembles
+//! committed transactions, hands records to an [`Output`], and reports progress.
+//!
+//! Invariants (DESIGN.md rule 1):
+//! - The flush LSN confirmed to PostgreSQL is the end of a transaction the output has made
+//!   durable, or, when nothing received is still in flight, the server's WAL end from a
+//!   keepalive; it never moves backwards.
+//! - After a lost connection the worker reconnects with backoff and resumes from the
+//!   slot's confirmed position; the transaction in flight is received again whole.
+//! - Only the holder of the pipeline's advisory lock streams; another instance waits.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sluice_core::{ChangeRecord, ErrorClass, Lsn};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::changes::{Assembler, Exclusions, Handled};
+use crate::conninfo::ConnInfo;
+use crate::error::PgError;
+use crate::replication::{self, StartOptions, StreamMessage};
+use crate::wire::{quote_literal, Connection};
+
+/// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting
+/// when the output is saturated); the output reports the last committed LSN it made
+/// durable through the watch channel.
+pub trait Output: Send {
+    fn push(&mut self, record: &ChangeRecord);
+    /// Whether enough is buffered that it should be handed off now.
+    fn wants_hand_off(&self) -> bool;
+    /// Whether anything is buffered.
+    fn has_pending(&self) -> bool;
+    /// Hands the buffer off; `commit` is the end LSN of the last transaction it completes.
+    fn hand_off(
+        &mut self,
+        commit: Option<Lsn>,
+    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
+    /// The end LSN of the last transaction made durable.
+    fn durable(&mut self) -> &mut watch::Receiver<Lsn>;
+}
+
+/// What the source needs to know.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub conninfo: ConnInfo,
+    pub pipeline: String,
+    pub slot: String,
+    pub publication: String,
+    pub exclusions: Exclusions,
+    pub spill_dir: std::path::PathBuf,
+    /// Deliver logical decoding messages (`pg_logical_emit_message`).
+    pub messages: bool,
+    /// Force protocol version 1 (no streaming of in-progress transactions).
+    pub proto_version: Option<u32>,
+    pub status_interval: Duration,
+}
+
+/// A failure that stops the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("output failed: {0}")]
+    Output(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl SourceError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Pg(e) => e.class(),
+            SourceError::Output(_) => ErrorClass::Definite,
+        }
+    }
+}
+
+impl From<std::io::Error> for SourceError {
+    fn from(e: std::io::Error) -> Self {
+        SourceError::Pg(PgError::Io(e))
+    }
+}
+
+/// Events the supervisor and tests can watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Holding the lock and streaming.
+    pub streaming: bool,
+    pub confirmed: Lsn,
+    pub reconnects: u64,
+}
+
+/// The worker that owns the replication connection.
+pub struct SourceWorker<O: Output> {
+    config: SourceConfig,
+    output: O,
+    assembler: Assembler,
+    status: watch::Sender<SourceStatus>,
+}
+
+/// 64-bit advisory lock key of a pipeline: a fixed class id plus a hash of its name.
+pub fn lock_keys(pipeline: &str) -> (i32, i32) {
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in pipeline.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (0x534c_4345, h as i32) // "SLCE"
+}
+
+impl<O: Output> SourceWorker<O> {
+    pub fn new(
+        config: SourceConfig,
+        output: O,
+    ) -> std::io::Result<(Self, watch::Receiver<SourceStatus>)> {
+        let assembler = Assembler::new(config.exclusions.clone(), config.spill_dir.clone())?;
+        let (status, rx) = watch::channel(SourceStatus::default());
+        Ok((
+            SourceWorker {
+                config,
+                output,
+                assembler,
+                status,
+            },
+            rx,
+        ))
+    }
+
+    /// Streams until `cancel`, reconnecting after transient errors. Returns the output
+    /// (drained) so the caller can close it.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<O, SourceError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            match self.session(&cancel).await {
+                Ok(()) => return Ok(self.output),
+                Err(e) if e.class() == ErrorClass::Transient && !cancel.is_cancelled() => {
+                    self.status.send_modify(|s| {
+                        s.streaming = false;
+                        s.reconnects += 1;
+                    });
+                    self.assembler.reset();
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    // Full jitter keeps several instances from reconnecting in lockstep.
+                    let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "source: connection problem, reconnecting");
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Ok(self.output),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    self.status.send_modify(|s| s.streaming = false);
+                    if cancel.is_cancelled() {
+                        return Ok(self.output);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
+        let cfg = &self.config;
+        let mut catalog = Connection::connect(&cfg.conninfo, false).await?;
+        if !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
+            return Ok(());
+        }
+        let slot_row = catalog
+            .query(&format!(
+                "SELECT plugin, database, active_pid, confirmed_flush_lsn FROM pg_replication_slots \
+                 WHERE slot_name = {}",
+                quote_literal(&cfg.slot)
+            ))
+            .await?;
+        let mut repl = Connection::connect(&cfg.conninfo, true).await?;
+        let mut confirmed = match slot_row.first() {
+            None => {
+                let at = replication::create_slot(&mut repl, &cfg.slot).await?;
+                info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
+                at
+            }
+            Some(row) => {
+                let plugin = row.first().cloned().flatten().unwrap_or_default();
+                let db = row.get(1).cloned().flatten().unwrap_or_default();
+                if plugin != "pgoutput" || db != cfg.conninfo.dbname {
+                    return Err(PgError::Definite(format!(
+                        "replication slot {:?} exists for plugin {plugin:?} in database {db:?}; Sluice \
+                         needs pgoutput in {:?}: drop it (SELECT pg_drop_replication_slot('{}')) or \
+                         rename the pipeline",
+                        cfg.slot, cfg.conninfo.dbname, cfg.slot
+                    ))
+                    .into());
+                }
+                row.get(3)
+                    .cloned()
+                    .flatten()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or_default()
+            }
+        };
+        let proto_version = cfg
+            .proto_version
+            .unwrap_or(if repl.server_version_num() >= 140000 {
+                2
+            } else {
+                1
+            });
+        let opts = StartOptions {
+            slot: cfg.slot.clone(),
+            publication: cfg.publication.clone(),
+            proto_version,
+            messages: cfg.messages,
+        };
+        replication::start_replication(&mut repl, &opts).await?;
+        info!(slot = %cfg.slot, from = %confirmed, proto_version, "source: streaming");
+        self.status.send_modify(|s| {
+            s.streaming = true;
+            s.confirmed = confirmed;
+        });
+
+        let mut received = confirmed;
+        let mut server_end = Lsn::ZERO;
+        let mut pending_commit: Option<Lsn> = None;
+        let mut handed = Lsn::ZERO;
+        let mut send_status = false;
+        let mut tick = tokio::time::interval(cfg.status_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Work through what is buffered, in bounded batches so that status updates
+            // still go out while the stream is saturated.
+            let mut frames = 0;
+            while frames < 8192 {
+                let Some(m) = repl.try_read_copy()? else {
+                    break;
+                };
+                frames += 1;
+                match replication::parse_stream_message(m)? {
+                    StreamMessage::XLogData {
+                        wal_start,
+                        wal_end,
+                        data,
+                    } => {
+                        received = received.max(wal_end);
+                        if let Some(c) = self.message(&mut catalog, wal_start, &data).await? {
+                            pending_commit = Some(c);
+                        }
+                        if self.output.wants_hand_off() {
+                            let c = pending_commit.take();
+                            self.output.hand_off(c).await.map_err(SourceError::Output)?;
+                            handed = handed.max(c.unwrap_or_default());
+                        }
+                    }
+                    StreamMessage::Keepalive { wal_end, reply } => {
+                        received = received.max(wal_end);
+                        server_end = server_end.max(wal_end);
+                        send_status |= reply;
+                    }
+                    StreamMessage::End => {
+                        return Err(PgError::Protocol(
+                            "the server ended the replication stream".into(),
+                        )
+                        .into())
+                    }
+                }
+            }
+            let busy = frames == 8192;
+            if pending_commit.is_some() || (!busy && self.output.has_pending()) {
+                let c = pending_commit.take();
+                self.output.hand_off(c).await.map_err(SourceError::Output)?;
+                handed = handed.max(c.unwrap_or_default());
+            }
+
+            let durable = *self.output.durable().borrow_and_update();
+            let mut next = confirmed.max(durable);
+            let quiet =
+                !self.assembler.in_transaction() && !self.output.has_pending() && durable >= handed;
+            if quiet {
+                // Nothing received is in flight: follow the server so idle or filtered
+                // streams do not hold WAL back.
+                next = next.max(server_end);
+            }
+            if next > confirmed || send_status {
+                confirmed = next;
+                replication::send_status(&mut repl, received, confirmed, confirmed, false).await?;
+                self.status.send_modify(|s| s.confirmed = confirmed);
+                debug!(confirmed = %confirmed, "source: status update");
+                send_status = false;
+            }
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    return self.drain(&mut repl, received, confirmed, handed).await;
+                }
+                _ = self.output.durable().changed() => {}
+                _ = tick.tick() => send_status = true,
+                r = repl.fill_buffer() => r?,
+            }
+        }
+    }
+
+    /// Handles one pgoutput message; returns the end LSN when a transaction committed.
+    async fn message(
+        &mut self,
+        catalog: &mut Connection,
+        wal_start: Lsn,
+        data: &[u8],
+    ) -> Result<Option<Lsn>, SourceError> {
+        let output = &mut self.output;
+        let mut emit = |r: ChangeRecord| output.push(&r);
+        let mut handled = self.assembler.handle(wal_start, data, &mut emit)?;
+        if let Handled::NeedCatalog {
+            types,
+            primary_key_of,
+        } = handled
+        {
+            resolve_catalog(catalog, &mut self.assembler, types, primary_key_of).await?;
+            let output = &mut self.output;
+            let mut emit = |r: ChangeRecord| output.push(&r);
+            handled = self.assembler.handle(wal_start, data, &mut emit)?;
+        }
+        match handled {
+            Handled::Done => Ok(None),
+            Handled::Commit { end_lsn } => Ok(Some(end_lsn)),
+            Handled::NeedCatalog { .. } => {
+                Err(PgError::Protocol("catalog facts still missing after lookup".into()).into())
+            }
+            Handled::Replay {
+                mut replay,
+                end_lsn,
+            } => {
+                while let Some(r) = replay.next_record()? {
+                    self.output.push(&r);
+                    if self.output.wants_hand_off() {
+                        self.output
+                            .hand_off(None)
+                            .await
+                            .map_err(SourceError::Output)?;
+                    }
+                }
+                Ok(Some(end_lsn))
+            }
+        }
+    }
+
+    /// Shutdown: hand off what is buffered, wait (bounded) until it is durable, send the
+    /// final status update, and end the stream.
+    async fn drain(
+        &mut self,
+        repl: &mut Connection,
+        received: Lsn,
+        mut confirmed: Lsn,
+        handed: Lsn,
+    ) -> Result<(), SourceError> {
+        if self.output.has_pending() {
+            self.output
+                .hand_off(None)
+                .await
+                .map_err(SourceError::Output)?;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let durable = *self.output.durable().borrow_and_update();
+            confirmed = confirmed.max(durable);
+            if durable >= handed {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, self.output.durable().changed())
+                .await
+                .is_err()
+            {
+                warn!("source: output did not confirm everything before the shutdown deadline");
+                break;
+            }
+        }
+        let _ = replication::send_status(repl, received, confirmed, confirmed, false).await;
+        self.status.send_modify(|s| {
+            s.confirmed = confirmed;
+            s.streaming = false;
+        });
+        info!(confirmed = %confirmed, "source: stopped");
+        Ok(())
+    }
+}
+
+/// Takes the pipeline's session-level advisory lock, waiting as a standby while another
+/// instance holds it. Returns false when cancelled first.
+async fn acquire_lock(
+    conn: &mut Connection,
+    pipeline: &str,
+    cancel: &CancellationToken,
+) -> Result<bool, PgError> {
+    let (a, b) = lock_keys(pipeline);
+    let sql = format!("SELECT pg_try_advisory_lock({a}, {b})");
+    let mut announced = false;
+    loop {
+        let rows = conn.query(&sql).await?;
+        if rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .as_deref()
+            == Some("t")
+        {
+            if announced {
+                info!(pipeline, "source: took over as the active instance");
+            }
+            return Ok(true);
+        }
+        if !announced {
+            info!(
+                pipeline,
+                "source: another instance is active; waiting as a standby"
+            );
+            announced = true;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Looks up type OIDs (following array elements and domain base types) and a primary key.
+pub async fn resolve_catalog(
+    conn: &mut Connection,
+    asm: &mut Assembler,
+    types: Vec<u32>,
+    primary_key_of: Option<u32>,
+) -> Result<(), PgError> {
+    let mut pending = types;
+    for _ in 0..8 {
+        if pending.is_empty() {
+            break;
+        }
+        let list = pending
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = conn
+            .query(&format!(
+                "SELECT oid, typtype, typcategory, typelem, typbasetype, typdelim FROM pg_type \
+                 WHERE oid IN ({list})"
+            ))
+            .await?;
+        let mut next = Vec::new();
+        let mut found = std::collections::HashSet::new();
+        for r in rows {
+            let num = |i: usize| {
+                r.get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            let byte = |i: usize| {
+                r.get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.bytes().next())
+                    .unwrap_or(b'b')
+            };
+            let (oid, elem, base) = (num(0), num(3), num(4));
+            asm.types_mut()
+                .record(oid, byte(1), byte(2), elem, base, byte(5));
+            found.insert(oid);
+            for dep in [elem, base] {
+                if dep != 0 && !asm.types_mut().knows(dep) {
+                    next.push(dep);
+                }
+            }
+        }
+        for oid in pending {
+            if !found.contains(&oid) {
+                // Unknown to the catalog (dropped meanwhile): its text form will do.
+                asm.types_mut().record(oid, b'b', b'U', 0, 0, b',');
+            }
+        }
+        pending = next;
+    }
+    if let Some(rel) = primary_key_of {
+        let rows = conn
+            .query(&format!(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                 AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {rel} AND i.indisprimary"
+            ))
+            .await?;
+        asm.set_primary_key(
+            rel,
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect(),
+        );
+    }
+    Ok(())
+}

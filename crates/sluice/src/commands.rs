@@ -1,0 +1,194 @@
+//! The `run`, `check` and `teardown` commands.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_core::ErrorClass;
+use sluice_pg::catalog::{self, CheckSpec, Finding};
+use sluice_pg::{ConnInfo, Connection, SourceConfig, SourceWorker};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::sink::SinkOutput;
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    if let Err(errs) = config.validate() {
+        anyhow::bail!(
+            "config {} is not valid:\n  - {}",
+            path.display(),
+            errs.join("\n  - ")
+        );
+    }
+    Ok(config)
+}
+
+/// Relative paths in the config are relative to the config file.
+fn base_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn spec(config: &Config) -> anyhow::Result<CheckSpec> {
+    Ok(CheckSpec {
+        conninfo: ConnInfo::parse(&config.source.url)?,
+        tables: config.source.tables.clone(),
+        exclusions: config.exclusions(),
+        slot: config.slot(),
+        publication: config.publication(),
+        external_publication: config.source.publication.is_some(),
+        lock_keys: sluice_pg::source::lock_keys(&config.pipeline.name),
+    })
+}
+
+fn print_findings(findings: &[Finding]) {
+    for f in findings {
+        if f.ok {
+            println!("ok    {}", f.what);
+        } else {
+            println!("FAIL  {}", f.what);
+            if let Some(fix) = &f.fix {
+                println!("      fix: {fix}");
+            }
+        }
+    }
+}
+
+pub async fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let findings = catalog::check(&spec(&config)?).await;
+    print_findings(&findings);
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if failed == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} check(s) failed");
+        Ok(ExitCode::from(2))
+    }
+}
+
+pub async fn teardown(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let info = ConnInfo::parse(&config.source.url)?;
+    let mut conn = Connection::connect(&info, false).await?;
+    // A publication the operator brought is theirs to drop.
+    let own_publication = config
+        .source
+        .publication
+        .is_none()
+        .then(|| config.publication());
+    let dropped = catalog::teardown(&mut conn, &config.slot(), own_publication.as_deref()).await?;
+    if dropped.is_empty() {
+        println!("nothing to drop for pipeline {}", config.pipeline.name);
+    }
+    for d in dropped {
+        println!("dropped {d}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        signals.cancel();
+    });
+    run_pipeline(&config, base_dir(path), cancel).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Preflight, publication, then the source feeding the sinks until `cancel`.
+pub async fn run_pipeline(
+    config: &Config,
+    base: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let spec = spec(config)?;
+    let findings = catalog::check(&spec).await;
+    let blocking: Vec<&Finding> = findings.iter().filter(|f| !f.ok && f.blocking).collect();
+    if !blocking.is_empty() {
+        print_findings(&findings);
+        error!(
+            failed = blocking.len(),
+            "preflight failed; nothing was started"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let mut conn = Connection::connect(&spec.conninfo, false).await?;
+    let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
+    if config.source.publication.is_none() {
+        catalog::ensure_publication(&mut conn, &spec.publication, &tables, &spec.exclusions)
+            .await?;
+    }
+    conn.close().await;
+    info!(pipeline = %config.pipeline.name, tables = tables.len(), slot = %spec.slot, publication = %spec.publication, "starting");
+
+    let data_dir = if config.pipeline.data_dir.is_absolute() {
+        config.pipeline.data_dir.clone()
+    } else {
+        base.join(&config.pipeline.data_dir)
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let output = SinkOutput::open(&config.sinks, base)?;
+    let source_config = SourceConfig {
+        conninfo: spec.conninfo.clone(),
+        pipeline: config.pipeline.name.clone(),
+        slot: spec.slot.clone(),
+        publication: spec.publication.clone(),
+        exclusions: spec.exclusions.clone(),
+        spill_dir: data_dir.join("spill"),
+        messages: config.source.messages,
+        proto_version: config.source.protocol_version,
+        status_interval: Duration::from_secs(config.source.status_interval_secs),
+    };
+    let (worker, _status) = SourceWorker::new(source_config, output)?;
+    let mut source = tokio::spawn(worker.run(cancel.clone()));
+    let result = tokio::select! {
+        r = &mut source => r,
+        _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut source).await {
+            Ok(r) => r,
+            Err(_) => {
+                error!("shutdown deadline passed; exiting with work unconfirmed (it will be sent again)");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    match result.context("source task failed")? {
+        Ok(output) => {
+            tokio::task::spawn_blocking(move || output.close()).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let hint = if e.class() == ErrorClass::Definite {
+                " (run `sluice check` for the fix)"
+            } else {
+                ""
+            };
+            error!(error = %e, "source stopped{hint}");
+            Err(anyhow::anyhow!("{e}"))
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The pipeline configuration file (TOML). Unknown keys are errors that name the key;
+//! `validate` is pure (no I/O) and reports every problem with what to change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The pipeline's identity and state.
+    pub pipeline: PipelineConfig,
+    /// The PostgreSQL database to capture.
+    pub source: SourceSection,
+    /// Where changes go; at least one.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique per database: names the replication slot and publication (`sluice_<name>`).
+    pub name: String,
+    /// Directory for the pipeline's local state (spill files of large transactions).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// libpq URL or key=value string; `PG*` environment variables fill the gaps.
+    pub url: String,
+    /// Tables to capture, as `schema.table` or `schema.*`.
+    pub tables: Vec<String>,
+    /// Columns that never leave the database, per `schema.table`.
+    #[serde(default)]
+    pub exclude_columns: BTreeMap<String, Vec<String>>,
+    /// Use this existing publication (created by a DBA) instead of managing one.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Deliver logical decoding messages (`pg_logical_emit_message`) as `op = "message"`.
+    #[serde(default = "yes")]
+    pub messages: bool,
+    /// pgoutput protocol version: 1, or 2 (default on PostgreSQL 14+) to stream large
+    /// transactions before they commit instead of waiting for them whole.
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
+    /// Seconds between standby status updates when nothing else triggers one.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_status_interval() -> u64 {
+    10
+}
+
+/// One destination, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON lines appended to a file and fsync'd before progress is confirmed.
+    File {
+        /// Unique name of the sink within the pipeline.
+        name: String,
+        /// The file to append to (created if missing; relative to the config file).
+        path: PathBuf,
+    },
+    /// JSON lines on standard output.
+    Stdout {
+        /// Unique name of the sink within the pipeline.
+        name: String,
+    },
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::File { name, .. } | SinkConfig::Stdout { name } => name,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file (no validation).
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks everything that can be checked without I/O; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let name = &self.pipeline.name;
+        if name.is_empty()
+            || name.len() > 50
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            errs.push(format!(
+                "pipeline.name {name:?} must be 1-50 characters of a-z, 0-9 and _ (it names the slot)"
+            ));
+        }
+        if let Err(e) = sluice_pg::ConnInfo::parse(&self.source.url) {
+            errs.push(format!("source.url: {e}"));
+        }
+        if self.source.tables.is_empty() {
+            errs.push(
+                "source.tables is empty: list the tables to capture, e.g. [\"public.orders\"]"
+                    .into(),
+            );
+        }
+        for t in &self.source.tables {
+            let ok = t
+                .split_once('.')
+                .is_some_and(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'));
+            if !ok {
+                errs.push(format!(
+                    "source.tables: {t:?} is not schema.table or schema.*"
+                ));
+            }
+        }
+        for table in self.source.exclude_columns.keys() {
+            if !self.source.tables.iter().any(|t| {
+                t == table
+                    || t.strip_suffix(".*")
+                        .is_some_and(|s| table.starts_with(&format!("{s}.")))
+            }) {
+                errs.push(format!(
+                    "source.exclude_columns: {table:?} is not among source.tables"
+                ));
+            }
+        }
+        if let Some(v) = self.source.protocol_version {
+            if !(1..=2).contains(&v) {
+                errs.push(format!("source.protocol_version = {v}: use 1 or 2"));
+            }
+        }
+        if self.source.status_interval_secs == 0 {
+            errs.push("source.status_interval_secs must be at least 1".into());
+        }
+        if self.sinks.is_empty() {
+            errs.push("no [[sinks]]: add one, e.g. [[sinks]] name = \"changes\" type = \"file\" path = \"changes.jsonl\"".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut paths = BTreeSet::new();
+        for s in &self.sinks {
+            if !names.insert(s.name()) {
+                errs.push(format!("sink name {:?} is used twice", s.name()));
+            }
+            if let SinkConfig::File { path, name } = s {
+                if !paths.insert(path) {
+                    errs.push(format!(
+                        "sink {name:?}: file {} is used by another sink",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The replication slot's name.
+    pub fn slot(&self) -> String {
+        format!("sluice_{}", self.pipeline.name)
+    }
+
+    /// The publication: the configured one, or the pipeline's own.
+    pub fn publication(&self) -> String {
+        self.source
+            .publication
+            .clone()
+            .unwrap_or_else(|| format!("sluice_{}", self.pipeline.name))
+    }
+
+    pub fn exclusions(&self) -> sluice_pg::changes::Exclusions {
+        self.source
+            .exclude_columns
+            .iter()
+            .map(|(t, cols)| (t.clone(), cols.iter().cloned().collect()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[pipeline]
+name = "shop"
+data_dir = "./sluice-data"
+[source]
+url = "postgres://sluice@127.0.0.1:5432/shop"
+tables = ["public.orders", "public.customers"]
+exclude_columns = { "public.customers" = ["password_hash"] }
+[[sinks]]
+name = "changes"
+type = "file"
+path = "changes.jsonl"
+"#;
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.slot(), "sluice_shop");
+        assert_eq!(c.publication(), "sluice_shop");
+        assert!(c.exclusions()["public.customers"].contains("password_hash"));
+        assert!(matches!(c.sinks[0], SinkConfig::File { .. }));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse(&EXAMPLE.replace("data_dir", "datadir"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("datadir"), "{e}");
+        let e = Config::parse(&EXAMPLE.replace("path = ", "pth = "))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pth"), "{e}");
+        let e = Config::parse(&EXAMPLE.replace("\"file\"", "\"ftp\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ftp"), "{e}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let bad = EXAMPLE
+            .replace("\"shop\"", "\"Shop!\"")
+            .replace("\"public.orders\", ", "\"orders\", ")
+            .replace("5432/shop", "5432/shop?sslmode=sometimes")
+            .replace("\"public.customers\" =", "\"public.other\" =");
+        let errs = Config::parse(&bad).unwrap().validate().unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+    }
+}
