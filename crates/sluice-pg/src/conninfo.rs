@@ -27,9 +27,11 @@ impl SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(ConnInfoError(format!(
+            other => {
+                return Err(ConnInfoError(format!(
                 "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
-            ))),
+            )))
+            }
         })
     }
 }

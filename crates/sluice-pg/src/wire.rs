@@ -125,10 +125,12 @@ impl Connection {
                             Box::pin(tls)
                         }
                         b'N' if info.sslmode == SslMode::Prefer => Box::pin(tcp),
-                        b'N' => return Err(PgError::Tls(format!(
+                        b'N' => {
+                            return Err(PgError::Tls(format!(
                             "{target} does not accept TLS but sslmode requires it: enable ssl on \
                                  the server or use sslmode=prefer/disable"
-                        ))),
+                        )))
+                        }
                         other => {
                             return Err(PgError::Protocol(format!(
                                 "unexpected answer {other:#x} to the TLS request"

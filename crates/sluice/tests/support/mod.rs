@@ -1,0 +1,246 @@
+//! Shared end-to-end test support: a pipeline = a private PostgreSQL, a config file, the
+//! real `sluice` binary running it into a file sink, and helpers that wait (bounded) for
+//! the sink to hold what a test expects.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+pub use sluice_testkit::{wait_until, PgServer};
+
+/// A default bound for waits in these tests; generous for slow shared machines.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A test pipeline: its config, output file and (while running) its process.
+pub struct Pipeline {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub out_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Pipeline {
+    /// Writes a config for `tables` of `pg`'s database `db` (as superuser `postgres`);
+    /// `extra_source` is appended to the `[source]` section.
+    pub fn new(pg: &PgServer, name: &str, tables: &[&str], extra_source: &str) -> Pipeline {
+        Self::with_url(&pg.url("postgres", "postgres"), name, tables, extra_source)
+    }
+
+    pub fn with_url(url: &str, name: &str, tables: &[&str], extra_source: &str) -> Pipeline {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("sluice.toml");
+        let out_path = dir.path().join("changes.jsonl");
+        let tables = tables
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[pipeline]\nname = {name:?}\ndata_dir = \"data\"\n[source]\nurl = {url:?}\n\
+                 tables = [{tables}]\nstatus_interval_secs = 1\n{extra_source}\n\
+                 [[sinks]]\nname = \"out\"\ntype = \"file\"\npath = \"changes.jsonl\"\n"
+            ),
+        )
+        .expect("write config");
+        Pipeline {
+            name: name.into(),
+            dir,
+            config_path,
+            out_path,
+            child: None,
+        }
+    }
+
+    /// Runs a `sluice` subcommand on this pipeline's config to completion.
+    pub fn command(&self, sub: &str) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([sub, "-c"])
+            .arg(&self.config_path)
+            .env("SLUICE_LOG", "info")
+            .output()
+            .expect("run sluice")
+    }
+
+    /// Starts `sluice run` in the background; its log goes to `sluice-N.log`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.child = Some(self.spawn());
+    }
+
+    /// Starts another `sluice run` of the same config (a standby).
+    pub fn spawn(&self) -> Child {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("sluice-"))
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "-c"])
+            .arg(&self.config_path)
+            .env("SLUICE_LOG", "info,sluice_pg=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice")
+    }
+
+    /// Waits until the pipeline's slot is being streamed from.
+    pub fn wait_streaming(&self, pg: &PgServer) {
+        let sql = format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_{}'",
+            self.name
+        );
+        wait_until(WAIT, "the slot to become active", || {
+            (pg.psql(&sql).ok()?.trim() == "t").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+
+    /// SIGKILL: no chance to flush or confirm anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Every record in the sink so far.
+    pub fn records(&self) -> Vec<Value> {
+        read_records(&self.out_path)
+    }
+
+    /// Waits until the sink holds at least `n` records; returns them all.
+    pub fn wait_records(&self, n: usize) -> Vec<Value> {
+        self.wait_records_for(n, WAIT)
+    }
+
+    pub fn wait_records_for(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_until(timeout, &format!("{n} records in the sink"), || {
+            let r = self.records();
+            (r.len() >= n).then_some(r)
+        })
+        .unwrap_or_else(|e| panic!("{e}; have {}\n{}", self.records().len(), self.logs()))
+    }
+
+    /// All `sluice` logs of this pipeline, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(dir) = std::fs::read_dir(self.dir.path()) {
+            let mut names: Vec<_> = dir
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            names.sort();
+            for p in names {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out.push_str(&format!("--- {} (last lines)\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// SIGTERM a child and wait (bounded) for it; SIGKILL if it does not exit.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("sluice did not exit within 30 s of SIGTERM");
+}
+
+/// Parses a JSON-lines file; a missing file is empty.
+pub fn read_records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The records' `op`s in order.
+pub fn ops(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|r| r["op"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// Applies records (in order, deduplicated by id) to a map from key to row: the state a
+/// cache following the stream ends in.
+pub fn replay(records: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    let mut seen = std::collections::HashSet::new();
+    let mut state = std::collections::BTreeMap::new();
+    for r in records {
+        if !seen.insert(r["id"].as_str().unwrap_or_default().to_owned()) {
+            continue;
+        }
+        let table = format!(
+            "{}.{}",
+            r["schema"].as_str().unwrap_or(""),
+            r["table"].as_str().unwrap_or("")
+        );
+        match r["op"].as_str() {
+            Some("insert") | Some("update") | Some("read") => {
+                // A changed key: the row under the old key is gone.
+                if let (Some(before), Some(key)) = (r["before"].as_object(), r["key"].as_object()) {
+                    let old: serde_json::Map<String, Value> = key
+                        .keys()
+                        .map(|k| (k.clone(), before.get(k).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    state.remove(&format!("{table}:{}", Value::Object(old)));
+                }
+                state.insert(format!("{table}:{}", r["key"]), r["after"].clone());
+            }
+            Some("delete") => {
+                state.remove(&format!("{table}:{}", r["key"]));
+            }
+            Some("truncate") => state.retain(|k, _| !k.starts_with(&format!("{table}:"))),
+            _ => {}
+        }
+    }
+    state
+}
