@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Streaming benchmark: Sluice against pg_recvlogical on the same WAL, in one run.
+#
+#   bash bench/stream.sh            # all workloads; RUNS=3 drains each (median reported)
+#
+# 1. 1,000,000 rows in 1,000-row transactions: pg_recvlogical drains RUNS slots (the
+#    reference script ../shared/reference/bench.sh), then Sluice drains RUNS slots created
+#    at the same point into its file sink (JSON lines, fsync'd); rows/s and the ratio.
+# 2. 200,000 single-row transactions from 4 clients (pgbench): the same comparison.
+# 3. Commit-to-sink latency p50/p99 at 1,000 and 10,000 rows/s: pgbench at a fixed rate
+#    while Sluice streams into its file sink and bench/latency.py tails the file.
+# Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) in $BASE, port $PORT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REF=${REF:-$ROOT/../shared/reference}
+export BASE=${BASE:-/tmp/sluice-bench-pg} PORT=${PORT:-54339}
+RUNS=${RUNS:-3}
+ROWS=${ROWS:-1000000}
+SINGLE=${SINGLE:-200000}
+LAT_SECONDS=${LAT_SECONDS:-10}
+CONN="host=$BASE port=$PORT user=postgres dbname=postgres"
+URL="postgres:///postgres?host=$BASE&port=$PORT&user=postgres"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+export PATH=$PGBIN:$PATH
+q() { psql -d "$CONN" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+bash scripts/install-deps.sh
+cargo build --release --quiet -p sluice
+SLUICE=$ROOT/target/release/sluice
+bash "$REF/start_pg.sh" >/dev/null
+WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+# Writes a config for pipeline $1 reading publication $2 into $WORK/$1/changes.jsonl.
+config() {
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/sluice.toml" <<TOML
+[pipeline]
+name = "$1"
+data_dir = "data"
+[source]
+url = "$URL"
+tables = ["public.$3"]
+publication = "$2"
+status_interval_secs = 1
+[[sinks]]
+name = "out"
+type = "file"
+path = "changes.jsonl"
+TOML
+}
+
+# Drains slot sluice_$1 up to LSN $2 with Sluice; prints seconds and checks the row count $3.
+sluice_drain() {
+  local name=$1 end=$2 rows=$3 t0 t1
+  t0=$(now)
+  "$SLUICE" run -c "$WORK/$name/sluice.toml" 2>"$WORK/$name/log" &
+  local pid=$!
+  until [ "$(q "SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'sluice_$name'")" = t ]; do
+    sleep 0.02
+    kill -0 $pid 2>/dev/null || { cat "$WORK/$name/log" >&2; exit 1; }
+  done
+  t1=$(now)
+  kill -TERM $pid; wait $pid
+  local got; got=$(wc -l < "$WORK/$name/changes.jsonl")
+  [ "$got" -ge "$rows" ] || { echo "sluice delivered $got of $rows rows" >&2; exit 1; }
+  q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
+  rm -f "$WORK/$name/changes.jsonl"
+  echo "$t1 - $t0" | bc -l
+}
+
+report() { # label rows ref_times sluice_times
+  local ref sl
+  ref=$(printf "%s\n" $3 | median); sl=$(printf "%s\n" $4 | median)
+  printf "%-34s pg_recvlogical %8.0f rows/s (median of %s: %s s)   sluice %8.0f rows/s (median of %s: %s s)   ratio %.2f\n" \
+    "$1" "$(echo "$2/$ref" | bc -l)" "$RUNS" "$(echo $3 | tr ' ' ',')" "$(echo "$2/$sl" | bc -l)" "$RUNS" "$(echo $4 | tr ' ' ',')" \
+    "$(echo "$ref/$sl" | bc -l)"
+}
+
+echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1)"
+
+# ---- 1. batched transactions -------------------------------------------------
+extra=$(for i in $(seq 1 "$RUNS"); do printf "sluice_bb%s," "$i"; done); extra=${extra%,}
+line=$(ROWS=$ROWS BATCH=1000 DRAINS=$RUNS EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_batch PUB=bench_batch_pub SLOT=ref_batch \
+  bash "$REF/bench.sh" "$CONN")
+end=$(sed -n 's/.*end_lsn=\([^ ]*\).*/\1/p' <<<"$line")
+ref_times=$(sed -n 's/.*drain_s=\([^ ]*\).*/\1/p' <<<"$line" | tr ',' ' ')
+sl_times=""
+for i in $(seq 1 "$RUNS"); do
+  config "bb$i" bench_batch_pub bench_batch
+  sl_times="$sl_times $(sluice_drain "bb$i" "$end" "$ROWS")"
+done
+report "$ROWS rows, 1,000-row transactions" "$ROWS" "$ref_times" "$sl_times"
+q "DROP PUBLICATION bench_batch_pub; DROP TABLE bench_batch"
+
+# ---- 2. single-row transactions from 4 clients -------------------------------
+q "DROP TABLE IF EXISTS bench_single; DROP PUBLICATION IF EXISTS bench_single_pub;
+   CREATE TABLE bench_single (id bigserial PRIMARY KEY, payload text, n int, ts timestamptz) WITH (autovacuum_enabled = off);
+   CREATE PUBLICATION bench_single_pub FOR TABLE bench_single; CHECKPOINT"
+for i in $(seq 1 "$RUNS"); do
+  q "SELECT pg_create_logical_replication_slot('ref_single_$i', 'pgoutput')" >/dev/null
+  q "SELECT pg_create_logical_replication_slot('sluice_bs$i', 'pgoutput')" >/dev/null
+done
+echo "INSERT INTO bench_single (payload, n, ts) VALUES (rpad(md5(random()::text), 200, 'x'), 1, clock_timestamp());" > "$WORK/single.sql"
+pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -t $((SINGLE / 4)) -f "$WORK/single.sql" postgres >/dev/null
+end=$(q "SELECT pg_current_wal_lsn()")
+q "CHECKPOINT"
+ref_times=""
+for i in $(seq 1 "$RUNS"); do
+  t0=$(now)
+  pg_recvlogical -d "$CONN" -S "ref_single_$i" --start --endpos="$end" --no-loop -F 0 -f "$WORK/ref.out" \
+    -o proto_version=1 -o publication_names=bench_single_pub
+  t1=$(now); rm -f "$WORK/ref.out"
+  ref_times="$ref_times $(echo "$t1 - $t0" | bc -l)"
+  q "SELECT pg_drop_replication_slot('ref_single_$i')" >/dev/null
+done
+sl_times=""
+for i in $(seq 1 "$RUNS"); do
+  config "bs$i" bench_single_pub bench_single
+  sl_times="$sl_times $(sluice_drain "bs$i" "$end" "$SINGLE")"
+done
+report "$SINGLE single-row txns, 4 clients" "$SINGLE" "$ref_times" "$sl_times"
+
+# ---- 3. commit-to-sink latency ----------------------------------------------
+for rate in 1000 10000; do
+  q "TRUNCATE bench_single"
+  config lat bench_single_pub bench_single
+  rm -f "$WORK/lat/changes.jsonl"
+  "$SLUICE" run -c "$WORK/lat/sluice.toml" 2>"$WORK/lat/log" &
+  pid=$!
+  until [ "$(q "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_lat'")" = t ]; do sleep 0.05; done
+  n=$((rate * LAT_SECONDS))
+  python3 bench/latency.py "$WORK/lat/changes.jsonl" "$n" $((LAT_SECONDS + 60)) > "$WORK/lat.out" &
+  tail_pid=$!
+  pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R "$rate" -t $((n / 4)) -f "$WORK/single.sql" postgres \
+    > "$WORK/pgbench.out" 2>&1 || true
+  wait $tail_pid || true
+  kill -TERM $pid; wait $pid || true
+  printf "latency at %5s rows/s (single-row txns): %s   (pgbench: %s)\n" "$rate" "$(cat "$WORK/lat.out")" \
+    "$(grep -o 'tps = [0-9.]*' "$WORK/pgbench.out" | head -n 1)"
+  q "SELECT pg_drop_replication_slot('sluice_lat')" >/dev/null
+done
+q "DROP PUBLICATION bench_single_pub; DROP TABLE bench_single"
