@@ -70,14 +70,15 @@ pub struct ChangeRecord {
 impl ChangeRecord {
     /// Appends the record's JSON envelope (one object, no trailing newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        // Writes into a Vec cannot fail.
-        let _ = write!(
-            out,
-            "{{\"id\":\"{}\",\"op\":\"{}\"",
-            self.id,
-            self.op.as_str()
-        );
+        // Hand-rolled rather than write!(): this runs once per change on the hot path,
+        // and core::fmt showed up as a fifth of the CPU time per record.
+        out.extend_from_slice(b"{\"id\":\"");
+        push_hex_fixed(out, self.id.commit_lsn.0, 16);
+        out.push(b'-');
+        push_decimal_min(out, self.id.ordinal as u64, 6);
+        out.extend_from_slice(b"\",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.push(b'"');
         if self.op == Op::Message {
             out.extend_from_slice(b",\"schema\":null,\"table\":null");
         } else {
@@ -87,11 +88,11 @@ impl ChangeRecord {
             write_json_str(&self.table, out);
         }
         for (name, image) in [
-            ("key", &self.key),
-            ("before", &self.before),
-            ("after", &self.after),
+            (&b",\"key\":"[..], &self.key),
+            (b",\"before\":", &self.before),
+            (b",\"after\":", &self.after),
         ] {
-            let _ = write!(out, ",\"{name}\":");
+            out.extend_from_slice(name);
             match image {
                 Some(json) => out.extend_from_slice(json.as_bytes()),
                 None => out.extend_from_slice(b"null"),
@@ -104,17 +105,22 @@ impl ChangeRecord {
             }
             write_json_str(col, out);
         }
-        let _ = write!(
-            out,
-            "],\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"commit_ts\":\"",
-            self.lsn, self.commit_lsn
-        );
+        out.extend_from_slice(b"],\"lsn\":\"");
+        push_lsn(out, self.lsn);
+        out.extend_from_slice(b"\",\"commit_lsn\":\"");
+        push_lsn(out, self.commit_lsn);
+        out.extend_from_slice(b"\",\"commit_ts\":\"");
         format_rfc3339_micros(self.commit_ts_micros, out);
-        let _ = write!(out, "\",\"xid\":{}", self.xid);
+        out.extend_from_slice(b"\",\"xid\":");
+        push_decimal_min(out, self.xid as u64, 1);
         if let Some(m) = &self.message {
             out.extend_from_slice(b",\"message\":{\"prefix\":");
             write_json_str(&m.prefix, out);
-            let _ = write!(out, ",\"transactional\":{}", m.transactional);
+            out.extend_from_slice(if m.transactional {
+                b",\"transactional\":true"
+            } else {
+                b",\"transactional\":false"
+            });
             // Message content is opaque bytes: embedded as JSON when it is JSON (the outbox
             // case), otherwise as a UTF-8 string when it is text, else as base64.
             match std::str::from_utf8(&m.content) {
@@ -144,6 +150,47 @@ impl ChangeRecord {
         // write_json only ever writes UTF-8: ASCII framing plus UTF-8 strings.
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Appends `v` as exactly `width` upper-case hex digits.
+fn push_hex_fixed(out: &mut Vec<u8>, v: u64, width: u32) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for i in (0..width).rev() {
+        out.push(HEX[((v >> (i * 4)) & 15) as usize]);
+    }
+}
+
+/// Appends `v` in upper-case hex without leading zeros ("0" for zero).
+fn push_hex(out: &mut Vec<u8>, v: u32) {
+    let digits = if v == 0 {
+        1
+    } else {
+        (32 - v.leading_zeros()).div_ceil(4)
+    };
+    push_hex_fixed(out, v as u64, digits);
+}
+
+/// Appends an LSN as PostgreSQL prints it.
+fn push_lsn(out: &mut Vec<u8>, lsn: Lsn) {
+    push_hex(out, (lsn.0 >> 32) as u32);
+    out.push(b'/');
+    push_hex(out, lsn.0 as u32);
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+pub(crate) fn push_decimal_min(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(20));
+    out.extend_from_slice(&buf[start..]);
 }
 
 fn is_json(text: &str) -> bool {
@@ -244,6 +291,31 @@ mod tests {
           "commit_ts": "2026-11-22T01:02:03.456789Z", "xid": 744
         });
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn hand_rolled_numbers_match_display() {
+        let mut r = sample();
+        for (lsn, ordinal, xid) in [
+            (0u64, 0u32, 0u32),
+            (1, 1, 1),
+            (0x1_0000_0000, 999_999, 10),
+            (0xFFFF_FFFF_FFFF_FFFF, 1_000_000, u32::MAX),
+            (0x16_B374D848, 5_000_000, 744),
+        ] {
+            r.id = ChangeId {
+                commit_lsn: Lsn(lsn),
+                ordinal,
+            };
+            r.lsn = Lsn(lsn);
+            r.commit_lsn = Lsn(lsn ^ 0xF0F0);
+            r.xid = xid;
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            assert_eq!(v["id"], r.id.to_string());
+            assert_eq!(v["lsn"], r.lsn.to_string());
+            assert_eq!(v["commit_lsn"], r.commit_lsn.to_string());
+            assert_eq!(v["xid"], xid);
+        }
     }
 
     #[test]

@@ -17,12 +17,31 @@ pub fn format_rfc3339_micros(unix_micros: i64, out: &mut Vec<u8>) {
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let (hh, mm, ss) = (sod / 3600, (sod / 60) % 60, sod % 60);
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z"
-    );
+    if !(0..=9999).contains(&y) {
+        // Outside four-digit years RFC 3339 has no form; use ISO 8601's expanded one.
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "{y:+05}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z"
+        );
+        return;
+    }
+    // Hand-rolled: this runs once per record.
+    let p = crate::record::push_decimal_min;
+    p(out, y as u64, 4);
+    out.push(b'-');
+    p(out, m as u64, 2);
+    out.push(b'-');
+    p(out, d as u64, 2);
+    out.push(b'T');
+    p(out, hh as u64, 2);
+    out.push(b':');
+    p(out, mm as u64, 2);
+    out.push(b':');
+    p(out, ss as u64, 2);
+    out.push(b'.');
+    p(out, micros as u64, 6);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -60,5 +79,9 @@ mod tests {
         assert_eq!(fmt(1_795_309_323_456_789), "2026-11-22T01:02:03.456789Z");
         assert_eq!(fmt(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
         assert_eq!(fmt(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            fmt(253_402_300_800_000_000),
+            "+10000-01-01T00:00:00.000000Z"
+        );
     }
 }
