@@ -141,7 +141,16 @@ impl Assembler {
         data: &[u8],
         emit: &mut dyn FnMut(ChangeRecord),
     ) -> Result<Handled, PgError> {
-        let msg = pgoutput::decode(data, self.in_stream)?;
+        let msg = match pgoutput::decode(data, self.in_stream) {
+            Ok(m) => m,
+            // A message type from a newer protocol than we asked for carries nothing we
+            // could deliver; skipping it loses nothing we know of, stopping would stall.
+            Err(pgoutput::DecodeError::UnknownTag(tag)) => {
+                tracing::warn!(tag = %(tag as char), lsn = %wal_start, "skipping unknown pgoutput message");
+                return Ok(Handled::Done);
+            }
+            Err(e) => return Err(e.into()),
+        };
         match msg {
             Message::Begin {
                 final_lsn,

@@ -93,6 +93,8 @@ pub enum StreamMessage {
     Keepalive { wal_end: Lsn, reply: bool },
     /// The server ended the stream.
     End,
+    /// A message type this client does not know; logged and skipped.
+    Unknown(u8),
 }
 
 /// Parses one CopyData payload of the replication stream.
@@ -124,10 +126,7 @@ pub fn parse_stream_message(msg: CopyMessage) -> Result<StreamMessage, PgError> 
             })
         }
         Some(b'w') | Some(b'k') => Err(short()),
-        Some(other) => Err(PgError::Protocol(format!(
-            "unknown replication message {:?}",
-            *other as char
-        ))),
+        Some(other) => Ok(StreamMessage::Unknown(*other)),
         None => Err(short()),
     }
 }

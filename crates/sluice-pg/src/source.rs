@@ -261,6 +261,9 @@ impl<O: Output> SourceWorker<O> {
                         server_end = server_end.max(wal_end);
                         send_status |= reply;
                     }
+                    StreamMessage::Unknown(tag) => {
+                        warn!(tag = %(tag as char), "source: skipping unknown replication message");
+                    }
                     StreamMessage::End => {
                         return Err(PgError::Protocol(
                             "the server ended the replication stream".into(),

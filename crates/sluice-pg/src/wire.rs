@@ -400,10 +400,7 @@ impl Connection {
                     }
                     Some(backend::Message::NoticeResponse(_)) | None => {}
                     Some(_) => {
-                        return Err(PgError::Protocol(format!(
-                            "unexpected message {:?} during replication",
-                            tag as char
-                        )))
+                        tracing::warn!(tag = %(tag as char), "skipping unexpected message during replication");
                     }
                 },
             }
