@@ -46,6 +46,17 @@ impl std::fmt::Display for TableRef {
     }
 }
 
+/// `t`'s oid as an SQL expression. Unlike a `::regclass` cast it needs no USAGE on the
+/// schema, so preflight can report a missing grant instead of aborting on it.
+fn oid_of(t: &TableRef) -> String {
+    format!(
+        "(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {})",
+        quote_literal(&t.schema),
+        quote_literal(&t.name)
+    )
+}
+
 fn cell(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
@@ -454,13 +465,24 @@ async fn check_with(
                 "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, \
                  EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
                  (SELECT string_agg(a.attname, ',') FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                  AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 FROM pg_class c WHERE c.oid = {}::regclass",
-                quote_literal(&t.qualified())
+                  AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary), \
+                 has_schema_privilege(c.relnamespace, 'USAGE') \
+                 FROM pg_class c WHERE c.oid = {}",
+                oid_of(t)
             ))
             .await?;
         let Some(r) = rows.first() else { continue };
         let (select, ident, has_pk, pk_cols) = (cell(r, 0), cell(r, 1), cell(r, 2), cell(r, 3));
+        if cell(r, 4) != "t" {
+            out.push(fail(
+                format!("{user} may not use schema {} (no USAGE), so it cannot read {t}", t.schema),
+                format!(
+                    "run GRANT USAGE ON SCHEMA {} TO {};",
+                    quote_ident(&t.schema),
+                    quote_ident(&user)
+                ),
+            ));
+        }
         if select != "t" {
             out.push(fail(
                 format!("{user} may not SELECT from {t}"),
@@ -500,8 +522,8 @@ async fn check_with(
         if let Some(ex) = spec.exclusions.get(&t.to_string()) {
             let cols = conn
                 .query(&format!(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped",
-                    quote_literal(&t.qualified())
+                    "SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped",
+                    oid_of(t)
                 ))
                 .await?;
             let cols: BTreeSet<String> = cols.iter().map(|r| cell(r, 0)).collect();
@@ -569,7 +591,7 @@ async fn check_with(
                     if tables.is_empty() {
                         "0".to_string()
                     } else {
-                        tables.iter().map(|t| format!("{}::regclass", quote_literal(&t.qualified()))).collect::<Vec<_>>().join(",")
+                        tables.iter().map(oid_of).collect::<Vec<_>>().join(",")
                     }
                 ),
             )

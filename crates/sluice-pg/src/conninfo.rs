@@ -62,7 +62,11 @@ pub struct ConnInfoError(pub String);
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub hosts: Vec<Host>,
+    /// The first host's port.
     pub port: u16,
+    /// Each host's port, in the order of `hosts` (libpq: one port for every host, or one
+    /// per host).
+    pub ports: Vec<u16>,
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
@@ -76,7 +80,7 @@ impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnInfo")
             .field("hosts", &self.hosts)
-            .field("port", &self.port)
+            .field("ports", &self.ports)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("dbname", &self.dbname)
@@ -148,15 +152,28 @@ impl ConnInfo {
             }
             None => vec![Host::Tcp("localhost".into())],
         };
-        let port = match get("port", "PGPORT") {
-            Some(p) => p
+        let mut ports = match get("port", "PGPORT") {
+            Some(list) => list
                 .split(',')
-                .next()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| ConnInfoError(format!("port {p:?} is not a number")))?,
-            None => 5432,
+                .map(|p| match p.trim() {
+                    "" => Ok(5432),
+                    p => p
+                        .parse()
+                        .map_err(|_| ConnInfoError(format!("port {p:?} is not a number"))),
+                })
+                .collect::<Result<Vec<u16>, _>>()?,
+            None => vec![5432],
         };
+        if ports.len() == 1 {
+            ports = vec![ports[0]; hosts.len()];
+        } else if ports.len() != hosts.len() {
+            return Err(ConnInfoError(format!(
+                "{} ports for {} hosts: give one port for all hosts or one per host",
+                ports.len(),
+                hosts.len()
+            )));
+        }
+        let port = ports[0];
         let user = get("user", "PGUSER")
             .or_else(|| env("USER"))
             .unwrap_or_else(|| "postgres".into());
@@ -176,6 +193,7 @@ impl ConnInfo {
         Ok(ConnInfo {
             hosts,
             port,
+            ports,
             password: get("password", "PGPASSWORD"),
             dbname,
             sslrootcert: get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from),
@@ -242,14 +260,14 @@ fn parse_url(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
                 }
             };
             hosts.push(percent_decode(h)?);
-            if let Some(p) = p {
-                ports.push(p.to_owned());
-            }
+            ports.push(p.unwrap_or_default());
         }
         if hosts.iter().any(|h| !h.is_empty()) {
             out.push(("host".into(), hosts.join(",")));
         }
-        if !ports.is_empty() {
+        // As libpq: a host without a port keeps an empty entry (the default port), so
+        // the n-th port stays the n-th host's.
+        if ports.iter().any(|p| !p.is_empty()) {
             out.push(("port".into(), ports.join(",")));
         }
     }
@@ -388,6 +406,24 @@ mod tests {
         let c = parse("postgres://[::1]:5433/db", &[("PGPASSWORD", "pw")]).unwrap();
         assert_eq!(c.hosts, vec![Host::Tcp("::1".into())]);
         assert_eq!((c.port, c.password.as_deref()), (5433, Some("pw")));
+    }
+
+    #[test]
+    fn each_host_has_its_own_port() {
+        let c = parse("postgres://a:1,b:2,c/db", &[]).unwrap();
+        assert_eq!(
+            c.hosts,
+            ["a", "b", "c"].map(|h| Host::Tcp(h.into())).to_vec()
+        );
+        assert_eq!((c.port, c.ports.as_slice()), (1, &[1, 2, 5432][..]));
+        let c = parse("host=a,b port=7", &[]).unwrap();
+        assert_eq!(c.ports, [7, 7]);
+        let c = parse("host=a,b", &[("PGPORT", "8")]).unwrap();
+        assert_eq!(c.ports, [8, 8]);
+        assert!(parse("host=a,b,c port=1,2", &[])
+            .unwrap_err()
+            .0
+            .contains("2 ports for 3 hosts"));
     }
 
     #[test]

@@ -57,10 +57,10 @@ impl Connection {
     /// logical walsender (`replication=database`).
     pub async fn connect(info: &ConnInfo, replication: bool) -> Result<Connection, PgError> {
         let mut last = None;
-        for host in &info.hosts {
+        for (host, &port) in info.hosts.iter().zip(&info.ports) {
             match tokio::time::timeout(
                 info.connect_timeout,
-                Self::connect_host(info, host, replication),
+                Self::connect_host(info, host, port, replication),
             )
             .await
             {
@@ -68,7 +68,7 @@ impl Connection {
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
                     last = Some(PgError::Connect {
-                        target: format!("{host}:{}", info.port),
+                        target: format!("{host}:{port}"),
                         source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
                     })
                 }
@@ -80,11 +80,12 @@ impl Connection {
     async fn connect_host(
         info: &ConnInfo,
         host: &Host,
+        port: u16,
         replication: bool,
     ) -> Result<Connection, PgError> {
         let target = match host {
-            Host::Tcp(h) => format!("{h}:{}", info.port),
-            Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), info.port),
+            Host::Tcp(h) => format!("{h}:{port}"),
+            Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
         };
         let connect_err = |source| PgError::Connect {
             target: target.clone(),
@@ -97,7 +98,7 @@ impl Connection {
                     .map_err(connect_err)?,
             ),
             Host::Tcp(h) => {
-                let mut tcp = tokio::net::TcpStream::connect((h.as_str(), info.port))
+                let mut tcp = tokio::net::TcpStream::connect((h.as_str(), port))
                     .await
                     .map_err(connect_err)?;
                 tcp.set_nodelay(true)?;
