@@ -475,7 +475,10 @@ async fn check_with(
         let (select, ident, has_pk, pk_cols) = (cell(r, 0), cell(r, 1), cell(r, 2), cell(r, 3));
         if cell(r, 4) != "t" {
             out.push(fail(
-                format!("{user} may not use schema {} (no USAGE), so it cannot read {t}", t.schema),
+                format!(
+                    "{user} may not use schema {} (no USAGE), so it cannot read {t}",
+                    t.schema
+                ),
                 format!(
                     "run GRANT USAGE ON SCHEMA {} TO {};",
                     quote_ident(&t.schema),
