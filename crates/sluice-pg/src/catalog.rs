@@ -209,16 +209,30 @@ pub async fn teardown(
     publication: Option<&str>,
 ) -> Result<Vec<String>, PgError> {
     let mut dropped = Vec::new();
-    let row = conn
-        .query(&format!(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
-        .await?;
+    // The walsender of a pipeline that just died (killed, crashed) notices only a moment
+    // later and keeps the slot active until then.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let row = loop {
+        let row = conn
+            .query(&format!(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = {}",
+                quote_literal(slot)
+            ))
+            .await?;
+        let active = row
+            .first()
+            .is_some_and(|r| r.first().is_some_and(Option::is_some));
+        if !active || tokio::time::Instant::now() >= deadline {
+            break row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     if let Some(r) = row.first() {
         if let Some(pid) = r.first().cloned().flatten() {
             return Err(PgError::Definite(format!(
-                "slot {slot:?} is in use by process {pid}: stop the running pipeline first"
+                "slot {slot:?} is in use by process {pid}: stop the running pipeline first \
+                 (if no instance runs any more, end that session with \
+                 SELECT pg_terminate_backend({pid});)"
             )));
         }
         conn.execute(&format!(
