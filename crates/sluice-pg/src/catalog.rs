@@ -100,43 +100,22 @@ pub async fn expand_tables(
 }
 
 /// Creates the pipeline's publication, or makes an existing one list exactly `tables`.
-/// Tables with excluded columns are published with a column list (PostgreSQL 15+), so
-/// those values never leave the database.
+///
+/// Excluded columns are removed by the assembler, not by a publication column list:
+/// PostgreSQL refuses UPDATE and DELETE on a table whose column list does not cover its
+/// replica identity, so a column list plus `REPLICA IDENTITY FULL` (set now or later)
+/// would break the application's own writes.
 pub async fn ensure_publication(
     conn: &mut Connection,
     name: &str,
     tables: &[TableRef],
-    exclusions: &Exclusions,
 ) -> Result<(), PgError> {
     if tables.is_empty() {
         return Err(PgError::Definite(
             "no table to publish: list existing tables in [source] tables".into(),
         ));
     }
-    let column_lists = conn.server_version_num() >= 150000;
-    let mut items = Vec::new();
-    for t in tables {
-        let excluded = exclusions.get(&t.to_string()).filter(|e| !e.is_empty());
-        match excluded {
-            Some(ex) if column_lists => {
-                let rows = conn
-                    .query(&format!(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 \
-                         AND NOT attisdropped ORDER BY attnum",
-                        quote_literal(&t.qualified())
-                    ))
-                    .await?;
-                let cols: Vec<String> = rows
-                    .iter()
-                    .map(|r| cell(r, 0))
-                    .filter(|c| !ex.contains(c))
-                    .map(|c| quote_ident(&c))
-                    .collect();
-                items.push(format!("{} ({})", t.qualified(), cols.join(", ")));
-            }
-            _ => items.push(t.qualified()),
-        }
-    }
+    let items: Vec<String> = tables.iter().map(TableRef::qualified).collect();
     let exists = !conn
         .query(&format!(
             "SELECT 1 FROM pg_publication WHERE pubname = {}",

@@ -55,9 +55,11 @@ pub async fn create_slot(conn: &mut Connection, slot: &str) -> Result<Lsn, PgErr
 pub struct StartOptions {
     pub slot: String,
     pub publication: String,
-    /// 1, or 2 for streaming of in-progress transactions (PostgreSQL 14+).
+    /// 1, or 2 (PostgreSQL 14+).
     pub proto_version: u32,
     pub messages: bool,
+    /// Stream in-progress transactions (protocol 2 only).
+    pub streaming: bool,
 }
 
 /// Starts streaming from the slot's confirmed position.
@@ -73,7 +75,7 @@ pub async fn start_replication(conn: &mut Connection, opts: &StartOptions) -> Re
     if opts.messages {
         sql.push_str(", messages 'true'");
     }
-    if opts.proto_version >= 2 {
+    if opts.proto_version >= 2 && opts.streaming {
         sql.push_str(", streaming 'on'");
     }
     sql.push(')');

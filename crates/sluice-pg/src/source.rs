@@ -7,7 +7,11 @@
 //!   keepalive; it never moves backwards.
 //! - After a lost connection the worker reconnects with backoff and resumes from the
 //!   slot's confirmed position; the transaction in flight is received again whole.
-//! - Only the holder of the pipeline's advisory lock streams; another instance waits.
+//! - A clean stop that comes while part of a transaction is already in the output first
+//!   receives the rest of it (bounded), so nothing is sent again after a clean stop.
+//! - Only the holder of the pipeline's advisory lock streams; another instance waits, and
+//!   touches nothing shared with the active one (the spill directory is emptied only once
+//!   the lock is held).
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +26,9 @@ use crate::conninfo::ConnInfo;
 use crate::error::PgError;
 use crate::replication::{self, StartOptions, StreamMessage};
 use crate::wire::{quote_literal, Connection};
+
+/// How long a stop waits for the rest of a transaction that is partly in the output.
+const FINISH_TRANSACTION: Duration = Duration::from_secs(5);
 
 /// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting
 /// when the output is saturated); the output reports the last committed LSN it made
@@ -94,7 +101,11 @@ pub struct SourceStatus {
 pub struct SourceWorker<O: Output> {
     config: SourceConfig,
     output: O,
-    assembler: Assembler,
+    /// Created once the lock is first held: creating it empties the spill directory, which
+    /// the active instance is using while this one is a standby.
+    assembler: Option<Assembler>,
+    /// Records of a transaction whose commit has not arrived are in the output.
+    uncommitted: bool,
     status: watch::Sender<SourceStatus>,
 }
 
@@ -114,13 +125,15 @@ impl<O: Output> SourceWorker<O> {
         config: SourceConfig,
         output: O,
     ) -> std::io::Result<(Self, watch::Receiver<SourceStatus>)> {
-        let assembler = Assembler::new(config.exclusions.clone(), config.spill_dir.clone())?;
+        // Fail early if the spill directory cannot exist; it is emptied only under the lock.
+        std::fs::create_dir_all(&config.spill_dir)?;
         let (status, rx) = watch::channel(SourceStatus::default());
         Ok((
             SourceWorker {
                 config,
                 output,
-                assembler,
+                assembler: None,
+                uncommitted: false,
                 status,
             },
             rx,
@@ -140,7 +153,10 @@ impl<O: Output> SourceWorker<O> {
                         s.streaming = false;
                         s.reconnects += 1;
                     });
-                    self.assembler.reset();
+                    if let Some(a) = self.assembler.as_mut() {
+                        a.reset();
+                    }
+                    self.uncommitted = false;
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(100);
                     }
@@ -170,6 +186,16 @@ impl<O: Output> SourceWorker<O> {
         let mut catalog = Connection::connect(&cfg.conninfo, false).await?;
         if !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
             return Ok(());
+        }
+        if self.assembler.is_none() {
+            let asm =
+                Assembler::new(cfg.exclusions.clone(), cfg.spill_dir.clone()).map_err(|e| {
+                    PgError::Definite(format!(
+                        "cannot prepare the spill directory {}: {e}",
+                        cfg.spill_dir.display()
+                    ))
+                })?;
+            self.assembler = Some(asm);
         }
         let slot_row = catalog
             .query(&format!(
@@ -216,9 +242,14 @@ impl<O: Output> SourceWorker<O> {
             publication: cfg.publication.clone(),
             proto_version,
             messages: cfg.messages,
+            // A streamed message carries the top-level xid, so one written in a rolled-back
+            // savepoint could not be dropped: with messages on, PostgreSQL assembles
+            // transactions itself (spilling to its disk) and sends them at commit.
+            streaming: !cfg.messages,
         };
         replication::start_replication(&mut repl, &opts).await?;
-        info!(slot = %cfg.slot, from = %confirmed, proto_version, "source: streaming");
+        let streaming = proto_version >= 2 && opts.streaming;
+        info!(slot = %cfg.slot, from = %confirmed, proto_version, streaming, "source: streaming");
         self.status.send_modify(|s| {
             s.streaming = true;
             s.confirmed = confirmed;
@@ -229,6 +260,7 @@ impl<O: Output> SourceWorker<O> {
         let mut pending_commit: Option<Lsn> = None;
         let mut handed = Lsn::ZERO;
         let mut send_status = false;
+        let mut stop_by: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(cfg.status_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -281,8 +313,9 @@ impl<O: Output> SourceWorker<O> {
 
             let durable = *self.output.durable().borrow_and_update();
             let mut next = confirmed.max(durable);
-            let quiet =
-                !self.assembler.in_transaction() && !self.output.has_pending() && durable >= handed;
+            let quiet = !self.assembler().in_transaction()
+                && !self.output.has_pending()
+                && durable >= handed;
             if quiet {
                 // Nothing received is in flight: follow the server so idle or filtered
                 // streams do not hold WAL back.
@@ -295,19 +328,39 @@ impl<O: Output> SourceWorker<O> {
                 debug!(confirmed = %confirmed, "source: status update");
                 send_status = false;
             }
+            if cancel.is_cancelled() {
+                // Part of a transaction already in the output would be sent again after
+                // the restart: receive the rest of it first, within a bound.
+                let deadline = *stop_by.get_or_insert_with(|| {
+                    if self.uncommitted {
+                        info!("source: stopping after the transaction in flight");
+                    }
+                    tokio::time::Instant::now() + FINISH_TRANSACTION
+                });
+                if !self.uncommitted || tokio::time::Instant::now() >= deadline {
+                    if self.uncommitted {
+                        warn!("source: stopping inside a transaction; it will be sent again");
+                    }
+                    return self.drain(&mut repl, received, confirmed, handed).await;
+                }
+            }
             if busy {
                 continue;
             }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
-                    return self.drain(&mut repl, received, confirmed, handed).await;
-                }
+                _ = cancel.cancelled(), if stop_by.is_none() => {}
+                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)),
+                    if stop_by.is_some() => {}
                 _ = self.output.durable().changed() => {}
                 _ = tick.tick() => send_status = true,
                 r = repl.fill_buffer() => r?,
             }
         }
+    }
+
+    fn assembler(&self) -> &Assembler {
+        self.assembler.as_ref().expect("created under the lock")
     }
 
     /// Handles one pgoutput message; returns the end LSN when a transaction committed.
@@ -318,21 +371,35 @@ impl<O: Output> SourceWorker<O> {
         data: &[u8],
     ) -> Result<Option<Lsn>, SourceError> {
         let output = &mut self.output;
-        let mut emit = |r: ChangeRecord| output.push(&r);
-        let mut handled = self.assembler.handle(wal_start, data, &mut emit)?;
+        let assembler = self.assembler.as_mut().expect("created under the lock");
+        let mut emitted = false;
+        let mut emit = |r: ChangeRecord| {
+            output.push(&r);
+            emitted = true;
+        };
+        let mut handled = assembler.handle(wal_start, data, &mut emit)?;
         if let Handled::NeedCatalog {
             types,
             primary_key_of,
         } = handled
         {
-            resolve_catalog(catalog, &mut self.assembler, types, primary_key_of).await?;
-            let output = &mut self.output;
-            let mut emit = |r: ChangeRecord| output.push(&r);
-            handled = self.assembler.handle(wal_start, data, &mut emit)?;
+            resolve_catalog(catalog, assembler, types, primary_key_of).await?;
+            let mut emit = |r: ChangeRecord| {
+                output.push(&r);
+                emitted = true;
+            };
+            handled = assembler.handle(wal_start, data, &mut emit)?;
         }
         match handled {
-            Handled::Done => Ok(None),
-            Handled::Commit { end_lsn } => Ok(Some(end_lsn)),
+            Handled::Done => {
+                // (A record emitted outside any transaction is whole by itself.)
+                self.uncommitted |= emitted && assembler.in_transaction();
+                Ok(None)
+            }
+            Handled::Commit { end_lsn } => {
+                self.uncommitted = false;
+                Ok(Some(end_lsn))
+            }
             Handled::NeedCatalog { .. } => {
                 Err(PgError::Protocol("catalog facts still missing after lookup".into()).into())
             }
@@ -349,6 +416,7 @@ impl<O: Output> SourceWorker<O> {
                             .map_err(SourceError::Output)?;
                     }
                 }
+                self.uncommitted = false;
                 Ok(Some(end_lsn))
             }
         }

@@ -22,6 +22,11 @@ pub(crate) fn client_config(
     rootcert: Option<&Path>,
 ) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // As libpq: `require` with a root certificate at hand verifies the chain (verify-ca).
+    let mode = match mode {
+        SslMode::Require if rootcert.is_some() || default_rootcert().is_some() => SslMode::VerifyCa,
+        m => m,
+    };
     let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
     let webpki = if verifying {
         let path =

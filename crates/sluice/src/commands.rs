@@ -139,8 +139,7 @@ pub async fn run_pipeline(
     let mut conn = Connection::connect(&spec.conninfo, false).await?;
     let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
     if config.source.publication.is_none() {
-        catalog::ensure_publication(&mut conn, &spec.publication, &tables, &spec.exclusions)
-            .await?;
+        catalog::ensure_publication(&mut conn, &spec.publication, &tables).await?;
     }
     conn.close().await;
     info!(pipeline = %config.pipeline.name, tables = tables.len(), slot = %spec.slot, publication = %spec.publication, "starting");

@@ -40,14 +40,19 @@ pub struct SourceSection {
     pub url: String,
     /// Tables to capture, as `schema.table` or `schema.*`.
     pub tables: Vec<String>,
-    /// Columns that never leave the database, per `schema.table`.
+    /// Columns that never reach a record, a sink or a log, per `schema.table`. They are
+    /// dropped as changes are decoded (a publication column list would make PostgreSQL
+    /// refuse UPDATE/DELETE on tables with REPLICA IDENTITY FULL).
     #[serde(default)]
     pub exclude_columns: BTreeMap<String, Vec<String>>,
     /// Use this existing publication (created by a DBA) instead of managing one.
     #[serde(default)]
     pub publication: Option<String>,
     /// Deliver logical decoding messages (`pg_logical_emit_message`) as `op = "message"`.
-    #[serde(default = "yes")]
+    /// Off by default. When on, in-progress transactions are not streamed: PostgreSQL
+    /// tags a streamed message with the top-level transaction, so a message written in a
+    /// savepoint that was rolled back could not be told apart and would be delivered.
+    #[serde(default)]
     pub messages: bool,
     /// pgoutput protocol version: 1, or 2 (default on PostgreSQL 14+) to stream large
     /// transactions before they commit instead of waiting for them whole.
@@ -56,10 +61,6 @@ pub struct SourceSection {
     /// Seconds between standby status updates when nothing else triggers one.
     #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_status_interval() -> u64 {

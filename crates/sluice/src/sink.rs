@@ -6,9 +6,11 @@
 //! once (group commit); only then does it publish the last commit LSN among them as
 //! durable. So the confirmed LSN never covers a record that is not on disk.
 //!
-//! A file sink repairs a torn last line (from a crash mid-write) when it opens, so the
-//! file is always whole JSON lines; records after the last confirmed transaction may be
-//! written again after a restart, with the same ids.
+//! A file sink repairs a torn last line (from a crash mid-write) before its first write,
+//! so the file is always whole JSON lines; records after the last confirmed transaction may
+//! be written again after a restart, with the same ids. The repair waits for the first
+//! write, not the open, because a standby opens its sinks while the active instance still
+//! appends to the same file: only the lock holder may touch it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -34,6 +36,8 @@ trait Sink: Send {
 
 struct FileSink {
     file: File,
+    /// Whether the torn tail has been repaired (done at the first append).
+    repaired: bool,
 }
 
 impl FileSink {
@@ -42,12 +46,11 @@ impl FileSink {
             std::fs::create_dir_all(dir)?;
         }
         let created = !path.exists();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)?;
-        repair_torn_tail(&mut file)?;
         if created {
             // The new directory entry must survive a crash as much as the data does.
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -56,7 +59,10 @@ impl FileSink {
                 File::open(".")?.sync_all()?;
             }
         }
-        Ok(FileSink { file })
+        Ok(FileSink {
+            file,
+            repaired: false,
+        })
     }
 }
 
@@ -92,6 +98,10 @@ fn repair_torn_tail(file: &mut File) -> std::io::Result<()> {
 
 impl Sink for FileSink {
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.repaired {
+            repair_torn_tail(&mut self.file)?;
+            self.repaired = true;
+        }
         self.file.write_all(bytes)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -256,14 +266,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_last_line_is_cut_on_open() {
+    fn a_torn_last_line_is_cut_before_the_first_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
-        drop(FileSink::open(&path).unwrap());
-        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        let mut sink = FileSink::open(&path).unwrap();
+        // Opening alone leaves the file to whoever is still writing it (a standby opens
+        // early).
+        assert_eq!(std::fs::read(&path).unwrap().len(), 21);
+        sink.append(b"{\"d\":4}\n").unwrap();
+        sink.append(b"{\"e\":5}\n").unwrap();
+        drop(sink);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n{\"e\":5}\n"
+        );
         std::fs::write(&path, b"no newline at all").unwrap();
-        drop(FileSink::open(&path).unwrap());
-        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.append(b"{\"f\":6}\n").unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"f\":6}\n");
     }
 }
