@@ -10,43 +10,12 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Runs a `sluice` subcommand on `p`'s config, bounded: a hang is a test failure, not a
-/// stuck test run.
 fn sluice(p: &Pipeline, sub: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([sub, "-c"])
-        .arg(&p.config_path)
-        .env("SLUICE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().expect("wait for sluice").is_some() {
-            return child.wait_with_output().expect("sluice output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("sluice output");
-            panic!(
-                "`sluice {sub}` did not finish within 90 s\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.command(sub)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(out)
 }
 
 /// `sluice check` fails (non-zero exit) and its output mentions every one of `needles`

@@ -6,42 +6,16 @@
 mod support;
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
-/// Runs a `sluice` subcommand on `p`'s config, bounded: a hang is a test failure.
 fn sluice(p: &Pipeline, sub: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([sub, "-c"])
-        .arg(&p.config_path)
-        .env("SLUICE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().expect("wait for sluice").is_some() {
-            return child.wait_with_output().expect("sluice output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("sluice output");
-            panic!("`sluice {sub}` did not finish within 90 s\n{}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.command(sub)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(out)
 }
 
 /// Runs `sluice check`, which must exit with 2 and print a `FAIL` line containing `what`

@@ -56,14 +56,33 @@ impl Pipeline {
         }
     }
 
-    /// Runs a `sluice` subcommand on this pipeline's config to completion.
+    /// Runs a `sluice` subcommand on this pipeline's config to completion, bounded: a hang
+    /// is a test failure, not a stuck test run.
     pub fn command(&self, sub: &str) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([sub, "-c"])
             .arg(&self.config_path)
             .env("SLUICE_LOG", "info")
-            .output()
-            .expect("run sluice")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if child.try_wait().expect("wait for sluice").is_some() {
+                return child.wait_with_output().expect("sluice output");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("sluice output");
+                panic!(
+                    "`sluice {sub}` did not finish within 90 s\n{}",
+                    output_text(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts `sluice run` in the background; its log goes to `sluice-N.log`.
@@ -192,10 +211,27 @@ pub fn terminate(child: &mut Child) {
     panic!("sluice did not exit within 30 s of SIGTERM");
 }
 
-/// Parses a JSON-lines file; a missing file is empty.
+/// A command's exit code, stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Parses the whole lines of a JSON-lines file; a missing file is empty. A last line
+/// without its newline is being written right now and is left for the next read (tests
+/// that check for torn lines read the file themselves after the writer stopped).
 pub fn read_records(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    whole
+        .lines()
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
