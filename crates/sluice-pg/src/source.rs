@@ -269,6 +269,12 @@ impl<O: Output> SourceWorker<O> {
             let mut frames = 0;
             while frames < 8192 {
                 let Some(m) = repl.try_read_copy()? else {
+                    // Buffer exhausted: only when the socket has nothing either is the
+                    // stream idle, the moment to hand off a commit (group commit); in a
+                    // backlog, hand-offs happen by size instead.
+                    if repl.fill_buffer_now()? {
+                        continue;
+                    }
                     break;
                 };
                 frames += 1;
@@ -305,7 +311,10 @@ impl<O: Output> SourceWorker<O> {
                 }
             }
             let busy = frames == 8192;
-            if pending_commit.is_some() || (!busy && self.output.has_pending()) {
+            // Records of a transaction still arriving wait for more (or for the size
+            // limit); a record outside any (a non-transactional message) goes at once.
+            let loose = !busy && self.output.has_pending() && !self.assembler().in_transaction();
+            if pending_commit.is_some() || loose {
                 let c = pending_commit.take();
                 self.output.hand_off(c).await.map_err(SourceError::Output)?;
                 handed = handed.max(c.unwrap_or_default());

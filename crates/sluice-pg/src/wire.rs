@@ -434,6 +434,19 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads what the socket holds right now, without waiting: false when it holds
+    /// nothing (the stream is idle at this moment).
+    pub fn fill_buffer_now(&mut self) -> Result<bool, PgError> {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let fill = std::pin::pin!(self.fill_buffer());
+        match fill.poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.map(|()| true),
+            // Dropping the pending read is safe: read_buf is cancel-safe.
+            std::task::Poll::Pending => Ok(false),
+        }
+    }
+
     /// Reads more bytes from the server into the buffer (cancel-safe).
     pub async fn fill_buffer(&mut self) -> Result<(), PgError> {
         if self.rbuf.capacity() - self.rbuf.len() < 32 * 1024 {

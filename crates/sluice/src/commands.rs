@@ -95,7 +95,7 @@ pub async fn teardown(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(path: &Path, until: Option<sluice_core::Lsn>) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
@@ -104,7 +104,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         info!("shutting down");
         signals.cancel();
     });
-    run_pipeline(&config, base_dir(path), cancel).await
+    run_pipeline(&config, base_dir(path), cancel, until).await
 }
 
 async fn wait_for_signal() {
@@ -124,6 +124,7 @@ pub async fn run_pipeline(
     config: &Config,
     base: &Path,
     cancel: CancellationToken,
+    until: Option<sluice_core::Lsn>,
 ) -> anyhow::Result<ExitCode> {
     let spec = spec(config)?;
     let findings = catalog::check(&spec).await;
@@ -163,7 +164,16 @@ pub async fn run_pipeline(
         proto_version: config.source.protocol_version,
         status_interval: Duration::from_secs(config.source.status_interval_secs),
     };
-    let (worker, _status) = SourceWorker::new(source_config, output)?;
+    let (worker, mut status) = SourceWorker::new(source_config, output)?;
+    if let Some(until) = until {
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            if status.wait_for(|s| s.confirmed >= until).await.is_ok() {
+                info!(%until, "everything up to the requested LSN is confirmed; stopping");
+                stop.cancel();
+            }
+        });
+    }
     let mut source = tokio::spawn(worker.run(cancel.clone()));
     let result = tokio::select! {
         r = &mut source => r,

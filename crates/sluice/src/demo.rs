@@ -60,7 +60,7 @@ type = "stdout"
         stop.cancel();
     });
     let writer = tokio::spawn(write_orders(ConnInfo::parse(&url)?, cancel.clone()));
-    let code = crate::commands::run_pipeline(&config, dir.path(), cancel.clone()).await;
+    let code = crate::commands::run_pipeline(&config, dir.path(), cancel.clone(), None).await;
     cancel.cancel();
     let _ = writer.await;
     drop(pg);
