@@ -18,7 +18,7 @@ export BASE=${BASE:-/tmp/sluice-bench-pg} PORT=${PORT:-54339}
 RUNS=${RUNS:-3}
 ROWS=${ROWS:-1000000}
 SINGLE=${SINGLE:-200000}
-LAT_SECONDS=${LAT_SECONDS:-10}
+LAT_SECONDS=${LAT_SECONDS:-30}
 CONN="host=$BASE port=$PORT user=postgres dbname=postgres"
 URL="postgres:///postgres?host=$BASE&port=$PORT&user=postgres"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -142,8 +142,26 @@ for spec in 1000:1 10000:10; do
     > "$WORK/pgbench.out" 2>&1 || true
   wait $tail_pid || true
   kill -TERM $pid; wait $pid || true
-  printf "latency at %5s rows/s (%s-row txns): %s   (pgbench: %s)\n" "$rate" "$per" "$(cat "$WORK/lat.out")" \
+  printf "latency at %5s rows/s (%s-row txns): sluice         %s   (pgbench: %s)\n" "$rate" "$per" "$(cat "$WORK/lat.out")" \
     "$(grep -o 'tps = [0-9.]*' "$WORK/pgbench.out" | head -n 1)"
   q "SELECT pg_drop_replication_slot('sluice_lat')" >/dev/null
+
+  # The same load read by pg_recvlogical (test_decoding, commit timestamps in its output,
+  # no fsync): what a minimal consumer sees on this machine at this moment.
+  q "SELECT pg_create_logical_replication_slot('ref_lat', 'test_decoding')" >/dev/null
+  rm -f "$WORK/ref_lat.out"
+  pg_recvlogical -d "$CONN" -S ref_lat --start -F 0 -f "$WORK/ref_lat.out" -o include-timestamp=1 &
+  ref_pid=$!
+  pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -T 2 -f "$WORK/lat.sql" postgres >/dev/null 2>&1
+  warm=$(grep -c '^COMMIT' "$WORK/ref_lat.out" || true)
+  ntx=$((rate / per * LAT_SECONDS))
+  # Only COMMIT lines are counted, one per transaction; other lines are skipped as they come.
+  python3 bench/latency.py "$WORK/ref_lat.out" "$ntx" $((LAT_SECONDS + 60)) "$(grep -c '' "$WORK/ref_lat.out")" > "$WORK/ref_lat.res" &
+  tail_pid=$!
+  pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -t $((ntx / 4)) -f "$WORK/lat.sql" postgres >/dev/null 2>&1 || true
+  wait $tail_pid || true
+  kill $ref_pid; wait $ref_pid 2>/dev/null || true
+  printf "latency at %5s rows/s (%s-row txns): pg_recvlogical %s (per transaction; warm-up %s txns)\n" "$rate" "$per" "$(cat "$WORK/ref_lat.res")" "$warm"
+  q "SELECT pg_drop_replication_slot('ref_lat')" >/dev/null
 done
 q "DROP PUBLICATION bench_single_pub; DROP TABLE bench_single"
