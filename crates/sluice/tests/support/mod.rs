@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+pub mod recovery;
 pub use sluice_testkit::{wait_until, PgServer};
 
 /// A default bound for waits in these tests; generous for slow shared machines.
