@@ -39,6 +39,9 @@ pub trait Output: Send {
     fn wants_hand_off(&self) -> bool;
     /// Whether anything is buffered.
     fn has_pending(&self) -> bool;
+    /// Drops what is buffered and not yet handed off: after a lost connection the server
+    /// sends that transaction again, whole.
+    fn discard_pending(&mut self);
     /// Hands the buffer off; `commit` is the end LSN of the last transaction it completes.
     fn hand_off(
         &mut self,
@@ -156,6 +159,7 @@ impl<O: Output> SourceWorker<O> {
                     if let Some(a) = self.assembler.as_mut() {
                         a.reset();
                     }
+                    self.output.discard_pending();
                     self.uncommitted = false;
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(100);

@@ -236,6 +236,10 @@ impl Output for SinkOutput {
         !self.buf.is_empty()
     }
 
+    fn discard_pending(&mut self) {
+        self.buf.clear();
+    }
+
     async fn hand_off(
         &mut self,
         commit: Option<Lsn>,
