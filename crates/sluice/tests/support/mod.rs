@@ -119,13 +119,20 @@ impl Pipeline {
 
     /// Waits until the pipeline's slot is being streamed from.
     pub fn wait_streaming(&self, pg: &PgServer) {
+        // The slot is also active while it is being created (and would vanish if the
+        // process died then), so wait for the log to say streaming started as well.
         let sql = format!(
             "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_{}'",
             self.name
         );
-        wait_until(WAIT, "the slot to become active", || {
-            (pg.psql(&sql).ok()?.trim() == "t").then_some(())
-        })
+        wait_until(
+            WAIT,
+            "the slot to become active and streaming to start",
+            || {
+                let started = self.log_contains("source: streaming");
+                (started && pg.psql(&sql).ok()?.trim() == "t").then_some(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
@@ -164,6 +171,19 @@ impl Pipeline {
             (r.len() >= n).then_some(r)
         })
         .unwrap_or_else(|e| panic!("{e}; have {}\n{}", self.records().len(), self.logs()))
+    }
+
+    /// Whether any `sluice` log of this pipeline contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_dir(self.dir.path())
+            .map(|dir| {
+                dir.flatten().any(|e| {
+                    let p = e.path();
+                    p.extension().is_some_and(|x| x == "log")
+                        && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(needle))
+                })
+            })
+            .unwrap_or(false)
     }
 
     /// All `sluice` logs of this pipeline, for failure messages.
