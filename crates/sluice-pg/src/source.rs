@@ -164,7 +164,8 @@ impl<O: Output> SourceWorker<O> {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(100);
                     }
-                    // Full jitter keeps several instances from reconnecting in lockstep.
+                    // Jitter (half to all of the backoff) keeps several instances from
+                    // reconnecting in lockstep.
                     let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "source: connection problem, reconnecting");
                     tokio::select! {
