@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -239,20 +238,7 @@ struct Writer {
 impl Writer {
     fn start(pg: &PgServer, mut rng: Rng) -> Writer {
         let stderr = tempfile::tempfile().unwrap();
-        let mut psql = Command::new(sluice_testkit::pg_bin("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host()])
-            .args([
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+        let mut psql = psql_command(pg)
             .stderr(stderr.try_clone().unwrap())
             .spawn()
             .expect("spawn psql");

@@ -215,6 +215,25 @@ pub fn log_of(p: &Pipeline, n: usize) -> String {
     std::fs::read_to_string(p.dir.path().join(format!("sluice-{n}.log"))).unwrap_or_default()
 }
 
+/// `psql` as `postgres` reading statements from a piped stdin, output discarded.
+pub fn psql_command(pg: &PgServer) -> Command {
+    let mut cmd = Command::new(sluice_testkit::pg_bin("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host()])
+        .args([
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    cmd
+}
+
 /// A `psql` session (as `postgres`) kept open across steps, e.g. to hold a transaction open.
 pub struct PsqlSession {
     child: Child,
@@ -223,20 +242,7 @@ pub struct PsqlSession {
 
 impl PsqlSession {
     pub fn start(pg: &PgServer) -> PsqlSession {
-        let mut child = Command::new(sluice_testkit::pg_bin("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host()])
-            .args([
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+        let mut child = psql_command(pg)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn psql");
