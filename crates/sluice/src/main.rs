@@ -77,9 +77,9 @@ fn main() -> std::process::ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    // One thread runs the pipeline's tasks: the source is a single hot loop, and on small
-    // machines a task hopping between worker threads costs more than it brings (measured:
-    // 25k cross-thread wakeups per million rows). Blocking work has its own threads.
+    // One thread runs the pipeline's tasks: the source is a single hot loop that gains
+    // nothing from work stealing (two workers only passed it back and forth); blocking
+    // work (the sink writer, fsync) has threads of its own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
