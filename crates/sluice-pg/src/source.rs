@@ -148,10 +148,14 @@ impl<O: Output> SourceWorker<O> {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<O, SourceError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let started = std::time::Instant::now();
             match self.session(&cancel).await {
                 Ok(()) => return Ok(self.output),
                 Err(e) if e.class() == ErrorClass::Transient && !cancel.is_cancelled() => {
+                    // A session that got as far as streaming was a success that ended: the
+                    // next attempt starts from the shortest wait again.
+                    if self.status.borrow().streaming {
+                        backoff = Duration::from_millis(100);
+                    }
                     self.status.send_modify(|s| {
                         s.streaming = false;
                         s.reconnects += 1;
@@ -161,9 +165,6 @@ impl<O: Output> SourceWorker<O> {
                     }
                     self.output.discard_pending();
                     self.uncommitted = false;
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff = Duration::from_millis(100);
-                    }
                     // Jitter (half to all of the backoff) keeps several instances from
                     // reconnecting in lockstep.
                     let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
