@@ -11,13 +11,3 @@ pub enum ErrorClass {
     /// Retrying cannot help until someone changes something; stop with a hint.
     Definite,
 }
-
-/// What the operator should do about a definite error, shown beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hint(pub String);
-
-impl std::fmt::Display for Hint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}

@@ -13,7 +13,7 @@ mod lsn;
 mod record;
 mod time;
 
-pub use error::{ErrorClass, Hint};
+pub use error::ErrorClass;
 pub use lsn::{ChangeId, Lsn, ParseError};
 pub use record::{ChangeRecord, LogicalMessage, Op};
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};
