@@ -54,7 +54,7 @@ impl FromStr for Lsn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ChangeId {
     pub commit_lsn: Lsn,
-    pub ordinal: u32,
+    pub ordinal: u64,
 }
 
 impl fmt::Display for ChangeId {

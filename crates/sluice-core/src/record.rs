@@ -65,6 +65,10 @@ pub struct ChangeRecord {
     pub commit_ts_micros: i64,
     pub xid: u32,
     pub message: Option<LogicalMessage>,
+    /// Not part of the envelope: the key before an update that changed it (or any update
+    /// that carried the old row), in the same form as `key`. Backfills use it to tell
+    /// which rows the stream changed while a chunk was read.
+    pub old_key: Option<String>,
 }
 
 impl ChangeRecord {
@@ -75,7 +79,7 @@ impl ChangeRecord {
         out.extend_from_slice(b"{\"id\":\"");
         push_hex_fixed(out, self.id.commit_lsn.0, 16);
         out.push(b'-');
-        push_decimal_min(out, self.id.ordinal as u64, 6);
+        push_decimal_min(out, self.id.ordinal, 6);
         out.extend_from_slice(b"\",\"op\":\"");
         out.extend_from_slice(self.op.as_str().as_bytes());
         out.push(b'"');
@@ -149,6 +153,62 @@ impl ChangeRecord {
         self.write_json(&mut out);
         // write_json only ever writes UTF-8: ASCII framing plus UTF-8 strings.
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The envelope of records that differ only in their ordinal, key and row image (the rows
+/// of one snapshot table): encoded once around those three, byte for byte what
+/// [`ChangeRecord::write_json`] writes, so snapshot workers can encode without building a
+/// record per row.
+#[derive(Debug, Clone)]
+pub struct EnvelopeTemplate {
+    /// Up to and including the `-` of the id.
+    head: Vec<u8>,
+    /// From after the ordinal up to the key.
+    before_key: Vec<u8>,
+    /// Between the key and the row image.
+    before_after: Vec<u8>,
+    /// After the row image.
+    tail: Vec<u8>,
+}
+
+impl EnvelopeTemplate {
+    /// A template from a record whose `key` and `after` are present; the ordinal, key and
+    /// row image are replaced per row.
+    pub fn new(proto: &ChangeRecord) -> EnvelopeTemplate {
+        const KEY: &str = "\u{1}SLUICE-KEY\u{1}";
+        const AFTER: &str = "\u{1}SLUICE-AFTER\u{1}";
+        let mut r = proto.clone();
+        r.id.ordinal = 0;
+        r.key = Some(KEY.into());
+        r.after = Some(AFTER.into());
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        let find = |needle: &[u8]| {
+            out.windows(needle.len())
+                .position(|w| w == needle)
+                .expect("marker is written verbatim")
+        };
+        let dash = b"{\"id\":\"".len() + 16;
+        let k = find(KEY.as_bytes());
+        let a = find(AFTER.as_bytes());
+        EnvelopeTemplate {
+            head: out[..=dash].to_vec(),
+            before_key: out[dash + 1 + 6..k].to_vec(),
+            before_after: out[k + KEY.len()..a].to_vec(),
+            tail: out[a + AFTER.len()..].to_vec(),
+        }
+    }
+
+    /// Appends one record's envelope; `key` and `after` are JSON objects.
+    pub fn write(&self, ordinal: u64, key: &[u8], after: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        push_decimal_min(out, ordinal, 6);
+        out.extend_from_slice(&self.before_key);
+        out.extend_from_slice(key);
+        out.extend_from_slice(&self.before_after);
+        out.extend_from_slice(after);
+        out.extend_from_slice(&self.tail);
     }
 }
 
@@ -273,6 +333,27 @@ mod tests {
             commit_ts_micros: 1_795_309_323_456_789,
             xid: 744,
             message: None,
+            old_key: None,
+        }
+    }
+
+    #[test]
+    fn the_template_writes_what_write_json_writes() {
+        let mut r = sample();
+        r.op = Op::Read;
+        r.table = "we\"ird".into();
+        let t = EnvelopeTemplate::new(&r);
+        for (ordinal, key, after) in [
+            (1u64, r#"{"id":1}"#, r#"{"id":1,"s":"x"}"#),
+            (999_999, r#"{"a":"b","c":2}"#, r#"{}"#),
+            (12_345_678, r#"{}"#, r#"{"x":null}"#),
+        ] {
+            r.id.ordinal = ordinal;
+            r.key = Some(key.into());
+            r.after = Some(after.into());
+            let mut out = Vec::new();
+            t.write(ordinal, key.as_bytes(), after.as_bytes(), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), r.to_json());
         }
     }
 
@@ -297,7 +378,7 @@ mod tests {
     fn hand_rolled_numbers_match_display() {
         let mut r = sample();
         for (lsn, ordinal, xid) in [
-            (0u64, 0u32, 0u32),
+            (0u64, 0u64, 0u32),
             (1, 1, 1),
             (0x1_0000_0000, 999_999, 10),
             (0xFFFF_FFFF_FFFF_FFFF, 1_000_000, u32::MAX),

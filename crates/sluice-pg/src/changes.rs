@@ -65,7 +65,7 @@ struct Txn {
     xid: u32,
     commit_lsn: Lsn,
     commit_ts: i64,
-    ordinal: u32,
+    ordinal: u64,
 }
 
 /// A record of a streamed transaction waiting on disk for its commit.
@@ -183,7 +183,7 @@ impl Assembler {
                     wal_start,
                     Op::Insert,
                     relation,
-                    Some(key),
+                    (Some(key), None),
                     None,
                     Some(after),
                     unchanged,
@@ -210,12 +210,18 @@ impl Assembler {
                 };
                 let after = row_json(rel, &new, false, full_old, &mut unchanged)?;
                 let key = key_json(rel, &new)?;
+                let old_key = match &old {
+                    Some(OldTuple::Full(t) | OldTuple::Key(t)) => {
+                        Some(key_json(rel, t)?).filter(|k| *k != key)
+                    }
+                    None => None,
+                };
                 self.change(
                     xid,
                     wal_start,
                     Op::Update,
                     relation,
-                    Some(key),
+                    (Some(key), old_key),
                     before,
                     Some(after),
                     unchanged,
@@ -234,7 +240,7 @@ impl Assembler {
                     wal_start,
                     Op::Delete,
                     relation,
-                    Some(key),
+                    (Some(key), None),
                     Some(before),
                     None,
                     Vec::new(),
@@ -249,7 +255,7 @@ impl Assembler {
                         wal_start,
                         Op::Truncate,
                         relation,
-                        None,
+                        (None, None),
                         None,
                         None,
                         Vec::new(),
@@ -275,7 +281,7 @@ impl Assembler {
                         Lsn(lsn),
                         Op::Message,
                         None,
-                        None,
+                        (None, None),
                         None,
                         None,
                         Vec::new(),
@@ -303,6 +309,7 @@ impl Assembler {
                         ),
                         xid: xid.unwrap_or(0),
                         message: Some(message),
+                        old_key: None,
                     });
                 }
             }
@@ -440,7 +447,7 @@ impl Assembler {
         lsn: Lsn,
         op: Op,
         relation: u32,
-        key: Option<String>,
+        key: (Option<String>, Option<String>),
         before: Option<String>,
         after: Option<String>,
         unchanged: Vec<Arc<str>>,
@@ -460,7 +467,7 @@ impl Assembler {
         lsn: Lsn,
         op: Op,
         table: Option<(Arc<str>, Arc<str>)>,
-        key: Option<String>,
+        (key, old_key): (Option<String>, Option<String>),
         before: Option<String>,
         after: Option<String>,
         unchanged_toast: Vec<Arc<str>>,
@@ -478,6 +485,7 @@ impl Assembler {
                 schema: &schema,
                 table: &table,
                 key: key.as_deref(),
+                old_key: old_key.as_deref(),
                 before: before.as_deref(),
                 after: after.as_deref(),
                 unchanged: &unchanged_toast,
@@ -510,6 +518,7 @@ impl Assembler {
             commit_ts_micros: pg_epoch_to_unix_micros(txn.commit_ts),
             xid: txn.xid,
             message,
+            old_key,
         });
         Ok(())
     }
@@ -609,6 +618,7 @@ struct SpillEntry<'a> {
     schema: &'a str,
     table: &'a str,
     key: Option<&'a str>,
+    old_key: Option<&'a str>,
     before: Option<&'a str>,
     after: Option<&'a str>,
     unchanged: &'a [Arc<str>],
@@ -624,6 +634,7 @@ impl SpillEntry<'_> {
         put_bytes(w, Some(self.schema.as_bytes()))?;
         put_bytes(w, Some(self.table.as_bytes()))?;
         put_bytes(w, self.key.map(str::as_bytes))?;
+        put_bytes(w, self.old_key.map(str::as_bytes))?;
         put_bytes(w, self.before.map(str::as_bytes))?;
         put_bytes(w, self.after.map(str::as_bytes))?;
         w.write_all(&(self.unchanged.len() as u32).to_le_bytes())?;
@@ -670,7 +681,7 @@ pub struct Replay {
     xid: u32,
     commit_lsn: Lsn,
     commit_ts: i64,
-    ordinal: u32,
+    ordinal: u64,
 }
 
 impl std::fmt::Debug for Replay {
@@ -694,6 +705,7 @@ impl Replay {
             let schema = get_string(r)?.unwrap_or_default();
             let table = get_string(r)?.unwrap_or_default();
             let key = get_string(r)?;
+            let old_key = get_string(r)?;
             let before = get_string(r)?;
             let after = get_string(r)?;
             let n = u32::from_le_bytes(get_array(r)?);
@@ -742,6 +754,7 @@ impl Replay {
                 commit_ts_micros: pg_epoch_to_unix_micros(self.commit_ts),
                 xid: self.xid,
                 message,
+                old_key,
             }));
         }
         Ok(None)

@@ -2,13 +2,18 @@
 //! logical replication stream, the pgoutput decoder, value conversion to the JSON mapping
 //! of the change record, transaction assembly, and slot/publication management.
 
+pub mod backfill;
 pub mod catalog;
 pub mod changes;
 pub mod conninfo;
+pub mod copy_binary;
 mod error;
+pub mod initial;
 pub mod pgoutput;
 pub mod replication;
+pub mod snapshot;
 pub mod source;
+pub mod state;
 mod tls;
 pub mod values;
 pub mod wire;

@@ -50,6 +50,32 @@ pub async fn create_slot(conn: &mut Connection, slot: &str) -> Result<Lsn, PgErr
         })
 }
 
+/// Creates a logical slot and exports the snapshot it starts from; returns the consistent
+/// point and the snapshot's name. The snapshot stays importable (`SET TRANSACTION
+/// SNAPSHOT`) only until the next command on `conn`.
+pub async fn create_slot_exporting(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<(Lsn, String), PgError> {
+    let rows = conn
+        .query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(slot)
+        ))
+        .await?;
+    let row = rows.first();
+    let at = row
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|l| l.parse().ok());
+    let snapshot = row.and_then(|r| r.get(2).cloned().flatten());
+    match (at, snapshot) {
+        (Some(at), Some(snapshot)) => Ok((at, snapshot)),
+        _ => Err(PgError::Protocol(
+            "CREATE_REPLICATION_SLOT returned no consistent point or snapshot".into(),
+        )),
+    }
+}
+
 /// What to ask of pgoutput.
 #[derive(Debug, Clone)]
 pub struct StartOptions {

@@ -14,21 +14,39 @@
 //!   the lock is held).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{ChangeRecord, ErrorClass, Lsn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::backfill::{self, BackfillRequest, BackfillWorker, Seen, Watermarks};
 use crate::changes::{Assembler, Exclusions, Handled};
 use crate::conninfo::ConnInfo;
 use crate::error::PgError;
+use crate::initial::{InitialSnapshot, SnapshotTable};
 use crate::replication::{self, StartOptions, StreamMessage};
+use crate::snapshot::{describe, PlanKind, Progress, TablePlan};
+use crate::state::PipelineState;
+use crate::values::TypeRegistry;
 use crate::wire::{quote_literal, Connection};
 
 /// How long a stop waits for the rest of a transaction that is partly in the output.
 const FINISH_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// JSON lines encoded elsewhere (by snapshot workers, on their own threads), written in
+/// the order sent.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Whole JSON lines, each ending in a newline.
+    pub bytes: Vec<u8>,
+    /// The end LSN of the last transaction this batch completes.
+    pub commit: Option<Lsn>,
+    /// Answered once this batch and everything sent before it is durable.
+    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 /// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting
 /// when the output is saturated); the output reports the last committed LSN it made
@@ -49,6 +67,8 @@ pub trait Output: Send {
     ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
     /// The end LSN of the last transaction made durable.
     fn durable(&mut self) -> &mut watch::Receiver<Lsn>;
+    /// A sender for pre-encoded batches; they go after whatever was handed off before.
+    fn batches(&self) -> tokio::sync::mpsc::Sender<Batch>;
 }
 
 /// What the source needs to know.
@@ -65,7 +85,30 @@ pub struct SourceConfig {
     /// Force protocol version 1 (no streaming of in-progress transactions).
     pub proto_version: Option<u32>,
     pub status_interval: Duration,
+    /// Every table the pipeline captures, as (schema, table).
+    pub tables: Vec<(String, String)>,
+    /// Tables copied before streaming when the slot is created, and added tables
+    /// backfilled when they first appear.
+    pub snapshot_tables: Vec<(String, String)>,
+    /// Snapshot workers (connections copying in parallel).
+    pub snapshot_workers: usize,
+    /// Rows per page range of a snapshot or backfill.
+    pub chunk_rows: u64,
+    /// The pipeline state file (snapshot and backfill progress).
+    pub state_path: std::path::PathBuf,
+    pub progress: Arc<Progress>,
 }
+
+/// Where the initial snapshot stands, in the pipeline state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct InitialMeta {
+    slot: String,
+    consistent_point: String,
+    complete: bool,
+}
+
+const META_INITIAL: &str = "meta/initial";
+const META_KNOWN: &str = "meta/known_tables";
 
 /// A failure that stops the source.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +153,12 @@ pub struct SourceWorker<O: Output> {
     /// Records of a transaction whose commit has not arrived are in the output.
     uncommitted: bool,
     status: watch::Sender<SourceStatus>,
+    /// Opened under the lock, like the assembler.
+    state: Option<Arc<PipelineState>>,
+    marks: Arc<Watermarks>,
+    backfill: Option<(std::thread::JoinHandle<()>, CancellationToken)>,
+    /// Backfill requests seen in the stream, handled after the message that carried them.
+    requests: Vec<BackfillRequest>,
 }
 
 /// 64-bit advisory lock key of a pipeline: a fixed class id plus a hash of its name.
@@ -131,6 +180,7 @@ impl<O: Output> SourceWorker<O> {
         // Fail early if the spill directory cannot exist; it is emptied only under the lock.
         std::fs::create_dir_all(&config.spill_dir)?;
         let (status, rx) = watch::channel(SourceStatus::default());
+        let marks = Arc::new(Watermarks::new(&config.pipeline));
         Ok((
             SourceWorker {
                 config,
@@ -138,6 +188,10 @@ impl<O: Output> SourceWorker<O> {
                 assembler: None,
                 uncommitted: false,
                 status,
+                state: None,
+                marks,
+                backfill: None,
+                requests: Vec::new(),
             },
             rx,
         ))
@@ -146,10 +200,20 @@ impl<O: Output> SourceWorker<O> {
     /// Streams until `cancel`, reconnecting after transient errors. Returns the output
     /// (drained) so the caller can close it.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<O, SourceError> {
+        let result = self.run_sessions(&cancel).await;
+        if let Some((thread, stop)) = self.backfill.take() {
+            stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result.map(|()| self.output)
+    }
+
+    async fn run_sessions(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
+        let cancel = cancel.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.session(&cancel).await {
-                Ok(()) => return Ok(self.output),
+                Ok(()) => return Ok(()),
                 Err(e) if e.class() == ErrorClass::Transient && !cancel.is_cancelled() => {
                     // A session that got as far as streaming was a success that ended: the
                     // next attempt starts from the shortest wait again.
@@ -171,7 +235,7 @@ impl<O: Output> SourceWorker<O> {
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "source: connection problem, reconnecting");
                     tokio::select! {
                         biased;
-                        _ = cancel.cancelled() => return Ok(self.output),
+                        _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -179,7 +243,7 @@ impl<O: Output> SourceWorker<O> {
                 Err(e) => {
                     self.status.send_modify(|s| s.streaming = false);
                     if cancel.is_cancelled() {
-                        return Ok(self.output);
+                        return Ok(());
                     }
                     return Err(e);
                 }
@@ -188,7 +252,7 @@ impl<O: Output> SourceWorker<O> {
     }
 
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let cfg = &self.config;
+        let cfg = self.config.clone();
         let mut catalog = Connection::connect(&cfg.conninfo, false).await?;
         if !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
             return Ok(());
@@ -203,6 +267,12 @@ impl<O: Output> SourceWorker<O> {
                 })?;
             self.assembler = Some(asm);
         }
+        if self.state.is_none() {
+            let state = PipelineState::open(&cfg.state_path)
+                .map_err(|e| PgError::Definite(e.to_string()))?;
+            self.state = Some(Arc::new(state));
+        }
+        let state = self.state.clone().expect("opened above");
         let slot_row = catalog
             .query(&format!(
                 "SELECT plugin, database, active_pid, confirmed_flush_lsn FROM pg_replication_slots \
@@ -212,11 +282,21 @@ impl<O: Output> SourceWorker<O> {
             .await?;
         let mut repl = Connection::connect(&cfg.conninfo, true).await?;
         let mut confirmed = match slot_row.first() {
-            None => {
+            None if cfg.snapshot_tables.is_empty() => {
                 let at = replication::create_slot(&mut repl, &cfg.slot).await?;
                 info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
+                clear_plans(&state)?;
+                state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
                 at
             }
+            None => match self
+                .initial_snapshot(&cfg, &state, &mut catalog, &mut repl, cancel)
+                .await?
+            {
+                Some(at) => at,
+                // Cancelled: the ranges not copied yet are backfilled after the restart.
+                None => return Ok(()),
+            },
             Some(row) => {
                 let plugin = row.first().cloned().flatten().unwrap_or_default();
                 let db = row.get(1).cloned().flatten().unwrap_or_default();
@@ -229,6 +309,7 @@ impl<O: Output> SourceWorker<O> {
                     ))
                     .into());
                 }
+                self.added_tables(&cfg, &state, &mut catalog).await?;
                 row.get(3)
                     .cloned()
                     .flatten()
@@ -236,6 +317,19 @@ impl<O: Output> SourceWorker<O> {
                     .unwrap_or_default()
             }
         };
+        if self.backfill.is_none() {
+            let stop = cancel.child_token();
+            let worker = BackfillWorker {
+                conninfo: cfg.conninfo.clone(),
+                pipeline: cfg.pipeline.clone(),
+                state: state.clone(),
+                marks: self.marks.clone(),
+                status: self.status.subscribe(),
+                exclusions: cfg.exclusions.clone(),
+                progress: cfg.progress.clone(),
+            };
+            self.backfill = Some((worker.spawn(stop.clone())?, stop));
+        }
         let proto_version = cfg
             .proto_version
             .unwrap_or(if repl.server_version_num() >= 140000 {
@@ -247,7 +341,9 @@ impl<O: Output> SourceWorker<O> {
             slot: cfg.slot.clone(),
             publication: cfg.publication.clone(),
             proto_version,
-            messages: cfg.messages,
+            // Watermarks and backfill requests travel as messages; other messages are
+            // dropped unless the pipeline delivers them.
+            messages: cfg.messages || repl.server_version_num() >= 140000,
             // A streamed message carries the top-level xid, so one written in a rolled-back
             // savepoint could not be dropped: with messages on, PostgreSQL assembles
             // transactions itself (spilling to its disk) and sends them at commit.
@@ -387,10 +483,10 @@ impl<O: Output> SourceWorker<O> {
     ) -> Result<Option<Lsn>, SourceError> {
         let output = &mut self.output;
         let assembler = self.assembler.as_mut().expect("created under the lock");
+        let (marks, messages, requests) = (&*self.marks, self.config.messages, &mut self.requests);
         let mut emitted = false;
         let mut emit = |r: ChangeRecord| {
-            output.push(&r);
-            emitted = true;
+            emitted |= route(output, marks, messages, requests, r);
         };
         let mut handled = assembler.handle(wal_start, data, &mut emit)?;
         if let Handled::NeedCatalog {
@@ -400,12 +496,11 @@ impl<O: Output> SourceWorker<O> {
         {
             resolve_catalog(catalog, assembler, types, primary_key_of).await?;
             let mut emit = |r: ChangeRecord| {
-                output.push(&r);
-                emitted = true;
+                emitted |= route(output, marks, messages, requests, r);
             };
             handled = assembler.handle(wal_start, data, &mut emit)?;
         }
-        match handled {
+        let result = match handled {
             Handled::Done => {
                 // (A record emitted outside any transaction is whole by itself.)
                 self.uncommitted |= emitted && assembler.in_transaction();
@@ -423,7 +518,13 @@ impl<O: Output> SourceWorker<O> {
                 end_lsn,
             } => {
                 while let Some(r) = replay.next_record()? {
-                    self.output.push(&r);
+                    route(
+                        &mut self.output,
+                        &self.marks,
+                        self.config.messages,
+                        &mut self.requests,
+                        r,
+                    );
                     if self.output.wants_hand_off() {
                         self.output
                             .hand_off(None)
@@ -434,7 +535,163 @@ impl<O: Output> SourceWorker<O> {
                 self.uncommitted = false;
                 Ok(Some(end_lsn))
             }
+        };
+        for req in std::mem::take(&mut self.requests) {
+            self.request(catalog, req).await?;
         }
+        result
+    }
+
+    /// Creates the slot with an exported snapshot and copies the snapshot tables under
+    /// it; returns the consistent point, or `None` if cancelled before the copy finished.
+    async fn initial_snapshot(
+        &mut self,
+        cfg: &SourceConfig,
+        state: &Arc<PipelineState>,
+        catalog: &mut Connection,
+        repl: &mut Connection,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Lsn>, SourceError> {
+        let (at, snapshot_name) = replication::create_slot_exporting(repl, &cfg.slot).await?;
+        info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
+        // Plans of an earlier slot mean nothing for this one.
+        clear_plans(state)?;
+        let meta = InitialMeta {
+            slot: cfg.slot.clone(),
+            consistent_point: at.to_string(),
+            complete: false,
+        };
+        state.put(META_INITIAL, &meta).map_err(definite)?;
+        let mut types = TypeRegistry::new();
+        let mut tables = Vec::new();
+        for (schema, table) in &cfg.snapshot_tables {
+            let excluded = cfg.exclusions.get(&format!("{schema}.{table}"));
+            let shape = describe(catalog, schema, table, excluded, &mut types).await?;
+            let plan = TablePlan::new(&shape, PlanKind::Initial, None, cfg.chunk_rows);
+            state
+                .put(&TablePlan::key(schema, table), &plan)
+                .map_err(definite)?;
+            tables.push(SnapshotTable {
+                shape: Arc::new(shape),
+                plan,
+            });
+        }
+        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+        let snapshot = InitialSnapshot {
+            conninfo: cfg.conninfo.clone(),
+            snapshot_name,
+            consistent_point: at,
+            snapshot_ts_micros: sluice_core::pg_epoch_to_unix_micros(replication::pg_now_micros()),
+            workers: cfg.snapshot_workers,
+            tables,
+            batches: self.output.batches(),
+            state: state.clone(),
+            progress: cfg.progress.clone(),
+        };
+        let started = std::time::Instant::now();
+        if !snapshot.run(cancel).await? {
+            return Ok(None);
+        }
+        clear_plans(state)?;
+        state
+            .put(
+                META_INITIAL,
+                &InitialMeta {
+                    complete: true,
+                    ..meta
+                },
+            )
+            .map_err(definite)?;
+        info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot: complete; streaming from the slot"
+        );
+        Ok(Some(at))
+    }
+
+    /// Plans a backfill for each table captured for the first time.
+    async fn added_tables(
+        &mut self,
+        cfg: &SourceConfig,
+        state: &PipelineState,
+        catalog: &mut Connection,
+    ) -> Result<(), SourceError> {
+        let Some(known) = state
+            .get::<Vec<(String, String)>>(META_KNOWN)
+            .map_err(definite)?
+        else {
+            // A slot without state (a data_dir moved away): nothing to compare with.
+            state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+            return Ok(());
+        };
+        for t in &cfg.tables {
+            if known.contains(t) || !cfg.snapshot_tables.contains(t) {
+                continue;
+            }
+            let req = BackfillRequest {
+                schema: t.0.clone(),
+                table: t.1.clone(),
+                filter: None,
+            };
+            match backfill::plan_backfill(
+                catalog,
+                state,
+                &req,
+                &cfg.exclusions,
+                cfg.chunk_rows,
+                PlanKind::Backfill,
+            )
+            .await
+            {
+                Ok(plan) => {
+                    info!(table = %plan.qualified(), ranges = plan.ranges.len(), "source: new table; backfilling it while streaming")
+                }
+                Err(e) => {
+                    error!(table = %format!("{}.{}", t.0, t.1), error = %e, "source: new table streams without a backfill")
+                }
+            }
+        }
+        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+        Ok(())
+    }
+
+    /// A backfill request seen in the stream.
+    async fn request(
+        &mut self,
+        catalog: &mut Connection,
+        req: BackfillRequest,
+    ) -> Result<(), SourceError> {
+        let name = format!("{}.{}", req.schema, req.table);
+        if !self
+            .config
+            .tables
+            .iter()
+            .any(|(s, t)| *s == req.schema && *t == req.table)
+        {
+            warn!(table = %name, "source: backfill requested for a table this pipeline does not capture; add it to source.tables");
+            return Ok(());
+        }
+        let state = self.state.clone().expect("opened under the lock");
+        match backfill::plan_backfill(
+            catalog,
+            &state,
+            &req,
+            &self.config.exclusions,
+            self.config.chunk_rows,
+            PlanKind::Backfill,
+        )
+        .await
+        {
+            Ok(plan) => {
+                info!(table = %name, ranges = plan.ranges.len(), filter = plan.filter.is_some(), "source: backfill requested");
+                self.marks.wake.notify_one();
+            }
+            Err(e) if e.class() == ErrorClass::Definite => {
+                error!(table = %name, error = %e, "source: backfill refused")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Shutdown: hand off what is buffered, wait (bounded) until it is durable, send the
@@ -475,6 +732,51 @@ impl<O: Output> SourceWorker<O> {
         info!(confirmed = %confirmed, "source: stopped");
         Ok(())
     }
+}
+
+/// Hands a record to the output unless it is internal (watermarks, requests, messages the
+/// pipeline does not deliver); a high watermark becomes its range's rows. Returns whether
+/// anything went to the output.
+fn route<O: Output>(
+    output: &mut O,
+    marks: &Watermarks,
+    messages: bool,
+    requests: &mut Vec<BackfillRequest>,
+    r: ChangeRecord,
+) -> bool {
+    if !marks.interested(&r) {
+        output.push(&r);
+        return true;
+    }
+    match marks.observe(&r) {
+        Seen::Pass if r.op == sluice_core::Op::Message && !messages => false,
+        Seen::Pass => {
+            output.push(&r);
+            true
+        }
+        Seen::Drop => false,
+        Seen::Emit(rows) => {
+            for row in &rows {
+                output.push(row);
+            }
+            !rows.is_empty()
+        }
+        Seen::Command(req) => {
+            requests.push(req);
+            false
+        }
+    }
+}
+
+fn clear_plans(state: &PipelineState) -> Result<(), SourceError> {
+    for (key, _) in state.scan::<serde_json::Value>("plan/").map_err(definite)? {
+        state.remove(&key).map_err(definite)?;
+    }
+    Ok(())
+}
+
+fn definite(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Pg(PgError::Definite(e.to_string()))
 }
 
 /// Takes the pipeline's session-level advisory lock, waiting as a standby while another
@@ -522,7 +824,32 @@ pub async fn resolve_catalog(
     types: Vec<u32>,
     primary_key_of: Option<u32>,
 ) -> Result<(), PgError> {
-    let mut pending = types;
+    resolve_types(conn, asm.types_mut(), types).await?;
+    if let Some(rel) = primary_key_of {
+        let rows = conn
+            .query(&format!(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                 AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {rel} AND i.indisprimary"
+            ))
+            .await?;
+        asm.set_primary_key(
+            rel,
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+/// Records the catalog rows of type OIDs the registry does not know yet, following array
+/// elements and domain base types.
+pub async fn resolve_types(
+    conn: &mut Connection,
+    types: &mut crate::values::TypeRegistry,
+    oids: Vec<u32>,
+) -> Result<(), PgError> {
+    let mut pending: Vec<u32> = oids.into_iter().filter(|o| !types.knows(*o)).collect();
     for _ in 0..8 {
         if pending.is_empty() {
             break;
@@ -556,11 +883,10 @@ pub async fn resolve_catalog(
                     .unwrap_or(b'b')
             };
             let (oid, elem, base) = (num(0), num(3), num(4));
-            asm.types_mut()
-                .record(oid, byte(1), byte(2), elem, base, byte(5));
+            types.record(oid, byte(1), byte(2), elem, base, byte(5));
             found.insert(oid);
             for dep in [elem, base] {
-                if dep != 0 && !asm.types_mut().knows(dep) {
+                if dep != 0 && !types.knows(dep) {
                     next.push(dep);
                 }
             }
@@ -568,24 +894,10 @@ pub async fn resolve_catalog(
         for oid in pending {
             if !found.contains(&oid) {
                 // Unknown to the catalog (dropped meanwhile): its text form will do.
-                asm.types_mut().record(oid, b'b', b'U', 0, 0, b',');
+                types.record(oid, b'b', b'U', 0, 0, b',');
             }
         }
         pending = next;
-    }
-    if let Some(rel) = primary_key_of {
-        let rows = conn
-            .query(&format!(
-                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                 AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {rel} AND i.indisprimary"
-            ))
-            .await?;
-        asm.set_primary_key(
-            rel,
-            rows.into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
-                .collect(),
-        );
     }
     Ok(())
 }

@@ -334,11 +334,39 @@ impl Connection {
 
     /// Sends `sql` (a START_REPLICATION) and waits until the server enters COPY BOTH.
     pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), PgError> {
+        self.start_copy(sql, b'W').await
+    }
+
+    /// Sends `sql` (a `COPY ... TO STDOUT`) and waits until the server starts sending
+    /// rows; read them with [`Connection::try_read_copy`] / [`Connection::read_copy`]
+    /// until [`CopyMessage::Done`], then call [`Connection::finish_copy_out`].
+    pub async fn start_copy_out(&mut self, sql: &str) -> Result<(), PgError> {
+        self.start_copy(sql, b'H').await
+    }
+
+    /// After CopyDone: reads the command's completion, so the session is ready again.
+    pub async fn finish_copy_out(&mut self) -> Result<(), PgError> {
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)),
+                backend::Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn start_copy(&mut self, sql: &str, response: u8) -> Result<(), PgError> {
         frontend::query(sql, &mut self.wbuf)?;
         self.flush().await?;
         loop {
             let (tag, _) = self.frame_header().await?;
-            if tag == b'W' {
+            if tag == response {
                 self.take_frame().await?;
                 return Ok(());
             }
@@ -353,9 +381,10 @@ impl Connection {
                     return Err(err);
                 }
                 backend::Message::ReadyForQuery(_) => {
-                    return Err(PgError::Protocol(
-                        "server did not enter COPY BOTH mode".into(),
-                    ))
+                    return Err(PgError::Protocol(format!(
+                        "server did not enter COPY mode for: {}",
+                        sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                    )))
                 }
                 _ => {}
             }

@@ -153,6 +153,7 @@ pub async fn run_pipeline(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let output = SinkOutput::open(&config.sinks, base)?;
+    let progress = std::sync::Arc::new(sluice_pg::snapshot::Progress::default());
     let source_config = SourceConfig {
         conninfo: spec.conninfo.clone(),
         pipeline: config.pipeline.name.clone(),
@@ -163,8 +164,26 @@ pub async fn run_pipeline(
         messages: config.source.messages,
         proto_version: config.source.protocol_version,
         status_interval: Duration::from_secs(config.source.status_interval_secs),
+        tables: tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect(),
+        snapshot_tables: tables
+            .iter()
+            .filter(|t| config.snapshots(&t.to_string()))
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect(),
+        snapshot_workers: config.source.snapshot_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        chunk_rows: config.source.chunk_rows,
+        state_path: data_dir.join("state.redb"),
+        progress: progress.clone(),
     };
     let (worker, mut status) = SourceWorker::new(source_config, output)?;
+    tokio::spawn(crate::progress::show(progress, cancel.clone()));
     if let Some(until) = until {
         let stop = cancel.clone();
         tokio::spawn(async move {

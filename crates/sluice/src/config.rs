@@ -61,6 +61,44 @@ pub struct SourceSection {
     /// Seconds between standby status updates when nothing else triggers one.
     #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
+    /// `"initial"` (default): copy the tables' existing rows when the pipeline starts for
+    /// the first time, and backfill a table added later while the others stream.
+    /// `"never"`: stream changes only.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Connections copying in parallel during the initial snapshot (default: the number
+    /// of CPU cores).
+    #[serde(default)]
+    pub snapshot_workers: Option<usize>,
+    /// Rows per chunk of a snapshot or backfill (progress is saved per chunk; a backfill
+    /// holds one chunk in memory).
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
+    /// Per-table settings, by `schema.table`.
+    #[serde(default)]
+    pub table: BTreeMap<String, TableOptions>,
+}
+
+/// Whether a table's existing rows are copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+}
+
+/// Settings of one table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableOptions {
+    /// Overrides `source.snapshot` for this table.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotMode>,
+}
+
+fn default_chunk_rows() -> u64 {
+    sluice_pg::backfill::DEFAULT_CHUNK_ROWS
 }
 
 fn default_status_interval() -> u64 {
@@ -154,6 +192,21 @@ impl Config {
                 errs.push(format!("source.protocol_version = {v}: use 1 or 2"));
             }
         }
+        if self.source.chunk_rows == 0 {
+            errs.push("source.chunk_rows must be at least 1".into());
+        }
+        if self.source.snapshot_workers == Some(0) {
+            errs.push("source.snapshot_workers must be at least 1".into());
+        }
+        for table in self.source.table.keys() {
+            if !self.source.tables.iter().any(|t| {
+                t == table
+                    || t.strip_suffix(".*")
+                        .is_some_and(|s| table.starts_with(&format!("{s}.")))
+            }) {
+                errs.push(format!("source.table.{table:?} is not among source.tables"));
+            }
+        }
         if self.source.status_interval_secs == 0 {
             errs.push("source.status_interval_secs must be at least 1".into());
         }
@@ -193,6 +246,16 @@ impl Config {
             .publication
             .clone()
             .unwrap_or_else(|| format!("sluice_{}", self.pipeline.name))
+    }
+
+    /// Whether `schema.table`'s existing rows are copied.
+    pub fn snapshots(&self, qualified: &str) -> bool {
+        self.source
+            .table
+            .get(qualified)
+            .and_then(|t| t.snapshot)
+            .unwrap_or(self.source.snapshot)
+            == SnapshotMode::Initial
     }
 
     pub fn exclusions(&self) -> sluice_pg::changes::Exclusions {

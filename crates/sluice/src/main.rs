@@ -7,6 +7,7 @@
 mod commands;
 mod config;
 mod demo;
+mod progress;
 mod sink;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sluice_core::{ChangeRecord, Lsn};
+use sluice_pg::source::Batch;
 use sluice_pg::Output;
 use tokio::sync::{mpsc, watch};
 
@@ -120,15 +121,10 @@ impl Sink for StdoutSink {
     }
 }
 
-struct Chunk {
-    bytes: Vec<u8>,
-    commit: Option<Lsn>,
-}
-
 /// The source's [`Output`]: JSON lines to every configured sink.
 pub struct SinkOutput {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Chunk>,
+    tx: mpsc::Sender<Batch>,
     durable: watch::Receiver<Lsn>,
     writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     spare: mpsc::Receiver<Vec<u8>>,
@@ -183,16 +179,18 @@ impl SinkOutput {
 
 fn write_loop(
     mut sinks: Vec<(String, Box<dyn Sink>)>,
-    mut rx: mpsc::Receiver<Chunk>,
+    mut rx: mpsc::Receiver<Batch>,
     durable: watch::Sender<Lsn>,
     spare: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     while let Some(first) = rx.blocking_recv() {
         let mut commit = first.commit;
+        let mut wants_sync = first.ack.is_some();
         let mut chunks = vec![first];
         // Group commit: everything queued meanwhile shares one sync.
         while let Ok(more) = rx.try_recv() {
             commit = more.commit.or(commit);
+            wants_sync |= more.ack.is_some();
             chunks.push(more);
         }
         for (name, sink) in sinks.iter_mut() {
@@ -201,13 +199,18 @@ fn write_loop(
                     .map_err(|e| annotate(name, "write", e))?;
             }
         }
-        if let Some(lsn) = commit {
+        if commit.is_some() || wants_sync {
             for (name, sink) in sinks.iter_mut() {
                 sink.sync().map_err(|e| annotate(name, "sync", e))?;
             }
-            durable.send_modify(|d| *d = (*d).max(lsn));
+            if let Some(lsn) = commit {
+                durable.send_modify(|d| *d = (*d).max(lsn));
+            }
         }
         for mut c in chunks {
+            if let Some(ack) = c.ack.take() {
+                let _ = ack.send(());
+            }
             c.bytes.clear();
             let _ = spare.try_send(c.bytes);
         }
@@ -249,7 +252,16 @@ impl Output for SinkOutput {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(HAND_OFF_BYTES * 2));
         let bytes = std::mem::replace(&mut self.buf, next);
-        if self.tx.send(Chunk { bytes, commit }).await.is_err() {
+        if self
+            .tx
+            .send(Batch {
+                bytes,
+                commit,
+                ack: None,
+            })
+            .await
+            .is_err()
+        {
             // The writer stopped: its error says why.
             let err = match self.writer.take().map(|w| w.join()) {
                 Some(Ok(Err(e))) => e.to_string(),
@@ -262,6 +274,10 @@ impl Output for SinkOutput {
 
     fn durable(&mut self) -> &mut watch::Receiver<Lsn> {
         &mut self.durable
+    }
+
+    fn batches(&self) -> mpsc::Sender<Batch> {
+        self.tx.clone()
     }
 }
 

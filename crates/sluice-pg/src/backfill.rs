@@ -1,0 +1,559 @@
+//! Live backfills: copy a table while the stream keeps flowing, without holding a snapshot
+//! (the DBLog method). Each page range is read between two watermarks written into the
+//! WAL with `pg_logical_emit_message`; when the stream reaches the high watermark, the
+//! range's rows are emitted there, minus every row whose key the stream changed between
+//! the two watermarks (the stream already carries a newer version of those).
+//!
+//! The same path resumes an initial snapshot that was interrupted: its remaining ranges
+//! are read this way once the stream runs.
+//!
+//! Invariants:
+//! - A range's rows enter the output at the high watermark's position in commit order, as
+//!   `op = "read"` records with the watermark transaction's commit LSN, so per key they
+//!   sort after every change the copy may have missed and before every later one.
+//! - A row is dropped only if the stream delivered a change of its key (or a truncate of
+//!   its table) inside the window; a table without a key cannot be checked, so on-demand
+//!   backfills refuse it.
+//! - A range is marked done in the pipeline state only after the source confirmed past the
+//!   high watermark, i.e. its rows are durable; after a crash the backfill continues from
+//!   the first range not done, and watermarks of the lost run are ignored.
+//! - A rewrite of the table (VACUUM FULL, CLUSTER) moves rows between pages: the plan is
+//!   made again from the new file and every range is read again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::{ChangeId, ChangeRecord, Lsn, Op};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::changes::Exclusions;
+use crate::conninfo::ConnInfo;
+use crate::error::PgError;
+use crate::snapshot::{describe, CopyOut, PlanKind, Progress, RowEncoder, TablePlan, TableShape};
+use crate::source::SourceStatus;
+use crate::state::PipelineState;
+use crate::values::TypeRegistry;
+use crate::wire::{quote_literal, Connection};
+
+/// Prefix of a pipeline's watermark messages.
+pub fn watermark_prefix(pipeline: &str) -> String {
+    format!("sluice.watermark.{pipeline}")
+}
+
+/// Prefix of messages that ask a running pipeline to do something (`sluice backfill`).
+pub fn command_prefix(pipeline: &str) -> String {
+    format!("sluice.command.{pipeline}")
+}
+
+/// A backfill asked for through the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillRequest {
+    pub schema: String,
+    pub table: String,
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
+}
+
+/// The statement that asks pipeline `pipeline` to backfill: it travels through the WAL, so
+/// the pipeline sees it in order, wherever and whenever it runs.
+pub fn request_sql(pipeline: &str, req: &BackfillRequest) -> String {
+    let body = serde_json::json!({ "backfill": req }).to_string();
+    format!(
+        "SELECT pg_logical_emit_message(true, {}, {})",
+        quote_literal(&command_prefix(pipeline)),
+        quote_literal(&body)
+    )
+}
+
+#[derive(Serialize, Deserialize)]
+struct Mark {
+    tag: String,
+    high: bool,
+}
+
+#[derive(Deserialize)]
+struct Command {
+    backfill: BackfillRequest,
+}
+
+/// What the source does with a record after [`Watermarks::observe`].
+#[derive(Debug)]
+pub enum Seen {
+    /// Deliver it.
+    Pass,
+    /// Internal: do not deliver.
+    Drop,
+    /// A high watermark: deliver these rows in its place.
+    Emit(Vec<ChangeRecord>),
+    /// A backfill request.
+    Command(BackfillRequest),
+}
+
+struct Window {
+    schema: Arc<str>,
+    table: Arc<str>,
+    keyed: bool,
+    /// Keys changed since the low watermark (`None` before it).
+    keys: Option<HashSet<String>>,
+    truncated: bool,
+    rows: Option<Arc<Vec<(String, String)>>>,
+    /// Commit LSN of the high watermark's transaction once its rows went out.
+    emitted_at: Option<Lsn>,
+}
+
+/// Shared by the source, which sees the watermarks in the stream, and the backfill worker.
+pub struct Watermarks {
+    prefix: String,
+    command_prefix: String,
+    /// Whether any window is registered: the source's hot path checks only this.
+    active: AtomicBool,
+    windows: Mutex<HashMap<String, Window>>,
+    /// Wakes the worker: a new plan, or a watermark went out.
+    pub wake: Notify,
+}
+
+impl Watermarks {
+    pub fn new(pipeline: &str) -> Watermarks {
+        Watermarks {
+            prefix: watermark_prefix(pipeline),
+            command_prefix: command_prefix(pipeline),
+            active: AtomicBool::new(false),
+            windows: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Whether `r` needs [`Watermarks::observe`]: cheap enough for every record.
+    pub fn interested(&self, r: &ChangeRecord) -> bool {
+        r.op == Op::Message || self.active.load(Ordering::Relaxed)
+    }
+
+    /// Looks at one record in commit order.
+    pub fn observe(&self, r: &ChangeRecord) -> Seen {
+        if let Some(m) = &r.message {
+            if m.prefix == self.prefix {
+                return self.watermark(r, &m.content);
+            }
+            if m.prefix == self.command_prefix {
+                return match serde_json::from_slice::<Command>(&m.content) {
+                    Ok(c) => Seen::Command(c.backfill),
+                    Err(e) => {
+                        warn!(error = %e, "ignoring a malformed command message");
+                        Seen::Drop
+                    }
+                };
+            }
+            return Seen::Pass;
+        }
+        let Ok(mut windows) = self.windows.lock() else {
+            return Seen::Pass;
+        };
+        for w in windows.values_mut() {
+            if w.emitted_at.is_some() || *w.table != *r.table || *w.schema != *r.schema {
+                continue;
+            }
+            let Some(keys) = w.keys.as_mut() else {
+                continue;
+            };
+            if r.op == Op::Truncate {
+                w.truncated = true;
+            }
+            for k in [&r.key, &r.old_key].into_iter().flatten() {
+                keys.insert(k.clone());
+            }
+        }
+        Seen::Pass
+    }
+
+    fn watermark(&self, r: &ChangeRecord, content: &[u8]) -> Seen {
+        let Ok(mark) = serde_json::from_slice::<Mark>(content) else {
+            return Seen::Drop;
+        };
+        let Ok(mut windows) = self.windows.lock() else {
+            return Seen::Drop;
+        };
+        // Unknown tags are from a run that crashed: that range is read again anyway.
+        let Some(w) = windows.get_mut(&mark.tag) else {
+            return Seen::Drop;
+        };
+        if !mark.high {
+            // Seen again after a reconnect: keep what was gathered, it only grows.
+            w.keys.get_or_insert_with(HashSet::new);
+            return Seen::Drop;
+        }
+        let (Some(rows), Some(keys)) = (w.rows.clone(), w.keys.as_ref()) else {
+            return Seen::Drop;
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        if !w.truncated {
+            for (key, after) in rows.iter() {
+                if w.keyed && keys.contains(key) {
+                    continue;
+                }
+                out.push(ChangeRecord {
+                    id: ChangeId {
+                        commit_lsn: r.id.commit_lsn,
+                        // The watermark's own ordinal goes to the first row.
+                        ordinal: r.id.ordinal + out.len() as u64,
+                    },
+                    op: Op::Read,
+                    schema: w.schema.clone(),
+                    table: w.table.clone(),
+                    key: Some(key.clone()),
+                    before: None,
+                    after: Some(after.clone()),
+                    unchanged_toast: Vec::new(),
+                    lsn: r.lsn,
+                    commit_lsn: r.commit_lsn,
+                    commit_ts_micros: r.commit_ts_micros,
+                    xid: r.xid,
+                    message: None,
+                    old_key: None,
+                });
+            }
+        }
+        w.emitted_at = Some(r.commit_lsn);
+        self.wake.notify_one();
+        Seen::Emit(out)
+    }
+
+    fn expect(&self, tag: &str, shape: &TableShape) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.insert(
+                tag.to_owned(),
+                Window {
+                    schema: shape.schema.clone(),
+                    table: shape.name.clone(),
+                    keyed: shape.keyed,
+                    keys: None,
+                    truncated: false,
+                    rows: None,
+                    emitted_at: None,
+                },
+            );
+            self.active.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn deposit(&self, tag: &str, rows: Vec<(String, String)>) {
+        if let Ok(mut w) = self.windows.lock() {
+            if let Some(w) = w.get_mut(tag) {
+                w.rows = Some(Arc::new(rows));
+            }
+        }
+    }
+
+    /// Rows emitted for `tag`, and where.
+    fn emitted(&self, tag: &str) -> Option<(Lsn, usize, bool)> {
+        let w = self.windows.lock().ok()?;
+        let w = w.get(tag)?;
+        let at = w.emitted_at?;
+        let rows = w.rows.as_ref().map_or(0, |r| r.len());
+        Some((at, rows, w.truncated))
+    }
+
+    fn forget(&self, tag: &str) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.remove(tag);
+            self.active.store(!w.is_empty(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Creates and stores the plan of a backfill; refuses tables without a key.
+pub async fn plan_backfill(
+    conn: &mut Connection,
+    state: &PipelineState,
+    req: &BackfillRequest,
+    exclusions: &Exclusions,
+    chunk_rows: u64,
+    kind: PlanKind,
+) -> Result<TablePlan, PgError> {
+    let excluded = exclusions.get(&format!("{}.{}", req.schema, req.table));
+    let shape = describe(
+        conn,
+        &req.schema,
+        &req.table,
+        excluded,
+        &mut TypeRegistry::new(),
+    )
+    .await?;
+    if !shape.keyed {
+        return Err(PgError::Definite(format!(
+            "cannot backfill {}.{} while streaming: it has no primary key or replica identity \
+             index, so rows the stream changes during a chunk cannot be told apart. Add a \
+             primary key (or ALTER TABLE ... REPLICA IDENTITY FULL)",
+            req.schema, req.table
+        )));
+    }
+    let plan = TablePlan::new(&shape, kind, req.filter.clone(), chunk_rows);
+    state
+        .put(&TablePlan::key(&req.schema, &req.table), &plan)
+        .map_err(|e| PgError::Definite(e.to_string()))?;
+    Ok(plan)
+}
+
+/// The thread that works through incomplete plans with watermarks.
+pub struct BackfillWorker {
+    pub conninfo: ConnInfo,
+    pub pipeline: String,
+    pub state: Arc<PipelineState>,
+    pub marks: Arc<Watermarks>,
+    pub status: watch::Receiver<SourceStatus>,
+    pub exclusions: Exclusions,
+    pub progress: Arc<Progress>,
+}
+
+impl BackfillWorker {
+    /// Runs on its own thread until `cancel`.
+    pub fn spawn(self, cancel: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("sluice-backfill".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(error = %e, "backfill: cannot start");
+                        return;
+                    }
+                };
+                rt.block_on(self.run(cancel));
+            })
+    }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let nonce = fastrand::u64(..);
+        let mut seq = 0u64;
+        let mut conn: Option<Connection> = None;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let plans: Vec<TablePlan> = match self.state.scan::<TablePlan>("plan/") {
+                Ok(p) => p
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .filter(|p| !p.complete())
+                    .collect(),
+                Err(e) => {
+                    error!(error = %e, "backfill: cannot read the plans");
+                    Vec::new()
+                }
+            };
+            if plans.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    _ = self.marks.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            for mut plan in plans {
+                if conn.is_none() {
+                    match Connection::connect(&self.conninfo, false).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            warn!(error = %e, "backfill: cannot connect; retrying");
+                            break;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { break };
+                match self.table(c, &mut plan, nonce, &mut seq, &cancel).await {
+                    Ok(()) => backoff = Duration::from_millis(200),
+                    Err(e) if e.class() == sluice_core::ErrorClass::Definite => {
+                        error!(table = %plan.qualified(), error = %e, "backfill: stopped for this table; fix the cause and run `sluice backfill` again");
+                        let _ = self
+                            .state
+                            .remove(&TablePlan::key(&plan.schema, &plan.table));
+                    }
+                    Err(e) => {
+                        warn!(table = %plan.qualified(), error = %e, "backfill: will retry");
+                        conn = None;
+                        break;
+                    }
+                }
+                if cancel.is_cancelled() {
+                    return;
+                }
+            }
+            if conn.is_none() {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    async fn table(
+        &mut self,
+        conn: &mut Connection,
+        plan: &mut TablePlan,
+        nonce: u64,
+        seq: &mut u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), PgError> {
+        // Streaming first: a watermark is only useful once the source reads the stream.
+        let streaming = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => false,
+            r = self.status.wait_for(|s| s.streaming) => r.is_ok(),
+        };
+        if !streaming {
+            return Ok(());
+        }
+        let key = TablePlan::key(&plan.schema, &plan.table);
+        let excluded: Option<BTreeSet<String>> = self.exclusions.get(&plan.qualified()).cloned();
+        let mut types = TypeRegistry::new();
+        let shape = Arc::new(
+            describe(
+                conn,
+                &plan.schema,
+                &plan.table,
+                excluded.as_ref(),
+                &mut types,
+            )
+            .await?,
+        );
+        if !shape.keyed {
+            warn!(table = %plan.qualified(), "backfill: table has no key; rows changed while a chunk is read may arrive in their older version after the change");
+        }
+        if shape.relfilenode != plan.relfilenode {
+            let redo = plan.done.iter().filter(|d| **d).count() as u64;
+            warn!(table = %plan.qualified(), "backfill: the table was rewritten (VACUUM FULL, CLUSTER...); reading it again from the start");
+            let mut fresh =
+                TablePlan::new(&shape, plan.kind, plan.filter.clone(), rows_per_range(plan));
+            fresh.reread = plan.reread + redo;
+            *plan = fresh;
+            self.state.put(&key, plan).map_err(definite)?;
+        }
+        self.progress.begin(plan, shape.est_rows);
+        info!(table = %plan.qualified(), remaining = plan.remaining(), ranges = plan.ranges.len(), kind = ?plan.kind, "backfill: started");
+        let prefix = watermark_prefix(&self.pipeline);
+        for i in 0..plan.ranges.len() {
+            if plan.done[i] {
+                continue;
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            *seq += 1;
+            let tag = format!("{nonce:016x}-{seq}");
+            self.marks.expect(&tag, &shape);
+            let result = self
+                .range(conn, plan, i, &shape, &tag, &prefix, cancel)
+                .await;
+            self.marks.forget(&tag);
+            match result? {
+                Some(rows) => {
+                    plan.done[i] = true;
+                    plan.rows += rows;
+                    self.state.put(&key, plan).map_err(definite)?;
+                    self.progress.range_done(plan);
+                    info!(table = %plan.qualified(), range = i, rows, "backfill: range done");
+                }
+                None => return Ok(()),
+            }
+        }
+        info!(table = %plan.qualified(), rows = plan.rows, "backfill: table copied");
+        self.state.remove(&key).map_err(definite)?;
+        Ok(())
+    }
+
+    /// One range between watermarks; the rows delivered, or `None` if cancelled.
+    #[allow(clippy::too_many_arguments)]
+    async fn range(
+        &mut self,
+        conn: &mut Connection,
+        plan: &TablePlan,
+        i: usize,
+        shape: &Arc<TableShape>,
+        tag: &str,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<u64>, PgError> {
+        let mark = |high: bool| {
+            let body = serde_json::to_string(&Mark {
+                tag: tag.to_owned(),
+                high,
+            })
+            .unwrap_or_default();
+            format!(
+                "SELECT pg_logical_emit_message(true, {}, {})",
+                quote_literal(prefix),
+                quote_literal(&body)
+            )
+        };
+        conn.execute(&mark(false)).await?;
+        info!(table = %plan.qualified(), range = i, "backfill: reading range");
+        let mut rows = Vec::new();
+        let mut enc = RowEncoder::new(shape.clone());
+        let (mut key, mut after) = (Vec::new(), Vec::new());
+        let sql = shape.copy_sql(plan.ranges[i], plan.filter.as_deref());
+        let mut copy = CopyOut::start(conn, &sql, shape.copy_columns()).await?;
+        while copy
+            .next(&mut |fields| {
+                key.clear();
+                after.clear();
+                enc.encode(fields, &mut key, &mut after)?;
+                rows.push((utf8(&key)?, utf8(&after)?));
+                Ok(())
+            })
+            .await?
+        {}
+        let read = rows.len() as u64;
+        self.progress.add_rows(&plan.qualified(), read);
+        self.marks.deposit(tag, rows);
+        conn.execute(&mark(true)).await?;
+        // Done once the source has confirmed past the high watermark: its rows are durable.
+        loop {
+            if let Some((at, _, _)) = self.marks.emitted(tag) {
+                if self.status.borrow().confirmed > at {
+                    return Ok(Some(read));
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(None),
+                _ = self.status.changed() => {}
+                _ = self.marks.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+fn rows_per_range(plan: &TablePlan) -> u64 {
+    // Keep the granularity the plan was made with: rows so far over ranges done, or the
+    // default when nothing is done yet.
+    let done = plan.done.iter().filter(|d| **d).count() as u64;
+    if done > 0 {
+        (plan.rows / done).max(1000)
+    } else {
+        DEFAULT_CHUNK_ROWS
+    }
+}
+
+/// Rows per range of a backfill unless configured.
+pub const DEFAULT_CHUNK_ROWS: u64 = 50_000;
+
+fn utf8(b: &[u8]) -> Result<String, PgError> {
+    String::from_utf8(b.to_vec()).map_err(|_| PgError::Protocol("row image is not UTF-8".into()))
+}
+
+fn definite(e: impl std::fmt::Display) -> PgError {
+    PgError::Definite(e.to_string())
+}
