@@ -87,6 +87,9 @@ pub struct Assembler {
     stream_xid: u32,
     spills: HashMap<u32, Spill>,
     spill_dir: PathBuf,
+    /// Deliver every logical message (`None`), or only those with these prefixes. A
+    /// message left out takes no ordinal, so transactions keep ordinals 1..n.
+    message_prefixes: Option<Vec<String>>,
 }
 
 impl Assembler {
@@ -107,6 +110,7 @@ impl Assembler {
             stream_xid: 0,
             spills: HashMap::new(),
             spill_dir,
+            message_prefixes: None,
         })
     }
 
@@ -124,6 +128,11 @@ impl Assembler {
     /// Whether a transaction is open (received in part, not yet committed).
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some() || !self.spills.is_empty()
+    }
+
+    /// Keeps only logical messages whose prefix is one of `prefixes`.
+    pub fn keep_messages_only(&mut self, prefixes: Vec<String>) {
+        self.message_prefixes = Some(prefixes);
     }
 
     pub fn types_mut(&mut self) -> &mut TypeRegistry {
@@ -270,6 +279,11 @@ impl Assembler {
                 prefix,
                 content,
             } => {
+                if let Some(keep) = &self.message_prefixes {
+                    if !keep.iter().any(|p| p == prefix) {
+                        return Ok(Handled::Done);
+                    }
+                }
                 let message = LogicalMessage {
                     prefix: prefix.to_owned(),
                     content: content.to_vec(),

@@ -167,6 +167,7 @@ impl InitialSnapshot {
                 .put(&TablePlan::key(&st.plan.schema, &st.plan.table), &st.plan)
                 .map_err(|e| PgError::Definite(e.to_string()))?;
             self.progress.range_done(&st.plan);
+            info!(table = %st.plan.qualified(), range = d.range, rows = d.rows, "snapshot: range done");
             if st.plan.complete() {
                 info!(table = %st.plan.qualified(), rows = st.plan.rows, "snapshot: table copied");
             }

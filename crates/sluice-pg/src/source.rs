@@ -265,6 +265,13 @@ impl<O: Output> SourceWorker<O> {
                         cfg.spill_dir.display()
                     ))
                 })?;
+            let mut asm = asm;
+            if !cfg.messages {
+                asm.keep_messages_only(vec![
+                    backfill::watermark_prefix(&cfg.pipeline),
+                    backfill::command_prefix(&cfg.pipeline),
+                ]);
+            }
             self.assembler = Some(asm);
         }
         if self.state.is_none() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The pipeline's identity and state.
@@ -19,7 +19,7 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Unique per database: names the replication slot and publication (`sluice_<name>`).
@@ -33,7 +33,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./sluice-data")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     /// libpq URL or key=value string; `PG*` environment variables fill the gaps.
@@ -89,7 +89,7 @@ pub enum SnapshotMode {
 }
 
 /// Settings of one table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableOptions {
     /// Overrides `source.snapshot` for this table.
@@ -106,7 +106,7 @@ fn default_status_interval() -> u64 {
 }
 
 /// One destination, by `type`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
     /// JSON lines appended to a file and fsync'd before progress is confirmed.

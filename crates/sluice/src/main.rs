@@ -53,6 +53,19 @@ enum Command {
         #[arg(short, long, default_value = "sluice.toml")]
         config: PathBuf,
     },
+    /// Ask the running pipeline to copy a table (again) while it keeps streaming. The
+    /// request travels through the WAL, so a pipeline that is down picks it up when it
+    /// starts.
+    Backfill {
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The table, as schema.table; it must be one the pipeline captures.
+        #[arg(long)]
+        table: String,
+        /// Copy only the rows matching this SQL condition, e.g. "created_at > now() - interval '1 day'".
+        #[arg(long = "where", value_name = "CONDITION")]
+        filter: Option<String>,
+    },
     /// Drop the pipeline's replication slot and publication (nothing else).
     Teardown {
         #[arg(short, long, default_value = "sluice.toml")]
@@ -96,6 +109,11 @@ fn main() -> std::process::ExitCode {
             Command::Run { config, until_lsn } => commands::run(&config, until_lsn).await,
             Command::Check { config } => commands::check(&config).await,
             Command::Teardown { config } => commands::teardown(&config).await,
+            Command::Backfill {
+                config,
+                table,
+                filter,
+            } => commands::backfill(&config, &table, filter).await,
             Command::Demo { seconds } => demo::run(seconds).await,
         }
     });

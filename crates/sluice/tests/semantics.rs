@@ -154,7 +154,12 @@ fn unchanged_toast_inside_a_streamed_transaction() {
          INSERT INTO docs SELECT i, 0, repeat(md5(i::text), 3200) FROM generate_series(1, 2) i;",
     )
     .unwrap();
-    let mut p = Pipeline::new(&pg, "toast_streamed", &["public.docs", "public.filler"], "");
+    let mut p = Pipeline::new(
+        &pg,
+        "toast_streamed",
+        &["public.docs", "public.filler"],
+        "snapshot = \"never\"",
+    );
     p.start();
     p.wait_streaming(&pg);
     let filler = |from: i64, to: i64| {
