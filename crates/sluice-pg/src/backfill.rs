@@ -540,11 +540,9 @@ fn rows_per_range(plan: &TablePlan) -> u64 {
     // Keep the granularity the plan was made with: rows so far over ranges done, or the
     // default when nothing is done yet.
     let done = plan.done.iter().filter(|d| **d).count() as u64;
-    if done > 0 {
-        (plan.rows / done).max(1000)
-    } else {
-        DEFAULT_CHUNK_ROWS
-    }
+    plan.rows
+        .checked_div(done)
+        .map_or(DEFAULT_CHUNK_ROWS, |r| r.max(1000))
 }
 
 /// Rows per range of a backfill unless configured.

@@ -76,6 +76,9 @@ pub enum CopyError {
     AfterTrailer,
 }
 
+/// Receives one row's fields (`None` = NULL).
+pub type RowFn<'a, E> = dyn FnMut(&[Option<&[u8]>]) -> Result<(), E> + 'a;
+
 /// Splits a binary COPY byte stream into rows.
 #[derive(Debug, Default)]
 pub struct CopyParser {
@@ -101,7 +104,7 @@ impl CopyParser {
         &mut self,
         data: &[u8],
         ncols: usize,
-        row: &mut dyn FnMut(&[Option<&[u8]>]) -> Result<(), E>,
+        row: &mut RowFn<'_, E>,
     ) -> Result<(), E> {
         if self.carry.is_empty() {
             let used = self.parse(data, ncols, row)?;
@@ -121,7 +124,7 @@ impl CopyParser {
         &mut self,
         buf: &[u8],
         ncols: usize,
-        row: &mut dyn FnMut(&[Option<&[u8]>]) -> Result<(), E>,
+        row: &mut RowFn<'_, E>,
     ) -> Result<usize, E> {
         let mut pos = 0;
         if !self.header_done {

@@ -28,6 +28,9 @@ pub struct ColumnShape {
     pub name: String,
     pub codec: Codec,
     pub key: bool,
+    /// The type's cast to text is a function that differs from its output function
+    /// (`inet::text` keeps the netmask), so the text comes from `format('%s', ...)`.
+    text_by_format: bool,
     /// `"name":` ready to splice into a JSON object.
     json_key: Box<[u8]>,
 }
@@ -66,7 +69,9 @@ impl TableShape {
                 .iter()
                 .map(|c| {
                     let q = quote_ident(&c.name);
-                    if c.codec.via_text() {
+                    if c.text_by_format {
+                        format!("CASE WHEN {q} IS NULL THEN NULL ELSE format('%s', {q}) END")
+                    } else if c.codec.via_text() {
                         format!("{q}::text")
                     } else {
                         q
@@ -227,12 +232,15 @@ pub async fn describe(
              EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary \
                      AND a.attnum = ANY(i.indkey)), \
              EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisreplident \
-                     AND a.attnum = ANY(i.indkey)) \
+                     AND a.attnum = ANY(i.indkey)), \
+             EXISTS (SELECT 1 FROM pg_cast c WHERE c.casttarget = 'text'::regtype \
+                     AND c.castmethod = 'f' AND c.castsource = coalesce(nullif( \
+                     (SELECT t.typbasetype FROM pg_type t WHERE t.oid = a.atttypid), 0), a.atttypid)) \
              FROM pg_attribute a WHERE a.attrelid = {oid} AND a.attnum > 0 \
              AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum"
         ))
         .await?;
-    let cols: Vec<(String, u32, bool, bool)> = cols
+    let cols: Vec<(String, u32, bool, bool, bool)> = cols
         .into_iter()
         .map(|r| {
             let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
@@ -241,6 +249,7 @@ pub async fn describe(
                 get(1).parse().unwrap_or(0),
                 get(2) == "t",
                 get(3) == "t",
+                get(4) == "t",
             )
         })
         .collect();
@@ -249,7 +258,7 @@ pub async fn describe(
     let columns: Vec<ColumnShape> = cols
         .into_iter()
         .filter(|c| !excluded.is_some_and(|ex| ex.contains(&c.0)))
-        .map(|(name, type_oid, pk, ri)| {
+        .map(|(name, type_oid, pk, ri, function_cast)| {
             let key = match identity {
                 b'd' => pk,
                 b'i' => ri,
@@ -259,8 +268,10 @@ pub async fn describe(
             let mut json_key = Vec::with_capacity(name.len() + 3);
             write_json_string(name.as_bytes(), &mut json_key);
             json_key.push(b':');
+            let codec = Codec::for_type(type_oid, types.kind(type_oid));
             ColumnShape {
-                codec: Codec::for_type(type_oid, types.kind(type_oid)),
+                text_by_format: function_cast && codec.via_text(),
+                codec,
                 name,
                 key,
                 json_key: json_key.into_boxed_slice(),
@@ -359,7 +370,7 @@ impl<'c> CopyOut<'c> {
     /// COPY has ended and the connection is ready for the next command.
     pub async fn next(
         &mut self,
-        row: &mut dyn FnMut(&[Option<&[u8]>]) -> Result<(), PgError>,
+        row: &mut copy_binary::RowFn<'_, PgError>,
     ) -> Result<bool, PgError> {
         let mut msg = Some(self.conn.read_copy().await?);
         while let Some(m) = msg {

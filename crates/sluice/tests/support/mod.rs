@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod recovery;
+pub mod vals;
+pub mod workload;
 pub use sluice_testkit::{wait_until, PgServer};
 
 /// A default bound for waits in these tests; generous for slow shared machines.
