@@ -555,3 +555,141 @@ fn utf8(b: &[u8]) -> Result<String, PgError> {
 fn definite(e: impl std::fmt::Display) -> PgError {
     PgError::Definite(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::LogicalMessage;
+
+    fn shape(keyed: bool) -> TableShape {
+        TableShape {
+            schema: "public".into(),
+            name: "t".into(),
+            relfilenode: 1,
+            pages: 1,
+            est_rows: 3,
+            columns: vec![],
+            keyed,
+        }
+    }
+
+    fn change(op: Op, key: &str, old_key: Option<&str>, lsn: u64) -> ChangeRecord {
+        ChangeRecord {
+            id: ChangeId {
+                commit_lsn: Lsn(lsn),
+                ordinal: 1,
+            },
+            op,
+            schema: "public".into(),
+            table: "t".into(),
+            key: Some(key.into()),
+            before: None,
+            after: Some(key.into()),
+            unchanged_toast: vec![],
+            lsn: Lsn(lsn),
+            commit_lsn: Lsn(lsn),
+            commit_ts_micros: 0,
+            xid: 7,
+            message: None,
+            old_key: old_key.map(Into::into),
+        }
+    }
+
+    fn mark(marks: &Watermarks, tag: &str, high: bool, lsn: u64) -> Seen {
+        let mut r = change(Op::Message, "", None, lsn);
+        r.key = None;
+        r.message = Some(LogicalMessage {
+            prefix: marks.prefix.clone(),
+            content: serde_json::to_vec(&Mark {
+                tag: tag.into(),
+                high,
+            })
+            .unwrap(),
+            transactional: true,
+        });
+        marks.observe(&r)
+    }
+
+    fn rows() -> Vec<(String, String)> {
+        (1..=4)
+            .map(|i| (format!("{{\"id\":{i}}}"), format!("{{\"id\":{i},\"v\":0}}")))
+            .collect()
+    }
+
+    #[test]
+    fn rows_changed_inside_the_window_are_left_to_the_stream() {
+        let marks = Watermarks::new("p");
+        marks.expect("a", &shape(true));
+        // Before the low watermark: not in the window.
+        assert!(matches!(
+            marks.observe(&change(Op::Update, "{\"id\":1}", None, 10)),
+            Seen::Pass
+        ));
+        assert!(matches!(mark(&marks, "a", false, 20), Seen::Drop));
+        marks.observe(&change(Op::Update, "{\"id\":2}", None, 30));
+        // A key change: the old key counts too.
+        marks.observe(&change(Op::Update, "{\"id\":9}", Some("{\"id\":3}"), 40));
+        let mut other = change(Op::Delete, "{\"id\":4}", None, 45);
+        other.table = "u".into();
+        marks.observe(&other);
+        marks.deposit("a", rows());
+        let Seen::Emit(out) = mark(&marks, "a", true, 50) else {
+            panic!("no rows at the high watermark");
+        };
+        let keys: Vec<_> = out.iter().map(|r| r.key.clone().unwrap()).collect();
+        assert_eq!(keys, ["{\"id\":1}", "{\"id\":4}"]);
+        assert!(out
+            .iter()
+            .all(|r| r.op == Op::Read && r.commit_lsn == Lsn(50)));
+        assert_eq!(out.iter().map(|r| r.id.ordinal).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(marks.emitted("a").map(|e| e.0), Some(Lsn(50)));
+        marks.forget("a");
+        assert!(!marks.interested(&change(Op::Insert, "{}", None, 60)));
+    }
+
+    #[test]
+    fn a_truncate_in_the_window_drops_the_chunk_and_stale_marks_are_ignored() {
+        let marks = Watermarks::new("p");
+        marks.expect("a", &shape(true));
+        mark(&marks, "a", false, 20);
+        marks.observe(&change(Op::Truncate, "{}", None, 30));
+        marks.deposit("a", rows());
+        let Seen::Emit(out) = mark(&marks, "a", true, 40) else {
+            panic!("the high watermark is not consumed");
+        };
+        assert!(out.is_empty());
+        // A watermark from a run that crashed.
+        assert!(matches!(mark(&marks, "zz", true, 50), Seen::Drop));
+        // Without a key, nothing can be matched: every row goes out.
+        marks.expect("b", &shape(false));
+        mark(&marks, "b", false, 60);
+        marks.observe(&change(Op::Update, "{\"id\":1}", None, 70));
+        marks.deposit("b", rows());
+        let Seen::Emit(out) = mark(&marks, "b", true, 80) else {
+            panic!();
+        };
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_message() {
+        let marks = Watermarks::new("p");
+        let req = BackfillRequest {
+            schema: "public".into(),
+            table: "orders".into(),
+            filter: Some("id > 5".into()),
+        };
+        let sql = request_sql("p", &req);
+        assert!(sql.contains("'sluice.command.p'"));
+        let mut r = change(Op::Message, "", None, 1);
+        r.message = Some(LogicalMessage {
+            prefix: command_prefix("p"),
+            content: serde_json::to_vec(&serde_json::json!({ "backfill": req })).unwrap(),
+            transactional: true,
+        });
+        match marks.observe(&r) {
+            Seen::Command(got) => assert_eq!(got, req),
+            other => panic!("{other:?}"),
+        }
+    }
+}

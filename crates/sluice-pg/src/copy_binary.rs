@@ -145,7 +145,9 @@ impl CopyParser {
             pos = end;
             self.header_done = true;
         }
-        let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(ncols);
+        // One CopyData is one row: keep the per-call setup off the heap for common widths.
+        let mut inline: [Option<&[u8]>; 32] = [None; 32];
+        let mut heap: Vec<Option<&[u8]>> = Vec::new();
         loop {
             if buf.len() < pos + 2 {
                 return Ok(pos);
@@ -194,9 +196,16 @@ impl CopyParser {
             if !complete {
                 return Ok(pos);
             }
-            values.clear();
-            values.extend(self.fields.iter().map(|f| f.map(|(a, b)| &buf[a..b])));
-            row(&values)?;
+            let values: &mut [Option<&[u8]>] = if ncols <= inline.len() {
+                &mut inline[..ncols]
+            } else {
+                heap.resize(ncols, None);
+                &mut heap
+            };
+            for (v, f) in values.iter_mut().zip(&self.fields) {
+                *v = f.map(|(a, b)| &buf[a..b]);
+            }
+            row(values)?;
             pos = p;
         }
     }
@@ -294,21 +303,7 @@ fn text_value(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
 }
 
 fn push_i64(n: i64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[i..]);
+    push_padded(n, 1, out);
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -328,13 +323,23 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn push_padded(v: i64, width: usize, out: &mut Vec<u8>) {
-    let mut digits = Vec::with_capacity(20);
-    push_i64(v, &mut digits);
-    for _ in digits.len()..width {
-        out.push(b'0');
+/// Appends `n` in decimal, its digits zero-padded to at least `width` (at most 20).
+fn push_padded(n: i64, width: usize, out: &mut Vec<u8>) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
     }
-    out.extend_from_slice(&digits);
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i.min(buf.len() - width.min(20))..]);
 }
 
 /// `YYYY-MM-DD`, with ` BC` for years before 1, as PostgreSQL's ISO DateStyle prints.
@@ -369,12 +374,11 @@ pub fn timestamp_text(micros: i64, tz: bool, out: &mut Vec<u8>) {
     push_padded(secs % 60, 2, out);
     if frac != 0 {
         out.push(b'.');
-        let mut digits = Vec::with_capacity(6);
-        push_padded(frac, 6, &mut digits);
-        while digits.last() == Some(&b'0') {
-            digits.pop();
+        let start = out.len();
+        push_padded(frac, 6, out);
+        while out.len() > start && out.last() == Some(&b'0') {
+            out.pop();
         }
-        out.extend_from_slice(&digits);
     }
     if tz {
         out.extend_from_slice(b"+00");

@@ -616,13 +616,23 @@ impl<O: Output> SourceWorker<O> {
         Ok(Some(at))
     }
 
-    /// Plans a backfill for each table captured for the first time.
+    /// Plans a backfill for each table captured for the first time, and drops the plans
+    /// of tables no longer captured.
     async fn added_tables(
         &mut self,
         cfg: &SourceConfig,
         state: &PipelineState,
         catalog: &mut Connection,
     ) -> Result<(), SourceError> {
+        for (key, plan) in state.scan::<TablePlan>("plan/").map_err(definite)? {
+            if !cfg
+                .tables
+                .contains(&(plan.schema.clone(), plan.table.clone()))
+            {
+                info!(table = %plan.qualified(), "source: table no longer captured; its unfinished copy is dropped");
+                state.remove(&key).map_err(definite)?;
+            }
+        }
         let Some(known) = state
             .get::<Vec<(String, String)>>(META_KNOWN)
             .map_err(definite)?
