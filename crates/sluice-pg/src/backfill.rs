@@ -12,8 +12,16 @@
 //!   `op = "read"` records with the watermark transaction's commit LSN, so per key they
 //!   sort after every change the copy may have missed and before every later one.
 //! - A row is dropped only if the stream delivered a change of its key (or a truncate of
-//!   its table) inside the window; a table without a key cannot be checked, so on-demand
-//!   backfills refuse it.
+//!   its table) between the chunk's registration and its high watermark; such a change
+//!   carries the row itself, so dropping is safe. A table without a key cannot be
+//!   checked, so on-demand backfills refuse it.
+//! - Visibility, not only WAL order: a transaction whose commit record precedes the low
+//!   watermark may still be invisible to the chunk's snapshot (a committer waiting for a
+//!   synchronous standby has written its commit and is still in the proc array). The chunk
+//!   is read in a REPEATABLE READ transaction whose snapshot is checked first: if any
+//!   transaction it treats as running has in fact committed, the read is retried. Keys are
+//!   gathered from the registration of the chunk, before the low watermark is written, so
+//!   a commit racing the watermark is inside the window too.
 //! - A range is marked done in the pipeline state only after the source confirmed past the
 //!   high watermark, i.e. its rows are durable; after a crash the backfill continues from
 //!   the first range not done, and watermarks of the lost run are ignored.
@@ -230,7 +238,8 @@ impl Watermarks {
                     schema: shape.schema.clone(),
                     table: shape.name.clone(),
                     keyed: shape.keyed,
-                    keys: None,
+                    // From now, not from the low watermark: see the module doc.
+                    keys: Some(HashSet::new()),
                     truncated: false,
                     rows: None,
                     emitted_at: None,
@@ -498,6 +507,35 @@ impl BackfillWorker {
             )
         };
         conn.execute(&mark(false)).await?;
+        // A snapshot in which every transaction still shown as running really is running:
+        // those commit after the low watermark, inside the window.
+        let mut attempts = 0;
+        loop {
+            let stalled = conn
+                .simple_query(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off; \
+                     SELECT count(*) FROM unnest(pg_snapshot_xip(pg_current_snapshot())) x \
+                     WHERE pg_xact_status(x) = 'committed'",
+                )
+                .await?
+                .last()
+                .and_then(|r| r.rows.first().cloned())
+                .and_then(|r| r.into_iter().next().flatten())
+                .unwrap_or_default();
+            if stalled == "0" {
+                break;
+            }
+            conn.execute("ROLLBACK").await?;
+            attempts += 1;
+            if attempts % 100 == 0 {
+                warn!(table = %plan.qualified(), "backfill: committed transactions stay invisible (waiting for a synchronous standby?); still waiting");
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
         info!(table = %plan.qualified(), range = i, "backfill: reading range");
         let mut rows = Vec::new();
         let mut enc = RowEncoder::new(shape.clone());
@@ -514,6 +552,7 @@ impl BackfillWorker {
             })
             .await?
         {}
+        conn.execute("COMMIT").await?;
         let read = rows.len() as u64;
         self.progress.add_rows(&plan.qualified(), read);
         self.marks.deposit(tag, rows);
@@ -620,7 +659,8 @@ mod tests {
     fn rows_changed_inside_the_window_are_left_to_the_stream() {
         let marks = Watermarks::new("p");
         marks.expect("a", &shape(true));
-        // Before the low watermark: not in the window.
+        // Changed after the chunk was registered, before its low watermark: left to the
+        // stream as well (the change carries the row).
         assert!(matches!(
             marks.observe(&change(Op::Update, "{\"id\":1}", None, 10)),
             Seen::Pass
@@ -637,11 +677,11 @@ mod tests {
             panic!("no rows at the high watermark");
         };
         let keys: Vec<_> = out.iter().map(|r| r.key.clone().unwrap()).collect();
-        assert_eq!(keys, ["{\"id\":1}", "{\"id\":4}"]);
+        assert_eq!(keys, ["{\"id\":4}"]);
         assert!(out
             .iter()
             .all(|r| r.op == Op::Read && r.commit_lsn == Lsn(50)));
-        assert_eq!(out.iter().map(|r| r.id.ordinal).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(out.iter().map(|r| r.id.ordinal).collect::<Vec<_>>(), [1]);
         assert_eq!(marks.emitted("a").map(|e| e.0), Some(Lsn(50)));
         marks.forget("a");
         assert!(!marks.interested(&change(Op::Insert, "{}", None, 60)));

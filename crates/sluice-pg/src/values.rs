@@ -351,14 +351,38 @@ pub fn write_json_string(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` is a control character, `"` or `\\` (bit tricks from
+/// "Bit Twiddling Hacks": a zero byte, a byte below n).
+fn needs_escape(w: u64) -> bool {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    zero(w ^ (ONES * u64::from(b'"')))
+        || zero(w ^ (ONES * u64::from(b'\\')))
+        || w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0
+}
+
 /// Escapes valid UTF-8; copies runs that need no escaping in one go.
 fn escape_into(s: &[u8], out: &mut Vec<u8>) {
     let mut run = 0;
-    for (i, &byte) in s.iter().enumerate() {
+    let mut i = 0;
+    while i < s.len() {
+        // Eight bytes at a time while none needs escaping (most text needs none).
+        while let Some(word) = s.get(i..i + 8) {
+            let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            if needs_escape(w) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&byte) = s.get(i) else { break };
+        i += 1;
         let escape = ESCAPES[usize::from(byte)];
         if escape == 0 {
             continue;
         }
+        let i = i - 1;
         out.extend_from_slice(&s[run..i]);
         if escape == b'u' {
             out.extend_from_slice(b"\\u00");

@@ -579,6 +579,15 @@ fn array_literal(items: &[Option<String>]) -> String {
 
 proptest! {
     #[test]
+    fn strings_are_escaped_exactly_as_serde_json_does(
+        text in "[a-z\\\\\"\\x00-\\x1f\\x7f ü€😀]{0,40}",
+    ) {
+        let mut out = Vec::new();
+        write_json_string(text.as_bytes(), &mut out);
+        prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&text).unwrap());
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(text in proptest::collection::vec(any::<u8>(), 0..64)) {
         check_every_kind(&text)?;
     }

@@ -39,6 +39,10 @@ struct FileSink {
     file: File,
     /// Whether the torn tail has been repaired (done at the first append).
     repaired: bool,
+    /// Bytes of the file already synced and dropped from the page cache.
+    dropped_to: u64,
+    /// Bytes in the file after the last append.
+    len: u64,
 }
 
 impl FileSink {
@@ -63,6 +67,8 @@ impl FileSink {
         Ok(FileSink {
             file,
             repaired: false,
+            dropped_to: 0,
+            len: 0,
         })
     }
 }
@@ -102,11 +108,33 @@ impl Sink for FileSink {
         if !self.repaired {
             repair_torn_tail(&mut self.file)?;
             self.repaired = true;
+            self.len = self.file.metadata()?.len();
+            self.dropped_to = self.len;
         }
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
     fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        // Synced pages are clean: let the kernel reuse them. Appending into fresh page
+        // cache costs several times more system time here than into recycled pages
+        // (5-6 s against 1.2 s for 2.3 GB); a reader of the file gets it from the disk.
+        if self.len > self.dropped_to {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor this sink owns; it only
+            // advises the page cache and cannot affect memory safety.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    self.dropped_to as libc::off_t,
+                    (self.len - self.dropped_to) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.dropped_to = self.len;
+        }
+        Ok(())
     }
 }
 
