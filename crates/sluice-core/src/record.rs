@@ -202,12 +202,28 @@ impl EnvelopeTemplate {
 
     /// Appends one record's envelope; `key` and `after` are JSON objects.
     pub fn write(&self, ordinal: u64, key: &[u8], after: &[u8], out: &mut Vec<u8>) {
+        self.write_head(ordinal, out);
+        out.extend_from_slice(key);
+        self.write_mid(out);
+        out.extend_from_slice(after);
+        self.write_tail(out);
+    }
+
+    /// The envelope up to the key: then the key object, [`Self::write_mid`], the row
+    /// object and [`Self::write_tail`], for callers that encode the objects in place.
+    pub fn write_head(&self, ordinal: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.head);
         push_decimal_min(out, ordinal, 6);
         out.extend_from_slice(&self.before_key);
-        out.extend_from_slice(key);
+    }
+
+    /// Between the key and the row object.
+    pub fn write_mid(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.before_after);
-        out.extend_from_slice(after);
+    }
+
+    /// After the row object.
+    pub fn write_tail(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.tail);
     }
 }

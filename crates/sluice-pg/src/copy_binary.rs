@@ -275,6 +275,10 @@ pub fn write_value(
             let micros =
                 i64::from_be_bytes(v.try_into().map_err(|_| bad("timestamp is not 8 bytes"))?);
             let tz = *codec == Codec::TimestampTz;
+            if rfc3339(micros, tz, out) {
+                return Ok(());
+            }
+            // Infinities and years outside 1-9999: as the text path writes them.
             scratch.clear();
             timestamp_text(micros, tz, scratch);
             let kind = if tz {
@@ -352,6 +356,51 @@ fn push_date(days: i64, out: &mut Vec<u8>) -> bool {
     out.push(b'-');
     push_padded(d as i64, 2, out);
     bc
+}
+
+/// The JSON string the text path makes of a timestamp of years 1 to 9999 (RFC 3339, the
+/// fraction as PostgreSQL prints it, `Z` with a zone); false for anything else.
+fn rfc3339(micros: i64, tz: bool, out: &mut Vec<u8>) -> bool {
+    if micros == i64::MAX || micros == i64::MIN {
+        return false;
+    }
+    let (y, m, d) = civil(micros.div_euclid(MICROS_PER_DAY));
+    if !(1..=9999).contains(&y) {
+        return false;
+    }
+    let time = micros.rem_euclid(MICROS_PER_DAY);
+    let secs = (time / 1_000_000) as u32;
+    let frac = (time % 1_000_000) as u32;
+    let mut b = *b"\"0000-00-00T00:00:00";
+    let mut put = |at: usize, v: u32, n: usize| {
+        let mut v = v;
+        for i in (0..n).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(1, y as u32, 4);
+    put(6, m, 2);
+    put(9, d, 2);
+    put(12, secs / 3600, 2);
+    put(15, secs / 60 % 60, 2);
+    put(18, secs % 60, 2);
+    out.extend_from_slice(&b);
+    if frac != 0 {
+        let mut f = *b".000000";
+        let mut v = frac;
+        for i in (1..7).rev() {
+            f[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        let mut n = 7;
+        while f[n - 1] == b'0' {
+            n -= 1;
+        }
+        out.extend_from_slice(&f[..n]);
+    }
+    out.extend_from_slice(if tz { b"Z\"" } else { b"\"" });
+    true
 }
 
 /// PostgreSQL's text form of a timestamp (DateStyle ISO, TimeZone UTC).
@@ -444,6 +493,40 @@ mod tests {
         assert_eq!(text(|o| date_text(2_914_000, o)), "9978-04-06");
     }
 
+    #[test]
+    fn the_direct_timestamp_json_is_the_text_paths() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut samples = vec![0i64, -1, 1, 999_999, 1_000_000, -730_119 * MICROS_PER_DAY];
+        let span = 320_000 * 86_400 * 1_000_000i64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Years 1 to 9999 and a little beyond either side.
+            samples.push((rng % (2 * span as u64)) as i64 - span);
+        }
+        let mut direct_count = 0;
+        for m in samples {
+            for tz in [false, true] {
+                let mut text = Vec::new();
+                timestamp_text(m, tz, &mut text);
+                let kind = if tz {
+                    TypeKind::TimestampTz
+                } else {
+                    TypeKind::Timestamp
+                };
+                let mut via_text = Vec::new();
+                text_value(&kind, &text, &mut via_text);
+                let mut direct = Vec::new();
+                if rfc3339(m, tz, &mut direct) {
+                    direct_count += 1;
+                    assert_eq!(direct, via_text, "{m}");
+                }
+            }
+        }
+        assert!(direct_count > 30_000);
+    }
+
     fn stream(rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
         let mut b = SIGNATURE.to_vec();
         b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
@@ -511,6 +594,35 @@ mod tests {
             Codec::Date,
         ] {
             assert!(write_value(&codec, 3, b"\x05\x05\x05", &mut scratch, &mut out).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            split in 0usize..220,
+            ncols in 0usize..40,
+        ) {
+            // With and without a valid header, split anywhere.
+            for bytes in [body.clone(), [SIGNATURE, &[0u8; 8][..], &body].concat()] {
+                let mut p = CopyParser::new();
+                let mut scratch = Vec::new();
+                let mut out = Vec::new();
+                let codecs = [Codec::Int, Codec::Bool, Codec::Jsonb, Codec::Uuid, Codec::TimestampTz, Codec::Date, Codec::Bytea, Codec::Text];
+                let mut sink = |f: &[Option<&[u8]>]| -> Result<(), CopyError> {
+                    for (i, v) in f.iter().enumerate() {
+                        if let Some(v) = v {
+                            let _ = write_value(&codecs[i % codecs.len()], i, v, &mut scratch, &mut out);
+                        }
+                    }
+                    Ok(())
+                };
+                let at = split.min(bytes.len());
+                if p.feed(&bytes[..at], ncols, &mut sink).is_ok() {
+                    let _ = p.feed(&bytes[at..], ncols, &mut sink);
+                }
+            }
         }
     }
 

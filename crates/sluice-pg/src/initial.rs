@@ -210,7 +210,6 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
         ))
         .await?;
         let mut out = Vec::with_capacity(BATCH_BYTES * 2);
-        let (mut key, mut after) = (Vec::new(), Vec::new());
         let (mut next, mut end) = (0u64, 0u64);
         loop {
             if shared.cancel.is_cancelled() {
@@ -227,14 +226,16 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
                 let before = rows;
                 let more = copy
                     .next(&mut |fields| {
-                        key.clear();
-                        after.clear();
-                        enc.encode(fields, &mut key, &mut after)?;
                         if next == end {
                             next = shared.ordinal.fetch_add(ORDINAL_BLOCK, Ordering::Relaxed) + 1;
                             end = next + ORDINAL_BLOCK;
                         }
-                        job.template.write(next, &key, &after, &mut out);
+                        // Encoded in place: no per-row buffers to copy.
+                        job.template.write_head(next, &mut out);
+                        enc.encode_object(fields, true, &mut out)?;
+                        job.template.write_mid(&mut out);
+                        enc.encode_object(fields, false, &mut out)?;
+                        job.template.write_tail(&mut out);
                         out.push(b'\n');
                         next += 1;
                         rows += 1;

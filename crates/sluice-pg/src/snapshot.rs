@@ -311,30 +311,34 @@ impl RowEncoder {
         key: &mut Vec<u8>,
         after: &mut Vec<u8>,
     ) -> Result<(), CopyError> {
-        key.push(b'{');
-        after.push(b'{');
-        let mut first_key = true;
+        self.encode_object(fields, true, key)?;
+        self.encode_object(fields, false, after)
+    }
+
+    /// Appends the key object (`keys_only`) or the row object.
+    pub fn encode_object(
+        &mut self,
+        fields: &[Option<&[u8]>],
+        keys_only: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CopyError> {
+        out.push(b'{');
+        let mut first = true;
         for (i, (col, v)) in self.shape.columns.iter().zip(fields).enumerate() {
-            if i > 0 {
-                after.push(b',');
+            if keys_only && !col.key {
+                continue;
             }
-            after.extend_from_slice(&col.json_key);
-            let start = after.len();
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&col.json_key);
             match v {
-                None => after.extend_from_slice(b"null"),
-                Some(v) => copy_binary::write_value(&col.codec, i, v, &mut self.scratch, after)?,
-            }
-            if col.key {
-                if !first_key {
-                    key.push(b',');
-                }
-                first_key = false;
-                key.extend_from_slice(&col.json_key);
-                key.extend_from_slice(&after[start..]);
+                None => out.extend_from_slice(b"null"),
+                Some(v) => copy_binary::write_value(&col.codec, i, v, &mut self.scratch, out)?,
             }
         }
-        key.push(b'}');
-        after.push(b'}');
+        out.push(b'}');
         Ok(())
     }
 }
