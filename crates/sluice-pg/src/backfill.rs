@@ -18,10 +18,12 @@
 //! - Visibility, not only WAL order: a transaction whose commit record precedes the low
 //!   watermark may still be invisible to the chunk's snapshot (a committer waiting for a
 //!   synchronous standby has written its commit and is still in the proc array). The chunk
-//!   is read in a REPEATABLE READ transaction whose snapshot is checked first: if any
-//!   transaction it treats as running has in fact committed, the read is retried. Keys are
-//!   gathered from the registration of the chunk, before the low watermark is written, so
-//!   a commit racing the watermark is inside the window too.
+//!   is read in a REPEATABLE READ transaction; once the source has passed the low
+//!   watermark, the snapshot's running transactions are checked against the transactions
+//!   the source has seen commit (the last `RECENT_XIDS` of them): if one of them has, the
+//!   read is retried until it is visible. Keys are gathered from the registration of the
+//!   chunk, before the low watermark is written, so a commit racing the watermark is
+//!   inside the window too.
 //! - A range is marked done in the pipeline state only after the source confirmed past the
 //!   high watermark, i.e. its rows are durable; after a crash the backfill continues from
 //!   the first range not done, and watermarks of the lost run are ignored.
@@ -106,8 +108,10 @@ struct Window {
     schema: Arc<str>,
     table: Arc<str>,
     keyed: bool,
-    /// Keys changed since the low watermark (`None` before it).
+    /// Keys changed since the chunk was registered.
     keys: Option<HashSet<String>>,
+    /// The source has passed the low watermark.
+    low_seen: bool,
     truncated: bool,
     rows: Option<Arc<Vec<(String, String)>>>,
     /// Commit LSN of the high watermark's transaction once its rows went out.
@@ -121,8 +125,22 @@ pub struct Watermarks {
     /// Whether any window is registered: the source's hot path checks only this.
     active: AtomicBool,
     windows: Mutex<HashMap<String, Window>>,
+    /// Transactions the source has delivered, most recent last.
+    recent: Mutex<RecentXids>,
+    /// The last one noted, so the records of one transaction take no lock.
+    last_xid: std::sync::atomic::AtomicU32,
     /// Wakes the worker: a new plan, or a watermark went out.
     pub wake: Notify,
+}
+
+/// How many delivered transactions the visibility check remembers: a commit that stays
+/// invisible for longer than this many transactions of the captured tables is not seen.
+pub const RECENT_XIDS: usize = 100_000;
+
+#[derive(Default)]
+struct RecentXids {
+    order: std::collections::VecDeque<u32>,
+    set: HashSet<u32>,
 }
 
 impl Watermarks {
@@ -132,8 +150,44 @@ impl Watermarks {
             command_prefix: command_prefix(pipeline),
             active: AtomicBool::new(false),
             windows: Mutex::new(HashMap::new()),
+            recent: Mutex::new(RecentXids::default()),
+            last_xid: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
         }
+    }
+
+    /// Notes the transaction of a record the source delivers (records of one transaction
+    /// come together, so this is one lookup per record and one insert per transaction).
+    pub fn delivered(&self, xid: u32) {
+        if xid == 0 || self.last_xid.swap(xid, Ordering::Relaxed) == xid {
+            return;
+        }
+        let Ok(mut r) = self.recent.lock() else {
+            return;
+        };
+        if r.set.insert(xid) {
+            r.order.push_back(xid);
+            if r.order.len() > RECENT_XIDS {
+                if let Some(old) = r.order.pop_front() {
+                    r.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether the source has delivered any of these transactions.
+    fn any_delivered(&self, xids: &[u32]) -> bool {
+        self.recent
+            .lock()
+            .map(|r| xids.iter().any(|x| r.set.contains(x)))
+            .unwrap_or(false)
+    }
+
+    fn low_seen(&self, tag: &str) -> bool {
+        self.windows
+            .lock()
+            .map(|w| w.get(tag).is_some_and(|w| w.low_seen))
+            .unwrap_or(false)
     }
 
     /// Whether `r` needs [`Watermarks::observe`]: cheap enough for every record.
@@ -192,6 +246,8 @@ impl Watermarks {
         if !mark.high {
             // Seen again after a reconnect: keep what was gathered, it only grows.
             w.keys.get_or_insert_with(HashSet::new);
+            w.low_seen = true;
+            self.wake.notify_one();
             return Seen::Drop;
         }
         let (Some(rows), Some(keys)) = (w.rows.clone(), w.keys.as_ref()) else {
@@ -240,6 +296,7 @@ impl Watermarks {
                     keyed: shape.keyed,
                     // From now, not from the low watermark: see the module doc.
                     keys: Some(HashSet::new()),
+                    low_seen: false,
                     truncated: false,
                     rows: None,
                     emitted_at: None,
@@ -385,6 +442,9 @@ impl BackfillWorker {
                         let _ = self
                             .state
                             .remove(&TablePlan::key(&plan.schema, &plan.table));
+                        self.progress.forget(&plan.qualified());
+                        // It may have failed inside a transaction: start clean.
+                        conn = None;
                     }
                     Err(e) => {
                         warn!(table = %plan.qualified(), error = %e, "backfill: will retry");
@@ -423,6 +483,15 @@ impl BackfillWorker {
         };
         if !streaming {
             return Ok(());
+        }
+        if conn.server_version_num() < 140000 {
+            // The watermarks are logical messages, which pgoutput sends from 14 on.
+            return Err(PgError::Definite(format!(
+                "backfilling {} while streaming needs PostgreSQL 14 or later (the server is {}); \
+                 copy it by recreating the pipeline (sluice teardown, then run) instead",
+                plan.qualified(),
+                conn.server_version_num()
+            )));
         }
         let key = TablePlan::key(&plan.schema, &plan.table);
         let excluded: Option<BTreeSet<String>> = self.exclusions.get(&plan.qualified()).cloned();
@@ -508,26 +577,41 @@ impl BackfillWorker {
         };
         conn.execute(&mark(false)).await?;
         // A snapshot in which every transaction still shown as running really is running:
-        // those commit after the low watermark, inside the window.
-        let mut attempts = 0;
+        // those commit after the low watermark, inside the window. The source has seen
+        // every commit before the low watermark once it has passed it.
+        let mut attempts = 0u64;
         loop {
-            let stalled = conn
+            let running: Vec<u32> = conn
                 .simple_query(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off; \
-                     SELECT count(*) FROM unnest(pg_snapshot_xip(pg_current_snapshot())) x \
-                     WHERE pg_xact_status(x) = 'committed'",
+                     SELECT x FROM pg_snapshot_xip(pg_current_snapshot()) x",
                 )
                 .await?
                 .last()
-                .and_then(|r| r.rows.first().cloned())
-                .and_then(|r| r.into_iter().next().flatten())
+                .map(|r| {
+                    r.rows
+                        .iter()
+                        .filter_map(|row| row.first().cloned().flatten())
+                        .filter_map(|x| x.parse::<u64>().ok())
+                        // The 32-bit xid the stream carries.
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .unwrap_or_default();
-            if stalled == "0" {
+            while !self.marks.low_seen(tag) {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = self.marks.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            if !self.marks.any_delivered(&running) {
                 break;
             }
             conn.execute("ROLLBACK").await?;
             attempts += 1;
-            if attempts % 100 == 0 {
+            if attempts.is_multiple_of(100) {
                 warn!(table = %plan.qualified(), "backfill: committed transactions stay invisible (waiting for a synchronous standby?); still waiting");
             }
             tokio::select! {

@@ -482,6 +482,13 @@ impl Progress {
         }
     }
 
+    /// Stops tracking a table whose copy was given up.
+    pub fn forget(&self, table: &str) {
+        if let Ok(mut t) = self.tables.lock() {
+            t.retain(|p| p.table != table);
+        }
+    }
+
     pub fn add_rows(&self, table: &str, rows: u64) {
         self.update(table, |p| p.rows += rows);
     }

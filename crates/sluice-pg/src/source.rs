@@ -761,6 +761,7 @@ fn route<O: Output>(
     requests: &mut Vec<BackfillRequest>,
     r: ChangeRecord,
 ) -> bool {
+    marks.delivered(r.xid);
     if !marks.interested(&r) {
         output.push(&r);
         return true;
