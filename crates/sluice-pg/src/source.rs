@@ -9,6 +9,9 @@
 //!   slot's confirmed position; the transaction in flight is received again whole.
 //! - A clean stop that comes while part of a transaction is already in the output first
 //!   receives the rest of it (bounded), so nothing is sent again after a clean stop.
+//! - A pipeline without its slot creates it with an exported snapshot and copies its
+//!   tables under it before streaming (`source_copies.rs`, `initial.rs`); backfills run
+//!   beside the stream on their own thread (`backfill.rs`).
 //! - Only the holder of the pipeline's advisory lock streams; another instance waits, and
 //!   touches nothing shared with the active one (the spill directory is emptied only once
 //!   the lock is held).
@@ -20,18 +23,20 @@ use std::time::Duration;
 use sluice_core::{ChangeRecord, ErrorClass, Lsn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::backfill::{self, BackfillRequest, BackfillWorker, Seen, Watermarks};
+use crate::backfill::{self, BackfillRequest, BackfillWorker, Watermarks};
 use crate::changes::{Assembler, Exclusions, Handled};
 use crate::conninfo::ConnInfo;
 use crate::error::PgError;
-use crate::initial::{InitialSnapshot, SnapshotTable};
 use crate::replication::{self, StartOptions, StreamMessage};
-use crate::snapshot::{describe, PlanKind, Progress, TablePlan};
+use crate::snapshot::Progress;
 use crate::state::PipelineState;
-use crate::values::TypeRegistry;
 use crate::wire::{quote_literal, Connection};
+
+#[path = "source_copies.rs"]
+mod copies;
+use copies::{clear_plans, definite, route, META_KNOWN};
 
 /// How long a stop waits for the rest of a transaction that is partly in the output.
 const FINISH_TRANSACTION: Duration = Duration::from_secs(5);
@@ -98,17 +103,6 @@ pub struct SourceConfig {
     pub state_path: std::path::PathBuf,
     pub progress: Arc<Progress>,
 }
-
-/// Where the initial snapshot stands, in the pipeline state.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct InitialMeta {
-    slot: String,
-    consistent_point: String,
-    complete: bool,
-}
-
-const META_INITIAL: &str = "meta/initial";
-const META_KNOWN: &str = "meta/known_tables";
 
 /// A failure that stops the source.
 #[derive(Debug, thiserror::Error)]
@@ -549,168 +543,6 @@ impl<O: Output> SourceWorker<O> {
         result
     }
 
-    /// Creates the slot with an exported snapshot and copies the snapshot tables under
-    /// it; returns the consistent point, or `None` if cancelled before the copy finished.
-    async fn initial_snapshot(
-        &mut self,
-        cfg: &SourceConfig,
-        state: &Arc<PipelineState>,
-        catalog: &mut Connection,
-        repl: &mut Connection,
-        cancel: &CancellationToken,
-    ) -> Result<Option<Lsn>, SourceError> {
-        let (at, snapshot_name) = replication::create_slot_exporting(repl, &cfg.slot).await?;
-        info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
-        // Plans of an earlier slot mean nothing for this one.
-        clear_plans(state)?;
-        let meta = InitialMeta {
-            slot: cfg.slot.clone(),
-            consistent_point: at.to_string(),
-            complete: false,
-        };
-        state.put(META_INITIAL, &meta).map_err(definite)?;
-        let mut types = TypeRegistry::new();
-        let mut tables = Vec::new();
-        for (schema, table) in &cfg.snapshot_tables {
-            let excluded = cfg.exclusions.get(&format!("{schema}.{table}"));
-            let shape = describe(catalog, schema, table, excluded, &mut types).await?;
-            let plan = TablePlan::new(&shape, PlanKind::Initial, None, cfg.chunk_rows);
-            state
-                .put(&TablePlan::key(schema, table), &plan)
-                .map_err(definite)?;
-            tables.push(SnapshotTable {
-                shape: Arc::new(shape),
-                plan,
-            });
-        }
-        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
-        let snapshot = InitialSnapshot {
-            conninfo: cfg.conninfo.clone(),
-            snapshot_name,
-            consistent_point: at,
-            snapshot_ts_micros: sluice_core::pg_epoch_to_unix_micros(replication::pg_now_micros()),
-            workers: cfg.snapshot_workers,
-            tables,
-            batches: self.output.batches(),
-            state: state.clone(),
-            progress: cfg.progress.clone(),
-        };
-        let started = std::time::Instant::now();
-        if !snapshot.run(cancel).await? {
-            return Ok(None);
-        }
-        clear_plans(state)?;
-        state
-            .put(
-                META_INITIAL,
-                &InitialMeta {
-                    complete: true,
-                    ..meta
-                },
-            )
-            .map_err(definite)?;
-        info!(
-            seconds = started.elapsed().as_secs_f64(),
-            "snapshot: complete; streaming from the slot"
-        );
-        Ok(Some(at))
-    }
-
-    /// Plans a backfill for each table captured for the first time, and drops the plans
-    /// of tables no longer captured.
-    async fn added_tables(
-        &mut self,
-        cfg: &SourceConfig,
-        state: &PipelineState,
-        catalog: &mut Connection,
-    ) -> Result<(), SourceError> {
-        for (key, plan) in state.scan::<TablePlan>("plan/").map_err(definite)? {
-            if !cfg
-                .tables
-                .contains(&(plan.schema.clone(), plan.table.clone()))
-            {
-                info!(table = %plan.qualified(), "source: table no longer captured; its unfinished copy is dropped");
-                state.remove(&key).map_err(definite)?;
-            }
-        }
-        let Some(known) = state
-            .get::<Vec<(String, String)>>(META_KNOWN)
-            .map_err(definite)?
-        else {
-            // A slot without state (a data_dir moved away): nothing to compare with.
-            state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
-            return Ok(());
-        };
-        for t in &cfg.tables {
-            if known.contains(t) || !cfg.snapshot_tables.contains(t) {
-                continue;
-            }
-            let req = BackfillRequest {
-                schema: t.0.clone(),
-                table: t.1.clone(),
-                filter: None,
-            };
-            match backfill::plan_backfill(
-                catalog,
-                state,
-                &req,
-                &cfg.exclusions,
-                cfg.chunk_rows,
-                PlanKind::Backfill,
-            )
-            .await
-            {
-                Ok(plan) => {
-                    info!(table = %plan.qualified(), ranges = plan.ranges.len(), "source: new table; backfilling it while streaming")
-                }
-                Err(e) => {
-                    error!(table = %format!("{}.{}", t.0, t.1), error = %e, "source: new table streams without a backfill")
-                }
-            }
-        }
-        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
-        Ok(())
-    }
-
-    /// A backfill request seen in the stream.
-    async fn request(
-        &mut self,
-        catalog: &mut Connection,
-        req: BackfillRequest,
-    ) -> Result<(), SourceError> {
-        let name = format!("{}.{}", req.schema, req.table);
-        if !self
-            .config
-            .tables
-            .iter()
-            .any(|(s, t)| *s == req.schema && *t == req.table)
-        {
-            warn!(table = %name, "source: backfill requested for a table this pipeline does not capture; add it to source.tables");
-            return Ok(());
-        }
-        let state = self.state.clone().expect("opened under the lock");
-        match backfill::plan_backfill(
-            catalog,
-            &state,
-            &req,
-            &self.config.exclusions,
-            self.config.chunk_rows,
-            PlanKind::Backfill,
-        )
-        .await
-        {
-            Ok(plan) => {
-                info!(table = %name, ranges = plan.ranges.len(), filter = plan.filter.is_some(), "source: backfill requested");
-                self.marks.wake.notify_one();
-            }
-            Err(e) if e.class() == ErrorClass::Definite => {
-                error!(table = %name, error = %e, "source: backfill refused")
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
-    }
-
     /// Shutdown: hand off what is buffered, wait (bounded) until it is durable, send the
     /// final status update, and end the stream.
     async fn drain(
@@ -749,52 +581,6 @@ impl<O: Output> SourceWorker<O> {
         info!(confirmed = %confirmed, "source: stopped");
         Ok(())
     }
-}
-
-/// Hands a record to the output unless it is internal (watermarks, requests, messages the
-/// pipeline does not deliver); a high watermark becomes its range's rows. Returns whether
-/// anything went to the output.
-fn route<O: Output>(
-    output: &mut O,
-    marks: &Watermarks,
-    messages: bool,
-    requests: &mut Vec<BackfillRequest>,
-    r: ChangeRecord,
-) -> bool {
-    marks.delivered(r.xid);
-    if !marks.interested(&r) {
-        output.push(&r);
-        return true;
-    }
-    match marks.observe(&r) {
-        Seen::Pass if r.op == sluice_core::Op::Message && !messages => false,
-        Seen::Pass => {
-            output.push(&r);
-            true
-        }
-        Seen::Drop => false,
-        Seen::Emit(rows) => {
-            for row in &rows {
-                output.push(row);
-            }
-            !rows.is_empty()
-        }
-        Seen::Command(req) => {
-            requests.push(req);
-            false
-        }
-    }
-}
-
-fn clear_plans(state: &PipelineState) -> Result<(), SourceError> {
-    for (key, _) in state.scan::<serde_json::Value>("plan/").map_err(definite)? {
-        state.remove(&key).map_err(definite)?;
-    }
-    Ok(())
-}
-
-fn definite(e: impl std::fmt::Display) -> SourceError {
-    SourceError::Pg(PgError::Definite(e.to_string()))
 }
 
 /// Takes the pipeline's session-level advisory lock, waiting as a standby while another
