@@ -19,6 +19,10 @@
 //! - **Bounded.** Every wait has a deadline and fails with a message saying what was awaited
 //!   (and, for the server, the end of its log), rather than hanging a test run.
 //!
+//! [`RedisServer::start`] and [`NatsServer::start`] do the same for `redis-server` (with an
+//! append-only file synced on every write, so a restart keeps the data) and
+//! `nats-server -js`.
+//!
 //! The binaries come from `$SLUICE_PG_BINDIR`, `pg_config --bindir`, or the newest
 //! `/usr/lib/postgresql/*/bin`; [`pg_bin`] finds other programs (`pg_recvlogical`,
 //! `pgbench`) from the same installation.
@@ -31,6 +35,7 @@
 //! ```
 
 mod bindir;
+mod daemon;
 mod postgres;
 mod process;
 mod tls;
@@ -39,6 +44,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use bindir::{pg_bin, pg_bindir};
+pub use daemon::{NatsServer, RedisServer};
 pub use postgres::{PgServer, PgServerBuilder};
 
 /// Calls `f` until it returns `Some`, sleeping briefly between calls, and returns that value;
