@@ -15,19 +15,8 @@
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) in $BASE, port $PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-REF=${REF:-$ROOT/../shared/reference}
-export BASE=${BASE:-/tmp/sluice-bench-pg} PORT=${PORT:-54339}
 ROWS=${ROWS:-5000000}
-RUNS=${RUNS:-3}
 WORKERS=${WORKERS:-1 2 4}
-CONN="host=$BASE port=$PORT user=postgres dbname=postgres"
-URL="postgres:///postgres?host=$BASE&port=$PORT&user=postgres"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-export PATH=$PGBIN:$PATH
-q() { psql -d "$CONN" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 # CPU seconds (user+system) of the postmaster's exited children: the backends.
 pg_children_cpu() {
   local pid tck
@@ -36,9 +25,7 @@ pg_children_cpu() {
   awk -v t="$tck" '{ print ($16 + $17) / t }' "/proc/$pid/stat"
 }
 
-bash scripts/install-deps.sh
-cargo build --release --quiet -p sluice
-SLUICE=$ROOT/target/release/sluice
+source bench/common.sh
 bash "$REF/start_pg.sh" >/dev/null
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

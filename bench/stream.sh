@@ -12,24 +12,10 @@
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) in $BASE, port $PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-REF=${REF:-$ROOT/../shared/reference}
-export BASE=${BASE:-/tmp/sluice-bench-pg} PORT=${PORT:-54339}
-RUNS=${RUNS:-3}
 ROWS=${ROWS:-1000000}
 SINGLE=${SINGLE:-200000}
 LAT_SECONDS=${LAT_SECONDS:-30}
-CONN="host=$BASE port=$PORT user=postgres dbname=postgres"
-URL="postgres:///postgres?host=$BASE&port=$PORT&user=postgres"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-export PATH=$PGBIN:$PATH
-q() { psql -d "$CONN" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-
-bash scripts/install-deps.sh
-cargo build --release --quiet -p sluice
-SLUICE=$ROOT/target/release/sluice
+source bench/common.sh
 bash "$REF/start_pg.sh" >/dev/null
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -15,5 +15,5 @@ mod time;
 
 pub use error::ErrorClass;
 pub use lsn::{ChangeId, Lsn, ParseError};
-pub use record::{ChangeRecord, EnvelopeTemplate, LogicalMessage, Op};
+pub use record::{push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op};
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

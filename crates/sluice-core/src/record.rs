@@ -253,8 +253,8 @@ fn push_lsn(out: &mut Vec<u8>, lsn: Lsn) {
     push_hex(out, lsn.0 as u32);
 }
 
-/// Appends `v` in decimal, zero-padded to at least `width` digits.
-pub(crate) fn push_decimal_min(out: &mut Vec<u8>, mut v: u64, width: usize) {
+/// Appends `v` in decimal, zero-padded to at least `width` digits (at most 20).
+pub fn push_decimal_min(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     loop {

@@ -327,23 +327,12 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Appends `n` in decimal, its digits zero-padded to at least `width` (at most 20).
+/// Appends `n` in decimal, its digits zero-padded to at least `width`.
 fn push_padded(n: i64, width: usize, out: &mut Vec<u8>) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     if n < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&buf[i.min(buf.len() - width.min(20))..]);
+    sluice_core::push_decimal_min(out, n.unsigned_abs(), width);
 }
 
 /// `YYYY-MM-DD`, with ` BC` for years before 1, as PostgreSQL's ISO DateStyle prints.
