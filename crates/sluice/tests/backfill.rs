@@ -62,13 +62,18 @@ fn backfill(p: &Pipeline, table: &str, filter: Option<&str>) {
 
 const T: &str = "CREATE TABLE public.t (id bigint PRIMARY KEY, v text, n int);";
 
+/// Creates `public.t` with `rows` rows (`id` 1..=rows) and statistics, so chunks plan to size.
+fn seed_t(pg: &PgServer, rows: u64) {
+    pg.psql(&format!(
+        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, {rows}) g; ANALYZE t;"
+    ))
+    .unwrap();
+}
+
 #[test]
 fn a_live_backfill_under_concurrent_writes_ends_identical() {
     let pg = PgServer::start().unwrap();
-    pg.psql(&format!(
-        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, 40000) g;"
-    ))
-    .unwrap();
+    seed_t(&pg, 40000);
     let mut p = Pipeline::new(
         &pg,
         "live",
@@ -95,12 +100,12 @@ fn a_live_backfill_under_concurrent_writes_ends_identical() {
 #[test]
 fn a_backfill_with_a_filter_copies_only_matching_rows() {
     let pg = PgServer::start().unwrap();
-    pg.psql(&format!(
-        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, 1000) g;
-         -- No primary key: the whole row is its identity.
+    seed_t(&pg, 1000);
+    pg.psql(
+        "-- No primary key: the whole row is its identity.
          CREATE TABLE public.nopk (a int, b text); ALTER TABLE nopk REPLICA IDENTITY FULL;
-         INSERT INTO nopk SELECT g, 'b' || g FROM generate_series(1, 500) g;"
-    ))
+         INSERT INTO nopk SELECT g, 'b' || g FROM generate_series(1, 500) g;",
+    )
     .unwrap();
     let mut p = Pipeline::new(
         &pg,
@@ -220,10 +225,7 @@ fn kill_after(p: &mut Pipeline, needle: &str, n: usize) {
 #[test]
 fn kill9_in_the_middle_of_an_initial_snapshot_resumes_it() {
     let pg = PgServer::start().unwrap();
-    pg.psql(&format!(
-        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, 400000) g; ANALYZE t;"
-    ))
-    .unwrap();
+    seed_t(&pg, 400000);
     let mut p = Pipeline::new(
         &pg,
         "snapkill",
@@ -259,10 +261,7 @@ fn kill9_in_the_middle_of_an_initial_snapshot_resumes_it() {
 #[test]
 fn kill9_in_the_middle_of_a_backfill_resumes_it() {
     let pg = PgServer::start().unwrap();
-    pg.psql(&format!(
-        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, 100000) g; ANALYZE t;"
-    ))
-    .unwrap();
+    seed_t(&pg, 100000);
     let mut p = Pipeline::new(
         &pg,
         "fillkill",
@@ -300,10 +299,7 @@ fn a_commit_still_invisible_to_the_chunk_holds_the_chunk_back() {
         .setting("synchronous_commit", "local")
         .start()
         .unwrap();
-    pg.psql(&format!(
-        "{T} INSERT INTO t SELECT g, 'row' || g, g FROM generate_series(1, 1000) g;"
-    ))
-    .unwrap();
+    seed_t(&pg, 1000);
     let mut p = Pipeline::new(&pg, "invisible", &["public.t"], "snapshot = \"never\"");
     p.start();
     p.wait_streaming(&pg);
