@@ -249,6 +249,7 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
                         bytes: std::mem::replace(&mut out, Vec::with_capacity(BATCH_BYTES * 2)),
                         commit: None,
                         ack: (!more).then_some(ack_tx),
+                        framed: None,
                     };
                     if shared.batches.send(batch).await.is_err() {
                         return Err(PgError::Definite("the output stopped".into()));

@@ -51,6 +51,9 @@ pub struct Batch {
     pub commit: Option<Lsn>,
     /// Answered once this batch and everything sent before it is durable.
     pub ack: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `Some(n)`: `bytes` holds `n` records in the output's own framing (written by its
+    /// `push`); `None`: whole JSON lines from elsewhere.
+    pub framed: Option<u64>,
 }
 
 /// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting

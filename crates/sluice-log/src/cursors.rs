@@ -1,0 +1,227 @@
+//! Durable sink cursors, in `cursors.redb` beside the segments.
+//!
+//! A cursor is the offset of the next record its sink has not acknowledged. Invariants:
+//! - `acked` moves only forward, and only over a contiguous prefix of acknowledged
+//!   records (the sink loop acknowledges whole batches in order).
+//! - `persisted` is what a crash would come back to; segments are deleted by it, never by
+//!   `acked`, so a restarted sink always finds its records.
+//! - A shed cursor no longer holds the log; the shed mark is durable, so the next start
+//!   knows the sink missed records and must be backfilled.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::LogError;
+
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// Sinks shed at the disk budget, with the offset where they were.
+const SHED: TableDefinition<&str, u64> = TableDefinition::new("shed");
+
+/// One sink's position.
+#[derive(Debug)]
+pub struct Cursor {
+    pub name: String,
+    acked: AtomicU64,
+    persisted: AtomicU64,
+    shed: AtomicBool,
+}
+
+impl Cursor {
+    /// Offset of the next record to deliver.
+    pub fn position(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Everything below `next` is acknowledged.
+    pub fn ack(&self, next: u64) {
+        self.acked.fetch_max(next, Ordering::AcqRel);
+    }
+
+    pub fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    /// Whether the disk budget detached this sink.
+    pub fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
+    }
+}
+
+/// Every cursor of the pipeline.
+pub struct CursorStore {
+    db: Database,
+    path: String,
+    cursors: Mutex<BTreeMap<String, Arc<Cursor>>>,
+}
+
+impl CursorStore {
+    pub(crate) fn open(path: &Path) -> Result<CursorStore, LogError> {
+        let shown = path.display().to_string();
+        let db = Database::create(path).map_err(|e| LogError::State(format!("{shown}: {e}")))?;
+        let store = CursorStore {
+            db,
+            path: shown,
+            cursors: Mutex::new(BTreeMap::new()),
+        };
+        let tx = store.db.begin_write().map_err(|e| store.err(e))?;
+        tx.open_table(CURSORS).map_err(|e| store.err(e))?;
+        tx.open_table(SHED).map_err(|e| store.err(e))?;
+        tx.commit().map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> LogError {
+        LogError::State(format!("{}: {e}", self.path))
+    }
+
+    fn stored(&self) -> Result<BTreeMap<String, u64>, LogError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CURSORS).map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.insert(k.value().to_owned(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// The furthest stored position (a fresh log starts there).
+    pub(crate) fn max_position(&self) -> u64 {
+        self.stored()
+            .ok()
+            .and_then(|m| m.values().max().copied())
+            .unwrap_or(0)
+    }
+
+    /// The cursor of sink `name`, starting at `first` if it has none yet. Also returns the
+    /// offset where it was shed in an earlier run, if it was (the mark is cleared: the
+    /// caller re-backfills).
+    pub fn register(&self, name: &str, first: u64) -> Result<(Arc<Cursor>, Option<u64>), LogError> {
+        let stored = self.stored()?.get(name).copied();
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let shed = {
+            let mut t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+            let v = t.remove(name).map_err(|e| self.err(e))?.map(|v| v.value());
+            v
+        };
+        // A shed sink restarts from the present; one new to the log from its start.
+        let at = match (shed, stored) {
+            (Some(_), _) | (None, None) => first,
+            (None, Some(p)) => p.max(first),
+        };
+        {
+            let mut t = tx.open_table(CURSORS).map_err(|e| self.err(e))?;
+            t.insert(name, at).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        let cursor = Arc::new(Cursor {
+            name: name.to_owned(),
+            acked: AtomicU64::new(at),
+            persisted: AtomicU64::new(at),
+            shed: AtomicBool::new(false),
+        });
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .insert(name.to_owned(), cursor.clone());
+        Ok((cursor, shed))
+    }
+
+    /// Forgets cursors of sinks no longer configured, so they stop holding the log.
+    pub fn retain(&self, names: &[&str]) -> Result<(), LogError> {
+        let stale: Vec<String> = self
+            .stored()?
+            .into_keys()
+            .filter(|k| !names.contains(&k.as_str()))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(CURSORS).map_err(|e| self.err(e))?;
+            for k in &stale {
+                t.remove(k.as_str()).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Registered cursors.
+    pub fn all(&self) -> Vec<Arc<Cursor>> {
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The lowest persisted position of a cursor that holds the log.
+    pub(crate) fn min_persisted(&self) -> Option<u64> {
+        self.all()
+            .iter()
+            .filter(|c| !c.is_shed())
+            .map(|c| c.persisted())
+            .min()
+    }
+
+    /// Writes every acknowledged position that moved (one fsync for all).
+    pub fn commit(&self) -> Result<(), LogError> {
+        let moved: Vec<(Arc<Cursor>, u64)> = self
+            .all()
+            .into_iter()
+            .filter(|c| !c.is_shed())
+            .filter_map(|c| {
+                let a = c.position();
+                (a > c.persisted()).then_some((c, a))
+            })
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(CURSORS).map_err(|e| self.err(e))?;
+            for (c, a) in &moved {
+                t.insert(c.name.as_str(), *a).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        for (c, a) in moved {
+            c.persisted.fetch_max(a, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Detaches the cursor furthest behind (durably marked); returns its name.
+    pub(crate) fn shed_slowest(&self) -> Option<String> {
+        let slowest = self
+            .all()
+            .into_iter()
+            .filter(|c| !c.is_shed())
+            .min_by_key(|c| c.persisted())?;
+        let at = slowest.persisted();
+        let marked = (|| -> Result<(), LogError> {
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+                t.insert(slowest.name.as_str(), at).map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })();
+        if let Err(e) = marked {
+            // Not shedding without the durable mark: a restart would not know to
+            // backfill it. Keep pausing instead.
+            tracing::error!(error = %e, "log: cannot record a shed sink; pausing instead");
+            return None;
+        }
+        slowest.shed.store(true, Ordering::Release);
+        Some(slowest.name.clone())
+    }
+}

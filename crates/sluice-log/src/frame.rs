@@ -1,0 +1,337 @@
+//! One record on disk: a frame.
+//!
+//! ```text
+//! u32 LE  body length n
+//! u32 LE  CRC32C of the body
+//! body (n bytes):
+//!   u64 LE  commit LSN            } the record's id: (commit LSN, ordinal)
+//!   u64 LE  ordinal               }
+//!   i64 LE  commit time, µs since the Unix epoch (0: not known, e.g. snapshot rows)
+//!   u8      op (0 insert, 1 update, 2 delete, 3 truncate, 4 read, 5 message)
+//!   u16 LE  schema length, schema bytes (UTF-8)
+//!   u16 LE  table length, table bytes (UTF-8)
+//!   the JSON envelope (DESIGN.md "The change record"), to the end of the body
+//! ```
+//!
+//! Sinks filter and order by the fixed fields without parsing JSON. Decoding never
+//! panics: a short or damaged frame is reported as such.
+
+use sluice_core::{ChangeRecord, Lsn, Op};
+
+/// Length and CRC.
+pub const FRAME_HEADER: usize = 8;
+/// A body longer than this is damage, not a record (row images are bounded by
+/// PostgreSQL's 1 GB field limit, times a few for JSON escaping).
+pub const MAX_BODY: usize = 4 << 30;
+
+pub(crate) fn op_code(op: Op) -> u8 {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Truncate => 3,
+        Op::Read => 4,
+        Op::Message => 5,
+    }
+}
+
+pub(crate) fn op_from_code(code: u8) -> Option<Op> {
+    Some(match code {
+        0 => Op::Insert,
+        1 => Op::Update,
+        2 => Op::Delete,
+        3 => Op::Truncate,
+        4 => Op::Read,
+        5 => Op::Message,
+        _ => return None,
+    })
+}
+
+fn op_from_name(name: &str) -> Option<Op> {
+    Some(match name {
+        "insert" => Op::Insert,
+        "update" => Op::Update,
+        "delete" => Op::Delete,
+        "truncate" => Op::Truncate,
+        "read" => Op::Read,
+        "message" => Op::Message,
+        _ => return None,
+    })
+}
+
+/// The fixed fields of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub commit_lsn: Lsn,
+    pub ordinal: u64,
+    pub commit_ts_micros: i64,
+    pub op: Op,
+    pub schema: &'a str,
+    pub table: &'a str,
+}
+
+fn begin(out: &mut Vec<u8>, head: &Head<'_>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER]);
+    out.extend_from_slice(&head.commit_lsn.0.to_le_bytes());
+    out.extend_from_slice(&head.ordinal.to_le_bytes());
+    out.extend_from_slice(&head.commit_ts_micros.to_le_bytes());
+    out.push(op_code(head.op));
+    for s in [head.schema, head.table] {
+        // Identifiers are at most 63 bytes in PostgreSQL; clamp rather than fail.
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    start
+}
+
+fn finish(out: &mut [u8], start: usize) {
+    let body = &out[start + FRAME_HEADER..];
+    let len = body.len() as u32;
+    let crc = crc32c::crc32c(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends `record` as one frame.
+pub fn encode_record(out: &mut Vec<u8>, record: &ChangeRecord) {
+    let start = begin(
+        out,
+        &Head {
+            commit_lsn: record.id.commit_lsn,
+            ordinal: record.id.ordinal,
+            commit_ts_micros: record.commit_ts_micros,
+            op: record.op,
+            schema: &record.schema,
+            table: &record.table,
+        },
+    );
+    record.write_json(out);
+    finish(out, start);
+}
+
+/// Appends one JSON envelope (written by [`ChangeRecord::write_json`], e.g. by a snapshot
+/// worker) as a frame, reading its fixed fields from the envelope's leading keys.
+pub fn encode_json(out: &mut Vec<u8>, json: &[u8]) -> Result<(), String> {
+    let (commit_lsn, ordinal, op, schema, table) = parse_envelope_head(json)?;
+    let start = begin(
+        out,
+        &Head {
+            commit_lsn,
+            ordinal,
+            commit_ts_micros: 0,
+            op,
+            schema: &schema,
+            table: &table,
+        },
+    );
+    out.extend_from_slice(json);
+    finish(out, start);
+    Ok(())
+}
+
+/// `{"id":"<16 hex>-<ordinal>","op":"<op>","schema":<str|null>,"table":<str|null>,...`:
+/// the order `write_json` always uses. Row values come later, so nothing in them can be
+/// mistaken for these keys.
+fn parse_envelope_head(json: &[u8]) -> Result<(Lsn, u64, Op, String, String), String> {
+    let bad = |what: &str| format!("not a Sluice change envelope ({what})");
+    let rest = json
+        .strip_prefix(b"{\"id\":\"")
+        .ok_or_else(|| bad("no leading id"))?;
+    let hex = rest.get(..16).ok_or_else(|| bad("short id"))?;
+    let lsn = u64::from_str_radix(std::str::from_utf8(hex).map_err(|_| bad("id"))?, 16)
+        .map_err(|_| bad("id"))?;
+    let rest = rest[16..].strip_prefix(b"-").ok_or_else(|| bad("id"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'"')
+        .ok_or_else(|| bad("id"))?;
+    let ordinal: u64 = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("ordinal"))?;
+    let rest = rest[end..]
+        .strip_prefix(b"\",\"op\":\"")
+        .ok_or_else(|| bad("op"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'"')
+        .ok_or_else(|| bad("op"))?;
+    let op = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(op_from_name)
+        .ok_or_else(|| bad("op"))?;
+    let rest = rest[end..]
+        .strip_prefix(b"\",\"schema\":")
+        .ok_or_else(|| bad("schema"))?;
+    let (schema, rest) = json_string_or_null(rest).ok_or_else(|| bad("schema"))?;
+    let rest = rest
+        .strip_prefix(b",\"table\":")
+        .ok_or_else(|| bad("table"))?;
+    let (table, _) = json_string_or_null(rest).ok_or_else(|| bad("table"))?;
+    Ok((Lsn(lsn), ordinal, op, schema, table))
+}
+
+/// A JSON string (or `null`, as "") at the start of `s`, and what follows it.
+fn json_string_or_null(s: &[u8]) -> Option<(String, &[u8])> {
+    if let Some(rest) = s.strip_prefix(b"null") {
+        return Some((String::new(), rest));
+    }
+    if s.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                let text: String = serde_json::from_slice(&s[..=i]).ok()?;
+                return Some((text, &s[i + 1..]));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The result of looking at the bytes where a frame should start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame with a valid CRC, `len` bytes long in all.
+    Frame { len: usize },
+    /// Fewer bytes than the frame needs (the torn end of a crashed write).
+    Incomplete,
+    /// The CRC or the fixed fields do not match: damage.
+    Corrupt(String),
+}
+
+/// Checks the frame at the start of `buf`.
+pub fn check(buf: &[u8]) -> Decoded {
+    if buf.len() < FRAME_HEADER {
+        return Decoded::Incomplete;
+    }
+    let n = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    if n > MAX_BODY {
+        return Decoded::Corrupt(format!("frame length {n} is implausible"));
+    }
+    let Some(body) = buf.get(FRAME_HEADER..FRAME_HEADER + n) else {
+        return Decoded::Incomplete;
+    };
+    if crc32c::crc32c(body) != crc {
+        return Decoded::Corrupt("CRC mismatch".into());
+    }
+    match parse_body(body) {
+        Ok(_) => Decoded::Frame {
+            len: FRAME_HEADER + n,
+        },
+        Err(e) => Decoded::Corrupt(e),
+    }
+}
+
+/// The fixed fields of a body, and where its JSON starts.
+pub fn parse_body(body: &[u8]) -> Result<(Head<'_>, usize), String> {
+    let short = || "frame body too short".to_string();
+    let u64_at = |i: usize| -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            body.get(i..i + 8).ok_or_else(short)?.try_into().expect("8"),
+        ))
+    };
+    let commit_lsn = Lsn(u64_at(0)?);
+    let ordinal = u64_at(8)?;
+    let commit_ts_micros = u64_at(16)? as i64;
+    let op = op_from_code(*body.get(24).ok_or_else(short)?)
+        .ok_or_else(|| "unknown op code".to_string())?;
+    let mut pos = 25;
+    let mut text = || -> Result<&str, String> {
+        let len = u16::from_le_bytes(body.get(pos..pos + 2).ok_or_else(short)?.try_into().expect("2"))
+            as usize;
+        let s = body.get(pos + 2..pos + 2 + len).ok_or_else(short)?;
+        pos += 2 + len;
+        std::str::from_utf8(s).map_err(|_| "name is not UTF-8".to_string())
+    };
+    let schema = text()?;
+    let table = text()?;
+    Ok((
+        Head {
+            commit_lsn,
+            ordinal,
+            commit_ts_micros,
+            op,
+            schema,
+            table,
+        },
+        pos,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::ChangeId;
+    use std::sync::Arc;
+
+    fn record() -> ChangeRecord {
+        ChangeRecord {
+            id: ChangeId {
+                commit_lsn: Lsn(0x16B37A0),
+                ordinal: 3,
+            },
+            op: Op::Update,
+            schema: Arc::from("public"),
+            table: Arc::from("or\"ders"),
+            key: Some("{\"id\":42}".into()),
+            before: None,
+            after: Some("{\"id\":42,\"schema\":\"x\"}".into()),
+            unchanged_toast: vec![],
+            lsn: Lsn(0x16B3748),
+            commit_lsn: Lsn(0x16B37A0),
+            commit_ts_micros: 1_700_000_000_000_000,
+            xid: 744,
+            message: None,
+            old_key: None,
+        }
+    }
+
+    #[test]
+    fn a_record_and_its_json_line_frame_alike_but_for_the_commit_time() {
+        let r = record();
+        let mut a = Vec::new();
+        encode_record(&mut a, &r);
+        let mut b = Vec::new();
+        encode_json(&mut b, r.to_json().as_bytes()).unwrap();
+        assert_eq!(check(&a), Decoded::Frame { len: a.len() });
+        assert_eq!(check(&b), Decoded::Frame { len: b.len() });
+        let (ha, ja) = parse_body(&a[FRAME_HEADER..]).unwrap();
+        let (hb, jb) = parse_body(&b[FRAME_HEADER..]).unwrap();
+        assert_eq!(ha.table, "or\"ders");
+        assert_eq!(ha.commit_ts_micros, 1_700_000_000_000_000);
+        assert_eq!(hb.commit_ts_micros, 0);
+        assert_eq!((ha.commit_lsn, ha.ordinal, ha.op), (hb.commit_lsn, hb.ordinal, hb.op));
+        assert_eq!(ha.schema, hb.schema);
+        assert_eq!(&a[FRAME_HEADER + ja..], &b[FRAME_HEADER + jb..]);
+    }
+
+    #[test]
+    fn damage_is_reported_not_panicked_on() {
+        let mut a = Vec::new();
+        encode_record(&mut a, &record());
+        for cut in 0..a.len() {
+            assert_eq!(check(&a[..cut]), Decoded::Incomplete, "cut at {cut}");
+        }
+        let mut flipped = a.clone();
+        flipped[20] ^= 1;
+        assert!(matches!(check(&flipped), Decoded::Corrupt(_)));
+        assert!(encode_json(&mut Vec::new(), b"{\"op\":\"insert\"}").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes: Vec<u8>) {
+            let _ = check(&bytes);
+            let _ = parse_body(&bytes);
+            let _ = encode_json(&mut Vec::new(), &bytes);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The embedded durable log between the source and the sinks (DESIGN.md rules 1 and 2).
+//!
+//! The source appends committed records; the writer thread fsyncs them in groups and only
+//! then publishes the new durable end, which is when the source may confirm the
+//! transactions to PostgreSQL. Every sink reads with its own [`Reader`] at its own pace and
+//! moves its own [`Cursor`]; a slow or stopped sink grows this log, never the WAL.
+//! On-disk format: [`frame`] (one record) and `log.rs` (segments and the deletion rule).
+
+pub mod cursors;
+pub mod frame;
+mod log;
+mod reader;
+
+pub use cursors::{Cursor, CursorStore};
+pub use log::{Append, End, FullPolicy, Log, LogConfig, Writer};
+pub use reader::{Reader, Record, RecordBatch};
+
+/// A failure of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O: {0} (check the data_dir's disk and permissions)")]
+    Io(String),
+    #[error("log cursors: {0}")]
+    State(String),
+    #[error("log: {0}")]
+    Corrupt(String),
+    #[error("log: a batch is not change records: {0}")]
+    Encode(String),
+    #[error("records from {from} are no longer in the log (it starts at {first}); resume from {first} or later and backfill what is missing")]
+    Expired { from: u64, first: u64 },
+    #[error("the log was closed")]
+    Closed,
+}
+
+#[cfg(test)]
+mod tests;

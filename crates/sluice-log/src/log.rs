@@ -1,0 +1,475 @@
+//! The segment files, the writer thread and the deletion rule.
+//!
+//! On disk: `dir/<first offset, 20 digits>.seg`, each a sequence of frames
+//! ([`crate::frame`]). A record's offset is its position in the whole log, counted from 0
+//! across segments; a segment holds the consecutive offsets from the one in its name.
+//!
+//! Invariants:
+//! - Readers see only records that are fsync'd: [`End::next`] moves after the sync, never
+//!   before, so an offset once read always names the same record, also after a crash.
+//! - Opening cuts a torn or damaged tail of the last segment (a crash mid-write); only
+//!   unsynced records can be there, and the source sends them again.
+//! - A segment other than the last is deleted only when every durable cursor's
+//!   persisted position is past its last record, and it is older than the retention or
+//!   the log is over its disk budget. The last segment is never deleted.
+//! - Over the budget with nothing deletable, the policy applies: `PauseSource` stops
+//!   appending (the source waits: back-pressure), `ShedSink` detaches the cursor that
+//!   holds the oldest segment, marks it shed and says so.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sluice_core::Lsn;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::cursors::CursorStore;
+use crate::frame::{self, Decoded, FRAME_HEADER};
+use crate::LogError;
+
+/// What to do when the log reaches `max_bytes` and no segment can be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Stop taking changes from the source until sinks catch up (the slot's WAL grows).
+    #[default]
+    PauseSource,
+    /// Detach the slowest sink, mark it for a re-backfill, and keep going.
+    ShedSink,
+}
+
+/// How the log is kept.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// The disk budget; `None`: unbounded.
+    pub max_bytes: Option<u64>,
+    pub on_full: FullPolicy,
+    /// Segments every cursor has passed are kept this long (for SSE clients resuming
+    /// from an older position).
+    pub retention: Duration,
+}
+
+/// The durable end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct End {
+    /// The offset the next record will get; every offset below is durable.
+    pub next: u64,
+    /// The end LSN of the last transaction whose commit is durable.
+    pub durable_lsn: Lsn,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// When it was closed; `None` while it is the one being written.
+    pub sealed: Option<SystemTime>,
+}
+
+pub(crate) struct Inner {
+    pub config: LogConfig,
+    pub segments: Mutex<VecDeque<Segment>>,
+    pub end: watch::Sender<End>,
+    pub cursors: Arc<CursorStore>,
+    /// Whether appending waits on the disk budget (for metrics and readiness).
+    pub paused: std::sync::atomic::AtomicBool,
+    /// Set at shutdown: a paused writer stops waiting and writes what it has.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+/// A handle on the log; cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Appends batches; owned by the writer thread.
+pub struct Writer {
+    log: Log,
+    file: File,
+    /// Bytes in the active segment.
+    len: u64,
+    next: u64,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Log {
+    /// Opens (or creates) the log in `config.dir`, repairing a torn tail. Returns the log,
+    /// its writer, and the commit LSN of the last record in it (records of earlier
+    /// transactions are already here whole).
+    pub fn open(config: LogConfig) -> Result<(Log, Writer, Lsn), LogError> {
+        let dir = config.dir.clone();
+        let io = |what: &str, e: std::io::Error| LogError::Io(format!("{what}: {e}"));
+        std::fs::create_dir_all(&dir).map_err(|e| io(&format!("create {}", dir.display()), e))?;
+        let cursors = Arc::new(CursorStore::open(&dir.join("cursors.redb"))?);
+        let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(|e| io(&format!("list {}", dir.display()), e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut segments = VecDeque::new();
+        for &base in &bases {
+            let path = segment_path(&dir, base);
+            let meta = std::fs::metadata(&path).map_err(|e| io(&path.display().to_string(), e))?;
+            segments.push_back(Segment {
+                base,
+                path,
+                bytes: meta.len(),
+                sealed: Some(meta.modified().unwrap_or_else(|_| SystemTime::now())),
+            });
+        }
+        let before_last = segments
+            .len()
+            .checked_sub(2)
+            .map(|i| segments[i].path.clone());
+        let (next, len, last_lsn, path) = match segments.back_mut() {
+            Some(last) => {
+                last.sealed = None;
+                let (count, valid, mut last_lsn) = repair(&last.path)?;
+                last.bytes = valid;
+                if count == 0 {
+                    // Just rolled: the last record is in the segment before.
+                    if let Some(prev) = &before_last {
+                        last_lsn = repair(prev)?.2;
+                    }
+                }
+                (last.base + count, valid, last_lsn, last.path.clone())
+            }
+            None => {
+                // A fresh log starts past every cursor, so no cursor points into the future.
+                let base = cursors.max_position();
+                let path = segment_path(&dir, base);
+                segments.push_back(Segment {
+                    base,
+                    path: path.clone(),
+                    bytes: 0,
+                    sealed: None,
+                });
+                (base, 0, Lsn::ZERO, path)
+            }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path.display().to_string(), e))?;
+        sync_dir(&dir).map_err(|e| io(&dir.display().to_string(), e))?;
+        let (end, _) = watch::channel(End {
+            next,
+            durable_lsn: Lsn::ZERO,
+        });
+        let log = Log {
+            inner: Arc::new(Inner {
+                config,
+                segments: Mutex::new(segments),
+                end,
+                cursors,
+                paused: Default::default(),
+                closing: Default::default(),
+            }),
+        };
+        info!(dir = %dir.display(), first = log.first(), next, "log: opened");
+        let writer = Writer {
+            log: log.clone(),
+            file,
+            len,
+            next,
+        };
+        Ok((log, writer, last_lsn))
+    }
+
+    /// The durable end, to watch for new records.
+    pub fn end(&self) -> watch::Receiver<End> {
+        self.inner.end.subscribe()
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.inner.end.borrow().next
+    }
+
+    /// The oldest offset still in the log.
+    pub fn first(&self) -> u64 {
+        self.inner
+            .segments
+            .lock()
+            .expect("segments lock")
+            .front()
+            .map_or(0, |s| s.base)
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.inner
+            .segments
+            .lock()
+            .expect("segments lock")
+            .iter()
+            .map(|s| s.bytes)
+            .sum()
+    }
+
+    pub fn cursors(&self) -> &Arc<CursorStore> {
+        &self.inner.cursors
+    }
+
+    /// Whether appending waits for sinks to free space.
+    pub fn paused(&self) -> bool {
+        self.inner.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lets a writer paused on the disk budget finish (at shutdown).
+    pub fn closing(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn segment_for(&self, offset: u64) -> Option<Segment> {
+        let segs = self.inner.segments.lock().expect("segments lock");
+        segs.iter().rev().find(|s| s.base <= offset).cloned()
+    }
+
+    /// Deletes the segments the rule allows; with `need` bytes over the budget, also
+    /// those within retention. Returns the bytes freed.
+    fn delete_passed(&self, over_budget: bool) -> u64 {
+        let hold = self.inner.cursors.min_persisted();
+        let now = SystemTime::now();
+        let mut freed = 0;
+        let mut segs = self.inner.segments.lock().expect("segments lock");
+        while segs.len() > 1 {
+            let next_base = segs[1].base;
+            let first = &segs[0];
+            let old = first
+                .sealed
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= self.inner.config.retention);
+            if hold.is_some_and(|h| h < next_base) || !(old || over_budget) {
+                break;
+            }
+            match std::fs::remove_file(&first.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %first.path.display(), error = %e, "log: cannot delete a passed segment");
+                    break;
+                }
+            }
+            freed += first.bytes;
+            segs.pop_front();
+        }
+        freed
+    }
+
+    fn over_budget(&self) -> bool {
+        self.inner
+            .config
+            .max_bytes
+            .is_some_and(|max| self.bytes() >= max)
+    }
+}
+
+/// Scans a segment: returns its record count, the length of its valid prefix, and the
+/// last record's commit LSN; cuts anything after the valid prefix.
+fn repair(path: &Path) -> Result<(u64, u64, Lsn), LogError> {
+    let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io)?;
+    let (mut pos, mut count, mut last) = (0usize, 0u64, Lsn::ZERO);
+    loop {
+        match frame::check(&bytes[pos..]) {
+            Decoded::Frame { len } => {
+                if let Ok((head, _)) = frame::parse_body(&bytes[pos + FRAME_HEADER..pos + len]) {
+                    last = head.commit_lsn;
+                }
+                pos += len;
+                count += 1;
+            }
+            Decoded::Incomplete if pos == bytes.len() => break,
+            Decoded::Incomplete | Decoded::Corrupt(_) => {
+                warn!(path = %path.display(), valid = pos, cut = bytes.len() - pos, "log: cutting a torn tail (unsynced records; the source sends them again)");
+                let f = OpenOptions::new().write(true).open(path).map_err(io)?;
+                f.set_len(pos as u64).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                break;
+            }
+        }
+    }
+    Ok((count, pos as u64, last))
+}
+
+/// One hand-off to the writer: frames (with their count) or JSON lines to frame.
+pub struct Append {
+    pub bytes: Vec<u8>,
+    /// `Some(n)`: `bytes` holds `n` frames; `None`: JSON lines.
+    pub framed: Option<u64>,
+    /// The end LSN of the last transaction this completes.
+    pub commit: Option<Lsn>,
+    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Writer {
+    /// Appends every batch received, syncing once per group, until the channel closes.
+    /// Spent buffers go back through `spare` for reuse.
+    pub fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Append>,
+        spare: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), LogError> {
+        let mut scratch = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut size = group[0].bytes.len();
+            // Group commit: everything queued meanwhile shares one sync.
+            while size < 16 << 20 {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        size += more.bytes.len();
+                        group.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.wait_for_budget();
+            let mut commit = None;
+            for a in &group {
+                let count = match a.framed {
+                    Some(n) => {
+                        self.write(&a.bytes)?;
+                        n
+                    }
+                    None => {
+                        scratch.clear();
+                        let mut n = 0;
+                        for line in a.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                            frame::encode_json(&mut scratch, line).map_err(LogError::Encode)?;
+                            n += 1;
+                        }
+                        let s = std::mem::take(&mut scratch);
+                        self.write(&s)?;
+                        scratch = s;
+                        n
+                    }
+                };
+                self.next += count;
+                commit = a.commit.or(commit);
+            }
+            self.file
+                .sync_data()
+                .map_err(|e| LogError::Io(format!("log sync: {e}")))?;
+            let next = self.next;
+            self.log.inner.end.send_modify(|e| {
+                e.next = next;
+                if let Some(c) = commit {
+                    e.durable_lsn = e.durable_lsn.max(c);
+                }
+            });
+            for mut a in group {
+                if let Some(ack) = a.ack.take() {
+                    let _ = ack.send(());
+                }
+                a.bytes.clear();
+                let _ = spare.try_send(a.bytes);
+            }
+            if self.len >= self.log.inner.config.segment_bytes {
+                self.roll()?;
+            }
+            self.log.delete_passed(self.log.over_budget());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::Io(format!("log sync: {e}")))?;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| LogError::Io(format!("log write: {e}")))?;
+        self.len += bytes.len() as u64;
+        let mut segs = self.log.inner.segments.lock().expect("segments lock");
+        if let Some(last) = segs.back_mut() {
+            last.bytes = self.len;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (already synced) and starts the next one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let dir = self.log.inner.config.dir.clone();
+        let path = segment_path(&dir, self.next);
+        let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", path.display()));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        sync_dir(&dir).map_err(io)?;
+        self.file = file;
+        self.len = 0;
+        let mut segs = self.log.inner.segments.lock().expect("segments lock");
+        if let Some(last) = segs.back_mut() {
+            last.sealed = Some(SystemTime::now());
+        }
+        segs.push_back(Segment {
+            base: self.next,
+            path,
+            bytes: 0,
+            sealed: None,
+        });
+        Ok(())
+    }
+
+    /// Over the disk budget: delete what may go; then pause or shed by the policy.
+    fn wait_for_budget(&mut self) {
+        use std::sync::atomic::Ordering;
+        let log = self.log.clone();
+        let mut announced = false;
+        while log.over_budget() && !log.inner.closing.load(Ordering::Relaxed) {
+            log.delete_passed(true);
+            if !log.over_budget() {
+                break;
+            }
+            match log.inner.config.on_full {
+                FullPolicy::ShedSink => match log.inner.cursors.shed_slowest() {
+                    Some(name) => {
+                        error!(sink = %name, max_bytes = log.inner.config.max_bytes, "log: disk budget reached; sink shed (detached, marked for a re-backfill when the pipeline restarts)");
+                        continue;
+                    }
+                    // No sink holds the log: only retention did, and that went above.
+                    None => break,
+                },
+                FullPolicy::PauseSource => {
+                    if !announced {
+                        warn!(max_bytes = log.inner.config.max_bytes, "log: disk budget reached; pausing the source until sinks catch up");
+                        announced = true;
+                        log.inner.paused.store(true, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        if announced {
+            info!("log: below the disk budget again; resuming the source");
+            log.inner.paused.store(false, Ordering::Relaxed);
+        }
+    }
+}

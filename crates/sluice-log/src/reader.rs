@@ -1,0 +1,263 @@
+//! Reading the log from an offset, at the reader's own pace.
+//!
+//! A reader holds its own file handle, so it never waits on the writer or on another
+//! reader; it reads only below the durable end. Reads are plain blocking file reads: the
+//! records a reader wants are almost always the ones just written, in the page cache.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+
+use sluice_core::{ChangeId, Lsn, Op};
+use tokio::sync::watch;
+
+use crate::frame::{self, FRAME_HEADER, MAX_BODY};
+use crate::log::{End, Log};
+use crate::LogError;
+
+/// One record of a [`RecordBatch`].
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    commit_lsn: Lsn,
+    ordinal: u64,
+    commit_ts_micros: i64,
+    op: Op,
+    schema: (u32, u32),
+    table: (u32, u32),
+    json: (u32, u32),
+}
+
+/// Records read together, in offset order, in one buffer.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+    /// The offset after the last record read (also when every record was filtered out).
+    pub next: u64,
+}
+
+/// A record in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub offset: u64,
+    pub id: ChangeId,
+    /// µs since the Unix epoch; 0 when not known (snapshot rows).
+    pub commit_ts_micros: i64,
+    pub op: Op,
+    pub schema: &'a str,
+    pub table: &'a str,
+    /// The JSON envelope.
+    pub json: &'a [u8],
+}
+
+impl RecordBatch {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.entries.clear();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        self.entries.iter().map(|e| self.record(e))
+    }
+
+    pub fn get(&self, i: usize) -> Option<Record<'_>> {
+        self.entries.get(i).map(|e| self.record(e))
+    }
+
+    fn record(&self, e: &Entry) -> Record<'_> {
+        let s = |(a, b): (u32, u32)| &self.buf[a as usize..b as usize];
+        Record {
+            offset: e.offset,
+            id: ChangeId {
+                commit_lsn: e.commit_lsn,
+                ordinal: e.ordinal,
+            },
+            commit_ts_micros: e.commit_ts_micros,
+            op: e.op,
+            // Checked as UTF-8 when the frame was parsed.
+            schema: std::str::from_utf8(s(e.schema)).unwrap_or_default(),
+            table: std::str::from_utf8(s(e.table)).unwrap_or_default(),
+            json: s(e.json),
+        }
+    }
+}
+
+/// Reads records from an offset on.
+pub struct Reader {
+    log: Log,
+    end: watch::Receiver<End>,
+    next: u64,
+    file: Option<BufReader<File>>,
+    /// First offset of the segment after the open one (where to switch files).
+    segment_end: Option<u64>,
+    body: Vec<u8>,
+}
+
+impl Reader {
+    /// A reader whose first record is `from`. Past the log's end it waits for it; before
+    /// the oldest retained record it is an error that says which records are gone.
+    pub fn new(log: &Log, from: u64) -> Result<Reader, LogError> {
+        let first = log.first();
+        if from < first {
+            return Err(LogError::Expired { from, first });
+        }
+        Ok(Reader {
+            end: log.end(),
+            log: log.clone(),
+            next: from,
+            file: None,
+            segment_end: None,
+            body: Vec::new(),
+        })
+    }
+
+    /// The offset of the next record this reader returns.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// The durable end of the log, for lag.
+    pub fn log_end(&self) -> u64 {
+        self.end.borrow().next
+    }
+
+    /// Waits until a record is there to read. Cancel-safe.
+    pub async fn wait(&mut self) -> Result<(), LogError> {
+        self.end
+            .wait_for(|e| e.next > self.next)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(())
+    }
+
+    /// Reads what is durable, up to `max_records` or about `max_bytes`, appending the
+    /// records `keep` accepts to `batch` (`batch.next` moves over the rest as well).
+    pub fn read(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_records: usize,
+        max_bytes: usize,
+        keep: &mut dyn FnMut(Op, &str, &str) -> bool,
+    ) -> Result<(), LogError> {
+        let end = self.end.borrow().next;
+        let mut read = 0;
+        while self.next < end && read < max_records && batch.buf.len() < max_bytes {
+            self.read_one(batch, keep)?;
+            read += 1;
+        }
+        batch.next = self.next;
+        Ok(())
+    }
+
+    fn open_at(&mut self, offset: u64) -> Result<(), LogError> {
+        let Some(seg) = self.log.segment_for(offset) else {
+            return Err(LogError::Expired {
+                from: offset,
+                first: self.log.first(),
+            });
+        };
+        let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", seg.path.display()));
+        let file = match File::open(&seg.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LogError::Expired {
+                    from: offset,
+                    first: self.log.first(),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let mut r = BufReader::with_capacity(256 * 1024, file);
+        // Skip to the offset: only the frame headers are read.
+        let mut at = seg.base;
+        let mut header = [0u8; FRAME_HEADER];
+        while at < offset {
+            r.read_exact(&mut header).map_err(|e| self.damaged(offset, e))?;
+            let n = u32::from_le_bytes(header[0..4].try_into().expect("4")) as i64;
+            r.seek_relative(n).map_err(io)?;
+            at += 1;
+        }
+        self.segment_end = {
+            let segs = self.log.inner.segments.lock().expect("segments lock");
+            segs.iter().find(|s| s.base > seg.base).map(|s| s.base)
+        };
+        self.file = Some(r);
+        Ok(())
+    }
+
+    fn damaged(&self, offset: u64, e: impl std::fmt::Display) -> LogError {
+        LogError::Corrupt(format!(
+            "record {offset}: {e} (the log in {} is damaged; move the damaged segment away and re-backfill the sinks)",
+            self.log.inner.config.dir.display()
+        ))
+    }
+
+    fn read_one(
+        &mut self,
+        batch: &mut RecordBatch,
+        keep: &mut dyn FnMut(Op, &str, &str) -> bool,
+    ) -> Result<(), LogError> {
+        let offset = self.next;
+        if self.file.is_none() || self.segment_end.is_some_and(|e| offset >= e) {
+            self.open_at(offset)?;
+        }
+        let mut header = [0u8; FRAME_HEADER];
+        let r = self.file.as_mut().expect("opened above");
+        if r.read_exact(&mut header).is_err() {
+            // The durable record is not in this file: the writer closed the segment since
+            // it was opened, and the record starts the next one. Look again.
+            self.open_at(offset)?;
+            let r = self.file.as_mut().expect("opened above");
+            if let Err(e) = r.read_exact(&mut header) {
+                return Err(self.damaged(offset, e));
+            }
+        }
+        let n = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
+        if n > MAX_BODY {
+            return Err(self.damaged(offset, "implausible frame length"));
+        }
+        self.body.resize(n, 0);
+        let r = self.file.as_mut().expect("opened above");
+        if let Err(e) = r.read_exact(&mut self.body) {
+            return Err(self.damaged(offset, e));
+        }
+        if crc32c::crc32c(&self.body) != crc {
+            return Err(self.damaged(offset, "CRC mismatch"));
+        }
+        let (head, json_at) = frame::parse_body(&self.body).map_err(|e| self.damaged(offset, e))?;
+        self.next += 1;
+        if !keep(head.op, head.schema, head.table) {
+            return Ok(());
+        }
+        let base = batch.buf.len() as u32;
+        let mut push = |b: &[u8]| {
+            let a = batch.buf.len() as u32;
+            batch.buf.extend_from_slice(b);
+            (a, batch.buf.len() as u32)
+        };
+        let schema = push(head.schema.as_bytes());
+        let table = push(head.table.as_bytes());
+        let json = push(&self.body[json_at..]);
+        debug_assert!(schema.0 >= base);
+        batch.entries.push(Entry {
+            offset,
+            commit_lsn: head.commit_lsn,
+            ordinal: head.ordinal,
+            commit_ts_micros: head.commit_ts_micros,
+            op: head.op,
+            schema,
+            table,
+            json,
+        });
+        Ok(())
+    }
+}
