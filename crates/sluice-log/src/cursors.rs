@@ -211,7 +211,8 @@ impl CursorStore {
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;
             {
                 let mut t = tx.open_table(SHED).map_err(|e| self.err(e))?;
-                t.insert(slowest.name.as_str(), at).map_err(|e| self.err(e))?;
+                t.insert(slowest.name.as_str(), at)
+                    .map_err(|e| self.err(e))?;
             }
             tx.commit().map_err(|e| self.err(e))
         })();

@@ -24,7 +24,8 @@ pub const FRAME_HEADER: usize = 8;
 /// PostgreSQL's 1 GB field limit, times a few for JSON escaping).
 pub const MAX_BODY: usize = 4 << 30;
 
-pub(crate) fn op_code(op: Op) -> u8 {
+/// The op's code in a frame (0-5).
+pub fn op_code(op: Op) -> u8 {
     match op {
         Op::Insert => 0,
         Op::Update => 1,
@@ -245,8 +246,12 @@ pub fn parse_body(body: &[u8]) -> Result<(Head<'_>, usize), String> {
         .ok_or_else(|| "unknown op code".to_string())?;
     let mut pos = 25;
     let mut text = || -> Result<&str, String> {
-        let len = u16::from_le_bytes(body.get(pos..pos + 2).ok_or_else(short)?.try_into().expect("2"))
-            as usize;
+        let len = u16::from_le_bytes(
+            body.get(pos..pos + 2)
+                .ok_or_else(short)?
+                .try_into()
+                .expect("2"),
+        ) as usize;
         let s = body.get(pos + 2..pos + 2 + len).ok_or_else(short)?;
         pos += 2 + len;
         std::str::from_utf8(s).map_err(|_| "name is not UTF-8".to_string())
@@ -308,7 +313,10 @@ mod tests {
         assert_eq!(ha.table, "or\"ders");
         assert_eq!(ha.commit_ts_micros, 1_700_000_000_000_000);
         assert_eq!(hb.commit_ts_micros, 0);
-        assert_eq!((ha.commit_lsn, ha.ordinal, ha.op), (hb.commit_lsn, hb.ordinal, hb.op));
+        assert_eq!(
+            (ha.commit_lsn, ha.ordinal, ha.op),
+            (hb.commit_lsn, hb.ordinal, hb.op)
+        );
         assert_eq!(ha.schema, hb.schema);
         assert_eq!(&a[FRAME_HEADER + ja..], &b[FRAME_HEADER + jb..]);
     }

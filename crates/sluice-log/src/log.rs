@@ -257,9 +257,9 @@ impl Log {
         while segs.len() > 1 {
             let next_base = segs[1].base;
             let first = &segs[0];
-            let old = first
-                .sealed
-                .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= self.inner.config.retention);
+            let old = first.sealed.is_some_and(|t| {
+                now.duration_since(t).unwrap_or_default() >= self.inner.config.retention
+            });
             if hold.is_some_and(|h| h < next_base) || !(old || over_budget) {
                 break;
             }
@@ -459,7 +459,10 @@ impl Writer {
                 },
                 FullPolicy::PauseSource => {
                     if !announced {
-                        warn!(max_bytes = log.inner.config.max_bytes, "log: disk budget reached; pausing the source until sinks catch up");
+                        warn!(
+                            max_bytes = log.inner.config.max_bytes,
+                            "log: disk budget reached; pausing the source until sinks catch up"
+                        );
                         announced = true;
                         log.inner.paused.store(true, Ordering::Relaxed);
                     }

@@ -180,7 +180,8 @@ impl Reader {
         let mut at = seg.base;
         let mut header = [0u8; FRAME_HEADER];
         while at < offset {
-            r.read_exact(&mut header).map_err(|e| self.damaged(offset, e))?;
+            r.read_exact(&mut header)
+                .map_err(|e| self.damaged(offset, e))?;
             let n = u32::from_le_bytes(header[0..4].try_into().expect("4")) as i64;
             r.seek_relative(n).map_err(io)?;
             at += 1;

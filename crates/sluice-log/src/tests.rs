@@ -18,7 +18,10 @@ fn rec(lsn: u64, ordinal: u64, table: &str) -> ChangeRecord {
         table: table.into(),
         key: Some(format!("{{\"id\":{ordinal}}}")),
         before: None,
-        after: Some(format!("{{\"id\":{ordinal},\"pad\":\"{}\"}}", "x".repeat(100))),
+        after: Some(format!(
+            "{{\"id\":{ordinal},\"pad\":\"{}\"}}",
+            "x".repeat(100)
+        )),
         unchanged_toast: vec![],
         lsn: Lsn(lsn),
         commit_lsn: Lsn(lsn),
@@ -89,10 +92,16 @@ fn read_all(log: &Log, from: u64, until: u64) -> Vec<(u64, u64, String)> {
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while r.position() < until {
-        assert!(std::time::Instant::now() < deadline, "log did not reach {until}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log did not reach {until}"
+        );
         let mut b = RecordBatch::default();
         r.read(&mut b, 1000, 1 << 20, &mut |_, _, _| true).unwrap();
-        out.extend(b.iter().map(|x| (x.offset, x.id.ordinal, x.table.to_owned())));
+        out.extend(
+            b.iter()
+                .map(|x| (x.offset, x.id.ordinal, x.table.to_owned())),
+        );
     }
     out
 }
@@ -122,7 +131,11 @@ fn records_come_back_in_order_across_segments_and_restarts() {
     let (run, last) = Running::open(config(dir.path()));
     assert_eq!(last, Lsn(149));
     let (_held, _) = run.log.cursors().register("all", 0).unwrap();
-    assert_eq!(_held.position(), 0, "a cursor keeps its place across restarts");
+    assert_eq!(
+        _held.position(),
+        0,
+        "a cursor keeps its place across restarts"
+    );
     run.append(&[rec(200, 50, "b")]);
     let log = run.log.clone();
     run.close();
@@ -177,13 +190,20 @@ fn segments_go_only_when_every_cursor_has_passed_them() {
     run.log.cursors().commit().unwrap();
     run.append(&[rec(300, 1, "a")]);
     wait_end(61);
-    assert_eq!(run.log.first(), 0, "the slow cursor holds the first segment");
+    assert_eq!(
+        run.log.first(),
+        0,
+        "the slow cursor holds the first segment"
+    );
     slow.ack(40);
     run.log.cursors().commit().unwrap();
     run.append(&[rec(301, 1, "a")]);
     wait_end(62);
     let first = run.log.first();
-    assert!(first > 0 && first <= 40, "deleted up to the slow cursor: {first}");
+    assert!(
+        first > 0 && first <= 40,
+        "deleted up to the slow cursor: {first}"
+    );
     assert!(matches!(
         Reader::new(&run.log, 0),
         Err(LogError::Expired { .. })

@@ -1,21 +1,16 @@
-//! The `run`, `check` and `teardown` commands.
+//! The `run`, `check`, `backfill`, `teardown` and `token` commands.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use sluice_core::ErrorClass;
 use sluice_pg::catalog::{self, CheckSpec, Finding};
-use sluice_pg::{ConnInfo, Connection, SourceConfig, SourceWorker};
+use sluice_pg::{ConnInfo, Connection};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::sink::SinkOutput;
-
-/// How long shutdown may take before the process exits anyway.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+pub use crate::pipeline::run_pipeline;
 
 fn load(path: &Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
@@ -36,7 +31,7 @@ fn base_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-fn spec(config: &Config) -> anyhow::Result<CheckSpec> {
+pub(crate) fn spec(config: &Config) -> anyhow::Result<CheckSpec> {
     Ok(CheckSpec {
         conninfo: ConnInfo::parse(&config.source.url)?,
         tables: config.source.tables.clone(),
@@ -48,7 +43,7 @@ fn spec(config: &Config) -> anyhow::Result<CheckSpec> {
     })
 }
 
-fn print_findings(findings: &[Finding]) {
+pub(crate) fn print_findings(findings: &[Finding]) {
     for f in findings {
         if f.ok {
             println!("ok    {}", f.what);
@@ -63,7 +58,15 @@ fn print_findings(findings: &[Finding]) {
 
 pub async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
-    let findings = catalog::check(&spec(&config)?).await;
+    let spec = spec(&config)?;
+    let mut findings = catalog::check(&spec).await;
+    if let Ok(mut conn) = Connection::connect(&spec.conninfo, false).await {
+        if let Ok((tables, _)) = catalog::expand_tables(&mut conn, &config.source.tables).await {
+            let captured: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+            findings.extend(crate::pipeline::key_findings(&config, &mut conn, &captured).await?);
+        }
+        conn.close().await;
+    }
     print_findings(&findings);
     let failed = findings.iter().filter(|f| !f.ok).count();
     if failed == 0 {
@@ -237,104 +240,16 @@ async fn wait_for_signal() {
     }
 }
 
-/// Preflight, publication, then the source feeding the sinks until `cancel`.
-pub async fn run_pipeline(
-    config: &Config,
-    base: &Path,
-    cancel: CancellationToken,
-    until: Option<sluice_core::Lsn>,
-) -> anyhow::Result<ExitCode> {
-    let spec = spec(config)?;
-    let findings = catalog::check(&spec).await;
-    let blocking: Vec<&Finding> = findings.iter().filter(|f| !f.ok && f.blocking).collect();
-    if !blocking.is_empty() {
-        print_findings(&findings);
-        error!(
-            failed = blocking.len(),
-            "preflight failed; nothing was started"
-        );
-        return Ok(ExitCode::from(2));
-    }
-    let mut conn = Connection::connect(&spec.conninfo, false).await?;
-    let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
-    if config.source.publication.is_none() {
-        catalog::ensure_publication(&mut conn, &spec.publication, &tables).await?;
-    }
-    conn.close().await;
-    info!(pipeline = %config.pipeline.name, tables = tables.len(), slot = %spec.slot, publication = %spec.publication, "starting");
-
-    let data_dir = if config.pipeline.data_dir.is_absolute() {
-        config.pipeline.data_dir.clone()
-    } else {
-        base.join(&config.pipeline.data_dir)
-    };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let output = SinkOutput::open(&config.sinks, base)?;
-    let progress = std::sync::Arc::new(sluice_pg::snapshot::Progress::default());
-    let source_config = SourceConfig {
-        conninfo: spec.conninfo.clone(),
-        pipeline: config.pipeline.name.clone(),
-        slot: spec.slot.clone(),
-        publication: spec.publication.clone(),
-        exclusions: spec.exclusions.clone(),
-        spill_dir: data_dir.join("spill"),
-        messages: config.source.messages,
-        proto_version: config.source.protocol_version,
-        status_interval: Duration::from_secs(config.source.status_interval_secs),
-        tables: tables
-            .iter()
-            .map(|t| (t.schema.clone(), t.name.clone()))
-            .collect(),
-        snapshot_tables: tables
-            .iter()
-            .filter(|t| config.snapshots(&t.to_string()))
-            .map(|t| (t.schema.clone(), t.name.clone()))
-            .collect(),
-        snapshot_workers: config.source.snapshot_workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }),
-        chunk_rows: config.source.chunk_rows,
-        state_path: data_dir.join("state.redb"),
-        progress: progress.clone(),
-    };
-    let (worker, mut status) = SourceWorker::new(source_config, output)?;
-    tokio::spawn(crate::progress::show(progress, cancel.clone()));
-    if let Some(until) = until {
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            if status.wait_for(|s| s.confirmed >= until).await.is_ok() {
-                info!(%until, "everything up to the requested LSN is confirmed; stopping");
-                stop.cancel();
-            }
-        });
-    }
-    let mut source = tokio::spawn(worker.run(cancel.clone()));
-    let result = tokio::select! {
-        r = &mut source => r,
-        _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut source).await {
-            Ok(r) => r,
-            Err(_) => {
-                error!("shutdown deadline passed; exiting with work unconfirmed (it will be sent again)");
-                return Ok(ExitCode::FAILURE);
-            }
-        },
-    };
-    match result.context("source task failed")? {
-        Ok(output) => {
-            tokio::task::spawn_blocking(move || output.close()).await??;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let hint = if e.class() == ErrorClass::Definite {
-                " (run `sluice check` for the fix)"
-            } else {
-                ""
-            };
-            error!(error = %e, "source stopped{hint}");
-            Err(anyhow::anyhow!("{e}"))
-        }
-    }
+/// Prints a new random bearer token and the line that configures it.
+pub fn token() -> anyhow::Result<ExitCode> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    println!("token (give it to the client; it is not stored): {token}");
+    println!(
+        "config ([server] tokens):                          \"sha256:{}\"",
+        sluice_server::token_hash(&token)
+    );
+    Ok(ExitCode::SUCCESS)
 }

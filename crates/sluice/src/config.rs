@@ -17,6 +17,85 @@ pub struct Config {
     /// Where changes go; at least one.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// The embedded log between the source and the sinks.
+    #[serde(default)]
+    pub log: LogSection,
+    /// The HTTP server (health, metrics, SSE); off unless configured or an SSE sink needs it.
+    #[serde(default)]
+    pub server: Option<ServerSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Disk budget of the log in bytes (default: unbounded).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// When the budget is reached: `"pause_source"` (default: stop reading the slot until
+    /// sinks catch up; the slot's WAL grows) or `"shed_sink"` (detach the slowest sink,
+    /// which is backfilled when the pipeline restarts).
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Segment size in bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Seconds to keep records every sink has passed (SSE clients resume within it).
+    #[serde(default = "default_retention")]
+    pub retention_secs: u64,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            max_bytes: None,
+            on_full: OnFull::PauseSource,
+            segment_bytes: default_segment_bytes(),
+            retention_secs: default_retention(),
+        }
+    }
+}
+
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_retention() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    #[default]
+    PauseSource,
+    ShedSink,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on (port 0: any free port, logged at start).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `"token"` (default): endpoints with row data need `Authorization: Bearer <token>`;
+    /// `"none"`: no authentication, allowed only on a loopback address.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Accepted tokens, stored hashed: `"sha256:<hex>"` (`sluice token` makes one).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7878".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    #[default]
+    Token,
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -109,24 +188,91 @@ fn default_status_interval() -> u64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
-    /// JSON lines appended to a file and fsync'd before progress is confirmed.
+    /// JSON lines appended to a file and fsync'd before the sink's cursor moves.
     File {
         /// Unique name of the sink within the pipeline.
         name: String,
         /// The file to append to (created if missing; relative to the config file).
         path: PathBuf,
+        /// Tables this sink takes (`schema.table` or `schema.*`; default: all).
+        #[serde(default)]
+        tables: Vec<String>,
     },
     /// JSON lines on standard output.
     Stdout {
         /// Unique name of the sink within the pipeline.
         name: String,
+        /// Tables this sink takes (default: all).
+        #[serde(default)]
+        tables: Vec<String>,
     },
+    /// Rows cached in Redis, one key per row, fenced by change id.
+    Redis {
+        /// Unique name of the sink within the pipeline.
+        name: String,
+        /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+        url: String,
+        /// Tables this sink takes (default: all); each needs a primary key.
+        #[serde(default)]
+        tables: Vec<String>,
+        /// `"json"` (default: the row as a JSON string) or `"hash"` (a field per column).
+        #[serde(default)]
+        format: sluice_sinks::redis::Format,
+        /// `{prefix}` in the key template.
+        #[serde(default)]
+        prefix: String,
+        /// Key of a row; placeholders {prefix} {db} {schema} {table} {pk} (composite keys
+        /// joined by `.`).
+        #[serde(default = "default_key_template")]
+        key_template: String,
+        /// Seconds until a cached row expires (default: never).
+        #[serde(default)]
+        ttl_secs: u64,
+        /// Records per pipelined batch.
+        #[serde(default = "default_redis_batch")]
+        batch: usize,
+    },
+    /// Server-Sent Events at `GET /v1/sinks/<name>/events` on the HTTP server.
+    Sse {
+        /// Unique name of the sink within the pipeline (the URL path).
+        name: String,
+        /// Tables this sink serves (default: all).
+        #[serde(default)]
+        tables: Vec<String>,
+        /// Seconds a client's buffer may stay full before it is disconnected.
+        #[serde(default = "default_slow_client")]
+        slow_client_timeout_secs: u64,
+    },
+}
+
+fn default_key_template() -> String {
+    sluice_sinks::redis::DEFAULT_KEY_TEMPLATE.into()
+}
+
+fn default_redis_batch() -> usize {
+    500
+}
+
+fn default_slow_client() -> u64 {
+    10
 }
 
 impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
-            SinkConfig::File { name, .. } | SinkConfig::Stdout { name } => name,
+            SinkConfig::File { name, .. }
+            | SinkConfig::Stdout { name, .. }
+            | SinkConfig::Redis { name, .. }
+            | SinkConfig::Sse { name, .. } => name,
+        }
+    }
+
+    pub fn tables(&self) -> &[String] {
+        match self {
+            SinkConfig::File { tables, .. }
+            | SinkConfig::Stdout { tables, .. }
+            | SinkConfig::Redis { tables, .. }
+            | SinkConfig::Sse { tables, .. } => tables,
         }
     }
 }
@@ -219,7 +365,38 @@ impl Config {
             if !names.insert(s.name()) {
                 errs.push(format!("sink name {:?} is used twice", s.name()));
             }
-            if let SinkConfig::File { path, name } = s {
+            for t in s.tables() {
+                if !self.covers(t) && !t.ends_with(".*") {
+                    errs.push(format!(
+                        "sink {:?}: table {t:?} is not among source.tables",
+                        s.name()
+                    ));
+                }
+            }
+            if let SinkConfig::Redis {
+                name,
+                key_template,
+                batch,
+                url,
+                ..
+            } = s
+            {
+                if let Err(e) = sluice_sinks::redis::check_template(key_template) {
+                    errs.push(format!("sink {name:?}: {e}"));
+                }
+                if *batch == 0 {
+                    errs.push(format!("sink {name:?}: batch must be at least 1"));
+                }
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://"))
+                {
+                    errs.push(format!(
+                        "sink {name:?}: url {url:?} must start with redis://, rediss:// or unix://"
+                    ));
+                }
+            }
+            if let SinkConfig::File { path, name, .. } = s {
                 if !paths.insert(path) {
                     errs.push(format!(
                         "sink {name:?}: file {} is used by another sink",
@@ -228,11 +405,69 @@ impl Config {
                 }
             }
         }
+        if self.log.segment_bytes < 4096 {
+            errs.push("log.segment_bytes must be at least 4096".into());
+        }
+        if let Some(max) = self.log.max_bytes {
+            if max < 2 * self.log.segment_bytes {
+                errs.push(format!(
+                    "log.max_bytes = {max} must be at least two segments (2 x log.segment_bytes = {})",
+                    2 * self.log.segment_bytes
+                ));
+            }
+        }
+        if let Some(server) = self.server_section() {
+            match server.listen.parse::<std::net::SocketAddr>() {
+                Err(_) => errs.push(format!(
+                    "server.listen {:?} is not an address like 127.0.0.1:7878",
+                    server.listen
+                )),
+                Ok(addr) => {
+                    if server.auth == Auth::None && !addr.ip().is_loopback() {
+                        errs.push(format!("server.auth = \"none\" is allowed only on a loopback address, not {addr}: set tokens instead"));
+                    }
+                }
+            }
+            if server.auth == Auth::Token && server.tokens.is_empty() {
+                errs.push("server: no tokens: add tokens = [\"sha256:...\"] (run `sluice token` to make one), or auth = \"none\" on a loopback address".into());
+            }
+            for t in &server.tokens {
+                let ok = t
+                    .strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                if !ok {
+                    errs.push("server.tokens: each must be \"sha256:<64 hex digits>\" (the hash, never the token; `sluice token` prints both)".into());
+                }
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
             Err(errs)
         }
+    }
+
+    /// Whether `schema.table` is among the captured tables.
+    fn covers(&self, table: &str) -> bool {
+        self.source.tables.iter().any(|t| {
+            t == table
+                || t.strip_suffix(".*")
+                    .is_some_and(|s| table.starts_with(&format!("{s}.")))
+        })
+    }
+
+    /// The server's settings: as configured, or the defaults when an SSE sink needs it.
+    pub fn server_section(&self) -> Option<ServerSection> {
+        self.server.clone().or_else(|| {
+            self.sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Sse { .. }))
+                .then(|| ServerSection {
+                    listen: default_listen(),
+                    auth: Auth::Token,
+                    tokens: Vec::new(),
+                })
+        })
     }
 
     /// The replication slot's name.

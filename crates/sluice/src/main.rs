@@ -7,8 +7,10 @@
 mod commands;
 mod config;
 mod demo;
+mod metrics;
+mod output;
+mod pipeline;
 mod progress;
-mod sink;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,8 @@ enum Command {
         #[arg(short, long, default_value = "sluice.toml")]
         config: PathBuf,
     },
+    /// Print a new bearer token for the HTTP server and the hash to configure.
+    Token,
     /// Start a throw-away PostgreSQL, write to a demo table, and stream the changes to stdout.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -115,6 +119,7 @@ fn main() -> std::process::ExitCode {
                 filter,
             } => commands::backfill(&config, &table, filter).await,
             Command::Demo { seconds } => demo::run(seconds).await,
+            Command::Token => commands::token(),
         }
     });
     match result {

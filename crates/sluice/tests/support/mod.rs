@@ -60,6 +60,34 @@ impl Pipeline {
         }
     }
 
+    /// Appends to the config file (more `[[sinks]]`, `[log]`, `[server]`).
+    pub fn add_config(&self, text: &str) {
+        let mut c = std::fs::read_to_string(&self.config_path).expect("read config");
+        c.push('\n');
+        c.push_str(text);
+        std::fs::write(&self.config_path, c).expect("write config");
+    }
+
+    /// The HTTP server's address, from the log line of the running instance.
+    pub fn server_addr(&self) -> String {
+        wait_until(WAIT, "the server to listen", || {
+            let dir = std::fs::read_dir(self.dir.path()).ok()?;
+            let mut found = None;
+            for e in dir.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    for line in text.lines().filter(|l| l.contains("server: listening")) {
+                        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                        found = Some(addr.to_owned());
+                    }
+                }
+            }
+            found
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// Runs a `sluice` subcommand on this pipeline's config to completion, bounded: a hang
     /// is a test failure, not a stuck test run.
     pub fn command(&self, sub: &str) -> std::process::Output {

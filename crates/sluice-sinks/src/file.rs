@@ -1,0 +1,204 @@
+//! The file and stdout sinks: JSON lines, one record per line.
+//!
+//! A file sink appends a batch and fsyncs it before acknowledging, so its cursor never
+//! passes a record that is not on disk. It repairs a torn last line (a crash mid-write)
+//! before its first write, so the file is always whole JSON lines; records after the last
+//! acknowledged batch may be written again after a restart, with the same ids. Only the
+//! active instance opens sinks (the data_dir lock), so the repair never races a writer.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use sluice_log::RecordBatch;
+
+use crate::{Sink, SinkError};
+
+/// Bytes and syncs a line-oriented destination.
+trait Lines: Send {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes everything appended durable.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+/// A [`Sink`] of JSON lines into a file or standard output.
+pub struct LineSink {
+    out: Box<dyn Lines>,
+    buf: Vec<u8>,
+}
+
+impl LineSink {
+    /// Appends to `path` (created with its directory if missing).
+    pub fn file(path: &Path) -> std::io::Result<LineSink> {
+        Ok(LineSink {
+            out: Box::new(FileSink::open(path)?),
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn stdout() -> LineSink {
+        LineSink {
+            out: Box::new(StdoutSink(std::io::stdout())),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Sink for LineSink {
+    // Blocking writes are fine here: every sink runs on a thread of its own.
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.buf.clear();
+        for r in batch.iter() {
+            self.buf.extend_from_slice(r.json);
+            self.buf.push(b'\n');
+        }
+        // A failing disk is not something a retry fixes by itself, but it often is
+        // (full, then freed): retry with backoff, the log keeps the records.
+        self.out
+            .append(&self.buf)
+            .and_then(|()| self.out.sync())
+            .map_err(|e| SinkError::Transient(format!("write failed: {e}")))
+    }
+}
+
+struct FileSink {
+    file: File,
+    /// Whether the torn tail has been repaired (done at the first append).
+    repaired: bool,
+    /// Bytes of the file already synced and dropped from the page cache.
+    dropped_to: u64,
+    /// Bytes in the file after the last append.
+    len: u64,
+}
+
+impl FileSink {
+    fn open(path: &Path) -> std::io::Result<FileSink> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let created = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        if created {
+            // The new directory entry must survive a crash as much as the data does.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            } else {
+                File::open(".")?.sync_all()?;
+            }
+        }
+        Ok(FileSink {
+            file,
+            repaired: false,
+            dropped_to: 0,
+            len: 0,
+        })
+    }
+}
+
+/// Cuts a partial last line left by a crash mid-write.
+fn repair_torn_tail(file: &mut File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut pos = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let start = pos.saturating_sub(buf.len() as u64);
+        let n = (pos - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep != len {
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            file.set_len(0)?;
+            file.sync_all()?;
+            return Ok(());
+        }
+        pos = start;
+    }
+}
+
+impl Lines for FileSink {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.repaired {
+            repair_torn_tail(&mut self.file)?;
+            self.repaired = true;
+            self.len = self.file.metadata()?.len();
+            self.dropped_to = self.len;
+        }
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        // Synced pages are clean: let the kernel reuse them. Appending into fresh page
+        // cache costs several times more system time here than into recycled pages
+        // (5-6 s against 1.2 s for 2.3 GB); a reader of the file gets it from the disk.
+        if self.len > self.dropped_to {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor this sink owns; it only
+            // advises the page cache and cannot affect memory safety.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    self.dropped_to as libc::off_t,
+                    (self.len - self.dropped_to) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.dropped_to = self.len;
+        }
+        Ok(())
+    }
+}
+
+struct StdoutSink(std::io::Stdout);
+
+impl Lines for StdoutSink {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().write_all(bytes)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.lock().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_the_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let mut sink = FileSink::open(&path).unwrap();
+        // Opening alone leaves the file to whoever is still writing it (a standby opens
+        // early).
+        assert_eq!(std::fs::read(&path).unwrap().len(), 21);
+        sink.append(b"{\"d\":4}\n").unwrap();
+        sink.append(b"{\"e\":5}\n").unwrap();
+        drop(sink);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n{\"e\":5}\n"
+        );
+        std::fs::write(&path, b"no newline at all").unwrap();
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.append(b"{\"f\":6}\n").unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"f\":6}\n");
+    }
+}

@@ -1,0 +1,507 @@
+//! The Redis cache sink: each row under its own key, kept exactly as the table.
+//!
+//! Keys follow a template, by default `{prefix}{db}.{schema}.{table}.{pk}` (composite keys
+//! joined by `.`). A row is a JSON string (default) or a hash with one field per column
+//! (NULL columns absent). Deletes remove the key, a truncate every key of its table.
+//!
+//! Invariants:
+//! - Never backwards: every write runs in a Lua script that compares the change's id with
+//!   the id stored for that key (in the table's id hash, `{prefix}sluice:ids:{db}.{schema}.{table}`,
+//!   field = the row's key) and with the table's last truncate; an older or equal id is
+//!   ignored. So redelivery after a crash, a retried batch or a backfill row older than
+//!   the cache cannot overwrite newer data. Deleted rows leave their id as a tombstone.
+//! - Unchanged TOAST columns are merged into the cached row (a hash keeps its other
+//!   fields; a JSON row is read, merged and written). When the row is not cached there is
+//!   nothing to merge with: the key is left absent (readers fall back to the database)
+//!   and the sink counts it in `sluice_redis_incomplete_rows_total`; it is never cached
+//!   with columns missing.
+//! - A batch is one pipeline; any error retries the whole batch (idempotent through the
+//!   fence), so a Redis restart is back-pressure, never loss.
+
+use std::fmt::Write as _;
+
+use redis::aio::ConnectionManager;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_core::Op;
+use sluice_log::{Record, RecordBatch};
+use tracing::{info, warn};
+
+use crate::{Sink, SinkError};
+
+/// How rows are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The row as a JSON object in a string.
+    #[default]
+    Json,
+    /// A hash, one field per non-NULL column, values as text.
+    Hash,
+}
+
+/// What the sink needs (from the `[[sinks]]` entry).
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub url: String,
+    pub prefix: String,
+    pub key_template: String,
+    pub format: Format,
+    /// Seconds; 0: keys do not expire.
+    pub ttl_secs: u64,
+    /// The source database's name (`{db}` in the template).
+    pub db: String,
+}
+
+pub const DEFAULT_KEY_TEMPLATE: &str = "{prefix}{db}.{schema}.{table}.{pk}";
+
+/// Checks a key template; returns the problem, if any.
+pub fn check_template(template: &str) -> Result<(), String> {
+    if !template.contains("{pk}") {
+        return Err(format!(
+            "key_template {template:?} must contain {{pk}}, or rows of a table would share one key"
+        ));
+    }
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        let end = rest[i..]
+            .find('}')
+            .ok_or("key_template has an unclosed {")?;
+        let name = &rest[i + 1..i + end];
+        if !["prefix", "db", "schema", "table", "pk"].contains(&name) {
+            return Err(format!(
+                "key_template: unknown placeholder {{{name}}} (use prefix, db, schema, table, pk)"
+            ));
+        }
+        rest = &rest[i + end + 1..];
+    }
+    Ok(())
+}
+
+/// KEYS[1] row key, KEYS[2] the table's id hash. ARGV[1] id, ARGV[2] action (`set`,
+/// `hset`, `hmerge`, `del`), ARGV[3] TTL seconds, then for `set` the JSON, for `hset` and
+/// `hmerge` the number of field/value pairs, the pairs, and (hmerge) fields to remove.
+/// A table's truncate is the field `\0truncated` of its id hash (no row key can hold NUL).
+/// Returns 0 when fenced, -1 when an `hmerge` found no row, 1 when written.
+const WRITE: &str = r#"
+local id = ARGV[1]
+local cur = redis.call('HGET', KEYS[2], KEYS[1])
+if cur and cur >= id then return 0 end
+local t = redis.call('HGET', KEYS[2], '\0truncated')
+if t and t >= id then return 0 end
+local action = ARGV[2]
+local ttl = tonumber(ARGV[3])
+if action == 'hmerge' and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[2], KEYS[1], id)
+  return -1
+end
+redis.call('HSET', KEYS[2], KEYS[1], id)
+if action == 'del' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if action == 'set' then
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
+  return 1
+end
+if action == 'hset' then redis.call('DEL', KEYS[1]) end
+local n = tonumber(ARGV[4])
+local i = 5
+while i < 5 + 2 * n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"#;
+
+/// KEYS[1] the table's id hash; ARGV[1] the truncate's id. Deletes every key the hash
+/// names, then keeps only the truncate mark.
+const TRUNCATE: &str = r#"
+local t = redis.call('HGET', KEYS[1], '\0truncated')
+if t and t >= ARGV[1] then return 0 end
+for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if k ~= '\0truncated' then redis.call('DEL', k) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '\0truncated', ARGV[1])
+return 1
+"#;
+
+/// The Redis sink.
+pub struct RedisSink {
+    options: RedisOptions,
+    conn: Option<ConnectionManager>,
+    /// Whether the scripts are loaded (a restarted Redis has forgotten them).
+    loaded: bool,
+    write: redis::Script,
+    truncate: redis::Script,
+    incomplete: metrics::Counter,
+}
+
+/// A JSON object's members in document order (key columns keep the primary key's order).
+struct Members(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    key: Option<Members>,
+    #[serde(default, borrow)]
+    after: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    before: Option<Members>,
+    #[serde(default)]
+    unchanged_toast: Vec<String>,
+}
+
+/// A column value as text: strings as they are, everything else as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The fixed-width, comparable form of an id (ordinals can widen in the text form).
+fn version(r: &Record<'_>) -> String {
+    format!("{:016X}{:016X}", r.id.commit_lsn.0, r.id.ordinal)
+}
+
+impl RedisSink {
+    pub fn new(options: RedisOptions) -> RedisSink {
+        RedisSink {
+            options,
+            conn: None,
+            loaded: false,
+            write: redis::Script::new(WRITE),
+            truncate: redis::Script::new(TRUNCATE),
+            incomplete: metrics::counter!("sluice_redis_incomplete_rows_total"),
+        }
+    }
+
+    fn ids_key(&self, schema: &str, table: &str) -> String {
+        format!(
+            "{}sluice:ids:{}.{schema}.{table}",
+            self.options.prefix, self.options.db
+        )
+    }
+
+    fn row_key(&self, schema: &str, table: &str, key: &Members) -> String {
+        let mut pk = String::new();
+        for (i, (_, v)) in key.0.iter().enumerate() {
+            if i > 0 {
+                pk.push('.');
+            }
+            pk.push_str(&text(v));
+        }
+        let mut out = String::with_capacity(64);
+        let mut rest = self.options.key_template.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').map_or(rest.len(), |e| i + e);
+            match &rest[i + 1..end] {
+                "prefix" => out.push_str(&self.options.prefix),
+                "db" => out.push_str(&self.options.db),
+                "schema" => out.push_str(schema),
+                "table" => out.push_str(table),
+                "pk" => out.push_str(&pk),
+                other => {
+                    let _ = write!(out, "{{{other}}}");
+                }
+            }
+            rest = rest.get(end + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out
+    }
+
+    async fn connection(&mut self) -> Result<ConnectionManager, SinkError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let client = redis::Client::open(self.options.url.as_str())
+            .map_err(|e| SinkError::Definite(format!("redis url: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| SinkError::Transient(format!("cannot connect to redis: {e}")))?;
+        info!("redis: connected");
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Adds `r`'s fenced write to `pipe`; may first read the cached row (a TOAST merge
+    /// of a JSON row), so it takes the connection.
+    async fn add(
+        &self,
+        conn: &mut ConnectionManager,
+        pipe: &mut redis::Pipeline,
+        r: &Record<'_>,
+    ) -> Result<(), SinkError> {
+        let bad = |e: serde_json::Error| {
+            SinkError::Definite(format!("record {} is not a change envelope: {e}", r.id))
+        };
+        let ids = self.ids_key(r.schema, r.table);
+        let v = version(r);
+        if r.op == Op::Truncate {
+            pipe.invoke_script(self.truncate.key(&ids).arg(&v));
+            return Ok(());
+        }
+        let env: Envelope = serde_json::from_slice(r.json).map_err(bad)?;
+        let Some(key) = env.key.as_ref() else {
+            return Ok(());
+        };
+        let row = self.row_key(r.schema, r.table, key);
+        // An update that changed the key: the row leaves its old key.
+        let moved_from = match (r.op, &env.before) {
+            (Op::Update, Some(before)) => {
+                let old = Members(
+                    key.0
+                        .iter()
+                        .map(|(k, _)| {
+                            let v = before
+                                .0
+                                .iter()
+                                .find(|(b, _)| b == k)
+                                .map(|(_, v)| v.clone());
+                            (k.clone(), v.unwrap_or(Value::Null))
+                        })
+                        .collect(),
+                );
+                let old = self.row_key(r.schema, r.table, &old);
+                (old != row).then_some(old)
+            }
+            _ => None,
+        };
+        let ttl = self.options.ttl_secs;
+        let mut inv = self.write.prepare_invoke();
+        inv.key(&row).key(&ids).arg(&v);
+        match (r.op, env.after) {
+            (Op::Delete, _) | (_, None) => {
+                inv.arg("del").arg(ttl);
+            }
+            (_, Some(after)) => {
+                let toast = !env.unchanged_toast.is_empty();
+                let after: Members = serde_json::from_str(after.get()).map_err(bad)?;
+                if toast && (self.options.format == Format::Json || moved_from.is_some()) {
+                    // Merge with the cached row (under the old key if the key changed);
+                    // what is queued before goes first, so the row read is the one this
+                    // update follows.
+                    let from = moved_from.as_deref().unwrap_or(&row);
+                    if pipe.cmd_iter().next().is_some() {
+                        std::mem::take(pipe)
+                            .query_async::<()>(conn)
+                            .await
+                            .map_err(transient)?;
+                    }
+                    let cached = self.cached(conn, from).await?;
+                    match cached {
+                        Some(mut merged) => {
+                            for (k, v) in after.0 {
+                                match merged.iter_mut().find(|(m, _)| *m == k) {
+                                    Some(slot) => slot.1 = v,
+                                    None => merged.push((k, v)),
+                                }
+                            }
+                            self.full_row(&mut inv, ttl, merged);
+                        }
+                        None => {
+                            self.incomplete.increment(1);
+                            warn!(schema = r.schema, table = r.table, id = %r.id, "redis: an update without its unchanged TOAST columns found no cached row to merge with; the key is left absent");
+                            inv.arg("del").arg(ttl);
+                        }
+                    }
+                } else if toast {
+                    // A hash keeps the fields the update did not send.
+                    let (set, null): (Vec<_>, Vec<_>) =
+                        after.0.into_iter().partition(|(_, v)| !v.is_null());
+                    inv.arg("hmerge").arg(ttl).arg(set.len());
+                    for (k, v) in &set {
+                        inv.arg(k).arg(text(v));
+                    }
+                    for (k, _) in &null {
+                        inv.arg(k);
+                    }
+                } else {
+                    self.full_row(&mut inv, ttl, after.0);
+                }
+            }
+        }
+        if let Some(old) = moved_from {
+            let mut del = self.write.prepare_invoke();
+            del.key(&old).key(&ids).arg(&v).arg("del").arg(ttl);
+            pipe.invoke_script(&del);
+        }
+        pipe.invoke_script(&inv);
+        Ok(())
+    }
+}
+
+impl RedisSink {
+    /// A whole row: `set` with its JSON, or `hset` with its non-NULL columns.
+    fn full_row(&self, inv: &mut redis::ScriptInvocation<'_>, ttl: u64, row: Vec<(String, Value)>) {
+        match self.options.format {
+            Format::Json => {
+                let map: serde_json::Map<String, Value> = row.into_iter().collect();
+                inv.arg("set").arg(ttl).arg(Value::Object(map).to_string());
+            }
+            Format::Hash => {
+                let set: Vec<_> = row.into_iter().filter(|(_, v)| !v.is_null()).collect();
+                inv.arg("hset").arg(ttl).arg(set.len());
+                for (k, v) in &set {
+                    inv.arg(k).arg(text(v));
+                }
+            }
+        }
+    }
+
+    /// The cached row under `key`, as columns (hash values come back as text).
+    async fn cached(
+        &self,
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> Result<Option<Vec<(String, Value)>>, SinkError> {
+        match self.options.format {
+            Format::Json => {
+                let text: Option<String> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(conn)
+                    .await
+                    .map_err(transient)?;
+                Ok(text
+                    .and_then(|t| serde_json::from_str::<Members>(&t).ok())
+                    .map(|m| m.0))
+            }
+            Format::Hash => {
+                let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(conn)
+                    .await
+                    .map_err(transient)?;
+                Ok((!fields.is_empty()).then(|| {
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect()
+                }))
+            }
+        }
+    }
+}
+
+fn transient(e: redis::RedisError) -> SinkError {
+    // A failed pipeline lists every command's error: the first says enough.
+    let mut text = e.to_string();
+    if text.len() > 300 {
+        let mut cut = 300;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    SinkError::Transient(format!("redis: {text}"))
+}
+
+impl Sink for RedisSink {
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let mut conn = self.connection().await?;
+        if !self.loaded {
+            for script in [WRITE, TRUNCATE] {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(script)
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map_err(transient)?;
+            }
+            self.loaded = true;
+        }
+        let result = self.deliver_loaded(&mut conn, batch).await;
+        if result.is_err() {
+            // Whatever failed, the server may have restarted without the scripts.
+            self.loaded = false;
+        }
+        result
+    }
+}
+
+impl RedisSink {
+    async fn deliver_loaded(
+        &mut self,
+        conn: &mut ConnectionManager,
+        batch: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        let mut pipe = redis::pipe();
+        for r in batch.iter() {
+            if r.op == Op::Message {
+                continue;
+            }
+            self.add(conn, &mut pipe, &r).await?;
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(());
+        }
+        let results: Vec<i64> = pipe.query_async(conn).await.map_err(transient)?;
+        let incomplete = results.iter().filter(|&&n| n == -1).count();
+        if incomplete > 0 {
+            self.incomplete.increment(incomplete as u64);
+            warn!(rows = incomplete, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_checked_and_filled() {
+        check_template(DEFAULT_KEY_TEMPLATE).unwrap();
+        assert!(check_template("{prefix}{table}").is_err());
+        assert!(check_template("{pk}{tabel}").is_err());
+        let sink = RedisSink::new(RedisOptions {
+            url: "redis://127.0.0.1/".into(),
+            prefix: "c:".into(),
+            key_template: DEFAULT_KEY_TEMPLATE.into(),
+            format: Format::Json,
+            ttl_secs: 0,
+            db: "shop".into(),
+        });
+        let key: Members = serde_json::from_str(r#"{"b":"x y","a":7}"#).unwrap();
+        assert_eq!(
+            sink.row_key("public", "orders", &key),
+            "c:shop.public.orders.x y.7",
+            "columns in key order, not sorted"
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The Redis sink against a real redis-server: fencing by id, formats, TOAST merges,
+//! deletes, truncates, and a server restart in the middle of delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{ChangeId, ChangeRecord, Lsn, Op};
+use sluice_log::{frame, Append, FullPolicy, Log, LogConfig, Reader, RecordBatch};
+use sluice_sinks::redis::{Format, RedisOptions, RedisSink, DEFAULT_KEY_TEMPLATE};
+use sluice_sinks::Sink;
+use sluice_testkit::RedisServer;
+
+struct Change<'a> {
+    lsn: u64,
+    op: Op,
+    id: i64,
+    after: Option<&'a str>,
+    toast: &'a [&'a str],
+}
+
+fn record(c: &Change) -> ChangeRecord {
+    ChangeRecord {
+        id: ChangeId {
+            commit_lsn: Lsn(c.lsn),
+            ordinal: 1,
+        },
+        op: c.op,
+        schema: "public".into(),
+        table: "t".into(),
+        key: (c.op != Op::Truncate).then(|| format!("{{\"id\":{}}}", c.id)),
+        before: None,
+        after: c.after.map(str::to_owned),
+        unchanged_toast: c.toast.iter().map(|&s| Arc::from(s)).collect(),
+        lsn: Lsn(c.lsn),
+        commit_lsn: Lsn(c.lsn),
+        commit_ts_micros: 1,
+        xid: 1,
+        message: None,
+        old_key: None,
+    }
+}
+
+/// Frames `changes` through a real log and reads them back as one batch.
+fn batch(changes: &[Change]) -> RecordBatch {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer, _) = Log::open(LogConfig {
+        dir: dir.path().to_owned(),
+        segment_bytes: 1 << 20,
+        max_bytes: None,
+        on_full: FullPolicy::PauseSource,
+        retention: Duration::from_secs(60),
+    })
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (spare, _keep) = tokio::sync::mpsc::channel(4);
+    let t = std::thread::spawn(move || writer.run(rx, spare));
+    let mut bytes = Vec::new();
+    for c in changes {
+        frame::encode_record(&mut bytes, &record(c));
+    }
+    tx.try_send(Append {
+        bytes,
+        framed: Some(changes.len() as u64),
+        commit: None,
+        ack: None,
+    })
+    .unwrap();
+    drop(tx);
+    t.join().unwrap().unwrap();
+    let mut r = Reader::new(&log, 0).unwrap();
+    let mut b = RecordBatch::default();
+    r.read(&mut b, 10_000, 1 << 30, &mut |_, _, _| true)
+        .unwrap();
+    assert_eq!(b.len(), changes.len());
+    b
+}
+
+fn sink(redis: &RedisServer, format: Format) -> RedisSink {
+    RedisSink::new(RedisOptions {
+        url: redis.url(),
+        prefix: "c:".into(),
+        key_template: DEFAULT_KEY_TEMPLATE.into(),
+        format,
+        ttl_secs: 0,
+        db: "shop".into(),
+    })
+}
+
+fn get(redis: &RedisServer, key: &str) -> String {
+    redis.cli(&["GET", key]).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn an_older_change_never_overwrites_a_newer_one() {
+    let redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    let newer = batch(&[Change {
+        lsn: 200,
+        op: Op::Update,
+        id: 1,
+        after: Some(r#"{"id":1,"v":"new"}"#),
+        toast: &[],
+    }]);
+    let older = batch(&[
+        Change {
+            lsn: 100,
+            op: Op::Insert,
+            id: 1,
+            after: Some(r#"{"id":1,"v":"old"}"#),
+            toast: &[],
+        },
+        Change {
+            lsn: 150,
+            op: Op::Delete,
+            id: 1,
+            after: None,
+            toast: &[],
+        },
+    ]);
+    s.deliver(&newer).await.unwrap();
+    // Redelivery of older changes (a crash, a retry, a stale backfill row) is ignored.
+    s.deliver(&older).await.unwrap();
+    s.deliver(&newer).await.unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.1"), r#"{"id":1,"v":"new"}"#);
+    // A newer delete removes the key and its tombstone fences older writes.
+    let delete = batch(&[Change {
+        lsn: 300,
+        op: Op::Delete,
+        id: 1,
+        after: None,
+        toast: &[],
+    }]);
+    s.deliver(&delete).await.unwrap();
+    s.deliver(&newer).await.unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.1"), "");
+}
+
+#[tokio::test]
+async fn unchanged_toast_columns_are_merged_not_lost() {
+    let redis = RedisServer::start().unwrap();
+    for format in [Format::Json, Format::Hash] {
+        redis.cli(&["FLUSHALL"]).unwrap();
+        let mut s = sink(&redis, format);
+        s.deliver(&batch(&[
+            Change {
+                lsn: 100,
+                op: Op::Insert,
+                id: 1,
+                after: Some(r#"{"id":1,"big":"xxxx","n":1,"gone":"y"}"#),
+                toast: &[],
+            },
+            Change {
+                lsn: 200,
+                op: Op::Update,
+                id: 1,
+                after: Some(r#"{"id":1,"n":2,"gone":null}"#),
+                toast: &["big"],
+            },
+            // Not cached: nothing to merge with, so the key stays absent.
+            Change {
+                lsn: 300,
+                op: Op::Update,
+                id: 2,
+                after: Some(r#"{"id":2,"n":5}"#),
+                toast: &["big"],
+            },
+        ]))
+        .await
+        .unwrap();
+        match format {
+            Format::Json => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&get(&redis, "c:shop.public.t.1")).unwrap();
+                assert_eq!(
+                    v,
+                    serde_json::json!({"id": 1, "big": "xxxx", "n": 2, "gone": null})
+                );
+                assert_eq!(get(&redis, "c:shop.public.t.2"), "");
+            }
+            Format::Hash => {
+                let all = redis.cli(&["HGETALL", "c:shop.public.t.1"]).unwrap();
+                let lines: Vec<&str> = all.lines().collect();
+                let mut pairs: Vec<(String, String)> = lines
+                    .chunks(2)
+                    .map(|p| (p[0].to_owned(), p[1].to_owned()))
+                    .collect();
+                pairs.sort();
+                assert_eq!(
+                    pairs,
+                    vec![
+                        ("big".into(), "xxxx".into()),
+                        ("id".into(), "1".into()),
+                        ("n".into(), "2".into()),
+                    ]
+                );
+                assert_eq!(
+                    redis.cli(&["EXISTS", "c:shop.public.t.2"]).unwrap().trim(),
+                    "0"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn truncate_removes_the_tables_keys_and_fences_older_writes() {
+    let redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    let inserts: Vec<Change> = (1..=50)
+        .map(|i| Change {
+            lsn: 100 + i as u64,
+            op: Op::Insert,
+            id: i,
+            after: Some(r#"{"v":1}"#),
+            toast: &[],
+        })
+        .collect();
+    let inserts = batch(&inserts);
+    s.deliver(&inserts).await.unwrap();
+    redis
+        .cli(&["SET", "c:shop.public.other.1", "kept"])
+        .unwrap();
+    s.deliver(&batch(&[Change {
+        lsn: 1000,
+        op: Op::Truncate,
+        id: 0,
+        after: None,
+        toast: &[],
+    }]))
+    .await
+    .unwrap();
+    s.deliver(&inserts).await.unwrap();
+    let keys = redis.cli(&["KEYS", "c:shop.public.t.*"]).unwrap();
+    assert_eq!(keys.trim(), "", "every row key of the table is gone");
+    assert_eq!(get(&redis, "c:shop.public.other.1"), "kept");
+}
+
+#[tokio::test]
+async fn delivery_fails_while_redis_is_down_and_succeeds_after() {
+    let mut redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    let one = batch(&[Change {
+        lsn: 100,
+        op: Op::Insert,
+        id: 7,
+        after: Some(r#"{"id":7}"#),
+        toast: &[],
+    }]);
+    s.deliver(&one).await.unwrap();
+    redis.kill();
+    let err = s.deliver(&one).await.unwrap_err();
+    assert!(
+        matches!(err, sluice_sinks::SinkError::Transient(_)),
+        "{err}"
+    );
+    redis.start_again().unwrap();
+    // The connection comes back by itself (and the scripts are loaded again).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let two = batch(&[Change {
+        lsn: 200,
+        op: Op::Update,
+        id: 7,
+        after: Some(r#"{"id":7,"v":2}"#),
+        toast: &[],
+    }]);
+    while let Err(e) = s.deliver(&two).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis never came back: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&redis, "c:shop.public.t.7"), r#"{"id":7,"v":2}"#);
+}

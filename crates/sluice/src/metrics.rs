@@ -1,0 +1,134 @@
+//! Gauges computed from the pipeline's state (log size, sink lag, slot lag, memory), kept
+//! fresh once a second and whenever `/metrics` is read. Counters and histograms are
+//! recorded where things happen (the output, the sink loops, the SSE feeds).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_log::{Cursor, Log};
+use sluice_pg::{ConnInfo, Connection, SourceStatus};
+use sluice_sinks::SinkStats;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub struct Gauges {
+    log: Log,
+    sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
+    status: watch::Receiver<SourceStatus>,
+}
+
+impl Gauges {
+    pub fn new(
+        log: Log,
+        sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
+        status: watch::Receiver<SourceStatus>,
+    ) -> Gauges {
+        Gauges { log, sinks, status }
+    }
+
+    /// A sink the disk budget shed, if any.
+    pub fn shed(&self) -> Option<String> {
+        self.sinks
+            .iter()
+            .find(|(_, c, _)| c.is_shed())
+            .map(|(n, _, _)| n.clone())
+    }
+
+    pub fn refresh(&self) {
+        let end = self.log.next_offset();
+        metrics::gauge!("sluice_log_bytes").set(self.log.bytes() as f64);
+        metrics::gauge!("sluice_log_records").set(end.saturating_sub(self.log.first()) as f64);
+        metrics::gauge!("sluice_log_paused").set(if self.log.paused() { 1.0 } else { 0.0 });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        for (name, cursor, stats) in &self.sinks {
+            let lag = end.saturating_sub(cursor.position());
+            metrics::gauge!("sluice_sink_lag_records", "sink" => name.clone()).set(lag as f64);
+            // Behind: how old the last delivered change is; caught up: nothing waits.
+            let last = stats.last_commit_ts.load(Ordering::Relaxed);
+            let secs = if lag > 0 && last > 0 {
+                (now - last).max(0) as f64 / 1e6
+            } else {
+                0.0
+            };
+            metrics::gauge!("sluice_sink_lag_seconds", "sink" => name.clone()).set(secs);
+            metrics::gauge!("sluice_sink_shed", "sink" => name.clone()).set(if cursor.is_shed() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        let s = self.status.borrow().clone();
+        metrics::counter!("sluice_source_reconnects_total").absolute(s.reconnects);
+        metrics::gauge!("sluice_source_streaming").set(if s.streaming { 1.0 } else { 0.0 });
+        metrics::gauge!("sluice_source_confirmed_lsn").set(s.confirmed.0 as f64);
+        if let Some(rss) = resident_bytes() {
+            metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+        }
+    }
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// Refreshes the gauges every second and the slot's lag every five, until `stop`.
+pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: CancellationToken) {
+    let mut conn: Option<Connection> = None;
+    let mut tick = 0u64;
+    let sql = format!(
+        "SELECT active, pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
+        sluice_pg::wire::quote_literal(&slot)
+    );
+    loop {
+        gauges.refresh();
+        if tick.is_multiple_of(5) {
+            if conn.is_none() {
+                conn = Connection::connect(&conninfo, false).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                match c.query(&sql).await {
+                    Ok(rows) => {
+                        if let Some(r) = rows.first() {
+                            let active = r.first().cloned().flatten().as_deref() == Some("t");
+                            metrics::gauge!("sluice_replication_slot_active").set(if active {
+                                1.0
+                            } else {
+                                0.0
+                            });
+                            if let Some(lag) = r
+                                .get(1)
+                                .cloned()
+                                .flatten()
+                                .and_then(|v| v.parse::<f64>().ok())
+                            {
+                                metrics::gauge!("sluice_replication_slot_lag_bytes").set(lag);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "metrics: slot query failed; reconnecting");
+                        conn = None;
+                    }
+                }
+            }
+        }
+        tick += 1;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    if let Some(c) = conn {
+        c.close().await;
+    }
+}

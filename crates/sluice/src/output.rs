@@ -1,0 +1,183 @@
+//! The source's [`Output`]: records framed into the embedded log.
+//!
+//! Records are framed on the source's task into a buffer; buffers go to the log's writer
+//! thread over a bounded channel (back-pressure, not memory growth, when the disk is
+//! slow). The writer syncs each group before it publishes the group's last commit LSN as
+//! durable, so the LSN confirmed to PostgreSQL never covers a record that is not on disk.
+//!
+//! After a restart the slot resends from its confirmed position, which may be behind the
+//! log; a record whose transaction committed before the last transaction in the log is
+//! already there whole and is skipped (transactions arrive in commit order, and each
+//! commit record starts after the previous one ends). The last transaction may be partial
+//! in the log, so it is appended again: a duplicate with the same ids.
+
+use std::collections::HashMap;
+
+use sluice_core::{ChangeRecord, Lsn, Op};
+use sluice_log::{frame, Append, Log, Writer};
+use sluice_pg::source::Batch;
+use sluice_pg::Output;
+use tokio::sync::{mpsc, watch};
+
+/// Hand a buffer to the writer once it holds this much.
+const HAND_OFF_BYTES: usize = 512 * 1024;
+/// Buffers queued for the writer before the source waits.
+const QUEUE: usize = 32;
+
+pub struct LogOutput {
+    buf: Vec<u8>,
+    count: u64,
+    tx: mpsc::Sender<Append>,
+    batches: mpsc::Sender<Batch>,
+    durable: watch::Receiver<Lsn>,
+    writer: Option<std::thread::JoinHandle<Result<(), sluice_log::LogError>>>,
+    spare: mpsc::Receiver<Vec<u8>>,
+    /// Records of transactions that committed before this LSN are in the log already.
+    skip_before: Lsn,
+    changes: HashMap<String, [Option<metrics::Counter>; 6]>,
+    key: String,
+}
+
+impl LogOutput {
+    /// Starts the log's writer thread; `last` is the commit LSN of the log's last record.
+    pub fn start(log: &Log, writer: Writer, last: Lsn) -> anyhow::Result<LogOutput> {
+        let (tx, rx) = mpsc::channel::<Append>(QUEUE);
+        let (spare_tx, spare) = mpsc::channel(QUEUE + 2);
+        let writer = std::thread::Builder::new()
+            .name("sluice-log-writer".into())
+            .spawn(move || writer.run(rx, spare_tx))?;
+        let (durable_tx, durable) = watch::channel(Lsn::ZERO);
+        let mut end = log.end();
+        // The source watches a plain LSN; the log's end carries more.
+        tokio::spawn(async move {
+            loop {
+                let lsn = end.borrow_and_update().durable_lsn;
+                durable_tx.send_if_modified(|d| {
+                    let moved = lsn > *d;
+                    *d = (*d).max(lsn);
+                    moved
+                });
+                if end.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Snapshot workers send JSON lines: forward them in order with everything else.
+        let (batches, mut lines) = mpsc::channel::<Batch>(QUEUE);
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some(b) = lines.recv().await {
+                let a = Append {
+                    bytes: b.bytes,
+                    framed: b.framed,
+                    commit: b.commit,
+                    ack: b.ack,
+                };
+                if forward.send(a).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(LogOutput {
+            buf: Vec::with_capacity(HAND_OFF_BYTES * 2),
+            count: 0,
+            tx,
+            batches,
+            durable,
+            writer: Some(writer),
+            spare,
+            skip_before: last,
+            changes: HashMap::new(),
+            key: String::new(),
+        })
+    }
+
+    /// Stops the writer after it has written everything handed off.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        let (b, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.batches, b));
+        if let Some(w) = self.writer.take() {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("log writer panicked"))??;
+        }
+        Ok(())
+    }
+
+    fn count_change(&mut self, record: &ChangeRecord) {
+        self.key.clear();
+        self.key.push_str(&record.schema);
+        self.key.push('.');
+        self.key.push_str(&record.table);
+        // One lookup per record; labels are built once per table and op.
+        let slot = frame::op_code(record.op) as usize;
+        let counters = match self.changes.get_mut(self.key.as_str()) {
+            Some(c) => c,
+            None => self.changes.entry(self.key.clone()).or_default(),
+        };
+        counters[slot]
+            .get_or_insert_with(|| {
+                metrics::counter!("sluice_changes_total", "table" => self.key.clone(), "op" => record.op.as_str())
+            })
+            .increment(1);
+    }
+}
+
+impl Output for LogOutput {
+    fn push(&mut self, record: &ChangeRecord) {
+        if record.op != Op::Read && record.commit_lsn < self.skip_before {
+            return;
+        }
+        self.count_change(record);
+        frame::encode_record(&mut self.buf, record);
+        self.count += 1;
+    }
+
+    fn wants_hand_off(&self) -> bool {
+        self.buf.len() >= HAND_OFF_BYTES
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn discard_pending(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
+
+    async fn hand_off(
+        &mut self,
+        commit: Option<Lsn>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(HAND_OFF_BYTES * 2));
+        let bytes = std::mem::replace(&mut self.buf, next);
+        let append = Append {
+            bytes,
+            framed: Some(std::mem::take(&mut self.count)),
+            commit,
+            ack: None,
+        };
+        if self.tx.send(append).await.is_err() {
+            // The writer stopped: its error says why.
+            let err = match self.writer.take().map(|w| w.join()) {
+                Some(Ok(Err(e))) => e.to_string(),
+                _ => "the log writer stopped".to_string(),
+            };
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    fn durable(&mut self) -> &mut watch::Receiver<Lsn> {
+        &mut self.durable
+    }
+
+    fn batches(&self) -> mpsc::Sender<Batch> {
+        self.batches.clone()
+    }
+}

@@ -1,0 +1,318 @@
+//! The HTTP server end to end: SSE with resume, auth, retention errors; metrics.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{wait_until, PgServer, Pipeline, WAIT};
+
+const TOKEN: &str = "s3cret-token";
+
+fn token_config() -> String {
+    // sha256("s3cret-token")
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(TOKEN.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntokens = [\"sha256:{}\"]\n",
+        hex.split_whitespace().next().unwrap()
+    )
+}
+
+/// A raw HTTP/1.0 request (the response body then ends with the connection).
+fn request(addr: &str, path: &str, headers: &[(&str, &str)]) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    BufReader::new(s)
+}
+
+/// Status code and headers; the reader is left at the body.
+fn status(r: &mut BufReader<TcpStream>) -> u16 {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let code = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            return code;
+        }
+    }
+}
+
+fn get_text(addr: &str, path: &str) -> (u16, String) {
+    let mut r = request(addr, path, &[]);
+    let code = status(&mut r);
+    let mut body = String::new();
+    r.read_to_string(&mut body).unwrap();
+    (code, body)
+}
+
+/// One SSE event: (id, event type, data).
+fn next_event(r: &mut BufReader<TcpStream>) -> (Option<u64>, String, String) {
+    let (mut id, mut kind, mut data) = (None, "message".to_string(), String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line).expect("read an event");
+        assert!(n > 0, "the stream ended");
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if !data.is_empty() || kind != "message" {
+                return (id, kind, data);
+            }
+            continue;
+        }
+        if l.starts_with(':') {
+            continue; // keep-alive
+        }
+        if let Some(v) = l.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("event:") {
+            kind = v.trim().to_owned();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
+
+fn sse_pipeline(pg: &PgServer, name: &str, extra: &str) -> Pipeline {
+    pg.psql("CREATE TABLE public.e (id int PRIMARY KEY, v text); CREATE TABLE public.other (id int PRIMARY KEY)")
+        .unwrap();
+    let p = Pipeline::new(pg, name, &["public.e", "public.other"], "");
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"feed\"\ntype = \"sse\"\ntables = [\"public.e\"]\n{extra}\n{}",
+        token_config()
+    ));
+    p
+}
+
+#[test]
+fn sse_clients_resume_after_a_disconnect_without_gaps_or_repeats() {
+    let pg = PgServer::start().unwrap();
+    let mut p = sse_pipeline(&pg, "sse", "");
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    let auth = format!("Bearer {TOKEN}");
+
+    // Without a token: refused.
+    let mut r = request(&addr, "/v1/sinks/feed/events", &[]);
+    assert_eq!(status(&mut r), 401);
+    let mut r = request(&addr, "/v1/sinks/nope/events", &[("Authorization", &auth)]);
+    assert_eq!(status(&mut r), 404);
+
+    let mut r = request(
+        &addr,
+        "/v1/sinks/feed/events?from=earliest",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut r), 200);
+    pg.psql("INSERT INTO public.e SELECT g, 'a' FROM generate_series(1, 100) g; INSERT INTO public.other VALUES (1);")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut last = 0;
+    for _ in 0..40 {
+        let (id, kind, data) = next_event(&mut r);
+        assert_eq!(kind, "message");
+        let rec: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(rec["table"], "e", "the sink serves only its tables");
+        seen.push(rec["after"]["id"].as_i64().unwrap());
+        last = id.unwrap();
+    }
+    drop(r);
+    // More changes while the client is away.
+    pg.psql("UPDATE public.e SET v = 'b' WHERE id <= 50")
+        .unwrap();
+    let mut r = request(
+        &addr,
+        "/v1/sinks/feed/events",
+        &[
+            ("Authorization", &auth),
+            ("Last-Event-ID", &last.to_string()),
+        ],
+    );
+    assert_eq!(status(&mut r), 200);
+    let mut ids = Vec::new();
+    while seen.len() < 150 {
+        let (id, _, data) = next_event(&mut r);
+        let rec: Value = serde_json::from_str(&data).unwrap();
+        assert!(id.unwrap() > last, "resumed after {last}, got {id:?}");
+        ids.push(rec["id"].as_str().unwrap().to_owned());
+        seen.push(rec["after"]["id"].as_i64().unwrap());
+    }
+    let inserted: Vec<i64> = seen[..100].to_vec();
+    assert_eq!(
+        inserted,
+        (1..=100).collect::<Vec<_>>(),
+        "every insert once, in order"
+    );
+    let mut updated = seen[100..].to_vec();
+    updated.sort();
+    assert_eq!(updated, (1..=50).collect::<Vec<_>>(), "every update once");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no repeats");
+
+    // Filters in the query string.
+    let mut r = request(
+        &addr,
+        "/v1/sinks/feed/events?from=earliest&ops=update",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut r), 200);
+    let (_, _, data) = next_event(&mut r);
+    let rec: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(rec["op"], "update");
+    p.stop();
+}
+
+#[test]
+fn a_position_past_retention_gets_a_clear_error_event() {
+    let pg = PgServer::start().unwrap();
+    // Tiny segments kept for no time: the file sink passing them lets them go.
+    let mut p = sse_pipeline(
+        &pg,
+        "expired",
+        "[log]\nsegment_bytes = 4096\nretention_secs = 0\n",
+    );
+    p.start();
+    p.wait_streaming(&pg);
+    pg.psql("INSERT INTO public.e SELECT g, repeat('x', 200) FROM generate_series(1, 200) g")
+        .unwrap();
+    p.wait_records(200);
+    let addr = p.server_addr();
+    let auth = format!("Bearer {TOKEN}");
+    wait_until(WAIT, "old segments to be deleted", || {
+        pg.psql("INSERT INTO public.other SELECT coalesce(max(id), 0) + 1 FROM public.other")
+            .ok()?;
+        let mut r = request(
+            &addr,
+            "/v1/sinks/feed/events",
+            &[("Authorization", &auth), ("Last-Event-ID", "0")],
+        );
+        status(&mut r);
+        let (_, kind, data) = next_event(&mut r);
+        (kind == "error").then_some(data)
+    })
+    .map(|data| {
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["error"], "expired");
+        assert!(v["first"].as_u64().unwrap() > 1);
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer in the log"));
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    p.stop();
+}
+
+/// Parses Prometheus text format strictly enough to catch malformed output: every line
+/// is a comment or `name{labels} value`. Returns (name with labels, value).
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split_whitespace().nth(1).unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels in {line:?}");
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((series.to_owned(), v));
+    }
+    out
+}
+
+fn metric(all: &[(String, f64)], series: &str) -> Option<f64> {
+    all.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+}
+
+#[test]
+fn metrics_parse_and_move_when_changes_flow() {
+    let pg = PgServer::start().unwrap();
+    let mut p = sse_pipeline(&pg, "metrics", "");
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    assert_eq!(get_text(&addr, "/healthz").0, 200);
+    wait_until(WAIT, "readiness", || {
+        (get_text(&addr, "/readyz").0 == 200).then_some(())
+    })
+    .unwrap();
+    pg.psql("INSERT INTO public.e SELECT g, 'a' FROM generate_series(1, 10) g")
+        .unwrap();
+    p.wait_records(10);
+    let (code, text) = get_text(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let before = parse_prometheus(&text);
+    let changes = "sluice_changes_total{table=\"public.e\",op=\"insert\"}";
+    assert_eq!(metric(&before, changes), Some(10.0), "{text}");
+    for name in [
+        "sluice_log_bytes",
+        "sluice_log_records",
+        "sluice_sink_lag_records{sink=\"out\"}",
+        "sluice_sink_lag_seconds{sink=\"out\"}",
+        "sluice_source_reconnects_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metric(&before, name).is_some(), "{name} missing:\n{text}");
+    }
+    assert!(
+        before
+            .iter()
+            .any(|(s, _)| s.starts_with("sluice_sink_delivery_latency_seconds_bucket{sink=\"out\"")),
+        "{text}"
+    );
+    pg.psql("INSERT INTO public.e SELECT g, 'a' FROM generate_series(11, 30) g")
+        .unwrap();
+    p.wait_records(30);
+    wait_until(WAIT, "metrics to move", || {
+        let after = parse_prometheus(&get_text(&addr, "/metrics").1);
+        let moved = metric(&after, changes) == Some(30.0)
+            && metric(&after, "sluice_sink_delivered_records_total{sink=\"out\"}") >= Some(30.0)
+            && metric(&after, "sluice_replication_slot_active") == Some(1.0)
+            && metric(&after, "sluice_replication_slot_lag_bytes").is_some();
+        moved.then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", get_text(&addr, "/metrics").1));
+    p.stop();
+}
