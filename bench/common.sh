@@ -15,3 +15,18 @@ median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else prin
 bash scripts/install-deps.sh
 cargo build --release --quiet -p sluice
 SLUICE=$ROOT/target/release/sluice
+
+# The [pipeline] and [source] part of a benchmark config: pipeline $1 reading publication
+# $2 of public.$3 (more [source] keys may follow).
+toml_head() {
+  cat <<TOML
+[pipeline]
+name = "$1"
+data_dir = "data"
+[source]
+url = "$URL"
+tables = ["public.$3"]
+publication = "$2"
+status_interval_secs = 1
+TOML
+}

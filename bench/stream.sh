@@ -23,20 +23,7 @@ trap 'rm -rf "$WORK"' EXIT
 # Writes a config for pipeline $1 reading publication $2 into $WORK/$1/changes.jsonl.
 config() {
   mkdir -p "$WORK/$1"
-  cat > "$WORK/$1/sluice.toml" <<TOML
-[pipeline]
-name = "$1"
-data_dir = "data"
-[source]
-url = "$URL"
-tables = ["public.$3"]
-publication = "$2"
-status_interval_secs = 1
-[[sinks]]
-name = "out"
-type = "file"
-path = "changes.jsonl"
-TOML
+  { toml_head "$1" "$2" "$3"; printf '[[sinks]]\nname = "out"\ntype = "file"\npath = "changes.jsonl"\n'; } > "$WORK/$1/sluice.toml"
 }
 
 # Drains slot sluice_$1 up to LSN $2 with Sluice (`run --until-lsn`, the analogue of
