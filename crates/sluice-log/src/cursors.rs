@@ -131,6 +131,17 @@ impl CursorStore {
         Ok((cursor, shed))
     }
 
+    /// Whether sink `name` is marked shed from an earlier run (before [`Self::register`]
+    /// clears the mark).
+    pub fn was_shed(&self, name: &str) -> bool {
+        (|| -> Result<bool, LogError> {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+            Ok(t.get(name).map_err(|e| self.err(e))?.is_some())
+        })()
+        .unwrap_or(false)
+    }
+
     /// Forgets cursors of sinks no longer configured, so they stop holding the log.
     pub fn retain(&self, names: &[&str]) -> Result<(), LogError> {
         let stale: Vec<String> = self
@@ -218,8 +229,8 @@ impl CursorStore {
         })();
         if let Err(e) = marked {
             // Not shedding without the durable mark: a restart would not know to
-            // backfill it. Keep pausing instead.
-            tracing::error!(error = %e, "log: cannot record a shed sink; pausing instead");
+            // backfill it. The log grows past its budget instead.
+            tracing::error!(error = %e, "log: cannot record a shed sink; writing past the disk budget");
             return None;
         }
         slowest.shed.store(true, Ordering::Release);

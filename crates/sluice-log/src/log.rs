@@ -13,8 +13,9 @@
 //!   persisted position is past its last record, and it is older than the retention or
 //!   the log is over its disk budget. The last segment is never deleted.
 //! - Over the budget with nothing deletable, the policy applies: `PauseSource` stops
-//!   appending (the source waits: back-pressure), `ShedSink` detaches the cursor that
-//!   holds the oldest segment, marks it shed and says so.
+//!   appending (the source waits: back-pressure), `ShedSink` waits the same way for
+//!   `shed_after`, then detaches the cursor that holds the oldest segment, marks it shed
+//!   and says so.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -53,6 +54,9 @@ pub struct LogConfig {
     /// Segments every cursor has passed are kept this long (for SSE clients resuming
     /// from an older position).
     pub retention: Duration,
+    /// `ShedSink`: how long the log may stay over its budget (the source waiting) before
+    /// the slowest sink is shed, so a burst that every sink is working through sheds none.
+    pub shed_after: Duration,
 }
 
 /// The durable end of the log.
@@ -338,8 +342,10 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
             let mut size = group[0].bytes.len();
-            // Group commit: everything queued meanwhile shares one sync.
-            while size < 16 << 20 {
+            // Group commit: everything queued meanwhile shares one sync. A group stops at
+            // the segment size, so segments stay near it and the budget is checked often.
+            let cap = (16u64 << 20).min(self.log.inner.config.segment_bytes) as usize;
+            while size < cap {
                 match rx.try_recv() {
                     Ok(more) => {
                         size += more.bytes.len();
@@ -443,20 +449,62 @@ impl Writer {
         use std::sync::atomic::Ordering;
         let log = self.log.clone();
         let mut announced = false;
+        let mut over_since: Option<std::time::Instant> = None;
         while log.over_budget() && !log.inner.closing.load(Ordering::Relaxed) {
             log.delete_passed(true);
             if !log.over_budget() {
                 break;
             }
             match log.inner.config.on_full {
-                FullPolicy::ShedSink => match log.inner.cursors.shed_slowest() {
-                    Some(name) => {
-                        error!(sink = %name, max_bytes = log.inner.config.max_bytes, "log: disk budget reached; sink shed (detached, marked for a re-backfill when the pipeline restarts)");
+                FullPolicy::ShedSink => {
+                    // Shed only a sink that is really behind: first let every cursor's
+                    // acknowledged position count, then see what that frees.
+                    if let Err(e) = log.inner.cursors.commit() {
+                        warn!(error = %e, "log: cannot save sink cursors");
+                    }
+                    log.delete_passed(true);
+                    let active = log
+                        .inner
+                        .segments
+                        .lock()
+                        .expect("segments lock")
+                        .back()
+                        .map_or(0, |s| s.base);
+                    if !log.over_budget()
+                        || log
+                            .inner
+                            .cursors
+                            .min_persisted()
+                            .is_none_or(|m| m >= active)
+                    {
+                        // What is left is the segment being written.
+                        break;
+                    }
+                    let since = *over_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < log.inner.config.shed_after {
+                        if !announced {
+                            warn!(
+                                max_bytes = log.inner.config.max_bytes,
+                                shed_after_secs = log.inner.config.shed_after.as_secs_f64(),
+                                "log: disk budget reached; the source waits for sinks to catch up before the slowest is shed"
+                            );
+                            announced = true;
+                            log.inner.paused.store(true, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
                         continue;
                     }
-                    // No sink holds the log: only retention did, and that went above.
-                    None => break,
-                },
+                    match log.inner.cursors.shed_slowest() {
+                        Some(name) => {
+                            error!(sink = %name, max_bytes = log.inner.config.max_bytes, "log: disk budget reached; sink shed (detached, marked for a re-backfill when the pipeline restarts)");
+                            // The next sink gets the same grace.
+                            over_since = None;
+                            continue;
+                        }
+                        // No sink holds the log: only retention did, and that went above.
+                        None => break,
+                    }
+                }
                 FullPolicy::PauseSource => {
                     if !announced {
                         warn!(

@@ -39,6 +39,7 @@ fn config(dir: &std::path::Path) -> LogConfig {
         max_bytes: None,
         on_full: FullPolicy::PauseSource,
         retention: Duration::ZERO,
+        shed_after: Duration::ZERO,
     }
 }
 
@@ -248,7 +249,7 @@ fn pause_policy_waits_for_the_slow_cursor() {
     let (slow, _) = run.log.cursors().register("slow", 0).unwrap();
     let tx = run.tx.clone().unwrap();
     let feeder = std::thread::spawn(move || {
-        for i in 0..100u64 {
+        for i in 0..300u64 {
             let mut bytes = Vec::new();
             frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
             let a = Append {
@@ -260,21 +261,74 @@ fn pause_policy_waits_for_the_slow_cursor() {
             tx.blocking_send(a).unwrap();
         }
     });
+    // Three times the budget, so the budget is crossed well before the last append.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !run.log.paused() {
-        assert!(std::time::Instant::now() < deadline, "never paused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never paused: {} bytes, next {}, first {}",
+            run.log.bytes(),
+            run.log.next_offset(),
+            run.log.first()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let stalled = run.log.next_offset();
-    assert!(stalled < 100);
+    assert!(stalled < 300);
     // The sink catches up: the writer resumes and everything arrives.
-    while run.log.next_offset() < 100 {
+    while run.log.next_offset() < 300 {
         assert!(std::time::Instant::now() < deadline, "never resumed");
         slow.ack(run.log.next_offset());
         run.log.cursors().commit().unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!slow.is_shed());
+    feeder.join().unwrap();
+    run.close();
+}
+
+#[test]
+fn shed_policy_sheds_none_of_the_sinks_that_catch_up_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_bytes = Some(20_000);
+    c.on_full = FullPolicy::ShedSink;
+    c.shed_after = Duration::from_secs(30);
+    let (run, _) = Running::open(c);
+    let (busy, _) = run.log.cursors().register("busy", 0).unwrap();
+    let tx = run.tx.clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..600u64 {
+            let mut bytes = Vec::new();
+            frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
+            let a = Append {
+                bytes,
+                framed: Some(1),
+                commit: Some(Lsn(100 + i)),
+                ack: None,
+            };
+            tx.blocking_send(a).unwrap();
+        }
+    });
+    // A burst past the budget: the source waits instead of shedding the sink at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !run.log.paused() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never waited: {} bytes, next {}, first {}",
+            run.log.bytes(),
+            run.log.next_offset(),
+            run.log.first()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!busy.is_shed());
+    while run.log.next_offset() < 600 {
+        assert!(std::time::Instant::now() < deadline, "never resumed");
+        busy.ack(run.log.next_offset());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!busy.is_shed());
     feeder.join().unwrap();
     run.close();
 }

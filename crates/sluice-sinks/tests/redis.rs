@@ -49,6 +49,7 @@ fn batch(changes: &[Change]) -> RecordBatch {
         max_bytes: None,
         on_full: FullPolicy::PauseSource,
         retention: Duration::from_secs(60),
+        shed_after: Duration::ZERO,
     })
     .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -83,6 +84,7 @@ fn sink(redis: &RedisServer, format: Format) -> RedisSink {
         format,
         ttl_secs: 0,
         db: "shop".into(),
+        reset: None,
     })
 }
 

@@ -42,6 +42,10 @@ pub struct LogSection {
     /// Seconds to keep records every sink has passed (SSE clients resume within it).
     #[serde(default = "default_retention")]
     pub retention_secs: u64,
+    /// `shed_sink`: seconds over the budget (the source waiting) before the slowest sink
+    /// is shed.
+    #[serde(default = "default_shed_after")]
+    pub shed_after_secs: u64,
 }
 
 impl Default for LogSection {
@@ -51,6 +55,7 @@ impl Default for LogSection {
             on_full: OnFull::PauseSource,
             segment_bytes: default_segment_bytes(),
             retention_secs: default_retention(),
+            shed_after_secs: default_shed_after(),
         }
     }
 }
@@ -61,6 +66,10 @@ fn default_segment_bytes() -> u64 {
 
 fn default_retention() -> u64 {
     3600
+}
+
+fn default_shed_after() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
