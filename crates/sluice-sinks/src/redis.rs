@@ -52,6 +52,10 @@ pub struct RedisOptions {
     pub ttl_secs: u64,
     /// The source database's name (`{db}` in the template).
     pub db: String,
+    /// Tables to clear before the first delivery, as if truncated at this commit LSN: a
+    /// sink that missed records (shed by the disk budget) starts over from a backfill, and
+    /// rows deleted meanwhile must not stay cached.
+    pub reset: Option<(Vec<(String, String)>, sluice_core::Lsn)>,
 }
 
 pub const DEFAULT_KEY_TEMPLATE: &str = "{prefix}{db}.{schema}.{table}.{pk}";
@@ -434,6 +438,23 @@ fn transient(e: redis::RedisError) -> SinkError {
 impl Sink for RedisSink {
     async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let mut conn = self.connection().await?;
+        if let Some((tables, below)) = self.options.reset.clone() {
+            for (schema, table) in &tables {
+                let ids = self.ids_key(schema, table);
+                let v = format!("{:016X}{:016X}", below.0, u64::MAX);
+                self.truncate
+                    .key(&ids)
+                    .arg(&v)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map_err(transient)?;
+            }
+            info!(
+                tables = tables.len(),
+                "redis: cleared the tables of a shed sink before its backfill"
+            );
+            self.options.reset = None;
+        }
         if !self.loaded {
             for script in [WRITE, TRUNCATE] {
                 redis::cmd("SCRIPT")
@@ -496,6 +517,7 @@ mod tests {
             format: Format::Json,
             ttl_secs: 0,
             db: "shop".into(),
+            reset: None,
         });
         let key: Members = serde_json::from_str(r#"{"b":"x y","a":7}"#).unwrap();
         assert_eq!(

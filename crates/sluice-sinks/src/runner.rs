@@ -133,6 +133,7 @@ pub async fn run<S: Sink>(
             loop {
                 match sink.deliver(&batch).await {
                     Ok(()) => break,
+                    Err(SinkError::Transient(_)) if cursor.is_shed() => break,
                     Err(SinkError::Transient(e)) => {
                         failures.increment(1);
                         stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +151,9 @@ pub async fn run<S: Sink>(
                         return Err(SinkError::Definite(format!("sink {name:?}: {e}")))
                     }
                 }
+            }
+            if cursor.is_shed() {
+                continue;
             }
             let now = now_micros();
             let mut last_ts = 0;

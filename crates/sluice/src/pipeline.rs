@@ -228,6 +228,7 @@ pub async fn run_pipeline(
             OnFull::ShedSink => FullPolicy::ShedSink,
         },
         retention: Duration::from_secs(config.log.retention_secs),
+        shed_after: Duration::from_secs(config.log.shed_after_secs),
     })?;
     let output = LogOutput::start(&log, writer, last)?;
 
@@ -319,6 +320,17 @@ pub async fn run_pipeline(
                     format: *format,
                     ttl_secs: *ttl_secs,
                     db: spec.conninfo.dbname.clone(),
+                    // A shed cache starts over: its tables are cleared, then backfilled.
+                    reset: log.cursors().was_shed(&name).then(|| {
+                        let tables = sink_tables(s, &captured)
+                            .iter()
+                            .map(|t| {
+                                let r = catalog::TableRef::parse(t);
+                                (r.schema, r.name)
+                            })
+                            .collect();
+                        (tables, last)
+                    }),
                 });
                 start(AnySink::Redis(Box::new(sink)))?;
             }
@@ -415,7 +427,7 @@ pub async fn run_pipeline(
                         sluice_server::SseOptions {
                             tables: tables.clone(),
                             slow_client_timeout: Duration::from_secs(*slow_client_timeout_secs),
-                            buffer: 1024,
+                            buffer: 16,
                         },
                     )),
                     _ => None,

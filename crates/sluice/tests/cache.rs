@@ -216,3 +216,106 @@ fn tables_without_a_primary_key_are_refused_for_a_cache() {
         "nothing was started"
     );
 }
+
+/// A pipeline with a file sink and a Redis sink over `public.{table}` and a log of at
+/// most 64 KiB in 4 KiB segments, with `policy` at the budget.
+fn budget_pipeline(pg: &PgServer, redis: &RedisServer, name: &str, policy: &str) -> Pipeline {
+    pg.psql(&format!(
+        "CREATE TABLE public.{name} (id bigint PRIMARY KEY, v text, n int)"
+    ))
+    .unwrap();
+    let p = Pipeline::new(pg, name, &[&format!("public.{name}")], "");
+    redis_sink(&p, redis, "");
+    p.add_config(&format!(
+        "[log]\nsegment_bytes = 4096\nmax_bytes = 65536\non_full = {policy:?}\nretention_secs = 0\nshed_after_secs = 2\n"
+    ));
+    p
+}
+
+fn insert_rows(pg: &PgServer, table: &str, from: u64, to: u64) {
+    for start in (from..=to).step_by(100) {
+        pg.psql(&format!(
+            "INSERT INTO public.{table} SELECT g, repeat('v', 100), g FROM generate_series({start}, {}) g",
+            (start + 99).min(to)
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn at_the_disk_budget_pause_source_holds_the_slot_until_the_sink_returns() {
+    let pg = PgServer::start().unwrap();
+    let mut redis = RedisServer::start().unwrap();
+    let mut p = budget_pipeline(&pg, &redis, "pause", "pause_source");
+    p.start();
+    p.wait_streaming(&pg);
+    insert_rows(&pg, "pause", 1, 10);
+    p.wait_records(10);
+    wait_cache_identical(&p, &pg, &redis, "pause");
+    redis.kill();
+    insert_rows(&pg, "pause", 11, 2000);
+    wait_until(WAIT, "the source to pause", || {
+        p.log_contains("disk budget reached; pausing the source")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    let wal = current_wal_lsn(&pg);
+    let confirmed = lsn(&pg
+        .psql(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sluice_pause'",
+        )
+        .unwrap());
+    assert!(
+        confirmed < wal,
+        "paused: the slot holds what the log cannot take"
+    );
+    assert!(
+        p.records().len() < 2000,
+        "the file sink waits with the source"
+    );
+    redis.start_again().unwrap();
+    p.wait_records(2000);
+    wait_cache_identical(&p, &pg, &redis, "pause");
+    assert!(p.log_contains("resuming the source"), "{}", p.logs());
+    p.stop();
+}
+
+#[test]
+fn at_the_disk_budget_shed_sink_detaches_the_slow_sink_and_backfills_it_later() {
+    let pg = PgServer::start().unwrap();
+    let mut redis = RedisServer::start().unwrap();
+    let mut p = budget_pipeline(&pg, &redis, "shed", "shed_sink");
+    p.start();
+    p.wait_streaming(&pg);
+    insert_rows(&pg, "shed", 1, 10);
+    p.wait_records(10);
+    wait_cache_identical(&p, &pg, &redis, "shed");
+    redis.kill();
+    insert_rows(&pg, "shed", 11, 2000);
+    // The other sink and the slot keep going.
+    p.wait_records(2000);
+    wait_until(WAIT, "the slot to confirm everything", || {
+        let c = pg
+            .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sluice_shed'")
+            .ok()?;
+        (lsn(&c) >= current_wal_lsn(&pg).saturating_sub(1 << 16)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert!(p.log_contains("sink shed"), "{}", p.logs());
+    // Back with Redis: the shed sink is backfilled and ends identical.
+    redis.start_again().unwrap();
+    pg.psql(
+        "UPDATE public.shed SET v = 'after' WHERE id <= 5; DELETE FROM public.shed WHERE id = 6",
+    )
+    .unwrap();
+    p.stop();
+    p.start();
+    p.wait_streaming(&pg);
+    wait_cache_identical(&p, &pg, &redis, "shed");
+    assert!(
+        p.log_contains("backfill requested for a sink that was shed"),
+        "{}",
+        p.logs()
+    );
+    p.stop();
+}
