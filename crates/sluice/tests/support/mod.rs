@@ -228,8 +228,14 @@ impl Pipeline {
             names.sort();
             for p in names {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                out.push_str(&format!("--- {} (last lines)\n", p.display()));
+                // Status updates (DEBUG, every second) would crowd out what happened.
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.contains(" DEBUG "))
+                    .take(40)
+                    .collect();
+                out.push_str(&format!("--- {} (last lines above DEBUG)\n", p.display()));
                 for l in tail.into_iter().rev() {
                     out.push_str(l);
                     out.push('\n');
