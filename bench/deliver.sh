@@ -10,6 +10,7 @@
 # 2. Commit-to-Redis and commit-to-SSE-client latency p50/p99 at 1,000 and 10,000 rows/s
 #    (pgbench at a fixed rate; bench/deliver_latency.py receives).
 # 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events.
+# SKIP_THROUGHPUT=1 runs only the latency part.
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) and a private redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,7 @@ ratio_line() { # label rows ref_times times
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), $(redis-server --version | cut -d' ' -f3)"
 
 # ---- 1. throughput -----------------------------------------------------------------
+if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then
 extra=$(for i in $(seq 1 "$RUNS"); do printf "sluice_dl%s,sluice_dr%s," "$i" "$i"; done); extra=${extra%,}
 line=$(ROWS=$ROWS BATCH=1000 DRAINS=$RUNS EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_deliver PUB=bench_deliver_pub SLOT=ref_deliver \
   bash "$REF/bench.sh" "$CONN")
@@ -75,6 +77,7 @@ done
 ratio_line "$ROWS rows into the log (fsync'd)" "$ROWS" "$ref_times" "$log_times"
 ratio_line "$ROWS rows into Redis" "$ROWS" "$ref_times" "$redis_times"
 q "DROP PUBLICATION bench_deliver_pub; DROP TABLE bench_deliver"
+fi
 
 # ---- 2. and 3. latency ---------------------------------------------------------------
 q "DROP TABLE IF EXISTS bench_lat; DROP PUBLICATION IF EXISTS bench_lat_pub;

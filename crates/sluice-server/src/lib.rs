@@ -133,6 +133,11 @@ pub async fn bind(
         .route("/v1/sinks/{name}/events", get(sse::events))
         .with_state(state);
     info!(%addr, "server: listening");
+    // Events are small writes: without NODELAY, Nagle's algorithm holds each one back
+    // until the client's delayed ACK (tens of milliseconds).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })

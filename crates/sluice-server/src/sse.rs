@@ -10,9 +10,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use sluice_core::Op;
 use sluice_log::{LogError, Reader, RecordBatch};
@@ -28,7 +28,7 @@ pub struct SseOptions {
     pub tables: Vec<String>,
     /// A client whose buffer stays full this long is disconnected.
     pub slow_client_timeout: Duration,
-    /// Events buffered per client.
+    /// Batches of events buffered per client.
     pub buffer: usize,
 }
 
@@ -52,9 +52,22 @@ fn parse_op(s: &str) -> Option<Op> {
     })
 }
 
-fn error_event(data: serde_json::Value) -> Event {
-    Event::default().event("error").data(data.to_string())
+/// Events are written as text/event-stream by hand: a batch of records becomes one
+/// write (one frame to the client) instead of one per event.
+fn error_event(data: serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
+
+/// Appends one `id:`/`data:` event. The record is one line of JSON (no raw newlines).
+fn push_event(out: &mut Vec<u8>, offset: u64, json: &[u8]) {
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(offset.to_string().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
@@ -117,7 +130,8 @@ pub(crate) async fn events(
             None => return bad(format!("ops: unknown op {o:?}\n")),
         }
     }
-    let (tx, rx) = mpsc::channel::<Event>(sink.buffer.max(1));
+    // Each message is a batch of events; the buffer is counted in batches.
+    let (tx, rx) = mpsc::channel::<Bytes>(sink.buffer.max(1));
     match Reader::new(&state.log, from) {
         Ok(reader) => {
             tokio::spawn(feed(state.clone(), name, sink, tables, ops, reader, tx));
@@ -139,9 +153,11 @@ pub(crate) async fn events(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// One client's worker: reads the log from its position and sends events until the
@@ -153,18 +169,26 @@ async fn feed(
     tables: Vec<String>,
     ops: BTreeSet<u8>,
     mut reader: Reader,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Bytes>,
 ) {
     let clients = metrics::gauge!("sluice_sse_clients", "sink" => sink.clone());
     let sent = metrics::counter!("sluice_sink_delivered_records_total", "sink" => sink.clone());
     clients.increment(1.0);
     let mut batch = RecordBatch::default();
-    'outer: loop {
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.reset();
+    loop {
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => break,
             _ = tx.closed() => break,
             r = reader.wait() => if r.is_err() { break },
+            _ = keep_alive.tick() => {
+                if tx.send_timeout(Bytes::from_static(b": keep-alive\n\n"), options.slow_client_timeout).await.is_err() {
+                    break;
+                }
+                continue;
+            }
         }
         batch.clear();
         let read = reader.read(&mut batch, 1000, 1 << 20, &mut |op, s, t| {
@@ -180,17 +204,28 @@ async fn feed(
                 .await;
             break;
         }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(batch.len() * 300);
+        let first = batch.get(0).map_or(0, |r| r.offset);
         for r in batch.iter() {
-            let data = String::from_utf8_lossy(r.json).into_owned();
-            let event = Event::default().id(r.offset.to_string()).data(data);
-            match tx.send_timeout(event, options.slow_client_timeout).await {
-                Ok(()) => sent.increment(1),
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    info!(sink = %sink, position = r.offset, "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
-                    break 'outer;
-                }
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => break 'outer,
+            push_event(&mut out, r.offset, r.json);
+        }
+        match tx
+            .send_timeout(Bytes::from(out), options.slow_client_timeout)
+            .await
+        {
+            Ok(()) => {
+                sent.increment(batch.len() as u64);
+                keep_alive.reset();
             }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                // It resumes with the id of the last event it read, before `first`.
+                info!(sink = %sink, not_sent_from = first, "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
+                break;
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => break,
         }
     }
     debug!(sink = %sink, position = reader.position(), "sse: client gone");
