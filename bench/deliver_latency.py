@@ -28,6 +28,21 @@ def parse_ts(s):
     return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
 
 
+_SECONDS = {}
+
+
+def parse_commit_ts(b):
+    """`2026-12-02T16:26:01.123456Z` (the envelope's form) as epoch seconds, cheaply: the
+    whole-second part is parsed once per second, so the client keeps up at 10k events/s."""
+    whole, _, frac = b.partition(b".")
+    base = _SECONDS.get(whole)
+    if base is None:
+        base = dt.datetime.strptime(whole.decode(), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+        _SECONDS[whole] = base
+    frac = frac.rstrip(b"Z")
+    return base + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
 def report(lat, extra=""):
     lat.sort()
     n = len(lat)
@@ -38,25 +53,31 @@ def report(lat, extra=""):
 
 
 async def sse_client(host, port, sink, lat, want, deadline, ready):
-    r, w = await asyncio.open_connection(host, port)
+    r, w = await asyncio.open_connection(host, port, limit=1 << 20)
     w.write(f"GET /v1/sinks/{sink}/events HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
     await w.drain()
     while (await r.readline()).strip():
         pass  # headers
     ready.append(1)
-    got = 0
+    got, rest, key = 0, b"", b'"commit_ts":"'
+    # Reads what has arrived in one go: every event in it arrived then. Only the commit
+    # time is taken out of each event (no JSON parse), so the client is not what lags.
     while got < want and time.time() < deadline:
         try:
-            line = await asyncio.wait_for(r.readline(), timeout=max(0.1, deadline - time.time()))
+            chunk = await asyncio.wait_for(r.read(1 << 20), timeout=max(0.1, deadline - time.time()))
         except asyncio.TimeoutError:
             break
-        if not line:
+        if not chunk:
             break
-        if line.startswith(b"data:"):
-            seen = time.time()
-            rec = json.loads(line[5:])
-            lat.append(seen - parse_ts(rec["commit_ts"]))
-            got += 1
+        seen = time.time()
+        data = rest + chunk
+        cut = data.rfind(b"\n")
+        rest = data[cut + 1:]
+        for line in data[:cut].split(b"\n"):
+            if line.startswith(b"data:"):
+                i = line.find(key) + len(key)
+                lat.append(seen - parse_commit_ts(line[i:line.index(b'"', i)]))
+                got += 1
     w.close()
 
 
@@ -100,7 +121,7 @@ def cmd(sock, f, *args):
 def redis(port, prefix, count, timeout):
     c = socket.create_connection(("127.0.0.1", int(port)))
     cf = c.makefile("rb")
-    cmd(c, cf, "CONFIG", "SET", "notify-keyspace-events", "KA")
+    cmd(c, cf, "CONFIG", "SET", "notify-keyspace-events", "K$")
     s = socket.create_connection(("127.0.0.1", int(port)))
     sf = s.makefile("rb")
     cmd(s, sf, "PSUBSCRIBE", f"__keyspace@0__:{prefix}*")

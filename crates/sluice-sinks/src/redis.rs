@@ -15,8 +15,9 @@
 //!   nothing to merge with: the key is left absent (readers fall back to the database)
 //!   and the sink counts it in `sluice_redis_incomplete_rows_total`; it is never cached
 //!   with columns missing.
-//! - A batch is one pipeline; any error retries the whole batch (idempotent through the
-//!   fence), so a Redis restart is back-pressure, never loss.
+//! - A batch is one pipeline, its writes one script call (split where a truncate or a
+//!   TOAST merge's read must come between, so order is kept); any error retries the whole
+//!   batch (idempotent through the fence), so a Redis restart is back-pressure, never loss.
 
 use std::fmt::Write as _;
 
@@ -83,45 +84,59 @@ pub fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// KEYS[1] row key, KEYS[2] the table's id hash. ARGV[1] id, ARGV[2] action (`set`,
-/// `hset`, `hmerge`, `del`), ARGV[3] TTL seconds, then for `set` the JSON, for `hset` and
-/// `hmerge` the number of field/value pairs, the pairs, and (hmerge) fields to remove.
-/// A table's truncate is the field `\0truncated` of its id hash (no row key can hold NUL).
-/// Returns 0 when fenced, -1 when an `hmerge` found no row, 1 when written.
+/// A batch of fenced writes in one call. KEYS holds pairs: a row key and its table's id
+/// hash. ARGV holds, per pair in order, its argument count, then the change's id, the
+/// action (`set`, `hset`, `hmerge`, `del`), the TTL in seconds, and for `set` the JSON,
+/// for `hset` and `hmerge` the number of field/value pairs, the pairs, and (hmerge) the
+/// fields to remove. A write whose id is not newer than the row's stored id, or than its
+/// table's truncate (the field `\0truncated` of the id hash; no row key can hold NUL), is
+/// skipped. Returns how many `hmerge`s found no row (their keys are left absent).
+/// A truncate is never inside a batch, so each table's mark is read once per call.
 const WRITE: &str = r#"
-local id = ARGV[1]
-local cur = redis.call('HGET', KEYS[2], KEYS[1])
-if cur and cur >= id then return 0 end
-local t = redis.call('HGET', KEYS[2], '\0truncated')
-if t and t >= id then return 0 end
-local action = ARGV[2]
-local ttl = tonumber(ARGV[3])
-if action == 'hmerge' and redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[2], KEYS[1], id)
-  return -1
+local marks = {}
+local incomplete = 0
+local a = 1
+for k = 1, #KEYS, 2 do
+  local row, ids = KEYS[k], KEYS[k + 1]
+  local last = a + tonumber(ARGV[a])
+  local id, action, ttl = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local i = a + 4
+  a = last + 1
+  local t = marks[ids]
+  if t == nil then
+    t = redis.call('HGET', ids, '\0truncated') or false
+    marks[ids] = t
+  end
+  local cur = redis.call('HGET', ids, row)
+  if (cur and cur >= id) or (t and t >= id) then
+    -- fenced: this change is not newer than what the cache holds
+  elseif action == 'hmerge' and redis.call('EXISTS', row) == 0 then
+    redis.call('HSET', ids, row, id)
+    incomplete = incomplete + 1
+  else
+    redis.call('HSET', ids, row, id)
+    if action == 'del' then
+      redis.call('DEL', row)
+    elseif action == 'set' then
+      if ttl > 0 then redis.call('SET', row, ARGV[i], 'EX', ttl) else redis.call('SET', row, ARGV[i]) end
+    else
+      if action == 'hset' then redis.call('DEL', row) end
+      local n = tonumber(ARGV[i])
+      i = i + 1
+      local stop = i + 2 * n
+      while i < stop do
+        redis.call('HSET', row, ARGV[i], ARGV[i + 1])
+        i = i + 2
+      end
+      while i <= last do
+        redis.call('HDEL', row, ARGV[i])
+        i = i + 1
+      end
+      if ttl > 0 then redis.call('EXPIRE', row, ttl) end
+    end
+  end
 end
-redis.call('HSET', KEYS[2], KEYS[1], id)
-if action == 'del' then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-if action == 'set' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
-  return 1
-end
-if action == 'hset' then redis.call('DEL', KEYS[1]) end
-local n = tonumber(ARGV[4])
-local i = 5
-while i < 5 + 2 * n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-while i <= #ARGV do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-  i = i + 1
-end
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-return 1
+return incomplete
 "#;
 
 /// KEYS[1] the table's id hash; ARGV[1] the truncate's id. Deletes every key the hash
@@ -146,6 +161,65 @@ pub struct RedisSink {
     write: redis::Script,
     truncate: redis::Script,
     incomplete: metrics::Counter,
+}
+
+/// Writes gathered for one call of [`WRITE`].
+#[derive(Default)]
+struct Pending {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    /// Where the current write's argument count goes.
+    count_at: usize,
+}
+
+impl Pending {
+    fn begin(&mut self, row: &str, ids: &str, id: &str, action: &str, ttl: u64) {
+        self.keys.push(row.to_owned());
+        self.keys.push(ids.to_owned());
+        self.count_at = self.args.len();
+        self.args.push(Vec::new());
+        self.args.push(id.as_bytes().to_vec());
+        self.args.push(action.as_bytes().to_vec());
+        self.args.push(ttl.to_string().into_bytes());
+    }
+
+    fn arg(&mut self, a: impl Into<Vec<u8>>) {
+        self.args.push(a.into());
+    }
+
+    fn end(&mut self) {
+        let n = self.args.len() - self.count_at - 1;
+        self.args[self.count_at] = n.to_string().into_bytes();
+    }
+
+    /// Removes the last (ended) write, to queue it again later with [`Self::put_back`].
+    fn take_last(&mut self) -> (Vec<String>, Vec<Vec<u8>>) {
+        let keys = self.keys.split_off(self.keys.len() - 2);
+        let args = self.args.split_off(self.count_at);
+        (keys, args)
+    }
+
+    fn put_back(&mut self, (keys, args): (Vec<String>, Vec<Vec<u8>>)) {
+        self.keys.extend(keys);
+        self.count_at = self.args.len();
+        self.args.extend(args);
+    }
+
+    /// Moves the gathered writes into `pipe` as one call.
+    fn flush(&mut self, script: &redis::Script, pipe: &mut redis::Pipeline) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(self.keys.len());
+        for k in self.keys.drain(..) {
+            cmd.arg(k);
+        }
+        for a in self.args.drain(..) {
+            cmd.arg(a);
+        }
+        pipe.add_command(cmd);
+    }
 }
 
 /// A JSON object's members in document order (key columns keep the primary key's order).
@@ -262,12 +336,14 @@ impl RedisSink {
         Ok(conn)
     }
 
-    /// Adds `r`'s fenced write to `pipe`; may first read the cached row (a TOAST merge
-    /// of a JSON row), so it takes the connection.
+    /// Adds `r`'s fenced write to `pending` (a truncate goes to `pipe` after what is
+    /// pending); may first send what is queued and read the cached row (a TOAST merge of
+    /// a JSON row), so it takes the connection.
     async fn add(
         &self,
         conn: &mut ConnectionManager,
         pipe: &mut redis::Pipeline,
+        pending: &mut Pending,
         r: &Record<'_>,
     ) -> Result<(), SinkError> {
         let bad = |e: serde_json::Error| {
@@ -276,7 +352,8 @@ impl RedisSink {
         let ids = self.ids_key(r.schema, r.table);
         let v = version(r);
         if r.op == Op::Truncate {
-            pipe.invoke_script(self.truncate.key(&ids).arg(&v));
+            pending.flush(&self.write, pipe);
+            pipe.invoke_script(self.truncate.key(&ids).arg(&v)).ignore();
             return Ok(());
         }
         let env: Envelope = serde_json::from_slice(r.json).map_err(bad)?;
@@ -306,11 +383,20 @@ impl RedisSink {
             _ => None,
         };
         let ttl = self.options.ttl_secs;
-        let mut inv = self.write.prepare_invoke();
-        inv.key(&row).key(&ids).arg(&v);
+        if let Some(old) = &moved_from {
+            pending.begin(old, &ids, &v, "del", ttl);
+            pending.end();
+        }
         match (r.op, env.after) {
             (Op::Delete, _) | (_, None) => {
-                inv.arg("del").arg(ttl);
+                pending.begin(&row, &ids, &v, "del", ttl);
+            }
+            (_, Some(after))
+                if env.unchanged_toast.is_empty() && self.options.format == Format::Json =>
+            {
+                // The row's JSON as the record carries it, columns in table order.
+                pending.begin(&row, &ids, &v, "set", ttl);
+                pending.arg(after.get());
             }
             (_, Some(after)) => {
                 let toast = !env.unchanged_toast.is_empty();
@@ -320,13 +406,20 @@ impl RedisSink {
                     // what is queued before goes first, so the row read is the one this
                     // update follows.
                     let from = moved_from.as_deref().unwrap_or(&row);
+                    // Not the move's delete: it is this update's, and goes after the read.
+                    let moving = moved_from.is_some().then(|| pending.take_last());
+                    pending.flush(&self.write, pipe);
                     if pipe.cmd_iter().next().is_some() {
-                        std::mem::take(pipe)
-                            .query_async::<()>(conn)
+                        let incomplete: Vec<i64> = std::mem::take(pipe)
+                            .query_async(conn)
                             .await
                             .map_err(transient)?;
+                        self.count_incomplete(&incomplete);
                     }
                     let cached = self.cached(conn, from).await?;
+                    if let Some(m) = moving {
+                        pending.put_back(m);
+                    }
                     match cached {
                         Some(mut merged) => {
                             for (k, v) in after.0 {
@@ -335,53 +428,70 @@ impl RedisSink {
                                     None => merged.push((k, v)),
                                 }
                             }
-                            self.full_row(&mut inv, ttl, merged);
+                            self.full_row(pending, &row, &ids, &v, merged);
                         }
                         None => {
                             self.incomplete.increment(1);
                             warn!(schema = r.schema, table = r.table, id = %r.id, "redis: an update without its unchanged TOAST columns found no cached row to merge with; the key is left absent");
-                            inv.arg("del").arg(ttl);
+                            pending.begin(&row, &ids, &v, "del", ttl);
                         }
                     }
                 } else if toast {
                     // A hash keeps the fields the update did not send.
                     let (set, null): (Vec<_>, Vec<_>) =
                         after.0.into_iter().partition(|(_, v)| !v.is_null());
-                    inv.arg("hmerge").arg(ttl).arg(set.len());
-                    for (k, v) in &set {
-                        inv.arg(k).arg(text(v));
+                    pending.begin(&row, &ids, &v, "hmerge", ttl);
+                    pending.arg(set.len().to_string());
+                    for (k, v) in set {
+                        pending.arg(k);
+                        pending.arg(text(&v));
                     }
-                    for (k, _) in &null {
-                        inv.arg(k);
+                    for (k, _) in null {
+                        pending.arg(k);
                     }
                 } else {
-                    self.full_row(&mut inv, ttl, after.0);
+                    self.full_row(pending, &row, &ids, &v, after.0);
                 }
             }
         }
-        if let Some(old) = moved_from {
-            let mut del = self.write.prepare_invoke();
-            del.key(&old).key(&ids).arg(&v).arg("del").arg(ttl);
-            pipe.invoke_script(&del);
-        }
-        pipe.invoke_script(&inv);
+        pending.end();
         Ok(())
+    }
+
+    fn count_incomplete(&self, results: &[i64]) {
+        let incomplete: i64 = results.iter().sum();
+        if incomplete > 0 {
+            self.incomplete.increment(incomplete as u64);
+            warn!(rows = incomplete, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
+        }
     }
 }
 
 impl RedisSink {
-    /// A whole row: `set` with its JSON, or `hset` with its non-NULL columns.
-    fn full_row(&self, inv: &mut redis::ScriptInvocation<'_>, ttl: u64, row: Vec<(String, Value)>) {
+    /// A whole row: `set` with its JSON, or `hset` with its non-NULL columns (the write
+    /// is begun here and ended by the caller).
+    fn full_row(
+        &self,
+        pending: &mut Pending,
+        row: &str,
+        ids: &str,
+        v: &str,
+        columns: Vec<(String, Value)>,
+    ) {
+        let ttl = self.options.ttl_secs;
         match self.options.format {
             Format::Json => {
-                let map: serde_json::Map<String, Value> = row.into_iter().collect();
-                inv.arg("set").arg(ttl).arg(Value::Object(map).to_string());
+                let map: serde_json::Map<String, Value> = columns.into_iter().collect();
+                pending.begin(row, ids, v, "set", ttl);
+                pending.arg(Value::Object(map).to_string());
             }
             Format::Hash => {
-                let set: Vec<_> = row.into_iter().filter(|(_, v)| !v.is_null()).collect();
-                inv.arg("hset").arg(ttl).arg(set.len());
-                for (k, v) in &set {
-                    inv.arg(k).arg(text(v));
+                let set: Vec<_> = columns.into_iter().filter(|(_, v)| !v.is_null()).collect();
+                pending.begin(row, ids, v, "hset", ttl);
+                pending.arg(set.len().to_string());
+                for (k, v) in set {
+                    pending.arg(k);
+                    pending.arg(text(&v));
                 }
             }
         }
@@ -482,21 +592,19 @@ impl RedisSink {
         batch: &RecordBatch,
     ) -> Result<(), SinkError> {
         let mut pipe = redis::pipe();
+        let mut pending = Pending::default();
         for r in batch.iter() {
             if r.op == Op::Message {
                 continue;
             }
-            self.add(conn, &mut pipe, &r).await?;
+            self.add(conn, &mut pipe, &mut pending, &r).await?;
         }
+        pending.flush(&self.write, &mut pipe);
         if pipe.cmd_iter().next().is_none() {
             return Ok(());
         }
         let results: Vec<i64> = pipe.query_async(conn).await.map_err(transient)?;
-        let incomplete = results.iter().filter(|&&n| n == -1).count();
-        if incomplete > 0 {
-            self.incomplete.increment(incomplete as u64);
-            warn!(rows = incomplete, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
-        }
+        self.count_incomplete(&results);
         Ok(())
     }
 }
