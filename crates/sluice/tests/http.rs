@@ -316,3 +316,86 @@ fn metrics_parse_and_move_when_changes_flow() {
     .unwrap_or_else(|e| panic!("{e}\n{}", get_text(&addr, "/metrics").1));
     p.stop();
 }
+
+#[test]
+fn a_slow_client_is_cut_off_with_its_position_and_holds_back_no_one() {
+    const ROWS: i64 = 40_000;
+    let pg = PgServer::start().unwrap();
+    let mut p = sse_pipeline(&pg, "slow", "slow_client_timeout_secs = 1\n");
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    let auth = format!("Bearer {TOKEN}");
+    // This client reads nothing until it has been cut off.
+    let mut slow = request(
+        &addr,
+        "/v1/sinks/feed/events?from=earliest",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut slow), 200);
+    let fast = {
+        let (addr, auth) = (addr.clone(), auth.clone());
+        std::thread::spawn(move || {
+            let mut r = request(
+                &addr,
+                "/v1/sinks/feed/events?from=earliest",
+                &[("Authorization", &auth)],
+            );
+            assert_eq!(status(&mut r), 200);
+            (0..ROWS).map(|_| next_event(&mut r).0.unwrap()).last()
+        })
+    };
+    // ~1 KiB rows, some 40 MiB of events: more than the server's and the sockets' buffers.
+    pg.psql(&format!(
+        "INSERT INTO public.e SELECT g, repeat('x', 1000) FROM generate_series(1, {ROWS}) g"
+    ))
+    .unwrap();
+    p.wait_records(ROWS as usize);
+    let last = fast.join().expect("the other client got every event");
+    assert!(last.is_some());
+    wait_until(WAIT, "the slow client to be cut off", || {
+        p.log_contains("disconnecting a client too slow")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    // What was sent before the cut arrives, then the stream ends; resuming from the last
+    // id read gives the rest, none twice.
+    let mut ids = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if slow.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(v) = line.trim_end().strip_prefix("id:") {
+            ids.push(v.trim().parse::<u64>().unwrap());
+        }
+    }
+    assert!(
+        !ids.is_empty() && (ids.len() as i64) < ROWS,
+        "{} events before the cut",
+        ids.len()
+    );
+    let mut r = request(
+        &addr,
+        "/v1/sinks/feed/events",
+        &[
+            ("Authorization", &auth),
+            ("Last-Event-ID", &ids.last().unwrap().to_string()),
+        ],
+    );
+    assert_eq!(status(&mut r), 200);
+    while (ids.len() as i64) < ROWS {
+        ids.push(next_event(&mut r).0.unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase: no repeats"
+    );
+    assert_eq!(
+        ids.last(),
+        last.as_ref(),
+        "the same events as the other client"
+    );
+    p.stop();
+}
