@@ -8,17 +8,18 @@ use std::sync::Arc;
 
 use crate::{format_rfc3339_micros, ChangeId, Lsn};
 
-/// The kind of change.
+/// The kind of change. The discriminants are the codes stored on disk (log frames,
+/// spill files): never renumber them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
+    Insert = 0,
+    Update = 1,
+    Delete = 2,
+    Truncate = 3,
     /// A row copied by a snapshot.
-    Read,
+    Read = 4,
     /// A logical decoding message (`pg_logical_emit_message`).
-    Message,
+    Message = 5,
 }
 
 impl Op {
@@ -32,6 +33,30 @@ impl Op {
             Op::Message => "message",
         }
     }
+
+    /// The op named as in the envelope's `op`.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
+    /// A compact code (0-5) for binary forms: the log's frames, the spill files.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Op> {
+        Op::ALL.get(code as usize).copied()
+    }
+
+    /// Every op, in code order.
+    pub const ALL: [Op; 6] = [
+        Op::Insert,
+        Op::Update,
+        Op::Delete,
+        Op::Truncate,
+        Op::Read,
+        Op::Message,
+    ];
 }
 
 /// A logical decoding message carried by an `op = "message"` record.
@@ -371,6 +396,17 @@ mod tests {
             t.write(ordinal, key.as_bytes(), after.as_bytes(), &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), r.to_json());
         }
+    }
+
+    #[test]
+    fn op_codes_and_names_round_trip() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.code() as usize, i);
+            assert_eq!(Op::from_code(op.code()), Some(op));
+            assert_eq!(Op::from_name(op.as_str()), Some(op));
+        }
+        assert_eq!(Op::from_code(6), None);
+        assert_eq!(Op::from_name("upsert"), None);
     }
 
     #[test]

@@ -24,42 +24,6 @@ pub const FRAME_HEADER: usize = 8;
 /// PostgreSQL's 1 GB field limit, times a few for JSON escaping).
 pub const MAX_BODY: usize = 4 << 30;
 
-/// The op's code in a frame (0-5).
-pub fn op_code(op: Op) -> u8 {
-    match op {
-        Op::Insert => 0,
-        Op::Update => 1,
-        Op::Delete => 2,
-        Op::Truncate => 3,
-        Op::Read => 4,
-        Op::Message => 5,
-    }
-}
-
-pub(crate) fn op_from_code(code: u8) -> Option<Op> {
-    Some(match code {
-        0 => Op::Insert,
-        1 => Op::Update,
-        2 => Op::Delete,
-        3 => Op::Truncate,
-        4 => Op::Read,
-        5 => Op::Message,
-        _ => return None,
-    })
-}
-
-fn op_from_name(name: &str) -> Option<Op> {
-    Some(match name {
-        "insert" => Op::Insert,
-        "update" => Op::Update,
-        "delete" => Op::Delete,
-        "truncate" => Op::Truncate,
-        "read" => Op::Read,
-        "message" => Op::Message,
-        _ => return None,
-    })
-}
-
 /// The fixed fields of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head<'a> {
@@ -77,7 +41,7 @@ fn begin(out: &mut Vec<u8>, head: &Head<'_>) -> usize {
     out.extend_from_slice(&head.commit_lsn.0.to_le_bytes());
     out.extend_from_slice(&head.ordinal.to_le_bytes());
     out.extend_from_slice(&head.commit_ts_micros.to_le_bytes());
-    out.push(op_code(head.op));
+    out.push(head.op.code());
     for s in [head.schema, head.table] {
         // Identifiers are at most 63 bytes in PostgreSQL; clamp rather than fail.
         let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
@@ -161,7 +125,7 @@ fn parse_envelope_head(json: &[u8]) -> Result<(Lsn, u64, Op, String, String), St
         .ok_or_else(|| bad("op"))?;
     let op = std::str::from_utf8(&rest[..end])
         .ok()
-        .and_then(op_from_name)
+        .and_then(Op::from_name)
         .ok_or_else(|| bad("op"))?;
     let rest = rest[end..]
         .strip_prefix(b"\",\"schema\":")
@@ -242,7 +206,7 @@ pub fn parse_body(body: &[u8]) -> Result<(Head<'_>, usize), String> {
     let commit_lsn = Lsn(u64_at(0)?);
     let ordinal = u64_at(8)?;
     let commit_ts_micros = u64_at(16)? as i64;
-    let op = op_from_code(*body.get(24).ok_or_else(short)?)
+    let op = Op::from_code(*body.get(24).ok_or_else(short)?)
         .ok_or_else(|| "unknown op code".to_string())?;
     let mut pos = 25;
     let mut text = || -> Result<&str, String> {

@@ -82,6 +82,39 @@ impl Running {
             .unwrap();
     }
 
+    /// Appends `n` one-record transactions from a thread of its own (it blocks while the
+    /// writer waits on the budget).
+    fn feed(&self, n: u64) -> std::thread::JoinHandle<()> {
+        let tx = self.tx.clone().unwrap();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                let mut bytes = Vec::new();
+                frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
+                let a = Append {
+                    bytes,
+                    framed: Some(1),
+                    commit: Some(Lsn(100 + i)),
+                    ack: None,
+                };
+                tx.blocking_send(a).unwrap();
+            }
+        })
+    }
+
+    /// Waits until the writer holds back on the disk budget.
+    fn wait_paused(&self, deadline: std::time::Instant) {
+        while !self.log.paused() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never paused: {} bytes, next {}, first {}",
+                self.log.bytes(),
+                self.log.next_offset(),
+                self.log.first()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn close(mut self) {
         drop(self.tx.take());
         self.thread.take().unwrap().join().unwrap().unwrap();
@@ -247,32 +280,10 @@ fn pause_policy_waits_for_the_slow_cursor() {
     c.max_bytes = Some(20_000);
     let (run, _) = Running::open(c);
     let (slow, _) = run.log.cursors().register("slow", 0).unwrap();
-    let tx = run.tx.clone().unwrap();
-    let feeder = std::thread::spawn(move || {
-        for i in 0..300u64 {
-            let mut bytes = Vec::new();
-            frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
-            let a = Append {
-                bytes,
-                framed: Some(1),
-                commit: Some(Lsn(100 + i)),
-                ack: None,
-            };
-            tx.blocking_send(a).unwrap();
-        }
-    });
+    let feeder = run.feed(300);
     // Three times the budget, so the budget is crossed well before the last append.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !run.log.paused() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never paused: {} bytes, next {}, first {}",
-            run.log.bytes(),
-            run.log.next_offset(),
-            run.log.first()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run.wait_paused(deadline);
     let stalled = run.log.next_offset();
     assert!(stalled < 300);
     // The sink catches up: the writer resumes and everything arrives.
@@ -296,32 +307,10 @@ fn shed_policy_sheds_none_of_the_sinks_that_catch_up_within_the_grace() {
     c.shed_after = Duration::from_secs(30);
     let (run, _) = Running::open(c);
     let (busy, _) = run.log.cursors().register("busy", 0).unwrap();
-    let tx = run.tx.clone().unwrap();
-    let feeder = std::thread::spawn(move || {
-        for i in 0..600u64 {
-            let mut bytes = Vec::new();
-            frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
-            let a = Append {
-                bytes,
-                framed: Some(1),
-                commit: Some(Lsn(100 + i)),
-                ack: None,
-            };
-            tx.blocking_send(a).unwrap();
-        }
-    });
+    let feeder = run.feed(600);
     // A burst past the budget: the source waits instead of shedding the sink at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !run.log.paused() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never waited: {} bytes, next {}, first {}",
-            run.log.bytes(),
-            run.log.next_offset(),
-            run.log.first()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run.wait_paused(deadline);
     assert!(!busy.is_shed());
     while run.log.next_offset() < 600 {
         assert!(std::time::Instant::now() < deadline, "never resumed");

@@ -643,7 +643,7 @@ struct SpillEntry<'a> {
 impl SpillEntry<'_> {
     fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
         w.write_all(&self.subxid.to_le_bytes())?;
-        w.write_all(&[op_code(self.op)])?;
+        w.write_all(&[self.op.code()])?;
         w.write_all(&self.lsn.0.to_le_bytes())?;
         put_bytes(w, Some(self.schema.as_bytes()))?;
         put_bytes(w, Some(self.table.as_bytes()))?;
@@ -663,17 +663,6 @@ impl SpillEntry<'_> {
                 put_bytes(w, Some(&m.content))
             }
         }
-    }
-}
-
-fn op_code(op: Op) -> u8 {
-    match op {
-        Op::Insert => 0,
-        Op::Update => 1,
-        Op::Delete => 2,
-        Op::Truncate => 3,
-        Op::Read => 4,
-        Op::Message => 5,
     }
 }
 
@@ -742,14 +731,8 @@ impl Replay {
             if self.aborted.contains(&subxid) {
                 continue;
             }
-            let op = match op {
-                0 => Op::Insert,
-                1 => Op::Update,
-                2 => Op::Delete,
-                3 => Op::Truncate,
-                4 => Op::Read,
-                _ => Op::Message,
-            };
+            // Written by `SpillEntry::write` from `Op::code`.
+            let op = Op::from_code(op).unwrap_or(Op::Message);
             self.ordinal += 1;
             return Ok(Some(ChangeRecord {
                 id: ChangeId {

@@ -40,18 +40,6 @@ fn matches(list: &[String], schema: &str, table: &str) -> bool {
         })
 }
 
-fn parse_op(s: &str) -> Option<Op> {
-    Some(match s {
-        "insert" => Op::Insert,
-        "update" => Op::Update,
-        "delete" => Op::Delete,
-        "truncate" => Op::Truncate,
-        "read" => Op::Read,
-        "message" => Op::Message,
-        _ => return None,
-    })
-}
-
 /// Events are written as text/event-stream by hand: a batch of records becomes one
 /// write (one frame to the client) instead of one per event.
 fn error_event(data: serde_json::Value) -> Bytes {
@@ -123,7 +111,7 @@ pub(crate) async fn events(
         .unwrap_or_default();
     let mut ops = BTreeSet::new();
     for o in q.get("ops").map(|o| o.split(',')).into_iter().flatten() {
-        match parse_op(o) {
+        match Op::from_name(o) {
             Some(op) => {
                 ops.insert(op as u8);
             }

@@ -111,7 +111,7 @@ impl LogOutput {
         self.key.push('.');
         self.key.push_str(&record.table);
         // One lookup per record; labels are built once per table and op.
-        let slot = frame::op_code(record.op) as usize;
+        let slot = record.op.code() as usize;
         let counters = match self.changes.get_mut(self.key.as_str()) {
             Some(c) => c,
             None => self.changes.entry(self.key.clone()).or_default(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_testkit::RedisServer;
-use support::recovery::{current_wal_lsn, lsn, Rng};
+use support::recovery::{current_wal_lsn, lsn, table_json, Rng};
 use support::workload::Writer;
 use support::{wait_until, PgServer, Pipeline, WAIT};
 
@@ -36,13 +36,8 @@ fn redis_sink(p: &Pipeline, redis: &RedisServer, tables: &str) {
 
 /// The table as id → row JSON.
 fn table_rows(pg: &PgServer, table: &str) -> BTreeMap<i64, Value> {
-    let text = pg
-        .psql(&format!(
-            "SELECT coalesce(json_agg(x ORDER BY x.id), '[]') FROM public.{table} x"
-        ))
-        .unwrap();
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
-    rows.into_iter()
+    table_json(pg, table)
+        .into_iter()
         .map(|r| (r["id"].as_i64().unwrap(), r))
         .collect()
 }

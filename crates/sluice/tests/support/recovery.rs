@@ -91,15 +91,20 @@ pub fn wait_slot_inactive(pg: &PgServer, pipeline: &str) {
     .unwrap();
 }
 
-/// A table as the final per-key state `replay` produces: `public.T:{"id":N}` → row.
-pub fn table_state(pg: &PgServer, table: &str) -> BTreeMap<String, Value> {
+/// The rows of `public.{table}` as JSON objects, by `id`.
+pub fn table_json(pg: &PgServer, table: &str) -> Vec<Value> {
     let text = pg
         .psql(&format!(
             "SELECT coalesce(json_agg(x ORDER BY x.id), '[]') FROM public.{table} x"
         ))
         .unwrap();
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
-    rows.into_iter()
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A table as the final per-key state `replay` produces: `public.T:{"id":N}` → row.
+pub fn table_state(pg: &PgServer, table: &str) -> BTreeMap<String, Value> {
+    table_json(pg, table)
+        .into_iter()
         .map(|r| (format!("public.{table}:{}", json!({"id": r["id"]})), r))
         .collect()
 }
