@@ -98,14 +98,15 @@ impl CursorStore {
     }
 
     /// The cursor of sink `name`, starting at `first` if it has none yet. Also returns the
-    /// offset where it was shed in an earlier run, if it was (the mark is cleared: the
-    /// caller re-backfills).
+    /// offset where it was shed in an earlier run, if it was. The mark stays until
+    /// [`Self::clear_shed`]: the caller clears it once the re-backfill is requested
+    /// durably, so a crash in between requests it again instead of never.
     pub fn register(&self, name: &str, first: u64) -> Result<(Arc<Cursor>, Option<u64>), LogError> {
         let stored = self.stored()?.get(name).copied();
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let shed = {
-            let mut t = tx.open_table(SHED).map_err(|e| self.err(e))?;
-            let v = t.remove(name).map_err(|e| self.err(e))?.map(|v| v.value());
+            let t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+            let v = t.get(name).map_err(|e| self.err(e))?.map(|v| v.value());
             v
         };
         // A shed sink restarts from the present; one new to the log from its start.
@@ -131,15 +132,14 @@ impl CursorStore {
         Ok((cursor, shed))
     }
 
-    /// Whether sink `name` is marked shed from an earlier run (before [`Self::register`]
-    /// clears the mark).
-    pub fn was_shed(&self, name: &str) -> bool {
-        (|| -> Result<bool, LogError> {
-            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-            let t = tx.open_table(SHED).map_err(|e| self.err(e))?;
-            Ok(t.get(name).map_err(|e| self.err(e))?.is_some())
-        })()
-        .unwrap_or(false)
+    /// Removes the shed mark of sink `name` (its re-backfill is requested).
+    pub fn clear_shed(&self, name: &str) -> Result<(), LogError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+            t.remove(name).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Forgets cursors of sinks no longer configured, so they stop holding the log.

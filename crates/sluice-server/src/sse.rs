@@ -48,14 +48,17 @@ fn error_event(data: serde_json::Value) -> Bytes {
 
 /// Appends one `id:`/`data:` event. The record is one line of JSON (no raw newlines).
 fn push_event(out: &mut Vec<u8>, offset: u64, json: &[u8]) {
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(offset.to_string().as_bytes());
-    out.extend_from_slice(b"\ndata: ");
+    use std::io::Write as _;
+    let _ = write!(out, "id: {offset}\ndata: ");
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
 }
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Bytes of records read per batch; with `SseOptions::buffer` batches queued, this bounds
+/// what a client that stopped reading holds in memory until it is cut off.
+const BATCH_BYTES: usize = 256 << 10;
 
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
@@ -113,7 +116,7 @@ pub(crate) async fn events(
     for o in q.get("ops").map(|o| o.split(',')).into_iter().flatten() {
         match Op::from_name(o) {
             Some(op) => {
-                ops.insert(op as u8);
+                ops.insert(op.code());
             }
             None => return bad(format!("ops: unknown op {o:?}\n")),
         }
@@ -179,10 +182,10 @@ async fn feed(
             }
         }
         batch.clear();
-        let read = reader.read(&mut batch, 1000, 1 << 20, &mut |op, s, t| {
+        let read = reader.read(&mut batch, 1000, BATCH_BYTES, &mut |op, s, t| {
             matches(&options.tables, s, t)
                 && matches(&tables, s, t)
-                && (ops.is_empty() || ops.contains(&(op as u8)))
+                && (ops.is_empty() || ops.contains(&op.code()))
         });
         if let Err(e) = read {
             let _ = tx

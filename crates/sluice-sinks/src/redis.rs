@@ -267,7 +267,12 @@ fn text(v: &Value) -> String {
 
 /// The fixed-width, comparable form of an id (ordinals can widen in the text form).
 fn version(r: &Record<'_>) -> String {
-    format!("{:016X}{:016X}", r.id.commit_lsn.0, r.id.ordinal)
+    fence(r.id.commit_lsn.0, r.id.ordinal)
+}
+
+/// What the scripts compare: commit LSN and ordinal, each as 16 hex digits.
+fn fence(commit_lsn: u64, ordinal: u64) -> String {
+    format!("{commit_lsn:016X}{ordinal:016X}")
 }
 
 impl RedisSink {
@@ -551,7 +556,8 @@ impl Sink for RedisSink {
         if let Some((tables, below)) = self.options.reset.clone() {
             for (schema, table) in &tables {
                 let ids = self.ids_key(schema, table);
-                let v = format!("{:016X}{:016X}", below.0, u64::MAX);
+                // After every change of the commit at `below`: all of the log so far.
+                let v = fence(below.0, u64::MAX);
                 self.truncate
                     .key(&ids)
                     .arg(&v)

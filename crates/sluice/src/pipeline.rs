@@ -246,6 +246,7 @@ pub async fn run_pipeline(
     let mut threads = Vec::new();
     let mut stats = Vec::new();
     let mut rebackfill = Vec::new();
+    let mut shed_sinks = Vec::new();
     for s in &config.sinks {
         let name = s.name().to_owned();
         let filter = TableFilter::new(s.tables());
@@ -257,54 +258,27 @@ pub async fn run_pipeline(
             },
             max_bytes: 4 << 20,
         };
-        let mut start = |sink: AnySink| -> anyhow::Result<()> {
-            let (cursor, shed) = log.cursors().register(&name, log.first())?;
-            if let Some(at) = shed {
-                warn!(sink = %name, shed_at = at, "sink was shed by the disk budget; it resumes at the log's start and its tables are backfilled");
-                rebackfill.extend(sink_tables(s, &captured));
-            }
-            let st = Arc::new(SinkStats::default());
-            stats.push((name.clone(), cursor.clone(), st.clone()));
-            let fut = sluice_sinks::run(
-                name.clone(),
-                sink,
-                log.clone(),
-                cursor,
-                filter.clone(),
-                sink_options.clone(),
-                st,
-                drain.clone(),
-                abort.clone(),
-            );
-            let (failure, stop) = (failure.clone(), cancel.clone());
-            let name2 = name.clone();
-            threads.push(spawn_thread(format!("sink-{name}"), async move {
-                let r = fut.await.map_err(|e| e.to_string());
-                if let Err(e) = &r {
-                    error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
-                    failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert(e.clone());
-                    stop.cancel();
-                }
-                r
-            })?);
-            Ok(())
-        };
-        match s {
+        if matches!(s, SinkConfig::Sse { .. }) {
+            continue; // served by the HTTP server, one reader per client
+        }
+        let (cursor, shed) = log.cursors().register(&name, log.first())?;
+        if let Some(at) = shed {
+            warn!(sink = %name, shed_at = at, "sink was shed by the disk budget; it resumes at the log's start and its tables are backfilled");
+            rebackfill.extend(sink_tables(s, &captured));
+            shed_sinks.push(name.clone());
+        }
+        let sink = match s {
             SinkConfig::File { path, .. } => {
                 let path = if path.is_absolute() {
                     path.clone()
                 } else {
                     base.join(path)
                 };
-                let sink = LineSink::file(&path).map_err(|e| {
+                AnySink::Lines(LineSink::file(&path).map_err(|e| {
                     anyhow::anyhow!("sink {name:?}: cannot open {}: {e}", path.display())
-                })?;
-                start(AnySink::Lines(sink))?;
+                })?)
             }
-            SinkConfig::Stdout { .. } => start(AnySink::Lines(LineSink::stdout()))?,
+            SinkConfig::Stdout { .. } => AnySink::Lines(LineSink::stdout()),
             SinkConfig::Redis {
                 url,
                 format,
@@ -312,8 +286,8 @@ pub async fn run_pipeline(
                 key_template,
                 ttl_secs,
                 ..
-            } => {
-                let sink = sluice_sinks::redis::RedisSink::new(sluice_sinks::redis::RedisOptions {
+            } => AnySink::Redis(Box::new(sluice_sinks::redis::RedisSink::new(
+                sluice_sinks::redis::RedisOptions {
                     url: url.clone(),
                     prefix: prefix.clone(),
                     key_template: key_template.clone(),
@@ -321,7 +295,7 @@ pub async fn run_pipeline(
                     ttl_secs: *ttl_secs,
                     db: spec.conninfo.dbname.clone(),
                     // A shed cache starts over: its tables are cleared, then backfilled.
-                    reset: log.cursors().was_shed(&name).then(|| {
+                    reset: shed.map(|_| {
                         let tables = sink_tables(s, &captured)
                             .iter()
                             .map(|t| {
@@ -331,12 +305,41 @@ pub async fn run_pipeline(
                             .collect();
                         (tables, last)
                     }),
-                });
-                start(AnySink::Redis(Box::new(sink)))?;
+                },
+            ))),
+            SinkConfig::Sse { .. } => unreachable!("skipped above"),
+        };
+        let st = Arc::new(SinkStats::default());
+        stats.push((name.clone(), cursor.clone(), st.clone()));
+        let fut = sluice_sinks::run(
+            name.clone(),
+            sink,
+            log.clone(),
+            cursor,
+            filter,
+            sink_options,
+            st,
+            drain.clone(),
+            abort.clone(),
+        );
+        let (failure, stop) = (failure.clone(), cancel.clone());
+        let name2 = name.clone();
+        threads.push(spawn_thread(format!("sink-{name}"), async move {
+            let r = fut.await.map_err(|e| e.to_string());
+            if let Err(e) = &r {
+                error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
+                failure
+                    .lock()
+                    .expect("failure lock")
+                    .get_or_insert(e.clone());
+                stop.cancel();
             }
-            SinkConfig::Sse { .. } => {}
-        }
+            r
+        })?);
     }
+    // Tables shared by several shed sinks are backfilled once.
+    rebackfill.sort();
+    rebackfill.dedup();
     for t in &rebackfill {
         let r = catalog::TableRef::parse(t);
         let req = sluice_pg::backfill::BackfillRequest {
@@ -350,6 +353,10 @@ pub async fn run_pipeline(
         ))
         .await?;
         info!(table = %t, "backfill requested for a sink that was shed");
+    }
+    // The requests are in the WAL now: the marks may go.
+    for name in &shed_sinks {
+        log.cursors().clear_shed(name)?;
     }
     conn.close().await;
     // Cursors are persisted together, a few times a second: a crash re-delivers at most
@@ -427,7 +434,8 @@ pub async fn run_pipeline(
                         sluice_server::SseOptions {
                             tables: tables.clone(),
                             slow_client_timeout: Duration::from_secs(*slow_client_timeout_secs),
-                            buffer: 16,
+                            // 4 batches of ≤ 256 KiB: about 1 MiB per client at most.
+                            buffer: 4,
                         },
                     )),
                     _ => None,
