@@ -11,9 +11,11 @@
 mod error;
 mod lsn;
 mod record;
+mod stats;
 mod time;
 
 pub use error::ErrorClass;
 pub use lsn::{ChangeId, Lsn, ParseError};
 pub use record::{push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op};
+pub use stats::SinkStats;
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

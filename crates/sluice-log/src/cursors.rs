@@ -74,6 +74,13 @@ impl CursorStore {
         Ok(store)
     }
 
+    /// The database the cursors live in. Sink state that must survive with them (the
+    /// delivery engine's waiting room and dead letters) keeps its own tables here, so
+    /// the pipeline has one state file for its sinks.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> LogError {
         LogError::State(format!("{}: {e}", self.path))
     }

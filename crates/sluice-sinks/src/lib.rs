@@ -13,7 +13,8 @@ pub mod file;
 pub mod redis;
 mod runner;
 
-pub use runner::{run, RunOptions, SinkStats, TableFilter};
+pub use runner::{run, RunOptions, TableFilter};
+pub use sluice_core::SinkStats;
 
 use sluice_log::RecordBatch;
 

@@ -3,11 +3,11 @@
 //! then move the cursor. On `drain` it delivers what the log holds and returns.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::Op;
+use sluice_core::{Op, SinkStats};
 use sluice_log::{Cursor, Log, LogError, Reader, RecordBatch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -52,15 +52,6 @@ impl TableFilter {
                 && t.ends_with(table)
         })
     }
-}
-
-/// Figures a sink publishes for metrics.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    /// Commit time (µs) of the last record acknowledged, 0 if none yet.
-    pub last_commit_ts: AtomicI64,
-    pub delivered: AtomicU64,
-    pub failures: AtomicU64,
 }
 
 /// How a sink loop batches.
