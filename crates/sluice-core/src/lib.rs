@@ -16,6 +16,8 @@ mod time;
 
 pub use error::ErrorClass;
 pub use lsn::{ChangeId, Lsn, ParseError};
-pub use record::{push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op};
+pub use record::{
+    push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op, OUTBOX_PREFIX,
+};
 pub use stats::SinkStats;
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

@@ -59,6 +59,9 @@ impl Op {
     ];
 }
 
+/// The prefix `sluice.publish` (the outbox function) writes its logical messages with.
+pub const OUTBOX_PREFIX: &str = "sluice.outbox";
+
 /// A logical decoding message carried by an `op = "message"` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicalMessage {

@@ -14,8 +14,7 @@ use serde_json::value::RawValue;
 use sluice_core::{ChangeId, Op};
 use sluice_log::Record;
 
-/// The prefix `sluice.publish` writes its logical messages with.
-pub const OUTBOX_PREFIX: &str = "sluice.outbox";
+pub use sluice_core::OUTBOX_PREFIX;
 
 /// One record in the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sluice_core::{pg_epoch_to_unix_micros, ChangeId, ChangeRecord, LogicalMessage, Lsn, Op};
+use sluice_core::{
+    pg_epoch_to_unix_micros, ChangeId, ChangeRecord, LogicalMessage, Lsn, Op, OUTBOX_PREFIX,
+};
 
 use crate::error::PgError;
 use crate::pgoutput::{self, Message, OldTuple, TupleData, TupleValue};
@@ -27,6 +29,12 @@ use crate::values::{write_json, write_json_string, TypeKind, TypeRegistry};
 
 /// Columns to leave out, by `schema.table`.
 pub type Exclusions = HashMap<String, BTreeSet<String>>;
+
+#[derive(serde::Deserialize)]
+struct OutboxTopic<'a> {
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+}
 
 /// What the caller must do after handing a message to [`Assembler::handle`].
 #[derive(Debug)]
@@ -289,12 +297,20 @@ impl Assembler {
                     content: content.to_vec(),
                     transactional,
                 };
+                // The log frame names an outbox event's topic (as the table, the prefix as
+                // the schema), so sinks route it by topic without parsing its JSON.
+                let route = (prefix == OUTBOX_PREFIX).then(|| {
+                    let topic = serde_json::from_slice::<OutboxTopic<'_>>(content)
+                        .map(|t| t.topic.into_owned())
+                        .unwrap_or_default();
+                    (Arc::<str>::from(prefix), Arc::<str>::from(topic))
+                });
                 if transactional {
                     self.emit_or_spill(
                         xid,
                         Lsn(lsn),
                         Op::Message,
-                        None,
+                        route,
                         (None, None),
                         None,
                         None,

@@ -1,5 +1,6 @@
-//! The HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and Server-Sent
-//! Events at `GET /v1/sinks/{name}/events` for `type = "sse"` sinks.
+//! The HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus text), Server-Sent
+//! Events at `GET /v1/sinks/{name}/events` for `type = "sse"` sinks, and the waiting
+//! room, dead letters and pull consumers of engine-driven sinks (`delivery.rs`).
 //!
 //! Invariants:
 //! - Endpoints that serve row data require a bearer token whose SHA-256 is configured,
@@ -9,6 +10,7 @@
 //!   disconnected once its buffer stays full, never slowing the pipeline or other clients.
 //! - An event's `id:` is its log offset; `Last-Event-ID: n` resumes at offset n + 1.
 
+mod delivery;
 mod sse;
 
 use std::collections::HashMap;
@@ -18,13 +20,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sluice_log::Log;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use delivery::parse_duration;
 pub use sse::SseOptions;
 
 /// Installs the process-wide metrics recorder (once) and returns the handle that renders
@@ -63,6 +66,10 @@ pub struct ServerOptions {
     pub token_hashes: Option<Vec<String>>,
     /// SSE sinks by name.
     pub sse: HashMap<String, SseOptions>,
+    /// Waiting rooms of engine-driven sinks (webhook, pull) by name.
+    pub delivery: HashMap<String, sluice_delivery::Control>,
+    /// Pull sinks' queues by name.
+    pub pull: HashMap<String, Arc<sluice_sinks::pull::PullQueue>>,
     /// Why the pipeline is not ready, if it is not.
     pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Called before rendering `/metrics`, to refresh gauges.
@@ -131,6 +138,21 @@ pub async fn bind(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sinks/{name}/events", get(sse::events))
+        .route("/v1/sinks/{name}/parked", get(delivery::parked))
+        .route(
+            "/v1/sinks/{name}/parked/records",
+            get(delivery::parked_records),
+        )
+        .route("/v1/sinks/{name}/parked/redrive", post(delivery::redrive))
+        .route("/v1/sinks/{name}/parked/skip", post(delivery::skip))
+        .route("/v1/sinks/{name}/dead", get(delivery::dead))
+        .route(
+            "/v1/sinks/{name}/dead/redrive",
+            post(delivery::redrive_dead),
+        )
+        .route("/v1/sinks/{name}/receive", post(delivery::receive))
+        .route("/v1/sinks/{name}/ack", post(delivery::ack))
+        .route("/v1/sinks/{name}/nack", post(delivery::nack))
         .with_state(state);
     info!(%addr, "server: listening");
     // Events are small writes: without NODELAY, Nagle's algorithm holds each one back

@@ -10,8 +10,10 @@
 //! - A sink shed by the log's disk budget stops; the next start re-backfills it.
 
 pub mod file;
+pub mod pull;
 pub mod redis;
 mod runner;
+pub mod webhook;
 
 pub use runner::{run, RunOptions, TableFilter};
 pub use sluice_core::SinkStats;

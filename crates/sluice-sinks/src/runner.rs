@@ -19,6 +19,8 @@ use crate::{Sink, SinkError};
 pub struct TableFilter {
     tables: BTreeSet<String>,
     schemas: BTreeSet<String>,
+    /// Outbox topics taken (empty: every logical message, if no tables are listed).
+    topics: sluice_delivery::Topics,
 }
 
 impl TableFilter {
@@ -34,12 +36,25 @@ impl TableFilter {
         f
     }
 
+    /// A sink of outbox events: `sluice.publish` messages of these topics, and the
+    /// listed tables (Debezium-layout outboxes, or plain tables). Topics only: no rows.
+    pub fn with_topics(entries: &[String], topics: &[String]) -> TableFilter {
+        let mut f = TableFilter::new(entries);
+        f.topics = sluice_delivery::Topics::new(topics);
+        f
+    }
+
     pub fn accepts(&self, op: Op, schema: &str, table: &str) -> bool {
-        if self.tables.is_empty() && self.schemas.is_empty() {
-            return true;
-        }
+        let no_tables = self.tables.is_empty() && self.schemas.is_empty();
         if op == Op::Message {
-            return false;
+            // An outbox message's frame carries its prefix and topic as schema and table.
+            if !self.topics.is_empty() {
+                return schema == sluice_delivery::OUTBOX_PREFIX && self.topics.matches(table);
+            }
+            return no_tables;
+        }
+        if no_tables {
+            return self.topics.is_empty();
         }
         if self.schemas.contains(schema) {
             return true;
@@ -181,5 +196,13 @@ mod tests {
         assert!(!f.accepts(Op::Insert, "publi", "c.orders"));
         assert!(f.accepts(Op::Delete, "audit", "x"));
         assert!(!f.accepts(Op::Message, "", ""));
+        let events = TableFilter::with_topics(&[], &["billing".into()]);
+        assert!(events.accepts(Op::Message, "sluice.outbox", "billing"));
+        assert!(!events.accepts(Op::Message, "sluice.outbox", "other"));
+        assert!(!events.accepts(Op::Message, "app", "billing"));
+        assert!(!events.accepts(Op::Insert, "public", "a"));
+        let both = TableFilter::with_topics(&["public.outbox".into()], &["order*".into()]);
+        assert!(both.accepts(Op::Insert, "public", "outbox"));
+        assert!(both.accepts(Op::Message, "sluice.outbox", "orders"));
     }
 }

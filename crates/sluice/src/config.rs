@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::config_delivery::DeliverySection;
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +254,78 @@ pub enum SinkConfig {
         #[serde(default = "default_slow_client")]
         slow_client_timeout_secs: u64,
     },
+    /// Records POSTed as JSON to a URL, with Standard Webhooks signatures, per-key order,
+    /// retries and the waiting room.
+    Webhook {
+        /// Unique name of the sink within the pipeline.
+        name: String,
+        /// Where records go (unless `urls` names their table or topic).
+        #[serde(default)]
+        url: String,
+        /// URLs by `schema.table` or outbox topic.
+        #[serde(default)]
+        urls: BTreeMap<String, String>,
+        /// Tables this sink takes (default: all, unless `topics` is set).
+        #[serde(default)]
+        tables: Vec<String>,
+        /// Outbox topics this sink takes (`name` or `prefix*`).
+        #[serde(default)]
+        topics: Vec<String>,
+        /// Debezium-layout outbox tables (aggregatetype, aggregateid, type, payload):
+        /// their inserts are routed as events (topic from aggregatetype, key from
+        /// aggregateid).
+        #[serde(default)]
+        outbox_tables: Vec<String>,
+        /// Signing secret, `whsec_<base64>`; better given through `secret_env`.
+        #[serde(default)]
+        secret: Option<String>,
+        /// Environment variable that holds the signing secret.
+        #[serde(default)]
+        secret_env: Option<String>,
+        /// Extra request headers.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Seconds a request may take.
+        #[serde(default = "default_webhook_timeout")]
+        timeout_secs: u64,
+        /// Records per request: 1 (default) posts one JSON object, more post an array.
+        #[serde(default = "default_webhook_batch")]
+        batch: usize,
+        /// Retry 4xx answers (other than 408 and 429, always retried) instead of
+        /// dead-lettering them.
+        #[serde(default)]
+        retry_4xx: bool,
+        /// Concurrency, rate and retries.
+        #[serde(default)]
+        delivery: DeliverySection,
+    },
+    /// Records pulled over HTTP by consumers (`POST /v1/sinks/<name>/receive`, `ack`,
+    /// `nack`), with per-key order across competing consumers.
+    Pull {
+        /// Unique name of the sink within the pipeline (the URL path).
+        name: String,
+        /// Tables this sink takes (default: all, unless `topics` is set).
+        #[serde(default)]
+        tables: Vec<String>,
+        /// Outbox topics this sink takes.
+        #[serde(default)]
+        topics: Vec<String>,
+        /// Debezium-layout outbox tables routed as events.
+        #[serde(default)]
+        outbox_tables: Vec<String>,
+        /// Records on offer at once, retries, and the waiting room (`concurrency` is the
+        /// number of records consumers may hold at once).
+        #[serde(default)]
+        delivery: DeliverySection,
+    },
+}
+
+fn default_webhook_timeout() -> u64 {
+    10
+}
+
+fn default_webhook_batch() -> usize {
+    1
 }
 
 fn default_key_template() -> String {
@@ -272,7 +346,9 @@ impl SinkConfig {
             SinkConfig::File { name, .. }
             | SinkConfig::Stdout { name, .. }
             | SinkConfig::Redis { name, .. }
-            | SinkConfig::Sse { name, .. } => name,
+            | SinkConfig::Sse { name, .. }
+            | SinkConfig::Webhook { name, .. }
+            | SinkConfig::Pull { name, .. } => name,
         }
     }
 
@@ -281,7 +357,28 @@ impl SinkConfig {
             SinkConfig::File { tables, .. }
             | SinkConfig::Stdout { tables, .. }
             | SinkConfig::Redis { tables, .. }
-            | SinkConfig::Sse { tables, .. } => tables,
+            | SinkConfig::Sse { tables, .. }
+            | SinkConfig::Webhook { tables, .. }
+            | SinkConfig::Pull { tables, .. } => tables,
+        }
+    }
+
+    /// Outbox topics, outbox tables and delivery settings of engine-driven sinks.
+    pub fn events(&self) -> Option<(&[String], &[String], &DeliverySection)> {
+        match self {
+            SinkConfig::Webhook {
+                topics,
+                outbox_tables,
+                delivery,
+                ..
+            }
+            | SinkConfig::Pull {
+                topics,
+                outbox_tables,
+                delivery,
+                ..
+            } => Some((topics, outbox_tables, delivery)),
+            _ => None,
         }
     }
 }
@@ -405,6 +502,54 @@ impl Config {
                     ));
                 }
             }
+            if let Some((_, outbox_tables, delivery)) = s.events() {
+                delivery.validate(s.name(), &mut errs);
+                for t in outbox_tables {
+                    if !self.covers(t) {
+                        errs.push(format!(
+                            "sink {:?}: outbox table {t:?} is not among source.tables",
+                            s.name()
+                        ));
+                    }
+                }
+            }
+            if let SinkConfig::Webhook {
+                name,
+                url,
+                urls,
+                batch,
+                secret,
+                secret_env,
+                ..
+            } = s
+            {
+                if url.is_empty() && urls.is_empty() {
+                    errs.push(format!(
+                        "sink {name:?}: set url = \"https://...\" (or urls per table or topic)"
+                    ));
+                }
+                for u in std::iter::once(url)
+                    .chain(urls.values())
+                    .filter(|u| !u.is_empty())
+                {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        errs.push(format!(
+                            "sink {name:?}: url {u:?} must start with http:// or https://"
+                        ));
+                    }
+                }
+                if *batch == 0 {
+                    errs.push(format!("sink {name:?}: batch must be at least 1"));
+                }
+                if secret.is_some() && secret_env.is_some() {
+                    errs.push(format!("sink {name:?}: set secret or secret_env, not both"));
+                }
+                if let Some(s) = secret {
+                    if let Err(e) = sluice_sinks::webhook::secret_key(s) {
+                        errs.push(format!("sink {name:?}: {e}"));
+                    }
+                }
+            }
             if let SinkConfig::File { path, name, .. } = s {
                 if !paths.insert(path) {
                     errs.push(format!(
@@ -470,7 +615,7 @@ impl Config {
         self.server.clone().or_else(|| {
             self.sinks
                 .iter()
-                .any(|s| matches!(s, SinkConfig::Sse { .. }))
+                .any(|s| matches!(s, SinkConfig::Sse { .. } | SinkConfig::Pull { .. }))
                 .then(|| ServerSection {
                     listen: default_listen(),
                     auth: Auth::Token,

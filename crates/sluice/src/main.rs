@@ -6,8 +6,10 @@
 
 mod commands;
 mod config;
+mod config_delivery;
 mod demo;
 mod metrics;
+mod operate;
 mod output;
 mod pipeline;
 mod progress;
@@ -75,6 +77,49 @@ enum Command {
     },
     /// Print a new bearer token for the HTTP server and the hash to configure.
     Token,
+    /// The transactional outbox: `install` creates the sluice.publish(...) SQL function.
+    Outbox {
+        #[arg(value_parser = ["install"])]
+        action: String,
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// A webhook or pull sink's waiting room on the running pipeline: list, redrive or
+    /// skip (into the dead letters) parked keys.
+    Parked {
+        #[arg(value_enum)]
+        action: operate::Action,
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// A key, as `parked list` shows it (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// Every parked key.
+        #[arg(long)]
+        all: bool,
+        /// A bearer token of the HTTP server.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// A webhook or pull sink's dead letters on the running pipeline: list or redrive.
+    Dead {
+        #[arg(value_enum)]
+        action: operate::Action,
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+        /// A dead letter's log offset, as `dead list` shows it (repeatable).
+        #[arg(long = "offset")]
+        offsets: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Start a throw-away PostgreSQL, write to a demo table, and stream the changes to stdout.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -120,6 +165,23 @@ fn main() -> std::process::ExitCode {
             } => commands::backfill(&config, &table, filter).await,
             Command::Demo { seconds } => demo::run(seconds).await,
             Command::Token => commands::token(),
+            Command::Outbox { config, .. } => operate::outbox_install(&config).await,
+            Command::Parked {
+                action,
+                config,
+                sink,
+                keys,
+                all,
+                token,
+            } => operate::parked(&config, &sink, action, &keys, all, token.as_deref()).await,
+            Command::Dead {
+                action,
+                config,
+                sink,
+                offsets,
+                all,
+                token,
+            } => operate::dead(&config, &sink, action, &offsets, all, token.as_deref()).await,
         }
     });
     match result {

@@ -163,6 +163,15 @@ impl sluice_sinks::Sink for AnySink {
     }
 }
 
+/// A target chosen at start-up (webhook or pull).
+struct DynTarget(Arc<dyn sluice_delivery::Target>);
+
+impl sluice_delivery::Target for DynTarget {
+    fn deliver(&self, items: Vec<Arc<sluice_delivery::Item>>) -> sluice_delivery::Delivery {
+        self.0.deliver(items)
+    }
+}
+
 fn spawn_thread(
     name: String,
     f: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
@@ -240,6 +249,7 @@ pub async fn run_pipeline(
         .map(|s| s.name())
         .collect();
     log.cursors().retain(&durable)?;
+    sluice_delivery::Store::retain(log.cursors(), &durable)?;
     let drain = CancellationToken::new();
     let abort = CancellationToken::new();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
@@ -247,6 +257,8 @@ pub async fn run_pipeline(
     let mut stats = Vec::new();
     let mut rebackfill = Vec::new();
     let mut shed_sinks = Vec::new();
+    let mut controls = std::collections::HashMap::new();
+    let mut pulls = std::collections::HashMap::new();
     for s in &config.sinks {
         let name = s.name().to_owned();
         let filter = TableFilter::new(s.tables());
@@ -266,6 +278,94 @@ pub async fn run_pipeline(
             warn!(sink = %name, shed_at = at, "sink was shed by the disk budget; it resumes at the log's start and its tables are backfilled");
             rebackfill.extend(sink_tables(s, &captured));
             shed_sinks.push(name.clone());
+        }
+        if let Some((topics, outbox_tables, delivery)) = s.events() {
+            let st = Arc::new(SinkStats::default());
+            stats.push((name.clone(), cursor.clone(), st.clone()));
+            let store = sluice_delivery::Store::open(log.cursors().clone(), &name)?;
+            let (control, commands) = sluice_delivery::control(store.clone());
+            controls.insert(name.clone(), control);
+            let mut tables = s.tables().to_vec();
+            tables.extend(outbox_tables.iter().cloned());
+            let filter = TableFilter::with_topics(&tables, topics);
+            let (target, batch): (Arc<dyn sluice_delivery::Target>, usize) = match s {
+                SinkConfig::Webhook {
+                    url,
+                    urls,
+                    secret,
+                    secret_env,
+                    headers,
+                    timeout_secs,
+                    batch,
+                    retry_4xx,
+                    ..
+                } => {
+                    let secret = match secret_env {
+                        Some(var) => Some(std::env::var(var).map_err(|_| {
+                            anyhow::anyhow!(
+                                "sink {name:?}: secret_env {var:?} is not set in the environment"
+                            )
+                        })?),
+                        None => secret.clone(),
+                    };
+                    let hook = sluice_sinks::webhook::Webhook::new(
+                        sluice_sinks::webhook::WebhookOptions {
+                            url: url.clone(),
+                            urls: urls.clone(),
+                            secret,
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
+                            timeout: Duration::from_secs(*timeout_secs),
+                            array: *batch > 1,
+                            retry_4xx: *retry_4xx,
+                        },
+                    )
+                    .map_err(|e| anyhow::anyhow!("sink {name:?}: {e}"))?;
+                    (Arc::new(hook), *batch)
+                }
+                _ => {
+                    let queue = sluice_sinks::pull::PullQueue::new();
+                    pulls.insert(name.clone(), queue.clone());
+                    (Arc::new(sluice_sinks::pull::PullTarget(queue)), 1)
+                }
+            };
+            let engine = sluice_delivery::EngineConfig {
+                name: name.clone(),
+                policy: delivery.policy(batch),
+                items: sluice_delivery::ItemOptions {
+                    outbox_tables: outbox_tables.to_vec(),
+                },
+                topics: sluice_delivery::Topics::new(topics),
+            };
+            let fut = sluice_delivery::run(
+                engine,
+                Arc::new(DynTarget(target)),
+                log.clone(),
+                cursor,
+                store,
+                move |op, sc, t| filter.accepts(op, sc, t),
+                st,
+                commands,
+                drain.clone(),
+                abort.clone(),
+            );
+            let (failure, stop) = (failure.clone(), cancel.clone());
+            let name2 = name.clone();
+            threads.push(spawn_thread(format!("sink-{name}"), async move {
+                let r = fut.await.map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
+                    failure
+                        .lock()
+                        .expect("failure lock")
+                        .get_or_insert(e.clone());
+                    stop.cancel();
+                }
+                r
+            })?);
+            continue;
         }
         let sink = match s {
             SinkConfig::File { path, .. } => {
@@ -307,7 +407,9 @@ pub async fn run_pipeline(
                     }),
                 },
             ))),
-            SinkConfig::Sse { .. } => unreachable!("skipped above"),
+            SinkConfig::Sse { .. } | SinkConfig::Webhook { .. } | SinkConfig::Pull { .. } => {
+                unreachable!("handled above")
+            }
         };
         let st = Arc::new(SinkStats::default());
         stats.push((name.clone(), cursor.clone(), st.clone()));
@@ -387,7 +489,12 @@ pub async fn run_pipeline(
         publication: spec.publication.clone(),
         exclusions: spec.exclusions.clone(),
         spill_dir: data_dir.join("spill"),
-        messages: config.source.messages,
+        // Outbox events are logical messages.
+        messages: config.source.messages
+            || config
+                .sinks
+                .iter()
+                .any(|s| s.events().is_some_and(|(topics, _, _)| !topics.is_empty())),
         proto_version: config.source.protocol_version,
         status_interval: Duration::from_secs(config.source.status_interval_secs),
         tables: tables
@@ -455,6 +562,8 @@ pub async fn run_pipeline(
                         .collect()
                 }),
                 sse,
+                delivery: std::mem::take(&mut controls),
+                pull: std::mem::take(&mut pulls),
                 readiness: Arc::new(move || {
                     if !ready_status.borrow().streaming {
                         return Err("the source is not streaming".into());

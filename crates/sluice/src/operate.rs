@@ -1,0 +1,212 @@
+//! Commands for operators: `outbox install`, and `parked` / `dead` against the running
+//! pipeline's HTTP API (the pipeline owns its state file, so these never open it).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_pg::{ConnInfo, Connection};
+
+use crate::config::Config;
+
+/// `sluice.publish(...)`: an event written through the WAL with the caller's transaction
+/// (`pg_logical_emit_message(true, ...)`), so it exists if and only if that commits,
+/// and no table grows. SECURITY DEFINER, so callers need no replication privilege.
+pub const PUBLISH_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS sluice;
+CREATE OR REPLACE FUNCTION sluice.publish(
+    topic text,
+    key text,
+    payload jsonb,
+    headers jsonb DEFAULT '{}'::jsonb,
+    deliver_at timestamptz DEFAULT NULL,
+    ttl interval DEFAULT NULL,
+    ordered boolean DEFAULT true
+) RETURNS pg_lsn
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog
+AS $sluice$
+BEGIN
+    IF topic IS NULL OR topic = '' THEN
+        RAISE EXCEPTION 'sluice.publish: topic must not be empty';
+    END IF;
+    RETURN pg_logical_emit_message(true, 'sluice.outbox', jsonb_build_object(
+        'topic', topic,
+        'key', key,
+        'payload', payload,
+        'headers', coalesce(headers, '{}'::jsonb),
+        'deliver_at_ms', (extract(epoch FROM deliver_at) * 1000)::bigint,
+        'ttl_ms', (extract(epoch FROM ttl) * 1000)::bigint,
+        'ordered', coalesce(ordered, true)
+    )::text);
+END
+$sluice$;
+COMMENT ON FUNCTION sluice.publish(text, text, jsonb, jsonb, timestamptz, interval, boolean) IS
+    'Publishes an event to Sluice sinks subscribed to its topic, if and only if the calling transaction commits.';
+"#;
+
+pub async fn outbox_install(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let info = ConnInfo::parse(&config.source.url)?;
+    let mut conn = Connection::connect(&info, false).await?;
+    conn.execute(PUBLISH_SQL).await.map_err(|e| {
+        anyhow::anyhow!("cannot install sluice.publish: {e} (the role needs CREATE on the database, and to be allowed pg_logical_emit_message: a superuser, or a role granted EXECUTE on it)")
+    })?;
+    conn.close().await;
+    println!("installed sluice.publish(topic, key, payload, headers, deliver_at, ttl, ordered)");
+    println!("callers need EXECUTE on it (PUBLIC has it; REVOKE it and GRANT to your application's role to restrict)");
+    if !config
+        .sinks
+        .iter()
+        .any(|s| s.events().is_some_and(|(t, _, _)| !t.is_empty()))
+    {
+        println!(
+            "note: no sink lists topics yet: add topics = [\"...\"] to a webhook or pull sink"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `parked` and `dead` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Action {
+    List,
+    Redrive,
+    Skip,
+}
+
+fn api_base(config: &Config) -> anyhow::Result<String> {
+    let section = config.server_section().ok_or_else(|| {
+        anyhow::anyhow!("the pipeline has no [server]: add one (listen = \"127.0.0.1:7878\") to manage its waiting room")
+    })?;
+    let mut addr: std::net::SocketAddr = section.listen.parse()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("http://{addr}"))
+}
+
+async fn call(
+    config: &Config,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let client = sluice_sinks::webhook::client_builder()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{}{path}", api_base(config)?);
+    let mut req = client.request(method, &url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the pipeline at {url}: {e} (is `sluice run` up?)")
+    })?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let why = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or(v.to_string());
+        anyhow::bail!("{url}: HTTP {status}: {why}");
+    }
+    Ok(v)
+}
+
+fn choice(keys: &[String], all: bool, field: &str) -> anyhow::Result<Value> {
+    if all {
+        return Ok(json!({ "all": true }));
+    }
+    if keys.is_empty() {
+        anyhow::bail!("name what to act on: --key ... (repeatable) or --all");
+    }
+    Ok(match field {
+        "offsets" => {
+            let offs: Result<Vec<u64>, _> = keys.iter().map(|k| k.parse::<u64>()).collect();
+            json!({ "offsets": offs.map_err(|_| anyhow::anyhow!("--offset takes log offsets (numbers), as `sluice dead list` shows"))? })
+        }
+        _ => json!({ field: keys }),
+    })
+}
+
+pub async fn parked(
+    path: &Path,
+    sink: &str,
+    action: Action,
+    keys: &[String],
+    all: bool,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let base = format!("/v1/sinks/{sink}/parked");
+    let v = match action {
+        Action::List => call(&config, token, reqwest::Method::GET, &base, None).await?,
+        Action::Redrive => {
+            let body = choice(keys, all, "keys")?;
+            call(
+                &config,
+                token,
+                reqwest::Method::POST,
+                &format!("{base}/redrive"),
+                Some(body),
+            )
+            .await?
+        }
+        Action::Skip => {
+            let body = choice(keys, all, "keys")?;
+            call(
+                &config,
+                token,
+                reqwest::Method::POST,
+                &format!("{base}/skip"),
+                Some(body),
+            )
+            .await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dead(
+    path: &Path,
+    sink: &str,
+    action: Action,
+    offsets: &[String],
+    all: bool,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let base = format!("/v1/sinks/{sink}/dead");
+    let v = match action {
+        Action::List => call(&config, token, reqwest::Method::GET, &base, None).await?,
+        Action::Redrive => {
+            let body = choice(offsets, all, "offsets")?;
+            call(
+                &config,
+                token,
+                reqwest::Method::POST,
+                &format!("{base}/redrive"),
+                Some(body),
+            )
+            .await?
+        }
+        Action::Skip => {
+            anyhow::bail!("dead letters are redriven or kept; there is nothing to skip")
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
