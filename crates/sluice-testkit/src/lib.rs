@@ -23,6 +23,9 @@
 //! append-only file synced on every write, so a restart keeps the data) and
 //! `nats-server -js`.
 //!
+//! [`WebhookReceiver::start`] is a real HTTP receiver that fails, throttles and stalls
+//! on demand, and logs every request with its answer.
+//!
 //! The binaries come from `$SLUICE_PG_BINDIR`, `pg_config --bindir`, or the newest
 //! `/usr/lib/postgresql/*/bin`; [`pg_bin`] finds other programs (`pg_recvlogical`,
 //! `pgbench`) from the same installation.
@@ -38,6 +41,7 @@ mod bindir;
 mod daemon;
 mod postgres;
 mod process;
+mod receiver;
 mod tls;
 
 use std::net::TcpListener;
@@ -46,6 +50,7 @@ use std::time::{Duration, Instant};
 pub use bindir::{pg_bin, pg_bindir};
 pub use daemon::{NatsServer, RedisServer};
 pub use postgres::{PgServer, PgServerBuilder};
+pub use receiver::{Behaviour, Received, WebhookReceiver};
 
 /// Calls `f` until it returns `Some`, sleeping briefly between calls, and returns that value;
 /// fails with "timed out after ... waiting for {what}" once `timeout` has passed.

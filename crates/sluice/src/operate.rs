@@ -76,11 +76,27 @@ pub enum Action {
     Skip,
 }
 
-fn api_base(config: &Config) -> anyhow::Result<String> {
+fn api_base(config: &Config, base: &Path) -> anyhow::Result<String> {
     let section = config.server_section().ok_or_else(|| {
         anyhow::anyhow!("the pipeline has no [server]: add one (listen = \"127.0.0.1:7878\") to manage its waiting room")
     })?;
     let mut addr: std::net::SocketAddr = section.listen.parse()?;
+    if addr.port() == 0 {
+        // Bound to any free port: the running instance wrote down which.
+        let dir = if config.pipeline.data_dir.is_absolute() {
+            config.pipeline.data_dir.clone()
+        } else {
+            base.join(&config.pipeline.data_dir)
+        };
+        let path = dir.join("server.addr");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "[server] listen has port 0 and {} cannot be read ({e}): is the pipeline running?",
+                path.display()
+            )
+        })?;
+        addr = text.trim().parse()?;
+    }
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -89,6 +105,7 @@ fn api_base(config: &Config) -> anyhow::Result<String> {
 
 async fn call(
     config: &Config,
+    base: &Path,
     token: Option<&str>,
     method: reqwest::Method,
     path: &str,
@@ -98,7 +115,7 @@ async fn call(
         .map_err(|e| anyhow::anyhow!(e))?
         .timeout(Duration::from_secs(30))
         .build()?;
-    let url = format!("{}{path}", api_base(config)?);
+    let url = format!("{}{path}", api_base(config, base)?);
     let mut req = client.request(method, &url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -150,13 +167,18 @@ pub async fn parked(
     token: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let base = format!("/v1/sinks/{sink}/parked");
     let v = match action {
-        Action::List => call(&config, token, reqwest::Method::GET, &base, None).await?,
+        Action::List => call(&config, dir, token, reqwest::Method::GET, &base, None).await?,
         Action::Redrive => {
             let body = choice(keys, all, "keys")?;
             call(
                 &config,
+                dir,
                 token,
                 reqwest::Method::POST,
                 &format!("{base}/redrive"),
@@ -168,6 +190,7 @@ pub async fn parked(
             let body = choice(keys, all, "keys")?;
             call(
                 &config,
+                dir,
                 token,
                 reqwest::Method::POST,
                 &format!("{base}/skip"),
@@ -189,13 +212,18 @@ pub async fn dead(
     token: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let base = format!("/v1/sinks/{sink}/dead");
     let v = match action {
-        Action::List => call(&config, token, reqwest::Method::GET, &base, None).await?,
+        Action::List => call(&config, dir, token, reqwest::Method::GET, &base, None).await?,
         Action::Redrive => {
             let body = choice(offsets, all, "offsets")?;
             call(
                 &config,
+                dir,
                 token,
                 reqwest::Method::POST,
                 &format!("{base}/redrive"),

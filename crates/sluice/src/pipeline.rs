@@ -609,7 +609,14 @@ pub async fn run_pipeline(
                     });
                 })?;
             match rx.await {
-                Ok(Ok(_addr)) => {}
+                Ok(Ok(addr)) => {
+                    // Where `sluice parked` / `sluice dead` find this instance (the
+                    // configured port may be 0).
+                    let path = data_dir.join("server.addr");
+                    if let Err(e) = std::fs::write(&path, addr.to_string()) {
+                        warn!(error = %e, path = %path.display(), "cannot record the server's address");
+                    }
+                }
                 Ok(Err(e)) => {
                     abort.cancel();
                     anyhow::bail!("server: {e}");
