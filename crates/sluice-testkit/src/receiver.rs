@@ -185,9 +185,9 @@ fn serve(conn: TcpStream, s: &Shared) {
         let (status, extra) = if b.throttle > 0 {
             s.behaviour.lock().expect("behaviour").throttle -= 1;
             (429, "Retry-After: 1\r\n")
-        } else if b.fail_matching.iter().any(|m| text.contains(m.as_str())) {
-            (500, "")
-        } else if b.fail_rate > 0.0 && next_random(s) < b.fail_rate {
+        } else if b.fail_matching.iter().any(|m| text.contains(m.as_str()))
+            || (b.fail_rate > 0.0 && next_random(s) < b.fail_rate)
+        {
             (500, "")
         } else {
             (b.status, "")
