@@ -268,7 +268,9 @@ pub async fn run<T: Target>(
             }
             _ = sleep_until(next_timer), if next_timer.is_some() => e.fire_timers()?,
             _ = sleep_until(e.rate_wait), if e.rate_wait.is_some() => e.rate_wait = None,
-            r = reader.wait(), if at_end && room => match r {
+            // Enabled whenever there is room, not only at the end seen above: records may
+            // have arrived since, and `wait` returns at once for them.
+            r = reader.wait(), if room => match r {
                 Ok(()) => {}
                 Err(LogError::Closed) => return Ok(()),
                 Err(err) => return Err(err.into()),

@@ -118,6 +118,17 @@ impl WebhookReceiver {
         self.shared.log.lock().expect("log").clone()
     }
 
+    /// How many requests were accepted so far (no copy of the log).
+    pub fn accepted_count(&self) -> usize {
+        self.shared
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.accepted())
+            .count()
+    }
+
     /// Bodies of accepted requests, in order.
     pub fn accepted(&self) -> Vec<Received> {
         self.log().into_iter().filter(|r| r.accepted()).collect()
