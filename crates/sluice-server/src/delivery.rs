@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sluice_delivery::{Command, Control, Selection, Stored};
+use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored};
 
 use crate::AppState;
 
@@ -95,40 +95,50 @@ fn record_json(s: &Stored) -> Value {
     })
 }
 
+/// Answers with what `read` finds in a sink's store, read off the async threads (redb
+/// reads block).
+async fn read_store(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    read: impl FnOnce(&Store) -> Result<Value, DeliveryError> + Send + 'static,
+) -> Response {
+    if !state.authorized(headers) {
+        return unauthorized();
+    }
+    let c = match control(state, name) {
+        Ok(c) => c.clone(),
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || read(&c.store)).await {
+        Ok(Ok(v)) => reply(StatusCode::OK, v),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 pub(crate) async fn parked(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return unauthorized();
-    }
-    let c = match control(&state, &name) {
-        Ok(c) => c.clone(),
-        Err(r) => return r,
-    };
-    let listed = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
-        let mut out = Vec::new();
-        for (key, row) in c.store.keys().map_err(|e| e.to_string())? {
+    read_store(&state, &name, &headers, |store| {
+        let mut keys = Vec::new();
+        for (key, row) in store.keys()? {
             if row.state == sluice_delivery::KeyState::Done {
                 continue;
             }
-            let records = c.store.waiting_len(&key).map_err(|e| e.to_string())?;
-            out.push(json!({
+            let records = store.waiting_len(&key)?;
+            keys.push(json!({
                 "key": key, "state": row.state, "reason": row.reason,
                 "attempts": row.attempts, "last_error": row.last_error,
                 "since_micros": row.since_micros, "until_micros": row.until_micros,
                 "records": records,
             }));
         }
-        Ok(out)
+        Ok(json!({ "keys": keys }))
     })
-    .await;
-    match listed {
-        Ok(Ok(keys)) => reply(StatusCode::OK, json!({ "keys": keys })),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
 }
 
 pub(crate) async fn parked_records(
@@ -137,25 +147,15 @@ pub(crate) async fn parked_records(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return unauthorized();
-    }
-    let c = match control(&state, &name) {
-        Ok(c) => c.clone(),
-        Err(r) => return r,
-    };
     let Some(key) = q.get("key").cloned() else {
         return error(StatusCode::BAD_REQUEST, "key=... is required");
     };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    match tokio::task::spawn_blocking(move || c.store.waiting(&key, 0, limit)).await {
-        Ok(Ok(list)) => reply(
-            StatusCode::OK,
-            json!({ "records": list.iter().map(record_json).collect::<Vec<_>>() }),
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    read_store(&state, &name, &headers, move |store| {
+        let list = store.waiting(&key, 0, limit)?;
+        Ok(json!({ "records": list.iter().map(record_json).collect::<Vec<_>>() }))
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -252,23 +252,13 @@ pub(crate) async fn dead(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return unauthorized();
-    }
-    let c = match control(&state, &name) {
-        Ok(c) => c.clone(),
-        Err(r) => return r,
-    };
     let from = q.get("from").and_then(|l| l.parse().ok()).unwrap_or(0);
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    match tokio::task::spawn_blocking(move || c.store.dead(from, limit)).await {
-        Ok(Ok(list)) => reply(
-            StatusCode::OK,
-            json!({ "dead_letters": list.iter().map(record_json).collect::<Vec<_>>() }),
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    read_store(&state, &name, &headers, move |store| {
+        let list = store.dead(from, limit)?;
+        Ok(json!({ "dead_letters": list.iter().map(record_json).collect::<Vec<_>>() }))
+    })
+    .await
 }
 
 pub(crate) async fn redrive_dead(

@@ -25,7 +25,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 }
 
 /// Relative paths in the config are relative to the config file.
-fn base_dir(path: &Path) -> &Path {
+pub(crate) fn base_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))

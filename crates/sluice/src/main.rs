@@ -173,7 +173,18 @@ fn main() -> std::process::ExitCode {
                 keys,
                 all,
                 token,
-            } => operate::parked(&config, &sink, action, &keys, all, token.as_deref()).await,
+            } => {
+                operate::waiting_room(
+                    &config,
+                    &sink,
+                    "parked",
+                    action,
+                    &keys,
+                    all,
+                    token.as_deref(),
+                )
+                .await
+            }
             Command::Dead {
                 action,
                 config,
@@ -181,7 +192,18 @@ fn main() -> std::process::ExitCode {
                 offsets,
                 all,
                 token,
-            } => operate::dead(&config, &sink, action, &offsets, all, token.as_deref()).await,
+            } => {
+                operate::waiting_room(
+                    &config,
+                    &sink,
+                    "dead",
+                    action,
+                    &offsets,
+                    all,
+                    token.as_deref(),
+                )
+                .await
+            }
         }
     });
     match result {

@@ -158,83 +158,38 @@ fn choice(keys: &[String], all: bool, field: &str) -> anyhow::Result<Value> {
     })
 }
 
-pub async fn parked(
+/// `parked` or `dead` (`area`): list, or act on the `names` (keys, or dead letters' offsets)
+/// or on `all`.
+pub async fn waiting_room(
     path: &Path,
     sink: &str,
+    area: &str,
     action: Action,
-    keys: &[String],
+    names: &[String],
     all: bool,
     token: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = format!("/v1/sinks/{sink}/parked");
-    let v = match action {
-        Action::List => call(&config, dir, token, reqwest::Method::GET, &base, None).await?,
-        Action::Redrive => {
-            let body = choice(keys, all, "keys")?;
-            call(
-                &config,
-                dir,
-                token,
-                reqwest::Method::POST,
-                &format!("{base}/redrive"),
-                Some(body),
-            )
-            .await?
-        }
-        Action::Skip => {
-            let body = choice(keys, all, "keys")?;
-            call(
-                &config,
-                dir,
-                token,
-                reqwest::Method::POST,
-                &format!("{base}/skip"),
-                Some(body),
-            )
-            .await?
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn dead(
-    path: &Path,
-    sink: &str,
-    action: Action,
-    offsets: &[String],
-    all: bool,
-    token: Option<&str>,
-) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = format!("/v1/sinks/{sink}/dead");
-    let v = match action {
-        Action::List => call(&config, dir, token, reqwest::Method::GET, &base, None).await?,
-        Action::Redrive => {
-            let body = choice(offsets, all, "offsets")?;
-            call(
-                &config,
-                dir,
-                token,
-                reqwest::Method::POST,
-                &format!("{base}/redrive"),
-                Some(body),
-            )
-            .await?
-        }
-        Action::Skip => {
+    let dir = crate::commands::base_dir(path);
+    let base = format!("/v1/sinks/{sink}/{area}");
+    let field = if area == "dead" { "offsets" } else { "keys" };
+    let (method, path, body) = match action {
+        Action::List => (reqwest::Method::GET, base, None),
+        Action::Skip if area == "dead" => {
             anyhow::bail!("dead letters are redriven or kept; there is nothing to skip")
         }
+        Action::Redrive => (
+            reqwest::Method::POST,
+            format!("{base}/redrive"),
+            Some(choice(names, all, field)?),
+        ),
+        Action::Skip => (
+            reqwest::Method::POST,
+            format!("{base}/skip"),
+            Some(choice(names, all, field)?),
+        ),
     };
+    let v = call(&config, dir, token, method, &path, body).await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }

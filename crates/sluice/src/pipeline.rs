@@ -185,6 +185,29 @@ fn spawn_thread(
     })?)
 }
 
+/// Runs a sink's loop on a thread of its own. Its failure is recorded and stops the
+/// pipeline (the supervisor's rule: a critical task's failure cancels its siblings).
+fn spawn_sink<E: std::fmt::Display>(
+    name: &str,
+    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    failure: &Arc<Mutex<Option<String>>>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<Result<(), String>>> {
+    let (failure, stop, name2) = (failure.clone(), cancel.clone(), name.to_owned());
+    spawn_thread(format!("sink-{name}"), async move {
+        let r = fut.await.map_err(|e| e.to_string());
+        if let Err(e) = &r {
+            error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
+            failure
+                .lock()
+                .expect("failure lock")
+                .get_or_insert(e.clone());
+            stop.cancel();
+        }
+        r
+    })
+}
+
 /// Preflight, publication, then the source feeding the log and the sinks until `cancel`.
 pub async fn run_pipeline(
     config: &Config,
@@ -351,20 +374,7 @@ pub async fn run_pipeline(
                 drain.clone(),
                 abort.clone(),
             );
-            let (failure, stop) = (failure.clone(), cancel.clone());
-            let name2 = name.clone();
-            threads.push(spawn_thread(format!("sink-{name}"), async move {
-                let r = fut.await.map_err(|e| e.to_string());
-                if let Err(e) = &r {
-                    error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
-                    failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert(e.clone());
-                    stop.cancel();
-                }
-                r
-            })?);
+            threads.push(spawn_sink(&name, fut, &failure, &cancel)?);
             continue;
         }
         let sink = match s {
@@ -424,20 +434,7 @@ pub async fn run_pipeline(
             drain.clone(),
             abort.clone(),
         );
-        let (failure, stop) = (failure.clone(), cancel.clone());
-        let name2 = name.clone();
-        threads.push(spawn_thread(format!("sink-{name}"), async move {
-            let r = fut.await.map_err(|e| e.to_string());
-            if let Err(e) = &r {
-                error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
-                failure
-                    .lock()
-                    .expect("failure lock")
-                    .get_or_insert(e.clone());
-                stop.cancel();
-            }
-            r
-        })?);
+        threads.push(spawn_sink(&name, fut, &failure, &cancel)?);
     }
     // Tables shared by several shed sinks are backfilled once.
     rebackfill.sort();
