@@ -17,6 +17,7 @@
 
 mod engine;
 mod item;
+mod outbox;
 mod policy;
 mod store;
 
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 pub use engine::{run, EngineConfig};
 pub use item::{Item, ItemOptions, Parsed, Topics, OUTBOX_PREFIX};
+pub use outbox::{clean, Cleaner, Deletion, RowDeleter, Watch, CLEANER_CURSOR};
 pub use policy::{OnExhausted, Policy, Retry};
 pub use store::{KeyRow, KeyState, Store, Stored};
 

@@ -231,6 +231,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the record at `offset` of `key` is in the waiting room.
+    pub fn holds(&self, key: &str, offset: u64) -> Result<bool, DeliveryError> {
+        let tx = self.db().begin_read().map_err(err)?;
+        let t = tx.open_table(WAITING).map_err(err)?;
+        Ok(t.get((&*self.sink, key, offset)).map_err(err)?.is_some())
+    }
+
+    /// The sink's name.
+    pub fn sink(&self) -> &str {
+        &self.sink
+    }
+
     /// How many records wait for `key`.
     pub fn waiting_len(&self, key: &str) -> Result<usize, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;

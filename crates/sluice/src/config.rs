@@ -276,6 +276,10 @@ pub enum SinkConfig {
         /// aggregateid).
         #[serde(default)]
         outbox_tables: Vec<String>,
+        /// Delete an `outbox_tables` row from the source once every sink that takes its
+        /// table has finished it (delivered, or kept in the dead letters).
+        #[serde(default)]
+        delete_delivered: bool,
         /// Signing secret, `whsec_<base64>`; better given through `secret_env`.
         #[serde(default)]
         secret: Option<String>,
@@ -313,6 +317,10 @@ pub enum SinkConfig {
         /// Debezium-layout outbox tables routed as events.
         #[serde(default)]
         outbox_tables: Vec<String>,
+        /// Delete an `outbox_tables` row from the source once every sink that takes its
+        /// table has finished it.
+        #[serde(default)]
+        delete_delivered: bool,
         /// Records on offer at once, retries, and the waiting room (`concurrency` is the
         /// number of records consumers may hold at once).
         #[serde(default)]
@@ -379,6 +387,23 @@ impl SinkConfig {
                 ..
             } => Some((topics, outbox_tables, delivery)),
             _ => None,
+        }
+    }
+
+    /// The outbox tables whose finished rows this sink asks to delete.
+    pub fn deletes_delivered(&self) -> &[String] {
+        match self {
+            SinkConfig::Webhook {
+                outbox_tables,
+                delete_delivered: true,
+                ..
+            }
+            | SinkConfig::Pull {
+                outbox_tables,
+                delete_delivered: true,
+                ..
+            } => outbox_tables,
+            _ => &[],
         }
     }
 }
@@ -502,8 +527,28 @@ impl Config {
                     ));
                 }
             }
+            if s.name() == sluice_delivery::CLEANER_CURSOR {
+                errs.push(format!("sink name {:?} is reserved", s.name()));
+            }
             if let Some((_, outbox_tables, delivery)) = s.events() {
                 delivery.validate(s.name(), &mut errs);
+                if outbox_tables.is_empty()
+                    && matches!(
+                        s,
+                        SinkConfig::Webhook {
+                            delete_delivered: true,
+                            ..
+                        } | SinkConfig::Pull {
+                            delete_delivered: true,
+                            ..
+                        }
+                    )
+                {
+                    errs.push(format!(
+                        "sink {:?}: delete_delivered needs outbox_tables (the Debezium-layout tables whose rows are deleted)",
+                        s.name()
+                    ));
+                }
                 for t in outbox_tables {
                     if !self.covers(t) {
                         errs.push(format!(
@@ -709,5 +754,23 @@ path = "changes.jsonl"
             .replace("\"public.customers\" =", "\"public.other\" =");
         let errs = Config::parse(&bad).unwrap().validate().unwrap_err();
         assert_eq!(errs.len(), 4, "{errs:#?}");
+    }
+
+    #[test]
+    fn delete_delivered_needs_outbox_tables() {
+        let hook = |extra: &str| {
+            format!("{EXAMPLE}[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://h/\"\n{extra}\n")
+        };
+        let c = Config::parse(&hook("delete_delivered = true")).unwrap();
+        let errs = c.validate().unwrap_err();
+        assert!(errs[0].contains("needs outbox_tables"), "{errs:?}");
+        let c = Config::parse(&hook(
+            "outbox_tables = [\"public.orders\"]\ndelete_delivered = true",
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sinks[1].deletes_delivered(), ["public.orders"]);
+        let c = Config::parse(&hook("outbox_tables = [\"public.orders\"]")).unwrap();
+        assert!(c.sinks[1].deletes_delivered().is_empty());
     }
 }

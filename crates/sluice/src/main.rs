@@ -10,6 +10,7 @@ mod config_delivery;
 mod demo;
 mod metrics;
 mod operate;
+mod outbox_clean;
 mod output;
 mod pipeline;
 mod progress;

@@ -111,7 +111,8 @@ pub fn sink_tables(sink: &SinkConfig, captured: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Redis sinks' tables without a primary key, as findings for `check` and start-up.
+/// Tables that need a primary key (Redis sinks' tables, outbox tables whose delivered
+/// rows are deleted) and the DELETE grant, as findings for `check` and start-up.
 pub async fn key_findings(
     config: &Config,
     conn: &mut Connection,
@@ -142,6 +143,7 @@ pub async fn key_findings(
             });
         }
     }
+    out.extend(crate::outbox_clean::findings(config, conn).await?);
     Ok(out)
 }
 
@@ -160,6 +162,20 @@ impl sluice_sinks::Sink for AnySink {
             AnySink::Lines(s) => s.deliver(batch).await,
             AnySink::Redis(s) => s.deliver(batch).await,
         }
+    }
+}
+
+/// What the outbox cleaner needs to know of a sink: where it is and what it takes.
+fn watch(
+    cursor: &Arc<sluice_log::Cursor>,
+    filter: &TableFilter,
+    waiting: Option<(sluice_delivery::Store, sluice_delivery::ItemOptions)>,
+) -> sluice_delivery::Watch {
+    let filter = filter.clone();
+    sluice_delivery::Watch {
+        cursor: cursor.clone(),
+        accepts: Box::new(move |op, s, t| filter.accepts(op, s, t)),
+        waiting,
     }
 }
 
@@ -265,12 +281,16 @@ pub async fn run_pipeline(
     let output = LogOutput::start(&log, writer, last)?;
 
     // Sinks, each on a thread of its own.
-    let durable: Vec<&str> = config
+    let cleaned = crate::outbox_clean::tables(config);
+    let mut durable: Vec<&str> = config
         .sinks
         .iter()
         .filter(|s| !matches!(s, SinkConfig::Sse { .. }))
         .map(|s| s.name())
         .collect();
+    if !cleaned.is_empty() {
+        durable.push(sluice_delivery::CLEANER_CURSOR);
+    }
     log.cursors().retain(&durable)?;
     sluice_delivery::Store::retain(log.cursors(), &durable)?;
     let drain = CancellationToken::new();
@@ -282,6 +302,7 @@ pub async fn run_pipeline(
     let mut shed_sinks = Vec::new();
     let mut controls = std::collections::HashMap::new();
     let mut pulls = std::collections::HashMap::new();
+    let mut watches = Vec::new();
     for s in &config.sinks {
         let name = s.name().to_owned();
         let filter = TableFilter::new(s.tables());
@@ -311,6 +332,14 @@ pub async fn run_pipeline(
             let mut tables = s.tables().to_vec();
             tables.extend(outbox_tables.iter().cloned());
             let filter = TableFilter::with_topics(&tables, topics);
+            let items = sluice_delivery::ItemOptions {
+                outbox_tables: outbox_tables.to_vec(),
+            };
+            watches.push(watch(
+                &cursor,
+                &filter,
+                Some((store.clone(), items.clone())),
+            ));
             let (target, batch): (Arc<dyn sluice_delivery::Target>, usize) = match s {
                 SinkConfig::Webhook {
                     url,
@@ -357,9 +386,7 @@ pub async fn run_pipeline(
             let engine = sluice_delivery::EngineConfig {
                 name: name.clone(),
                 policy: delivery.policy(batch),
-                items: sluice_delivery::ItemOptions {
-                    outbox_tables: outbox_tables.to_vec(),
-                },
+                items,
                 topics: sluice_delivery::Topics::new(topics),
             };
             let fut = sluice_delivery::run(
@@ -421,6 +448,7 @@ pub async fn run_pipeline(
                 unreachable!("handled above")
             }
         };
+        watches.push(watch(&cursor, &filter, None));
         let st = Arc::new(SinkStats::default());
         stats.push((name.clone(), cursor.clone(), st.clone()));
         let fut = sluice_sinks::run(
@@ -457,6 +485,31 @@ pub async fn run_pipeline(
     for name in &shed_sinks {
         log.cursors().clear_shed(name)?;
     }
+    let cleaner = if cleaned.is_empty() {
+        None
+    } else {
+        let (cursor, _) = log
+            .cursors()
+            .register(sluice_delivery::CLEANER_CURSOR, log.first())?;
+        let cleaner = sluice_delivery::Cleaner {
+            tables: cleaned
+                .iter()
+                .map(|t| {
+                    let r = catalog::TableRef::parse(t);
+                    (r.schema, r.name)
+                })
+                .collect(),
+            watches,
+        };
+        let fut = sluice_delivery::clean(
+            cleaner,
+            log.clone(),
+            cursor,
+            crate::outbox_clean::PgDeleter::new(spec.conninfo.clone()),
+            abort.clone(),
+        );
+        Some(spawn_sink("outbox-cleaner", fut, &failure, &cancel)?)
+    };
     conn.close().await;
     // Cursors are persisted together, a few times a second: a crash re-delivers at most
     // that much, and the ids let sinks drop the repeats.
@@ -671,6 +724,9 @@ pub async fn run_pipeline(
         warn!("sinks did not deliver everything before the shutdown deadline; they resume from their cursors");
     }
     abort.cancel();
+    if let Some(t) = cleaner {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     let _ = committer.await;
     let _ = metrics_task.await;
     {

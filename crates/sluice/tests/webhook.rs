@@ -513,3 +513,146 @@ fn competing_pull_consumers_never_hold_two_records_of_one_key() {
     }
     p.stop();
 }
+
+/// Rows left in the Debezium-layout outbox table.
+fn outbox_rows(pg: &PgServer) -> Vec<String> {
+    pg.psql("SELECT aggregateid FROM outbox ORDER BY id")
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn debezium_outbox_rows_route_by_aggregate_and_go_once_every_sink_has_them() {
+    let pg = PgServer::start().unwrap();
+    pg.psql(
+        "CREATE TABLE outbox (id bigserial, aggregatetype text NOT NULL, \
+         aggregateid text NOT NULL, type text NOT NULL, payload jsonb NOT NULL)",
+    )
+    .unwrap();
+    // "hook" takes the outbox as events and deletes delivered rows; "audit" takes the
+    // table's plain changes and, failing everything at first, holds the rows back.
+    let events = WebhookReceiver::start(11).unwrap();
+    events.set(Behaviour {
+        fail_matching: vec!["\"aggregateid\":\"stuck\"".into()],
+        ..Behaviour::default()
+    });
+    let audit = WebhookReceiver::start(12).unwrap();
+    audit.set(Behaviour {
+        fail_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let mut p = Pipeline::new(&pg, "dbzoutbox", &["public.outbox"], "snapshot = \"never\"");
+    p.add_config(&hook_config(
+        &events.url(),
+        "tables = []\noutbox_tables = [\"public.outbox\"]\ntopics = [\"order\"]\ndelete_delivered = true",
+        "max_attempts = 3",
+    ));
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"audit\"\ntype = \"webhook\"\nurl = \"{}/audit\"\ntables = [\"public.outbox\"]\n\
+         [sinks.delivery]\nretry_initial_ms = 10\nretry_max_ms = 100\nmax_attempts = 0\nmax_age_secs = 0\n",
+        audit.url()
+    ));
+    p.add_config(&server_config());
+    // Rows are deleted by key: preflight asks for one.
+    let out = p.command("check");
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("outbox table public.outbox has no primary key"),
+        "{}",
+        output_text(&out)
+    );
+    pg.psql("ALTER TABLE outbox ADD PRIMARY KEY (id)").unwrap();
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    pg.psql(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
+         SELECT 'order', 'o-' || (g % 10), 'step', jsonb_build_object('n', g) FROM generate_series(1, 40) g;\n\
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'stuck', 'step', '{\"n\": 41}');\n\
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('invoice', 'i-1', 'step', '{\"n\": 42}');",
+    )
+    .unwrap();
+    // Events arrive in order per aggregate; the other topic is not this sink's.
+    let got = wait_until(WAIT, "40 events", || {
+        let got: Vec<Value> = events.accepted().iter().map(body_json).collect();
+        (got.len() >= 40).then_some(got)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in &got {
+        assert_eq!(e["op"], "insert", "{e}");
+        assert_eq!(e["after"]["aggregatetype"], "order", "{e}");
+        per.entry(e["after"]["aggregateid"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["after"]["payload"]["n"].as_i64().unwrap());
+    }
+    assert_eq!(per.len(), 10, "{per:?}");
+    for (k, ns) in &per {
+        assert_eq!(ns.len(), 4, "{k}: {ns:?}");
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{k} out of order: {ns:?}"
+        );
+    }
+    wait_until(WAIT, "the stuck aggregate parked", || {
+        let (_, v) = api(&addr, "GET", "/v1/sinks/hook/parked", None);
+        (v["keys"].as_array()?.first()?["key"] == "order:stuck").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    // "audit" has nothing yet, so every row stays (an absence: watched for a while).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(audit.accepted_count(), 0);
+        assert_eq!(
+            outbox_rows(&pg).len(),
+            42,
+            "a row went before every sink had it"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once "audit" has them, every finished row goes; the parked one stays, across a kill -9.
+    audit.update(|b| b.fail_rate = 0.0);
+    wait_until(WAIT, "finished rows deleted", || {
+        (outbox_rows(&pg) == ["stuck"]).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", p.logs(), outbox_rows(&pg)));
+    assert!(audit.accepted_count() >= 42);
+    p.kill9();
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    events.update(|b| b.fail_matching.clear());
+    let (code, v) = api(
+        &addr,
+        "POST",
+        "/v1/sinks/hook/parked/redrive",
+        Some(json!({"all": true})),
+    );
+    assert_eq!((code, &v["redriven"]), (200, &json!(1)), "{v}");
+    wait_until(WAIT, "the redriven row deleted", || {
+        outbox_rows(&pg).is_empty().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert!(events
+        .accepted()
+        .iter()
+        .any(|r| body_json(r)["after"]["aggregateid"] == "stuck"));
+    // The deletes reach the sink that takes the table's plain changes; the events sink
+    // ignores them.
+    wait_until(WAIT, "audit sees the deletes", || {
+        let deletes = audit
+            .accepted()
+            .iter()
+            .filter(|r| body_json(r)["op"] == "delete")
+            .count();
+        (deletes >= 42).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert!(events
+        .accepted()
+        .iter()
+        .all(|r| body_json(r)["op"] == "insert"));
+    p.stop();
+}

@@ -1,0 +1,365 @@
+//! Deleting finished rows of Debezium-layout outbox tables (`delete_delivered`).
+//!
+//! The cleaner follows the log like a sink, with a cursor of its own, and deletes an
+//! outbox row from the source once every sink that takes the row's table has finished
+//! the row's record: the sink's cursor is past it and no waiting room holds it (parked,
+//! delayed or being redriven). Delivered and dead-lettered both count as finished: a dead
+//! letter keeps the whole record, so redriving it needs nothing from the table.
+//!
+//! Invariants:
+//! - A row is deleted only after every sink that takes its table has finished its record,
+//!   so the table keeps every row some sink still owes.
+//! - The cleaner's cursor passes a record only after its DELETE committed, or after the
+//!   row was written to the `outbox_deferred` table (committed): a crash repeats DELETEs,
+//!   which are idempotent, and never forgets a row.
+//! - A deferred row is checked again every few seconds and deleted once no waiting room
+//!   holds its record.
+//! - The cleaner never stops delivery: a failing DELETE (a lost connection, a missing
+//!   privilege) is logged and retried with backoff, and the rows wait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_core::Op;
+use sluice_log::{Cursor, Log, Reader, Record, RecordBatch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{DeliveryError, Item, ItemOptions, Parsed, Store};
+
+/// Rows whose record a waiting room held when the cleaner reached it, by log offset.
+const DEFERRED: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_deferred");
+
+/// The cleaner's cursor (not a valid sink name: sink names are checked against it).
+pub const CLEANER_CURSOR: &str = "(outbox cleaner)";
+
+/// Rows per DELETE statement.
+const CHUNK: usize = 500;
+
+/// How often deferred rows are checked again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A DELETE in progress: how many rows went, or why it failed.
+pub type Deletion<'a> = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+
+/// Deletes rows by key from the source database.
+pub trait RowDeleter: Send {
+    /// Deletes the rows of `schema.table` whose key columns equal one of `keys` (each a
+    /// JSON object of key columns, as in the change record's `key`).
+    fn delete<'a>(
+        &'a mut self,
+        schema: &'a str,
+        table: &'a str,
+        keys: &'a [String],
+    ) -> Deletion<'a>;
+}
+
+/// Whether a sink takes records of this op, schema and table.
+pub type Accepts = Box<dyn Fn(Op, &str, &str) -> bool + Send + Sync>;
+
+/// A sink whose progress the cleaner waits for.
+pub struct Watch {
+    pub cursor: Arc<Cursor>,
+    pub accepts: Accepts,
+    /// The waiting room and how the sink keys records (delivery-engine sinks only).
+    pub waiting: Option<(Store, ItemOptions)>,
+}
+
+/// What the cleaner does.
+pub struct Cleaner {
+    /// The outbox tables whose finished rows are deleted, as (schema, table).
+    pub tables: Vec<(String, String)>,
+    /// Every sink with a cursor (all but SSE).
+    pub watches: Vec<Watch>,
+}
+
+/// A row to delete, or one deferred until waiting rooms let its record go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Row {
+    schema: String,
+    table: String,
+    /// The key columns as JSON.
+    key: String,
+    /// (sink, ordering key) of the waiting rooms that held the record.
+    #[serde(default)]
+    held: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct KeyOnly<'a> {
+    #[serde(borrow, default)]
+    key: Option<&'a RawValue>,
+}
+
+fn err(e: impl std::fmt::Display) -> DeliveryError {
+    DeliveryError::State(format!("outbox cleaner: {e}"))
+}
+
+/// Runs the cleaner until `stop`. Its cursor must be registered in `log`'s cursor store.
+pub async fn clean(
+    cleaner: Cleaner,
+    log: Log,
+    cursor: Arc<Cursor>,
+    mut deleter: impl RowDeleter,
+    stop: CancellationToken,
+) -> Result<(), DeliveryError> {
+    let mut c = State {
+        cleaner,
+        log: log.clone(),
+        stores: HashMap::new(),
+        deleted: metrics::counter!("sluice_outbox_deleted_total"),
+        keyless: BTreeSet::new(),
+    };
+    for w in &c.cleaner.watches {
+        if let Some((store, _)) = &w.waiting {
+            c.stores.insert(store.sink().to_owned(), store.clone());
+        }
+    }
+    {
+        let tx = c.db().begin_write().map_err(err)?;
+        tx.open_table(DEFERRED).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    let mut reader = Reader::new(&log, cursor.position())?;
+    let mut batch = RecordBatch::default();
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if reader.position() >= reader.log_end() {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                r = reader.wait() => r?,
+                _ = recheck.tick() => {
+                    if !c.recheck(&mut deleter, &stop).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            continue;
+        }
+        batch.clear();
+        let tables = &c.cleaner.tables;
+        reader.read(&mut batch, 1000, 4 << 20, &mut |op, s, t| {
+            matches!(op, Op::Insert | Op::Read) && tables.iter().any(|(a, b)| a == s && b == t)
+        })?;
+        let mut ready = Vec::new();
+        for r in batch.iter() {
+            // Rows are taken in log order; one a sink has not finished waits, and so do
+            // the rows after it (the cursor cannot pass it).
+            while !c.finished(&r) {
+                if !ready.is_empty() {
+                    if !c.delete(&mut deleter, &ready, &stop).await? {
+                        return Ok(());
+                    }
+                    ready.clear();
+                    cursor.ack(r.offset);
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = recheck.tick() => {
+                        if !c.recheck(&mut deleter, &stop).await? {
+                            return Ok(());
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            if let Some(row) = c.row(&r)? {
+                if row.held.is_empty() {
+                    ready.push(row);
+                } else {
+                    c.defer(r.offset, &row)?;
+                }
+            }
+        }
+        if !ready.is_empty() && !c.delete(&mut deleter, &ready, &stop).await? {
+            return Ok(());
+        }
+        cursor.ack(batch.next);
+    }
+}
+
+struct State {
+    cleaner: Cleaner,
+    log: Log,
+    stores: HashMap<String, Store>,
+    deleted: metrics::Counter,
+    /// Tables already warned about for records without key columns.
+    keyless: BTreeSet<String>,
+}
+
+impl State {
+    fn db(&self) -> &redb::Database {
+        self.log.cursors().database()
+    }
+
+    /// Whether every sink that takes `r`'s table is past it (a shed sink no longer
+    /// holds anything back: it is backfilled).
+    fn finished(&self, r: &Record<'_>) -> bool {
+        self.cleaner
+            .watches
+            .iter()
+            .filter(|w| (w.accepts)(r.op, r.schema, r.table))
+            .all(|w| w.cursor.is_shed() || w.cursor.position() > r.offset)
+    }
+
+    /// The row of `r`, with the waiting rooms that hold its record.
+    fn row(&mut self, r: &Record<'_>) -> Result<Option<Row>, DeliveryError> {
+        let key = serde_json::from_slice::<KeyOnly<'_>>(r.json)
+            .ok()
+            .and_then(|k| k.key)
+            .map(|k| k.get().to_owned())
+            .filter(|k| k.starts_with('{'));
+        let Some(key) = key else {
+            let table = format!("{}.{}", r.schema, r.table);
+            if self.keyless.insert(table.clone()) {
+                warn!(%table, id = %r.id, "outbox cleaner: a row without key columns cannot be deleted; give the table a primary key");
+            }
+            return Ok(None);
+        };
+        let mut held = Vec::new();
+        for w in &self.cleaner.watches {
+            let Some((store, options)) = &w.waiting else {
+                continue;
+            };
+            if !(w.accepts)(r.op, r.schema, r.table) {
+                continue;
+            }
+            if let Parsed::Item(item) | Parsed::Bad(item, _) = Item::parse(r, options) {
+                if store.holds(&item.key, r.offset)? {
+                    held.push((store.sink().to_owned(), item.key.to_string()));
+                }
+            }
+        }
+        Ok(Some(Row {
+            schema: r.schema.to_owned(),
+            table: r.table.to_owned(),
+            key,
+            held,
+        }))
+    }
+
+    fn defer(&self, offset: u64, row: &Row) -> Result<(), DeliveryError> {
+        let v = serde_json::to_vec(row).map_err(err)?;
+        let tx = self.db().begin_write().map_err(err)?;
+        tx.open_table(DEFERRED)
+            .map_err(err)?
+            .insert(offset, v.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Deletes `rows`, retrying until it works. `false`: stopped first.
+    async fn delete(
+        &self,
+        deleter: &mut impl RowDeleter,
+        rows: &[Row],
+        stop: &CancellationToken,
+    ) -> Result<bool, DeliveryError> {
+        let mut by_table: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+        for r in rows {
+            by_table
+                .entry((&r.schema, &r.table))
+                .or_default()
+                .push(r.key.clone());
+        }
+        for ((schema, table), keys) in by_table {
+            for chunk in keys.chunks(CHUNK) {
+                let mut backoff = Duration::from_secs(1);
+                loop {
+                    match deleter.delete(schema, table, chunk).await {
+                        Ok(n) => {
+                            self.deleted.increment(n);
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(table = %format!("{schema}.{table}"), error = %e, retry_in = ?backoff, "outbox cleaner: cannot delete delivered rows; they stay until it works");
+                            tokio::select! {
+                                biased;
+                                _ = stop.cancelled() => return Ok(false),
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes the deferred rows no waiting room holds any more. `false`: stopped.
+    async fn recheck(
+        &self,
+        deleter: &mut impl RowDeleter,
+        stop: &CancellationToken,
+    ) -> Result<bool, DeliveryError> {
+        let mut rows = Vec::new();
+        {
+            let tx = self.db().begin_read().map_err(err)?;
+            let t = tx.open_table(DEFERRED).map_err(err)?;
+            for e in t.iter().map_err(err)?.take(10_000) {
+                let (k, v) = e.map_err(err)?;
+                let row: Row = serde_json::from_slice(v.value()).map_err(err)?;
+                rows.push((k.value(), row));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        let mut released = Vec::new();
+        let mut changed = Vec::new();
+        for (offset, mut row) in rows {
+            let before = row.held.len();
+            let mut keep = Vec::new();
+            for (sink, key) in row.held.drain(..) {
+                // A sink taken out of the config holds nothing.
+                if let Some(store) = self.stores.get(&sink) {
+                    if store.holds(&key, offset)? {
+                        keep.push((sink, key));
+                    }
+                }
+            }
+            row.held = keep;
+            if row.held.is_empty() {
+                released.push((offset, row));
+            } else if row.held.len() != before {
+                changed.push((offset, row));
+            }
+        }
+        if !released.is_empty() {
+            let rows: Vec<Row> = released.iter().map(|(_, r)| r.clone()).collect();
+            if !self.delete(deleter, &rows, stop).await? {
+                return Ok(false);
+            }
+            info!(
+                rows = rows.len(),
+                "outbox cleaner: deleted rows released from the waiting room"
+            );
+        }
+        if released.is_empty() && changed.is_empty() {
+            return Ok(true);
+        }
+        let tx = self.db().begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(DEFERRED).map_err(err)?;
+            for (offset, _) in &released {
+                t.remove(*offset).map_err(err)?;
+            }
+            for (offset, row) in &changed {
+                let v = serde_json::to_vec(row).map_err(err)?;
+                t.insert(*offset, v.as_slice()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(true)
+    }
+}
