@@ -14,8 +14,9 @@
 //!   which are idempotent, and never forgets a row.
 //! - A deferred row is checked again every few seconds and deleted once no waiting room
 //!   holds its record.
-//! - The cleaner never stops delivery: a failing DELETE (a lost connection, a missing
-//!   privilege) is logged and retried with backoff, and the rows wait.
+//! - The cleaner never stops delivery and never holds the log for long: a failing DELETE
+//!   (a lost connection, a missing privilege) is retried with backoff for a while, then
+//!   its rows are deferred and retried with the others, and the cursor moves on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -44,6 +45,9 @@ const CHUNK: usize = 500;
 
 /// How often deferred rows are checked again.
 const RECHECK: Duration = Duration::from_secs(2);
+
+/// How long a failing DELETE is retried in place before its rows are deferred.
+const RETRY_IN_PLACE: Duration = Duration::from_secs(30);
 
 /// A DELETE in progress: how many rows went, or why it failed.
 pub type Deletion<'a> = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
@@ -79,7 +83,8 @@ pub struct Cleaner {
     pub watches: Vec<Watch>,
 }
 
-/// A row to delete, or one deferred until waiting rooms let its record go.
+/// A row to delete, or one deferred until waiting rooms let its record go (or until a
+/// failed DELETE works: `held` is empty then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Row {
     schema: String,
@@ -174,9 +179,9 @@ pub async fn clean(
             }
             if let Some(row) = c.row(&r)? {
                 if row.held.is_empty() {
-                    ready.push(row);
+                    ready.push((r.offset, row));
                 } else {
-                    c.defer(r.offset, &row)?;
+                    c.defer(&[(r.offset, row)])?;
                 }
             }
         }
@@ -247,25 +252,28 @@ impl State {
         }))
     }
 
-    fn defer(&self, offset: u64, row: &Row) -> Result<(), DeliveryError> {
-        let v = serde_json::to_vec(row).map_err(err)?;
+    /// Writes `rows` to the deferred table (one commit).
+    fn defer(&self, rows: &[(u64, Row)]) -> Result<(), DeliveryError> {
         let tx = self.db().begin_write().map_err(err)?;
-        tx.open_table(DEFERRED)
-            .map_err(err)?
-            .insert(offset, v.as_slice())
-            .map_err(err)?;
+        {
+            let mut t = tx.open_table(DEFERRED).map_err(err)?;
+            for (offset, row) in rows {
+                let v = serde_json::to_vec(row).map_err(err)?;
+                t.insert(*offset, v.as_slice()).map_err(err)?;
+            }
+        }
         tx.commit().map_err(err)
     }
 
-    /// Deletes `rows`, retrying until it works. `false`: stopped first.
-    async fn delete(
+    /// One attempt at deleting `rows`. On an error some may be gone already: DELETEs by
+    /// key are idempotent, so trying them all again is right.
+    async fn try_delete(
         &self,
         deleter: &mut impl RowDeleter,
-        rows: &[Row],
-        stop: &CancellationToken,
-    ) -> Result<bool, DeliveryError> {
+        rows: &[(u64, Row)],
+    ) -> Result<(), String> {
         let mut by_table: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-        for r in rows {
+        for (_, r) in rows {
             by_table
                 .entry((&r.schema, &r.table))
                 .or_default()
@@ -273,35 +281,55 @@ impl State {
         }
         for ((schema, table), keys) in by_table {
             for chunk in keys.chunks(CHUNK) {
-                let mut backoff = Duration::from_secs(1);
-                loop {
-                    match deleter.delete(schema, table, chunk).await {
-                        Ok(n) => {
-                            self.deleted.increment(n);
-                            break;
-                        }
-                        Err(e) => {
-                            warn!(table = %format!("{schema}.{table}"), error = %e, retry_in = ?backoff, "outbox cleaner: cannot delete delivered rows; they stay until it works");
-                            tokio::select! {
-                                biased;
-                                _ = stop.cancelled() => return Ok(false),
-                                _ = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                        }
-                    }
-                }
+                let n = deleter
+                    .delete(schema, table, chunk)
+                    .await
+                    .map_err(|e| format!("{schema}.{table}: {e}"))?;
+                self.deleted.increment(n);
             }
         }
-        Ok(true)
+        Ok(())
     }
 
-    /// Deletes the deferred rows no waiting room holds any more. `false`: stopped.
+    /// Deletes `rows`, retrying with backoff for [`RETRY_IN_PLACE`]; rows a DELETE still
+    /// fails for then are deferred, so the cursor moves on. `false`: stopped first.
+    async fn delete(
+        &self,
+        deleter: &mut impl RowDeleter,
+        rows: &[(u64, Row)],
+        stop: &CancellationToken,
+    ) -> Result<bool, DeliveryError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let Err(e) = self.try_delete(deleter, rows).await else {
+                return Ok(true);
+            };
+            if started.elapsed() >= RETRY_IN_PLACE {
+                warn!(rows = rows.len(), error = %e, "outbox cleaner: cannot delete delivered rows; they are kept aside and tried again every few seconds");
+                self.defer(rows)?;
+                return Ok(true);
+            }
+            warn!(error = %e, retry_in = ?backoff, "outbox cleaner: cannot delete delivered rows");
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Deletes the deferred rows no waiting room holds any more (a failure leaves them for
+    /// the next time). `false`: stopped.
     async fn recheck(
         &self,
         deleter: &mut impl RowDeleter,
         stop: &CancellationToken,
     ) -> Result<bool, DeliveryError> {
+        if stop.is_cancelled() {
+            return Ok(false);
+        }
         let mut rows = Vec::new();
         {
             let tx = self.db().begin_read().map_err(err)?;
@@ -336,14 +364,18 @@ impl State {
             }
         }
         if !released.is_empty() {
-            let rows: Vec<Row> = released.iter().map(|(_, r)| r.clone()).collect();
-            if !self.delete(deleter, &rows, stop).await? {
-                return Ok(false);
+            match self.try_delete(deleter, &released).await {
+                Ok(()) => {
+                    info!(
+                        rows = released.len(),
+                        "outbox cleaner: deleted rows that were held or whose DELETE had failed"
+                    );
+                }
+                Err(e) => {
+                    warn!(rows = released.len(), error = %e, "outbox cleaner: cannot delete delivered rows; trying again in a few seconds");
+                    released.clear();
+                }
             }
-            info!(
-                rows = rows.len(),
-                "outbox cleaner: deleted rows released from the waiting room"
-            );
         }
         if released.is_empty() && changed.is_empty() {
             return Ok(true);

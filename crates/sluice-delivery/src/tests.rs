@@ -649,3 +649,85 @@ async fn concurrency_and_rate_limits_hold() {
     assert!(seen.lock().unwrap().values().all(|&n| n <= 4));
     run.stop().await;
 }
+
+/// Stands in for the source's DELETEs: records the keys, or fails while `fail` is set.
+struct Deletes {
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+    deleted: Arc<Mutex<Vec<String>>>,
+}
+
+impl RowDeleter for Deletes {
+    fn delete<'a>(
+        &'a mut self,
+        schema: &'a str,
+        table: &'a str,
+        keys: &'a [String],
+    ) -> Deletion<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            self.attempts.fetch_add(1, SeqCst);
+            if self.fail.load(SeqCst) {
+                return Err("connection refused".into());
+            }
+            assert_eq!((schema, table), ("public", "t"));
+            self.deleted.lock().unwrap().extend(keys.iter().cloned());
+            Ok(keys.len() as u64)
+        })
+    }
+}
+
+#[tokio::test]
+async fn outbox_rows_go_after_every_sink_and_a_failing_delete_does_not_hold_the_log() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut b = Bench::new();
+    b.append((1..=5).map(|k| row(0, k, k)).collect()).await;
+    tokio::time::pause();
+    let end = b.log.next_offset();
+    let (sink, _) = b.log.cursors().register("cache", 0).unwrap();
+    let (cleaner_cursor, _) = b.log.cursors().register(CLEANER_CURSOR, 0).unwrap();
+    let deletes = Deletes {
+        fail: Arc::new(true.into()),
+        attempts: Arc::default(),
+        deleted: Arc::default(),
+    };
+    let (fail, attempts, deleted) = (
+        deletes.fail.clone(),
+        deletes.attempts.clone(),
+        deletes.deleted.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(clean(
+        Cleaner {
+            tables: vec![("public".into(), "t".into())],
+            watches: vec![Watch {
+                cursor: sink.clone(),
+                accepts: Box::new(|_, _, t| t == "t"),
+                waiting: None,
+            }],
+        },
+        b.log.clone(),
+        cleaner_cursor.clone(),
+        deletes,
+        stop.clone(),
+    ));
+    // The sink has not finished them: nothing is tried, however long.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(attempts.load(SeqCst), 0);
+    assert_eq!(cleaner_cursor.position(), 0);
+    // Finished, but the source refuses: retried for a while, then set aside, and the
+    // cleaner's cursor moves on.
+    sink.ack(end);
+    let since = tokio::time::Instant::now();
+    until("rows set aside", || cleaner_cursor.position() == end).await;
+    assert!(since.elapsed() >= Duration::from_secs(30));
+    assert!(attempts.load(SeqCst) > 3);
+    assert!(deleted.lock().unwrap().is_empty());
+    // Once the source takes DELETEs again, the set-aside rows go.
+    fail.store(false, SeqCst);
+    until("rows deleted", || deleted.lock().unwrap().len() == 5).await;
+    let keys: Vec<String> = (1..=5).map(|k| format!("{{\"id\":{k}}}")).collect();
+    assert_eq!(*deleted.lock().unwrap(), keys);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -488,9 +488,13 @@ pub async fn run_pipeline(
     let cleaner = if cleaned.is_empty() {
         None
     } else {
-        let (cursor, _) = log
+        let (cursor, shed) = log
             .cursors()
             .register(sluice_delivery::CLEANER_CURSOR, log.first())?;
+        if shed.is_some() {
+            warn!("the outbox cleaner was shed by the disk budget: rows delivered while it was detached stay in the outbox tables (delete them by hand); it goes on from the log's start");
+            log.cursors().clear_shed(sluice_delivery::CLEANER_CURSOR)?;
+        }
         let cleaner = sluice_delivery::Cleaner {
             tables: cleaned
                 .iter()
