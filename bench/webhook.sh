@@ -4,12 +4,16 @@
 # a target that acknowledges at once (crates/sluice-delivery/examples/overhead.rs).
 #
 #   bash bench/webhook.sh        # RUNS=3 per concurrency (median reported)
+#   ONLY=outbox bash bench/webhook.sh   # section 4 alone
 #
 # 1. ROWS rows inserted in 1,000-row transactions while Sluice streams them to the
 #    receiver (crates/sluice-testkit/src/bin/sluice-webhook-receiver.rs): accepted
 #    records/s between the first and the last accepted request.
 # 2. RATE rows/s for LAT_SECONDS (pgbench): commit-to-receipt p50/p99 at each concurrency.
 # 3. The engine alone: records/s into an instant target vs a plain read of the same log.
+# 4. A Debezium-layout outbox table (ROWS rows, 64 in flight, no failures), with and
+#    without delete_delivered: records/s, and with it the seconds from the last accepted
+#    request until the table is empty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-100000}
@@ -26,6 +30,8 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WO
 q "DROP TABLE IF EXISTS wh; CREATE TABLE wh (id bigserial PRIMARY KEY, v int, pad text)"
 q "DROP PUBLICATION IF EXISTS wh_pub; CREATE PUBLICATION wh_pub FOR TABLE wh"
 echo "INSERT INTO wh (v, pad) VALUES (1, repeat('x', 100));" > "$WORK/insert.sql"
+# What `one` streams and what it runs once the receiver has everything.
+TABLE=wh; PUB=wh_pub; SINK_EXTRA=""; AFTER=true
 
 # one NAME CONCURRENCY EXPECT LOAD...: the receiver's figures while LOAD runs.
 one() {
@@ -34,14 +40,15 @@ one() {
   "$RECV" "$WORK/$name/url" "$expect" "$FAIL" > "$WORK/$name/figures" &
   local rpid=$!; PIDS+=("$rpid")
   while [ ! -s "$WORK/$name/url" ]; do sleep 0.05; done
-  { toml_head "$name" wh_pub wh; printf 'snapshot = "never"\n'
-    printf '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "%s/hook"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n' "$(cat "$WORK/$name/url")"
+  { toml_head "$name" "$PUB" "$TABLE"; printf 'snapshot = "never"\n'
+    printf '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "%s/hook"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n%s\n' "$(cat "$WORK/$name/url")" "$SINK_EXTRA"
     printf '[sinks.delivery]\nconcurrency = %s\nretry_initial_ms = 50\nretry_max_ms = 1000\n' "$conc"; } > "$WORK/$name/sluice.toml"
   "$SLUICE" run -c "$WORK/$name/sluice.toml" 2>"$WORK/$name/log" &
   local spid=$!; PIDS+=("$spid")
   until grep -q "source: streaming" "$WORK/$name/log"; do sleep 0.1; done
   "$@"
   wait "$rpid"
+  $AFTER
   kill "$spid"; wait "$spid" 2>/dev/null || true
   q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
   cat "$WORK/$name/figures"
@@ -51,6 +58,7 @@ paced() { pgbench -h "$BASE" -p "$PORT" -U postgres -n -f "$WORK/insert.sql" -R 
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), ${FAIL} of requests failing"
+if [ "${ONLY:-}" != outbox ]; then
 for c in 16 64 256; do
   rates=(); p50=(); p99=()
   for i in $(seq 1 "$RUNS"); do
@@ -65,3 +73,28 @@ done
 for b in 1 16; do
   for i in $(seq 1 "$RUNS"); do cargo run --release --quiet -p sluice-delivery --example overhead -- 1000000 "$b"; done
 done
+fi
+
+q "DROP TABLE IF EXISTS whob; CREATE TABLE whob (id bigserial PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload jsonb)"
+q "DROP PUBLICATION IF EXISTS whob_pub; CREATE PUBLICATION whob_pub FOR TABLE whob"
+TABLE=whob; PUB=whob_pub; SAVED_FAIL=$FAIL; FAIL=0
+outbox_backlog() { for _ in $(seq 1 $((ROWS / 1000))); do echo "INSERT INTO whob (aggregatetype, aggregateid, type, payload) SELECT 'order', 'o-' || (g % 500), 'created', jsonb_build_object('n', g) FROM generate_series(1, 1000) g;"; done | psql -d "$CONN" -X -q >/dev/null; }
+# Seconds from the receiver's last record until the cleaner has emptied the table.
+emptied() { local t0; t0=$(date +%s.%N); until [ "$(q 'SELECT count(*) FROM whob')" = 0 ]; do sleep 0.05; done; echo "emptied_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" >> "$WORK/emptied"; }
+for mode in keep delete; do
+  rates=(); : > "$WORK/emptied"
+  for i in $(seq 1 "$RUNS"); do
+    if [ "$mode" = delete ]; then SINK_EXTRA=$'tables = []\noutbox_tables = ["public.whob"]\ndelete_delivered = true'; AFTER=emptied
+    else SINK_EXTRA=$'tables = []\noutbox_tables = ["public.whob"]'; AFTER=true; fi
+    q "TRUNCATE whob" >/dev/null
+    r=$(one "whob_${mode}_$i" 64 "$ROWS" outbox_backlog); rates+=("$(echo "$r" | field records_per_s)")
+  done
+  if [ "$mode" = delete ]; then
+    e=$(field emptied_s < "$WORK/emptied" | tr '\n' ' ')
+    printf "outbox, delete_delivered: %7.0f records/s (runs: %s), table empty %s s after the last delivery (runs: %s)\n" \
+      "$(printf "%s\n" "${rates[@]}" | median)" "${rates[*]}" "$(echo $e | tr ' ' '\n' | median)" "$e"
+  else
+    printf "outbox, rows kept:        %7.0f records/s (runs: %s)\n" "$(printf "%s\n" "${rates[@]}" | median)" "${rates[*]}"
+  fi
+done
+FAIL=$SAVED_FAIL
