@@ -136,6 +136,9 @@ pub async fn clean(
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if cursor.is_shed() {
+            return shed();
+        }
         if reader.position() >= reader.log_end() {
             tokio::select! {
                 biased;
@@ -151,14 +154,21 @@ pub async fn clean(
         }
         batch.clear();
         let tables = &c.cleaner.tables;
-        reader.read(&mut batch, 1000, 4 << 20, &mut |op, s, t| {
+        let read = reader.read(&mut batch, 1000, 4 << 20, &mut |op, s, t| {
             matches!(op, Op::Insert | Op::Read) && tables.iter().any(|(a, b)| a == s && b == t)
-        })?;
+        });
+        match read {
+            Err(_) if cursor.is_shed() => return shed(),
+            r => r?,
+        }
         let mut ready = Vec::new();
         for r in batch.iter() {
             // Rows are taken in log order; one a sink has not finished waits, and so do
             // the rows after it (the cursor cannot pass it).
             while !c.finished(&r) {
+                if cursor.is_shed() {
+                    return shed();
+                }
                 if !ready.is_empty() {
                     if !c.delete(&mut deleter, &ready, &stop).await? {
                         return Ok(());
@@ -190,6 +200,13 @@ pub async fn clean(
         }
         cursor.ack(batch.next);
     }
+}
+
+/// The disk budget detached the cleaner: its records may be gone, so it stops (the sinks
+/// go on) and starts again from the log's start at the next start.
+fn shed() -> Result<(), DeliveryError> {
+    warn!("outbox cleaner: shed by the log's disk budget; it stops, and rows delivered meanwhile stay in the outbox tables");
+    Ok(())
 }
 
 struct State {

@@ -7,6 +7,9 @@
 //!   `acked`, so a restarted sink always finds its records.
 //! - A shed cursor no longer holds the log; the shed mark is durable, so the next start
 //!   knows the sink missed records and must be backfilled.
+//! - A follower (the outbox cleaner) holds the log like any cursor, but at the disk budget
+//!   it is shed only when no other cursor holds the oldest segment: it trails the others,
+//!   so shedding the one it waits for is what frees it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +31,7 @@ pub struct Cursor {
     acked: AtomicU64,
     persisted: AtomicU64,
     shed: AtomicBool,
+    follower: AtomicBool,
 }
 
 impl Cursor {
@@ -48,6 +52,16 @@ impl Cursor {
     /// Whether the disk budget detached this sink.
     pub fn is_shed(&self) -> bool {
         self.shed.load(Ordering::Acquire)
+    }
+
+    /// Marks this cursor as one that trails other cursors: at the disk budget one of those
+    /// is shed first, which lets it catch up.
+    pub fn set_follower(&self) {
+        self.follower.store(true, Ordering::Release);
+    }
+
+    fn is_follower(&self) -> bool {
+        self.follower.load(Ordering::Acquire)
     }
 }
 
@@ -131,6 +145,7 @@ impl CursorStore {
             acked: AtomicU64::new(at),
             persisted: AtomicU64::new(at),
             shed: AtomicBool::new(false),
+            follower: AtomicBool::new(false),
         });
         self.cursors
             .lock()
@@ -217,13 +232,16 @@ impl CursorStore {
         Ok(())
     }
 
-    /// Detaches the cursor furthest behind (durably marked); returns its name.
-    pub(crate) fn shed_slowest(&self) -> Option<String> {
+    /// Detaches the cursor furthest behind among those below `below` (the end of the
+    /// oldest held segment), a follower only if no other cursor is there: a follower there
+    /// trails one of them, a follower alone is behind by its own doing. Durably marked;
+    /// returns its name.
+    pub(crate) fn shed_slowest(&self, below: u64) -> Option<String> {
         let slowest = self
             .all()
             .into_iter()
-            .filter(|c| !c.is_shed())
-            .min_by_key(|c| c.persisted())?;
+            .filter(|c| !c.is_shed() && c.persisted() < below)
+            .min_by_key(|c| (c.is_follower(), c.persisted()))?;
         let at = slowest.persisted();
         let marked = (|| -> Result<(), LogError> {
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;

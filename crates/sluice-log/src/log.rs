@@ -494,7 +494,16 @@ impl Writer {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     }
-                    match log.inner.cursors.shed_slowest() {
+                    // The end of the oldest segment a cursor holds.
+                    let below = {
+                        let held = log.inner.cursors.min_persisted().unwrap_or(active);
+                        let segs = log.inner.segments.lock().expect("segments lock");
+                        segs.iter()
+                            .map(|s| s.base)
+                            .find(|&b| b > held)
+                            .unwrap_or(active)
+                    };
+                    match log.inner.cursors.shed_slowest(below) {
                         Some(name) => {
                             error!(sink = %name, max_bytes = log.inner.config.max_bytes, "log: disk budget reached; sink shed (detached, marked for a re-backfill when the pipeline restarts)");
                             // The next sink gets the same grace.

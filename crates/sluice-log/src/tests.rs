@@ -253,12 +253,17 @@ fn shed_policy_detaches_the_slowest_cursor_at_the_budget() {
     c.on_full = FullPolicy::ShedSink;
     let (run, _) = Running::open(c.clone());
     let (stuck, _) = run.log.cursors().register("stuck", 0).unwrap();
+    // A follower trails the others: it is never the one shed.
+    let (follower, _) = run.log.cursors().register("follower", 0).unwrap();
+    follower.set_follower();
     for i in 0..200u64 {
         run.append(&[rec(100 + i, i, "a")]);
     }
+    // Shed only once it alone holds the oldest segment.
     let log = run.log.clone();
     run.close();
     assert!(stuck.is_shed());
+    assert!(follower.is_shed());
     assert!(log.bytes() < 30_000, "{}", log.bytes());
     // The mark survives restarts until it is cleared (once the re-backfill is requested):
     // the sink comes back at the log's start, to be backfilled.
@@ -325,6 +330,34 @@ fn shed_policy_sheds_none_of_the_sinks_that_catch_up_within_the_grace() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!busy.is_shed());
+    feeder.join().unwrap();
+    run.close();
+}
+
+#[test]
+fn shed_policy_sheds_the_cursor_a_follower_waits_for_not_the_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_bytes = Some(20_000);
+    c.on_full = FullPolicy::ShedSink;
+    c.shed_after = Duration::from_millis(200);
+    let (run, _) = Running::open(c);
+    // Registered first, so a tie on position alone would shed it first.
+    let (follower, _) = run.log.cursors().register("a-follower", 0).unwrap();
+    follower.set_follower();
+    let (stuck, _) = run.log.cursors().register("stuck", 0).unwrap();
+    let feeder = run.feed(600);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run.log.next_offset() < 600 {
+        assert!(std::time::Instant::now() < deadline, "never resumed");
+        // The follower trails the stuck sink, and catches up once that is shed.
+        if stuck.is_shed() {
+            follower.ack(run.log.next_offset());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(stuck.is_shed());
+    assert!(!follower.is_shed());
     feeder.join().unwrap();
     run.close();
 }

@@ -491,6 +491,7 @@ pub async fn run_pipeline(
         let (cursor, shed) = log
             .cursors()
             .register(sluice_delivery::CLEANER_CURSOR, log.first())?;
+        cursor.set_follower();
         if shed.is_some() {
             warn!("the outbox cleaner was shed by the disk budget: rows delivered while it was detached stay in the outbox tables (delete them by hand); it goes on from the log's start");
             log.cursors().clear_shed(sluice_delivery::CLEANER_CURSOR)?;
