@@ -13,7 +13,8 @@
 # 3. The engine alone: records/s into an instant target vs a plain read of the same log.
 # 4. A Debezium-layout outbox table (ROWS rows, 64 in flight, no failures), with and
 #    without delete_delivered: records/s, and with it the seconds from the last accepted
-#    request until the table is empty.
+#    request until the table is empty; CPU seconds of Sluice and of PostgreSQL's
+#    walsender and the cleaner's connection over the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-100000}
@@ -81,20 +82,33 @@ TABLE=whob; PUB=whob_pub; SAVED_FAIL=$FAIL; FAIL=0
 outbox_backlog() { for _ in $(seq 1 $((ROWS / 1000))); do echo "INSERT INTO whob (aggregatetype, aggregateid, type, payload) SELECT 'order', 'o-' || (g % 500), 'created', jsonb_build_object('n', g) FROM generate_series(1, 1000) g;"; done | psql -d "$CONN" -X -q >/dev/null; }
 # Seconds from the receiver's last record until the cleaner has emptied the table.
 emptied() { local t0; t0=$(date +%s.%N); until [ "$(q 'SELECT count(*) FROM whob')" = 0 ]; do sleep 0.05; done; echo "emptied_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" >> "$WORK/emptied"; }
-for mode in keep delete; do
-  rates=(); : > "$WORK/emptied"
-  for i in $(seq 1 "$RUNS"); do
-    if [ "$mode" = delete ]; then SINK_EXTRA=$'tables = []\noutbox_tables = ["public.whob"]\ndelete_delivered = true'; AFTER=emptied
-    else SINK_EXTRA=$'tables = []\noutbox_tables = ["public.whob"]'; AFTER=true; fi
+# CPU seconds of the running Sluice ($spid, from `one`) and of the server processes
+# still connected (the walsender; the cleaner's connection).
+ticks() { awk -v hz="$(getconf CLK_TCK)" '{ s += ($14 + $15) / hz } END { printf "%.1f", s }' "$@" 2>/dev/null; }
+cpu() {
+  local pids mode=$1
+  pids=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type IN ('walsender', 'client backend') AND pid <> pg_backend_pid()")
+  echo "sluice_cpu_s=$(ticks "/proc/$spid/stat") pg_cpu_s=$(ticks $(printf '/proc/%s/stat ' $pids))" >> "$WORK/cpu_$mode"
+}
+emptied_cpu() { emptied; cpu "$1"; }
+# The two modes alternate, run by run, so drift on a shared machine hits both alike.
+: > "$WORK/emptied"; : > "$WORK/cpu_keep"; : > "$WORK/cpu_delete"
+keep=(); del=(); ratio=()
+echo "== outbox section: $ROWS rows, 64 in flight, no failures, $RUNS runs per mode"
+for i in $(seq 1 "$RUNS"); do
+  for mode in keep delete; do
+    SINK_EXTRA=$'tables = []\noutbox_tables = ["public.whob"]'
+    if [ "$mode" = delete ]; then SINK_EXTRA+=$'\ndelete_delivered = true'; AFTER="emptied_cpu $mode"; else AFTER="cpu $mode"; fi
     q "TRUNCATE whob" >/dev/null
-    r=$(one "whob_${mode}_$i" 64 "$ROWS" outbox_backlog); rates+=("$(echo "$r" | field records_per_s)")
+    r=$(one "whob_${mode}_$i" 64 "$ROWS" outbox_backlog | field records_per_s)
+    if [ "$mode" = keep ]; then keep+=("$r"); else del+=("$r"); ratio+=("$(awk -v a="$r" -v b="${keep[-1]}" 'BEGIN { printf "%.2f", a / b }')"); fi
   done
-  if [ "$mode" = delete ]; then
-    e=$(field emptied_s < "$WORK/emptied" | tr '\n' ' ')
-    printf "outbox, delete_delivered: %7.0f records/s (runs: %s), table empty %s s after the last delivery (runs: %s)\n" \
-      "$(printf "%s\n" "${rates[@]}" | median)" "${rates[*]}" "$(echo $e | tr ' ' '\n' | median)" "$e"
-  else
-    printf "outbox, rows kept:        %7.0f records/s (runs: %s)\n" "$(printf "%s\n" "${rates[@]}" | median)" "${rates[*]}"
-  fi
 done
+printf "outbox, rows kept:        %7.0f records/s (runs: %s); CPU s Sluice %s, PostgreSQL %s\n" \
+  "$(printf "%s\n" "${keep[@]}" | median)" "${keep[*]}" "$(field sluice_cpu_s < "$WORK/cpu_keep" | tr '\n' ' ')" "$(field pg_cpu_s < "$WORK/cpu_keep" | tr '\n' ' ')"
+printf "outbox, delete_delivered: %7.0f records/s (runs: %s); CPU s Sluice %s, PostgreSQL %s\n" \
+  "$(printf "%s\n" "${del[@]}" | median)" "${del[*]}" "$(field sluice_cpu_s < "$WORK/cpu_delete" | tr '\n' ' ')" "$(field pg_cpu_s < "$WORK/cpu_delete" | tr '\n' ' ')"
+e=$(field emptied_s < "$WORK/emptied" | tr '\n' ' ')
+printf "delete/keep records/s per pair: median %s (runs: %s); table empty %s s after the last delivery (runs: %s)\n" \
+  "$(printf "%s\n" "${ratio[@]}" | median)" "${ratio[*]}" "$(echo $e | tr ' ' '\n' | median)" "$e"
 FAIL=$SAVED_FAIL
