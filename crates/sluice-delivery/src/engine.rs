@@ -27,6 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod commands;
+
 use crate::store::{Change, KeyRow, KeyState, Store, Stored};
 use crate::{
     Command, DeliveryError, Failure, Item, ItemOptions, OnExhausted, Parsed, Policy, Selection,
@@ -172,6 +174,8 @@ struct Engine<T: Target> {
     tokens: f64,
     refilled: Instant,
     rate_wait: Option<Instant>,
+    /// The first state error met inside `consider`, returned by the loop.
+    failed: Option<DeliveryError>,
     m: Metrics,
 }
 
@@ -230,6 +234,7 @@ pub async fn run<T: Target>(
         tokens,
         refilled: Instant::now(),
         rate_wait: None,
+        failed: None,
         m,
     };
     e.load()?;
@@ -239,6 +244,10 @@ pub async fn run<T: Target>(
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
     loop {
+        // A state error met where the caller could not take it (see `consider`).
+        if let Some(err) = e.failed.take() {
+            return Err(err);
+        }
         if e.cursor.is_shed() {
             error!(sink = %e.name, position = e.cursor.position(), "sink: shed by the log's disk budget; it stops and is backfilled when the pipeline restarts");
             return Ok(());
@@ -460,7 +469,7 @@ impl<T: Target> Engine<T> {
             let Some(head) = key.queue.front() else {
                 if key.draining {
                     if let Err(e) = self.next_page(k) {
-                        error!(sink = %self.name, error = %e, "sink: cannot read the waiting room");
+                        self.fail(e);
                         return;
                     }
                     let more = self.keys.get(k).is_some_and(|key| !key.queue.is_empty());
@@ -474,14 +483,14 @@ impl<T: Target> Engine<T> {
             let now = self.clock.micros();
             if head.item.expires_at_micros.is_some_and(|t| t <= now) {
                 if let Err(e) = self.dead_letter_head(k, "expired") {
-                    error!(sink = %self.name, error = %e, "sink: cannot write a dead letter");
+                    self.fail(e);
                     return;
                 }
                 continue;
             }
             if let Some(at) = head.item.deliver_at_micros.filter(|&t| t > now) {
                 if let Err(e) = self.hold(k, KeyState::Delayed, Some(at)) {
-                    error!(sink = %self.name, error = %e, "sink: cannot hold a delayed record");
+                    self.fail(e);
                 }
                 return;
             }
@@ -489,6 +498,13 @@ impl<T: Target> Engine<T> {
             self.ready.push_back(k.into());
             return;
         }
+    }
+
+    /// Keeps the first state error for the loop, which stops the sink with it: the key it
+    /// came from stays where it was (the cursor behind it), so nothing is lost.
+    fn fail(&mut self, e: DeliveryError) {
+        error!(sink = %self.name, error = %e, "sink: the waiting room failed; the sink stops");
+        self.failed.get_or_insert(e);
     }
 
     fn forget_if_idle(&mut self, k: &str) {
@@ -842,54 +858,6 @@ impl<T: Target> Engine<T> {
         Ok(())
     }
 
-    /// Moves a parked key's stored records to the dead letters; the key flows again.
-    fn skip(&mut self, k: &str) -> Result<usize, DeliveryError> {
-        let Some(key) = self.keys.get(k) else {
-            return Ok(0);
-        };
-        if key.row != Some(KeyState::Parked) {
-            return Ok(0);
-        }
-        let now = self.clock.micros();
-        let mut n = 0;
-        loop {
-            let page = self.store.waiting(k, 0, PAGE)?;
-            if page.is_empty() {
-                break;
-            }
-            let mut changes = Vec::with_capacity(page.len() * 2);
-            for mut s in page {
-                n += 1;
-                changes.push(Change::DelWaiting(s.item.key.clone(), s.item.offset));
-                s.reason = "skipped".into();
-                s.at_micros = now;
-                changes.push(Change::PutDead(s));
-            }
-            self.store.apply(&changes, true)?;
-        }
-        self.m.parked.decrement(1.0);
-        let key = self.keys.get_mut(k).expect("looked up above");
-        key.held = false;
-        key.draining = false;
-        key.row = Some(KeyState::Done);
-        if let Some(row) = self.row_of(k)? {
-            self.store.apply(
-                &[Change::PutKey(
-                    k.into(),
-                    KeyRow {
-                        state: KeyState::Done,
-                        ..row
-                    },
-                )],
-                true,
-            )?;
-        }
-        metrics::counter!("sluice_delivery_dead_letters_total", "sink" => self.name.clone(), "reason" => "skipped")
-            .increment(n as u64);
-        self.consider(k);
-        Ok(n)
-    }
-
     fn fire_timers(&mut self) -> Result<(), DeliveryError> {
         let now = Instant::now();
         while let Some(Reverse((at, kind, _))) = self.timers.peek() {
@@ -933,103 +901,5 @@ impl<T: Target> Engine<T> {
             self.forget_if_idle(k);
         }
         Ok(())
-    }
-
-    fn selected(&self, sel: &Selection, states: &[KeyState]) -> Vec<Box<str>> {
-        match sel {
-            Selection::All => self
-                .keys
-                .iter()
-                .filter(|(_, key)| {
-                    key.held && !key.draining && key.row.is_some_and(|s| states.contains(&s))
-                })
-                .map(|(k, _)| k.clone())
-                .collect(),
-            Selection::Keys(keys) => keys.iter().map(|k| k.as_str().into()).collect(),
-        }
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Redrive(sel, reply) => {
-                let keys = self.selected(&sel, &[KeyState::Parked, KeyState::Delayed]);
-                let mut n = 0;
-                let mut result = Ok(());
-                for k in keys {
-                    let held = self
-                        .keys
-                        .get(&k)
-                        .is_some_and(|key| key.held && !key.draining);
-                    if held {
-                        if let Err(e) = self.release(&k) {
-                            result = Err(e.to_string());
-                            break;
-                        }
-                        n += 1;
-                    }
-                }
-                info!(sink = %self.name, keys = n, "sink: keys redriven from the waiting room");
-                let _ = reply.send(result.map(|()| n));
-            }
-            Command::Skip(sel, reply) => {
-                let keys = self.selected(&sel, &[KeyState::Parked]);
-                let mut n = 0;
-                let mut result = Ok(());
-                for k in keys {
-                    match self.skip(&k) {
-                        Ok(m) => n += m,
-                        Err(e) => {
-                            result = Err(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                info!(sink = %self.name, records = n, "sink: parked records skipped into the dead letters");
-                let _ = reply.send(result.map(|()| n));
-            }
-            Command::RedriveDead(offsets, reply) => {
-                let _ = reply.send(self.redrive_dead(offsets).map_err(|e| e.to_string()));
-            }
-        }
-    }
-
-    /// Puts dead letters back in their keys' queues (behind what the key has now).
-    fn redrive_dead(&mut self, offsets: Option<Vec<u64>>) -> Result<usize, DeliveryError> {
-        let letters = match offsets {
-            None => self.store.dead(0, usize::MAX)?,
-            Some(list) => {
-                let mut out = Vec::new();
-                for o in list {
-                    out.extend(
-                        self.store
-                            .dead(o, 1)?
-                            .into_iter()
-                            .filter(|s| s.item.offset == o),
-                    );
-                }
-                out
-            }
-        };
-        let n = letters.len();
-        let now = self.clock.micros();
-        for s in letters {
-            let k = s.item.key.clone();
-            let key = self.keys.entry(k.clone()).or_default();
-            if key.held && !key.draining {
-                let mut s = s;
-                s.reason.clear();
-                s.at_micros = now;
-                let offset = s.item.offset;
-                self.store
-                    .apply(&[Change::PutWaiting(s), Change::DelDead(offset)], true)?;
-                continue;
-            }
-            key.queue.push_back(Entry::new(s.item, Origin::Dead));
-            if key.queue.len() == 1 {
-                self.consider(&k);
-            }
-        }
-        info!(sink = %self.name, records = n, "sink: dead letters redriven");
-        Ok(n)
     }
 }
