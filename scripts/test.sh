@@ -14,10 +14,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+# Optional sinks must also build without their features.
+cargo check -p sluice-sinks --no-default-features --quiet
 
 # Doc examples first (nextest does not run them), then the suite; its summary closes the run.
-cargo test --workspace --doc --quiet
+cargo test --workspace --all-features --doc --quiet
 if [ "${SLUICE_FUZZ_SECONDS:-60}" -gt 0 ] && rustup toolchain list 2>/dev/null | grep -q nightly; then
   if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
@@ -25,4 +27,4 @@ if [ "${SLUICE_FUZZ_SECONDS:-60}" -gt 0 ] && rustup toolchain list 2>/dev/null |
   echo "fuzzing the pgoutput decoder for ${SLUICE_FUZZ_SECONDS:-60} s" >&2
   (cd fuzz && cargo +nightly fuzz run pgoutput -- -max_total_time="${SLUICE_FUZZ_SECONDS:-60}" 2>&1 | tail -n 3)
 fi
-cargo nextest run --workspace --no-fail-fast --cargo-quiet "$@"
+cargo nextest run --workspace --all-features --no-fail-fast --cargo-quiet "$@"

@@ -8,16 +8,23 @@
 //! - [`ChangeRecord::write_json`] always produces one valid JSON object; row images are
 //!   carried already encoded as JSON objects, so they are spliced, never re-parsed.
 
+mod backoff;
+mod check;
 mod error;
 mod lsn;
+pub mod metric;
 mod record;
 mod stats;
+mod tables;
 mod time;
 
-pub use error::ErrorClass;
+pub use backoff::{Backoff, Retrying};
+pub use check::Finding;
+pub use error::{BoxError, Classify, ErrorClass, Fault};
 pub use lsn::{ChangeId, Lsn, ParseError};
 pub use record::{
     push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op, OUTBOX_PREFIX,
 };
 pub use stats::SinkStats;
+pub use tables::TablePatterns;
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

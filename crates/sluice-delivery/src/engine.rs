@@ -271,7 +271,7 @@ pub async fn run<T: Target>(
             },
             Some(done) = e.in_flight.join_next(), if !e.in_flight.is_empty() => {
                 let (keys, result) = done
-                    .map_err(|j| DeliveryError::Stopped(format!("sink {:?}: a delivery task failed: {j}", e.name)))?;
+                    .map_err(|j| DeliveryError::Stopped(sluice_core::Fault::fatal(format!("sink {:?}: a delivery task failed", e.name)).caused_by(j)))?;
                 e.m.in_flight.set(e.in_flight.len() as f64);
                 e.done(keys, result)?;
             }
@@ -592,10 +592,9 @@ impl<T: Target> Engine<T> {
                 }
             }
             Err(Failure::Stop(why)) => {
-                return Err(DeliveryError::Stopped(format!(
-                    "sink {:?}: {why}",
-                    self.name
-                )))
+                return Err(DeliveryError::Stopped(
+                    why.within(format_args!("sink {:?}", self.name)),
+                ))
             }
             Err(Failure::Reject(why)) => {
                 self.m.failures.increment(keys.len() as u64);

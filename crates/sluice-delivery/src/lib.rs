@@ -15,6 +15,7 @@
 //! - Every delivery carries the record's id; a repeat (after a crash or an unanswered
 //!   attempt) carries the same id, so receivers can drop it.
 
+mod config;
 mod engine;
 mod item;
 mod outbox;
@@ -26,6 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use config::DeliveryConfig;
 pub use engine::{run, EngineConfig};
 pub use item::{Item, ItemOptions, Parsed, Topics, OUTBOX_PREFIX};
 pub use outbox::{clean, Cleaner, Deletion, RowDeleter, Watch, CLEANER_CURSOR};
@@ -44,7 +46,22 @@ pub enum Failure {
     /// The receiver refused the record for good (a 4xx): it goes to the dead letters.
     Reject(String),
     /// Nothing can be delivered until the operator changes something: the pipeline stops.
-    Stop(String),
+    Stop(sluice_core::Fault),
+}
+
+/// A classified error from a target's client: transient ones are retried by the policy,
+/// definite ones stop the sink with their fix.
+impl From<sluice_core::Fault> for Failure {
+    fn from(f: sluice_core::Fault) -> Failure {
+        if f.is_transient() {
+            Failure::Retry {
+                error: f.to_string(),
+                after: None,
+            }
+        } else {
+            Failure::Stop(f)
+        }
+    }
 }
 
 /// A delivery in progress.
@@ -64,8 +81,18 @@ pub enum DeliveryError {
     State(String),
     #[error(transparent)]
     Log(#[from] sluice_log::LogError),
-    #[error("{0}")]
-    Stopped(String),
+    #[error(transparent)]
+    Stopped(sluice_core::Fault),
+}
+
+/// Into the one error policy.
+impl From<DeliveryError> for sluice_core::Fault {
+    fn from(e: DeliveryError) -> sluice_core::Fault {
+        match e {
+            DeliveryError::Stopped(f) => f,
+            other => sluice_core::Fault::fatal("delivery").caused_by(other),
+        }
+    }
 }
 
 /// Which keys an operator's command is for.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_core::Op;
+use sluice_core::{Backoff, Fault, Op};
 use sluice_log::{Cursor, Log, Reader, Record, RecordBatch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -50,7 +50,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 const RETRY_IN_PLACE: Duration = Duration::from_secs(30);
 
 /// A DELETE in progress: how many rows went, or why it failed.
-pub type Deletion<'a> = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+pub type Deletion<'a> = Pin<Box<dyn Future<Output = Result<u64, Fault>> + Send + 'a>>;
 
 /// Deletes rows by key from the source database.
 pub trait RowDeleter: Send {
@@ -288,7 +288,7 @@ impl State {
         &self,
         deleter: &mut impl RowDeleter,
         rows: &[(u64, Row)],
-    ) -> Result<(), String> {
+    ) -> Result<(), Fault> {
         let mut by_table: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for (_, r) in rows {
             by_table
@@ -301,7 +301,7 @@ impl State {
                 let n = deleter
                     .delete(schema, table, chunk)
                     .await
-                    .map_err(|e| format!("{schema}.{table}: {e}"))?;
+                    .map_err(|e| e.within(format_args!("{schema}.{table}")))?;
                 self.deleted.increment(n);
             }
         }
@@ -317,7 +317,8 @@ impl State {
         stop: &CancellationToken,
     ) -> Result<bool, DeliveryError> {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff =
+            Backoff::doubling(Duration::from_secs(1), Duration::from_secs(10)).start();
         loop {
             let Err(e) = self.try_delete(deleter, rows).await else {
                 return Ok(true);
@@ -327,13 +328,13 @@ impl State {
                 self.defer(rows)?;
                 return Ok(true);
             }
-            warn!(error = %e, retry_in = ?backoff, "outbox cleaner: cannot delete delivered rows");
+            let wait = backoff.next_delay();
+            warn!(error = %e, retry_in = ?wait, "outbox cleaner: cannot delete delivered rows");
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

@@ -48,12 +48,12 @@ impl Retry {
     /// The wait before attempt `failed + 1`, after `failed` failures: full jitter, a
     /// uniform draw below the exponential bound, so a crowd of retries spreads out.
     pub fn backoff(&self, failed: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(failed.saturating_sub(1) as i32);
-        let bound = self.initial.mul_f64(exp.min(1e9)).min(self.max);
-        bound.mul_f64(fastrand::f64())
+        sluice_core::Backoff {
+            initial: self.initial,
+            max: self.max,
+            multiplier: self.multiplier,
+        }
+        .delay(failed)
     }
 
     /// Whether a record that failed `failed` times, first tried `age` ago, gets no more

@@ -668,7 +668,7 @@ impl RowDeleter for Deletes {
         Box::pin(async move {
             self.attempts.fetch_add(1, SeqCst);
             if self.fail.load(SeqCst) {
-                return Err("connection refused".into());
+                return Err(sluice_core::Fault::transient("connection refused"));
             }
             assert_eq!((schema, table), ("public", "t"));
             self.deleted.lock().unwrap().extend(keys.iter().cloned());

@@ -34,3 +34,11 @@ pub enum LogError {
 
 #[cfg(test)]
 mod tests;
+
+/// Into the one error policy: the log is local disk, so a failure of it is definite (its
+/// message says what to check); a closed log only ends a reader.
+impl From<LogError> for sluice_core::Fault {
+    fn from(e: LogError) -> sluice_core::Fault {
+        sluice_core::Fault::fatal("the log").caused_by(e)
+    }
+}

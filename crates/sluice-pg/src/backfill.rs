@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sluice_core::{ChangeId, ChangeRecord, Lsn, Op};
+use sluice_core::{Backoff, ChangeId, ChangeRecord, Lsn, Op};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -44,8 +44,8 @@ use tracing::{error, info, warn};
 use crate::changes::Exclusions;
 use crate::conninfo::ConnInfo;
 use crate::error::PgError;
+use crate::output::SourceStatus;
 use crate::snapshot::{describe, CopyOut, PlanKind, Progress, RowEncoder, TablePlan, TableShape};
-use crate::source::SourceStatus;
 use crate::state::PipelineState;
 use crate::values::TypeRegistry;
 use crate::wire::{quote_literal, Connection};
@@ -399,7 +399,8 @@ impl BackfillWorker {
         let nonce = fastrand::u64(..);
         let mut seq = 0u64;
         let mut conn: Option<Connection> = None;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff =
+            Backoff::doubling(Duration::from_millis(200), Duration::from_secs(30)).start();
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -436,7 +437,7 @@ impl BackfillWorker {
                 }
                 let Some(c) = conn.as_mut() else { break };
                 match self.table(c, &mut plan, nonce, &mut seq, &cancel).await {
-                    Ok(()) => backoff = Duration::from_millis(200),
+                    Ok(()) => backoff.reset(),
                     Err(e) if e.class() == sluice_core::ErrorClass::Definite => {
                         error!(table = %plan.qualified(), error = %e, "backfill: stopped for this table; fix the cause and run `sluice backfill` again");
                         let _ = self
@@ -460,9 +461,8 @@ impl BackfillWorker {
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

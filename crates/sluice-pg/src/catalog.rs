@@ -237,41 +237,19 @@ pub async fn teardown(
     Ok(dropped)
 }
 
-/// One preflight finding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub ok: bool,
-    pub what: String,
-    /// What to do, for a failure.
-    pub fix: Option<String>,
-    /// A failure that `sluice run` cannot wait out (as it waits out a busy slot).
-    pub blocking: bool,
-}
+pub use sluice_core::Finding;
 
 fn pass(what: impl Into<String>) -> Finding {
-    Finding {
-        ok: true,
-        what: what.into(),
-        fix: None,
-        blocking: false,
-    }
+    Finding::pass(what)
 }
 
 fn fail(what: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding {
-        ok: false,
-        what: what.into(),
-        fix: Some(fix.into()),
-        blocking: true,
-    }
+    Finding::fail(what, fix)
 }
 
 /// A failure that may pass by itself (a busy slot or wal sender).
 fn busy(what: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding {
-        blocking: false,
-        ..fail(what, fix)
-    }
+    Finding::warn(what, fix)
 }
 
 /// What preflight checks against.

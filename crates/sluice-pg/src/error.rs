@@ -1,6 +1,6 @@
 //! Errors of the PostgreSQL side, classified once (see [`PgError::class`]).
 
-use sluice_core::ErrorClass;
+use sluice_core::{Classify, ErrorClass};
 
 /// An ErrorResponse from the server, without row data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,29 @@ impl PgError {
         }
     }
 }
+
+impl Classify for PgError {
+    fn class(&self) -> ErrorClass {
+        PgError::class(self)
+    }
+}
+
+/// Into the one error policy, keeping the class and the error as its cause.
+impl From<PgError> for sluice_core::Fault {
+    fn from(e: PgError) -> sluice_core::Fault {
+        let class = e.class();
+        sluice_core::Fault {
+            class,
+            message: "postgres".into(),
+            fix: None,
+            source: None,
+        }
+        .caused_by(e)
+    }
+}
+
+/// SQLSTATE insufficient_privilege.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// Classes by SQLSTATE: connection problems, shutdowns, resource exhaustion and an object
 /// (a slot) held by another process can pass; privileges, missing objects and bad

@@ -23,8 +23,8 @@ use tracing::{info, warn};
 
 use crate::conninfo::ConnInfo;
 use crate::error::PgError;
+use crate::output::Batch;
 use crate::snapshot::{CopyOut, Progress, RowEncoder, TablePlan, TableShape};
-use crate::source::Batch;
 use crate::state::PipelineState;
 use crate::wire::{quote_literal, Connection};
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::copy_binary::{self, Codec, CopyError, CopyParser};
 use crate::error::PgError;
-use crate::source::resolve_types;
+use crate::types::resolve_types;
 use crate::values::{write_json_string, TypeRegistry};
 use crate::wire::{quote_ident, quote_literal, Connection, CopyMessage};
 

@@ -16,11 +16,10 @@
 //!   touches nothing shared with the active one (the spill directory is emptied only once
 //!   the lock is held).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{ChangeRecord, ErrorClass, Lsn};
+use sluice_core::{Backoff, ChangeRecord, ErrorClass, Lsn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,55 +28,22 @@ use crate::backfill::{self, BackfillRequest, BackfillWorker, Watermarks};
 use crate::changes::{Assembler, Exclusions, Handled};
 use crate::conninfo::ConnInfo;
 use crate::error::PgError;
+pub use crate::output::{Batch, Output, SourceStatus};
 use crate::replication::{self, StartOptions, StreamMessage};
 use crate::snapshot::Progress;
 use crate::state::PipelineState;
+use crate::types::resolve_types;
 use crate::wire::{quote_literal, Connection};
 
 #[path = "source_copies.rs"]
 mod copies;
 use copies::{clear_plans, definite, route, META_KNOWN};
 
+/// Waits between reconnects.
+const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(30));
+
 /// How long a stop waits for the rest of a transaction that is partly in the output.
 const FINISH_TRANSACTION: Duration = Duration::from_secs(5);
-
-/// JSON lines encoded elsewhere (by snapshot workers, on their own threads), written in
-/// the order sent.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Whole JSON lines, each ending in a newline.
-    pub bytes: Vec<u8>,
-    /// The end LSN of the last transaction this batch completes.
-    pub commit: Option<Lsn>,
-    /// Answered once this batch and everything sent before it is durable.
-    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
-    /// `Some(n)`: `bytes` holds `n` records in the output's own framing (written by its
-    /// `push`); `None`: whole JSON lines from elsewhere.
-    pub framed: Option<u64>,
-}
-
-/// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting
-/// when the output is saturated); the output reports the last committed LSN it made
-/// durable through the watch channel.
-pub trait Output: Send {
-    fn push(&mut self, record: &ChangeRecord);
-    /// Whether enough is buffered that it should be handed off now.
-    fn wants_hand_off(&self) -> bool;
-    /// Whether anything is buffered.
-    fn has_pending(&self) -> bool;
-    /// Drops what is buffered and not yet handed off: after a lost connection the server
-    /// sends that transaction again, whole.
-    fn discard_pending(&mut self);
-    /// Hands the buffer off; `commit` is the end LSN of the last transaction it completes.
-    fn hand_off(
-        &mut self,
-        commit: Option<Lsn>,
-    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
-    /// The end LSN of the last transaction made durable.
-    fn durable(&mut self) -> &mut watch::Receiver<Lsn>;
-    /// A sender for pre-encoded batches; they go after whatever was handed off before.
-    fn batches(&self) -> tokio::sync::mpsc::Sender<Batch>;
-}
 
 /// What the source needs to know.
 #[derive(Debug, Clone)]
@@ -125,19 +91,24 @@ impl SourceError {
     }
 }
 
+/// Into the one error policy, keeping the class and the error as its cause.
+impl From<SourceError> for sluice_core::Fault {
+    fn from(e: SourceError) -> sluice_core::Fault {
+        let class = e.class();
+        sluice_core::Fault {
+            class,
+            message: "source".into(),
+            fix: None,
+            source: None,
+        }
+        .caused_by(e)
+    }
+}
+
 impl From<std::io::Error> for SourceError {
     fn from(e: std::io::Error) -> Self {
         SourceError::Pg(PgError::Io(e))
     }
-}
-
-/// Events the supervisor and tests can watch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceStatus {
-    /// Holding the lock and streaming.
-    pub streaming: bool,
-    pub confirmed: Lsn,
-    pub reconnects: u64,
 }
 
 /// The worker that owns the replication connection.
@@ -207,7 +178,7 @@ impl<O: Output> SourceWorker<O> {
 
     async fn run_sessions(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
         let cancel = cancel.clone();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RECONNECT.start();
         loop {
             match self.session(&cancel).await {
                 Ok(()) => return Ok(()),
@@ -215,7 +186,7 @@ impl<O: Output> SourceWorker<O> {
                     // A session that got as far as streaming was a success that ended: the
                     // next attempt starts from the shortest wait again.
                     if self.status.borrow().streaming {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                     }
                     self.status.send_modify(|s| {
                         s.streaming = false;
@@ -226,16 +197,13 @@ impl<O: Output> SourceWorker<O> {
                     }
                     self.output.discard_pending();
                     self.uncommitted = false;
-                    // Jitter (half to all of the backoff) keeps several instances from
-                    // reconnecting in lockstep.
-                    let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    let wait = backoff.next_delay();
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "source: connection problem, reconnecting");
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
                     self.status.send_modify(|s| s.streaming = false);
@@ -645,66 +613,6 @@ pub async fn resolve_catalog(
                 .filter_map(|r| r.into_iter().next().flatten())
                 .collect(),
         );
-    }
-    Ok(())
-}
-
-/// Records the catalog rows of type OIDs the registry does not know yet, following array
-/// elements and domain base types.
-pub async fn resolve_types(
-    conn: &mut Connection,
-    types: &mut crate::values::TypeRegistry,
-    oids: Vec<u32>,
-) -> Result<(), PgError> {
-    let mut pending: Vec<u32> = oids.into_iter().filter(|o| !types.knows(*o)).collect();
-    for _ in 0..8 {
-        if pending.is_empty() {
-            break;
-        }
-        let list = pending
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let rows = conn
-            .query(&format!(
-                "SELECT oid, typtype, typcategory, typelem, typbasetype, typdelim FROM pg_type \
-                 WHERE oid IN ({list})"
-            ))
-            .await?;
-        let mut next = Vec::new();
-        let mut found = std::collections::HashSet::new();
-        for r in rows {
-            let num = |i: usize| {
-                r.get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(0)
-            };
-            let byte = |i: usize| {
-                r.get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.bytes().next())
-                    .unwrap_or(b'b')
-            };
-            let (oid, elem, base) = (num(0), num(3), num(4));
-            types.record(oid, byte(1), byte(2), elem, base, byte(5));
-            found.insert(oid);
-            for dep in [elem, base] {
-                if dep != 0 && !types.knows(dep) {
-                    next.push(dep);
-                }
-            }
-        }
-        for oid in pending {
-            if !found.contains(&oid) {
-                // Unknown to the catalog (dropped meanwhile): its text form will do.
-                types.record(oid, b'b', b'U', 0, 0, b',');
-            }
-        }
-        pending = next;
     }
     Ok(())
 }

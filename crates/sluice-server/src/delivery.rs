@@ -12,26 +12,25 @@
 //! POST /v1/sinks/{name}/nack            {"ids":[..], "delay":"5s"}
 //! ```
 //!
-//! Invariants: every endpoint needs the bearer token (records are row data); state
+//! Invariants: every endpoint needs the bearer token (records are row data; the
+//! [`SinkRef`] extractor checks it before a handler runs); state
 //! changes go through the engine that owns the sink (its command channel), never to the
 //! store directly, so they are ordered with deliveries.
-
-// Handlers answer early with a ready response; its size does not matter here.
-#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Query;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored};
+use sluice_sinks::pull::PullQueue;
 
-use crate::AppState;
+use crate::api::{ApiError, SinkRef};
 
 fn reply(status: StatusCode, body: Value) -> Response {
     let mut text = body.to_string();
@@ -44,24 +43,20 @@ fn reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    reply(status, json!({ "error": message.into() }))
+fn control(sink: &SinkRef) -> Result<Control, ApiError> {
+    sink.endpoints
+        .delivery
+        .get(&sink.name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook or pull sink named {:?}", sink.name)))
 }
 
-fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "a bearer token is required: Authorization: Bearer <token> (one of [server] tokens)",
-    )
-}
-
-fn control<'a>(state: &'a AppState, name: &str) -> Result<&'a Control, Response> {
-    state.options.delivery.get(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no webhook or pull sink named {name:?} in this pipeline"),
-        )
-    })
+fn pull_queue(sink: &SinkRef) -> Result<Arc<PullQueue>, ApiError> {
+    sink.endpoints
+        .pull
+        .get(&sink.name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no pull sink named {:?}", sink.name)))
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
@@ -98,31 +93,19 @@ fn record_json(s: &Stored) -> Value {
 /// Answers with what `read` finds in a sink's store, read off the async threads (redb
 /// reads block).
 async fn read_store(
-    state: &AppState,
-    name: &str,
-    headers: &HeaderMap,
+    sink: SinkRef,
     read: impl FnOnce(&Store) -> Result<Value, DeliveryError> + Send + 'static,
-) -> Response {
-    if !state.authorized(headers) {
-        return unauthorized();
-    }
-    let c = match control(state, name) {
-        Ok(c) => c.clone(),
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let c = control(&sink)?;
     match tokio::task::spawn_blocking(move || read(&c.store)).await {
-        Ok(Ok(v)) => reply(StatusCode::OK, v),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Ok(v)) => Ok(reply(StatusCode::OK, v)),
+        Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }
 
-pub(crate) async fn parked(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    read_store(&state, &name, &headers, |store| {
+pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
+    read_store(sink, |store| {
         let mut keys = Vec::new();
         for (key, row) in store.keys()? {
             if row.state == sluice_delivery::KeyState::Done {
@@ -142,16 +125,14 @@ pub(crate) async fn parked(
 }
 
 pub(crate) async fn parked_records(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(key) = q.get("key").cloned() else {
-        return error(StatusCode::BAD_REQUEST, "key=... is required");
+        return Err(ApiError::BadRequest("key=... is required".into()));
     };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    read_store(&state, &name, &headers, move |store| {
+    read_store(sink, move |store| {
         let list = store.waiting(&key, 0, limit)?;
         Ok(json!({ "records": list.iter().map(record_json).collect::<Vec<_>>() }))
     })
@@ -169,26 +150,23 @@ struct Choose {
     all: bool,
 }
 
-fn choose(body: &Bytes) -> Result<Choose, Response> {
+fn choose(body: &Bytes) -> Result<Choose, ApiError> {
     let c: Choose = serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be JSON like {{\"keys\": [...]}} or {{\"all\": true}}: {e}"),
-        )
+        ApiError::BadRequest(format!(
+            "the body must be JSON like {{\"keys\": [...]}} or {{\"all\": true}}: {e}"
+        ))
     })?;
     if !c.all && c.keys.is_empty() && c.offsets.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "name what to act on: {\"keys\": [...]}, {\"offsets\": [...]} or {\"all\": true}",
+        return Err(ApiError::BadRequest(
+            "name what to act on: {\"keys\": [...]}, {\"offsets\": [...]} or {\"all\": true}"
+                .into(),
         ));
     }
     Ok(c)
 }
 
 async fn act(
-    state: &AppState,
-    name: &str,
-    headers: &HeaderMap,
+    sink: SinkRef,
     body: &Bytes,
     what: &str,
     make: impl FnOnce(
@@ -196,21 +174,12 @@ async fn act(
     ) -> Box<
         dyn FnOnce(tokio::sync::oneshot::Sender<Result<usize, String>>) -> Command + Send,
     >,
-) -> Response {
-    if !state.authorized(headers) {
-        return unauthorized();
-    }
-    let c = match control(state, name) {
-        Ok(c) => c.clone(),
-        Err(r) => return r,
-    };
-    let chosen = match choose(body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let c = control(&sink)?;
+    let chosen = choose(body)?;
     match c.ask(make(chosen)).await {
-        Ok(n) => reply(StatusCode::OK, json!({ what: n })),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(n) => Ok(reply(StatusCode::OK, json!({ what: n }))),
+        Err(e) => Err(ApiError::Unavailable(e)),
     }
 }
 
@@ -222,96 +191,60 @@ fn selection(c: &Choose) -> Selection {
     }
 }
 
-pub(crate) async fn redrive(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    act(&state, &name, &headers, &body, "redriven", |c| {
+pub(crate) async fn redrive(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
+    act(sink, &body, "redriven", |c| {
         Box::new(move |tx| Command::Redrive(selection(&c), tx))
     })
     .await
 }
 
-pub(crate) async fn skip(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    act(&state, &name, &headers, &body, "skipped", |c| {
+pub(crate) async fn skip(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
+    act(sink, &body, "skipped", |c| {
         Box::new(move |tx| Command::Skip(selection(&c), tx))
     })
     .await
 }
 
 pub(crate) async fn dead(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let from = q.get("from").and_then(|l| l.parse().ok()).unwrap_or(0);
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    read_store(&state, &name, &headers, move |store| {
+    read_store(sink, move |store| {
         let list = store.dead(from, limit)?;
         Ok(json!({ "dead_letters": list.iter().map(record_json).collect::<Vec<_>>() }))
     })
     .await
 }
 
-pub(crate) async fn redrive_dead(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    act(&state, &name, &headers, &body, "redriven", |c| {
+pub(crate) async fn redrive_dead(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
+    act(sink, &body, "redriven", |c| {
         Box::new(move |tx| Command::RedriveDead((!c.all).then(|| c.offsets.clone()), tx))
     })
     .await
 }
 
 pub(crate) async fn receive(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if !state.authorized(&headers) {
-        return unauthorized();
-    }
-    let Some(queue) = state.options.pull.get(&name).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no pull sink named {name:?} in this pipeline"),
-        );
-    };
+) -> Result<Response, ApiError> {
+    let queue = pull_queue(&sink)?;
     let max = q
         .get("max")
         .and_then(|m| m.parse::<usize>().ok())
         .unwrap_or(10)
         .clamp(1, 10_000);
-    let dur = |k: &str, d: Duration| -> Result<Duration, Response> {
+    let dur = |k: &str, d: Duration| -> Result<Duration, ApiError> {
         match q.get(k) {
             None => Ok(d),
             Some(v) => parse_duration(v).ok_or_else(|| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("{k}={v:?}: use a duration like 30s, 500ms or 2m"),
-                )
+                ApiError::BadRequest(format!("{k}={v:?}: use a duration like 30s, 500ms or 2m"))
             }),
         }
     };
-    let visibility = match dur("visibility", Duration::from_secs(30)) {
-        Ok(v) => v.max(Duration::from_millis(10)),
-        Err(r) => return r,
-    };
-    let wait = match dur("wait", Duration::ZERO) {
-        Ok(v) => v.min(Duration::from_secs(60)),
-        Err(r) => return r,
-    };
+    let visibility = dur("visibility", Duration::from_secs(30))?.max(Duration::from_millis(10));
+    let wait = dur("wait", Duration::ZERO)?.min(Duration::from_secs(60));
     let items = queue.receive(max, visibility, wait).await;
     let mut body = Vec::with_capacity(items.iter().map(|i| i.json.len() + 1).sum::<usize>() + 16);
     body.extend_from_slice(b"{\"records\":[");
@@ -322,12 +255,12 @@ pub(crate) async fn receive(
         body.extend_from_slice(&i.json);
     }
     body.extend_from_slice(b"]}\n");
-    (
+    Ok((
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -338,71 +271,42 @@ struct Answer {
     delay: Option<String>,
 }
 
-async fn answer(
-    state: &AppState,
-    name: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-    ack: bool,
-) -> Response {
-    if !state.authorized(headers) {
-        return unauthorized();
-    }
-    let Some(queue) = state.options.pull.get(name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no pull sink named {name:?} in this pipeline"),
-        );
-    };
-    let a: Answer = match serde_json::from_slice(body) {
-        Ok(a) => a,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body must be JSON like {{\"ids\": [\"<record id>\"]}}: {e}"),
-            )
-        }
-    };
+fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> {
+    let queue = pull_queue(&sink)?;
+    let a: Answer = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be JSON like {{\"ids\": [\"<record id>\"]}}: {e}"
+        ))
+    })?;
     if ack {
         let n = queue.ack(&a.ids);
-        return reply(
+        return Ok(reply(
             StatusCode::OK,
             json!({ "acked": n, "unknown": a.ids.len() - n }),
-        );
+        ));
     }
     let delay = match a.delay.as_deref().map(parse_duration) {
         None => None,
         Some(Some(d)) => Some(d),
         Some(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "delay: use a duration like 5s or 500ms",
-            )
+            return Err(ApiError::BadRequest(
+                "delay: use a duration like 5s or 500ms".into(),
+            ))
         }
     };
     let n = queue.nack(&a.ids, delay);
-    reply(
+    Ok(reply(
         StatusCode::OK,
         json!({ "nacked": n, "unknown": a.ids.len() - n }),
-    )
+    ))
 }
 
-pub(crate) async fn ack(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(&state, &name, &headers, &body, true).await
+pub(crate) async fn ack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
+    answer(sink, &body, true)
 }
 
-pub(crate) async fn nack(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(&state, &name, &headers, &body, false).await
+pub(crate) async fn nack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
+    answer(sink, &body, false)
 }
 
 #[cfg(test)]

@@ -9,49 +9,29 @@
 //! - Every SSE client reads the log with its own reader: a slow client lags alone and is
 //!   disconnected once its buffer stays full, never slowing the pipeline or other clients.
 //! - An event's `id:` is its log offset; `Last-Event-ID: n` resumes at offset n + 1.
+//! - The server outlives pipelines: it finds a sink's pipeline in the shared
+//!   [`Directory`] per request, so a pipeline restarting drops only its own clients.
 
+mod api;
 mod delivery;
 mod sse;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sluice_log::Log;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_pipeline::Directory;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use api::ApiError;
 pub use delivery::parse_duration;
-pub use sse::SseOptions;
-
-/// Installs the process-wide metrics recorder (once) and returns the handle that renders
-/// it. Latency histograms get buckets from 0.5 ms to 60 s.
-pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0,
-            ],
-        )
-        .map_err(|e| e.to_string())?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
-    let _ = HANDLE.set(handle.clone());
-    Ok(handle)
-}
+pub use sluice_pipeline::install_metrics;
 
 /// SHA-256 of a token, hex: the form `[server] tokens` holds.
 pub fn token_hash(token: &str) -> String {
@@ -59,26 +39,8 @@ pub fn token_hash(token: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the server serves.
-pub struct ServerOptions {
-    pub listen: SocketAddr,
-    /// Hex SHA-256 of each accepted token; `None`: no authentication.
-    pub token_hashes: Option<Vec<String>>,
-    /// SSE sinks by name.
-    pub sse: HashMap<String, SseOptions>,
-    /// Waiting rooms of engine-driven sinks (webhook, pull) by name.
-    pub delivery: HashMap<String, sluice_delivery::Control>,
-    /// Pull sinks' queues by name.
-    pub pull: HashMap<String, Arc<sluice_sinks::pull::PullQueue>>,
-    /// Why the pipeline is not ready, if it is not.
-    pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
-    /// Called before rendering `/metrics`, to refresh gauges.
-    pub refresh: Arc<dyn Fn() + Send + Sync>,
-}
-
 pub(crate) struct AppState {
-    log: Log,
-    options: ServerOptions,
+    directory: Arc<Directory>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 }
@@ -86,7 +48,7 @@ pub(crate) struct AppState {
 impl AppState {
     /// Whether the request carries an accepted token.
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(hashes) = &self.options.token_hashes else {
+        let Some(hashes) = self.directory.tokens() else {
             return true;
         };
         let Some(token) = headers
@@ -109,11 +71,35 @@ impl AppState {
     }
 }
 
-/// Binds `options.listen` (failing at once if it cannot) and serves until `cancel`.
-/// Returns the bound address and the serving future.
+/// Every sink route, under `/v1/sinks/{name}` and, to tell apart sinks of the same name
+/// in several pipelines, under `/v1/pipelines/{pipeline}/sinks/{name}`.
+fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    let routes: [(&str, MethodRouter<Arc<AppState>>); 10] = [
+        ("events", get(sse::events)),
+        ("parked", get(delivery::parked)),
+        ("parked/records", get(delivery::parked_records)),
+        ("parked/redrive", post(delivery::redrive)),
+        ("parked/skip", post(delivery::skip)),
+        ("dead", get(delivery::dead)),
+        ("dead/redrive", post(delivery::redrive_dead)),
+        ("receive", post(delivery::receive)),
+        ("ack", post(delivery::ack)),
+        ("nack", post(delivery::nack)),
+    ];
+    routes.into_iter().fold(router, |r, (path, handler)| {
+        r.route(&format!("/v1/sinks/{{name}}/{path}"), handler.clone())
+            .route(
+                &format!("/v1/pipelines/{{pipeline}}/sinks/{{name}}/{path}"),
+                handler,
+            )
+    })
+}
+
+/// Binds `listen` (failing at once if it cannot) and serves the pipelines of `directory`
+/// until `cancel`. Returns the bound address and the serving future.
 pub async fn bind(
-    options: ServerOptions,
-    log: Log,
+    listen: SocketAddr,
+    directory: Arc<Directory>,
     cancel: CancellationToken,
 ) -> Result<
     (
@@ -123,37 +109,23 @@ pub async fn bind(
     String,
 > {
     let metrics = install_metrics()?;
-    let listener = tokio::net::TcpListener::bind(options.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e} ([server] listen)", options.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e} ([server] listen)"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    directory.set_server_addr(addr);
     let state = Arc::new(AppState {
-        log,
-        options,
+        directory,
         metrics,
         shutdown: cancel.clone(),
     });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/sinks/{name}/events", get(sse::events))
-        .route("/v1/sinks/{name}/parked", get(delivery::parked))
-        .route(
-            "/v1/sinks/{name}/parked/records",
-            get(delivery::parked_records),
-        )
-        .route("/v1/sinks/{name}/parked/redrive", post(delivery::redrive))
-        .route("/v1/sinks/{name}/parked/skip", post(delivery::skip))
-        .route("/v1/sinks/{name}/dead", get(delivery::dead))
-        .route(
-            "/v1/sinks/{name}/dead/redrive",
-            post(delivery::redrive_dead),
-        )
-        .route("/v1/sinks/{name}/receive", post(delivery::receive))
-        .route("/v1/sinks/{name}/ack", post(delivery::ack))
-        .route("/v1/sinks/{name}/nack", post(delivery::nack))
-        .with_state(state);
+    let app = sink_routes(
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text)),
+    )
+    .with_state(state);
     info!(%addr, "server: listening");
     // Events are small writes: without NODELAY, Nagle's algorithm holds each one back
     // until the client's delayed ACK (tens of milliseconds).
@@ -169,7 +141,7 @@ pub async fn bind(
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    match (s.options.readiness)() {
+    match s.directory.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -179,7 +151,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    (s.options.refresh)();
+    s.directory.refresh();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -11,33 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sluice_core::Op;
+use sluice_core::{metric, Op, TablePatterns};
 use sluice_log::{LogError, Reader, RecordBatch};
+use sluice_sinks::sse::SseOptions;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::api::SinkRef;
 use crate::AppState;
 
-/// One SSE sink.
-#[derive(Debug, Clone)]
-pub struct SseOptions {
-    /// Tables it serves (`schema.table` or `schema.*`; empty: all).
-    pub tables: Vec<String>,
-    /// A client whose buffer stays full this long is disconnected.
-    pub slow_client_timeout: Duration,
-    /// Batches of events buffered per client.
-    pub buffer: usize,
-}
-
-fn matches(list: &[String], schema: &str, table: &str) -> bool {
-    list.is_empty()
-        || list.iter().any(|t| match t.strip_suffix(".*") {
-            Some(s) => s == schema,
-            None => t.split_once('.') == Some((schema, table)),
-        })
+/// An empty list serves every table.
+fn matches(list: &TablePatterns, schema: &str, table: &str) -> bool {
+    list.is_empty() || list.matches(schema, table)
 }
 
 /// Events are written as text/event-stream by hand: a batch of records becomes one
@@ -62,24 +51,19 @@ const BATCH_BYTES: usize = 256 << 10;
 
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    target: SinkRef,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.authorized(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "a bearer token is required: Authorization: Bearer <token> (one of [server] tokens)\n",
-        )
-            .into_response();
-    }
-    let Some(sink) = state.options.sse.get(&name).cloned() else {
+    let (name, endpoints) = (target.name, target.endpoints);
+    let Some(sink) = endpoints.sse.get(&name).cloned() else {
         return (
             StatusCode::NOT_FOUND,
-            format!("no sse sink named {name:?} in this pipeline\n"),
+            format!("no sse sink named {name:?}\n"),
         )
             .into_response();
     };
+    let log = &endpoints.log;
     let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
     let last_id = headers
         .get("last-event-id")
@@ -95,23 +79,19 @@ pub(crate) async fn events(
                 ))
             }
         },
-        (None, None | Some("now")) => state.log.next_offset(),
-        (None, Some("earliest")) => state.log.first(),
+        (None, None | Some("now")) => log.next_offset(),
+        (None, Some("earliest")) => log.first(),
         (None, Some(n)) => match n.parse::<u64>() {
             Ok(n) => n,
             Err(_) => return bad(format!("from={n:?}: use now, earliest or an offset\n")),
         },
     };
     // Query filters narrow the sink's own.
-    let tables: Vec<String> = q
-        .get("tables")
-        .map(|t| {
-            t.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let tables = TablePatterns::new(
+        q.get("tables")
+            .map(|t| t.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     let mut ops = BTreeSet::new();
     for o in q.get("ops").map(|o| o.split(',')).into_iter().flatten() {
         match Op::from_name(o) {
@@ -123,12 +103,13 @@ pub(crate) async fn events(
     }
     // Each message is a batch of events; the buffer is counted in batches.
     let (tx, rx) = mpsc::channel::<Bytes>(sink.buffer.max(1));
-    match Reader::new(&state.log, from) {
+    match Reader::new(log, from) {
         Ok(reader) => {
-            tokio::spawn(feed(state.clone(), name, sink, tables, ops, reader, tx));
+            let stop = [state.shutdown.clone(), endpoints.stop.clone()];
+            tokio::spawn(feed(stop, name, sink, tables, ops, reader, tx));
         }
         Err(e @ LogError::Expired { .. }) => {
-            let first = state.log.first();
+            let first = log.first();
             let _ = tx.try_send(error_event(serde_json::json!({
                 "error": "expired",
                 "message": e.to_string(),
@@ -154,16 +135,17 @@ pub(crate) async fn events(
 /// One client's worker: reads the log from its position and sends events until the
 /// client goes away, is too slow, or the server stops.
 async fn feed(
-    state: Arc<AppState>,
+    stop: [CancellationToken; 2],
     sink: String,
     options: SseOptions,
-    tables: Vec<String>,
+    tables: TablePatterns,
     ops: BTreeSet<u8>,
     mut reader: Reader,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let clients = metrics::gauge!("sluice_sse_clients", "sink" => sink.clone());
-    let sent = metrics::counter!("sluice_sink_delivered_records_total", "sink" => sink.clone());
+    let clients = metrics::gauge!(metric::SSE_CLIENTS.name, "sink" => sink.clone());
+    let sent = metrics::counter!(metric::SINK_DELIVERED.name, "sink" => sink.clone());
+    let served = TablePatterns::new(&options.tables);
     clients.increment(1.0);
     let mut batch = RecordBatch::default();
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
@@ -171,7 +153,8 @@ async fn feed(
     loop {
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => break,
+            _ = stop[0].cancelled() => break,
+            _ = stop[1].cancelled() => break,
             _ = tx.closed() => break,
             r = reader.wait() => if r.is_err() { break },
             _ = keep_alive.tick() => {
@@ -183,7 +166,7 @@ async fn feed(
         }
         batch.clear();
         let read = reader.read(&mut batch, 1000, BATCH_BYTES, &mut |op, s, t| {
-            matches(&options.tables, s, t)
+            matches(&served, s, t)
                 && matches(&tables, s, t)
                 && (ops.is_empty() || ops.contains(&op.code()))
         });

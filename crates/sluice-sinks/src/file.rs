@@ -1,4 +1,5 @@
-//! The file and stdout sinks: JSON lines, one record per line.
+//! The file sink: JSON lines, one record per line, appended to a file (the stdout sink
+//! shares its writer).
 //!
 //! A file sink appends a batch and fsyncs it before acknowledging, so its cursor never
 //! passes a record that is not on disk. It repairs a torn last line (a crash mid-write)
@@ -8,11 +9,107 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+use sluice_core::{Fault, Finding};
 use sluice_log::RecordBatch;
 
-use crate::{Sink, SinkError};
+use crate::{finding_for, Built, Context, Sink, SinkSpec};
+
+/// `type = "file"`: JSON lines appended to a file and fsync'd before the sink's cursor
+/// moves.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Unique name of the sink within the pipeline.
+    pub name: String,
+    /// The file to append to (created if missing; relative to the config file).
+    pub path: PathBuf,
+    /// Tables this sink takes (`schema.table` or `schema.*`; default: all).
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// Records per batch (one write and one fsync each).
+pub(crate) const BATCH: usize = 1000;
+
+impl FileConfig {
+    fn resolved(&self, base: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            self.path.clone()
+        } else {
+            base.join(&self.path)
+        }
+    }
+}
+
+impl SinkSpec for FileConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    fn validate(&self, errs: &mut Vec<String>) {
+        if self.path.as_os_str().is_empty() {
+            errs.push(finding_for(
+                &self.name,
+                "path is empty: name the file to append to",
+            ));
+        }
+    }
+
+    async fn check(&self, ctx: &Context<'_>) -> Vec<Finding> {
+        let path = self.resolved(ctx.base_dir);
+        let existed = path.exists();
+        // Opening for append (creating the directory) is what the sink does first.
+        let opened = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| OpenOptions::new().create(true).append(true).open(&path));
+        match opened {
+            Ok(_) => {
+                if !existed {
+                    let _ = std::fs::remove_file(&path);
+                }
+                vec![Finding::pass(finding_for(
+                    &self.name,
+                    format_args!("{} is writable", path.display()),
+                ))]
+            }
+            Err(e) => vec![Finding::fail(
+                finding_for(
+                    &self.name,
+                    format_args!("cannot open {} for appending: {e}", path.display()),
+                ),
+                "create the directory, or give the user running Sluice write access to it",
+            )],
+        }
+    }
+
+    async fn build(&self, ctx: &Context<'_>) -> Result<Built, Fault> {
+        let path = self.resolved(ctx.base_dir);
+        let sink = LineSink::file(&path).map_err(|e| {
+            Fault::definite(
+                format!("cannot open {}", path.display()),
+                "check the path and its directory's permissions",
+            )
+            .caused_by(e)
+        })?;
+        Ok(Built::Batches {
+            sink: Box::new(sink),
+            max_records: BATCH,
+        })
+    }
+
+    fn exclusive_path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+}
 
 /// Bytes and syncs a line-oriented destination.
 trait Lines: Send {
@@ -46,7 +143,7 @@ impl LineSink {
 
 impl Sink for LineSink {
     // Blocking writes are fine here: every sink runs on a thread of its own.
-    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
         self.buf.clear();
         for r in batch.iter() {
             self.buf.extend_from_slice(r.json);
@@ -57,7 +154,7 @@ impl Sink for LineSink {
         self.out
             .append(&self.buf)
             .and_then(|()| self.out.sync())
-            .map_err(|e| SinkError::Transient(format!("write failed: {e}")))
+            .map_err(|e| Fault::transient("write failed").caused_by(e))
     }
 }
 

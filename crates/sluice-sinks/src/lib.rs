@@ -1,42 +1,161 @@
-//! Sinks: each reads the log through its own cursor, on its own thread, at its own pace.
+//! Sinks: one module per sink, each with the same anatomy, and a registry that maps a
+//! `type` name to its module.
 //!
-//! Invariants:
+//! A sink module owns:
+//! - its configuration struct (serde, `deny_unknown_fields`, a doc comment per field);
+//! - a pure [`SinkSpec::validate`] (no I/O) that names the setting and the fix;
+//! - [`SinkSpec::check`], the health check `sluice check` and start-up run (reachable,
+//!   authenticated, writable), whose blocking findings stop a start with their fix;
+//! - [`SinkSpec::build`], which returns what runs: batches from the log through [`run`],
+//!   a [`sluice_delivery::Target`] for the per-key delivery engine, or options for the
+//!   HTTP server (SSE);
+//! - its tests, for both delivered and failed batches.
+//!
+//! Adding a sink is one new module and one line in the registry (`registry.rs`).
+//!
+//! Invariants of every sink:
 //! - A sink's cursor moves only after the sink acknowledged every record below it
 //!   (a whole batch, in log order): DESIGN.md rule 1.
-//! - A transient failure (server down, timeout) is retried with backoff, forever, on the
-//!   same batch: back-pressure, not loss. The log keeps the records meanwhile, and other
-//!   sinks and the source do not notice. A definite failure stops the pipeline with the
-//!   reason.
+//! - Failures are [`Fault`]s, classified once where they arise: a transient one (server
+//!   down, timeout) is retried with backoff, forever, on the same batch — back-pressure,
+//!   not loss; a definite one (a wrong password, a refused permission) stops the pipeline
+//!   at once with its fix.
 //! - A sink shed by the log's disk budget stops; the next start re-backfills it.
 
 pub mod file;
 pub mod pull;
+#[cfg(feature = "redis")]
 pub mod redis;
+mod registry;
 mod runner;
+pub mod sse;
+pub mod stdout;
+#[cfg(feature = "webhook")]
 pub mod webhook;
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use registry::SinkConfig;
 pub use runner::{run, RunOptions, TableFilter};
-pub use sluice_core::SinkStats;
+pub use sluice_core::{Fault, Finding, SinkStats};
 
+use sluice_delivery::DeliveryConfig;
 use sluice_log::RecordBatch;
-
-/// Why a delivery failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Worth retrying the same batch.
-    #[error("{0}")]
-    Transient(String),
-    /// Retrying cannot help: the operator must change something.
-    #[error("{0}")]
-    Definite(String),
-}
 
 /// A destination for batches of records.
 pub trait Sink: Send {
     /// Delivers `batch` (in order). `Ok` means every record is acknowledged (written,
     /// fsync'd, or answered by the server), so the cursor may move past them.
-    fn deliver(
-        &mut self,
-        batch: &RecordBatch,
-    ) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    fn deliver(&mut self, batch: &RecordBatch) -> impl Future<Output = Result<(), Fault>> + Send;
+}
+
+/// A batch sink chosen at run time (one boxed future per batch, not per record).
+pub type BoxSink = Box<dyn DynSink>;
+
+/// [`Sink`] in a form that can be boxed.
+pub trait DynSink: Send {
+    fn deliver_boxed<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Fault>> + Send + 'a>>;
+}
+
+impl<S: Sink> DynSink for S {
+    fn deliver_boxed<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Fault>> + Send + 'a>> {
+        Box::pin(self.deliver(batch))
+    }
+}
+
+impl Sink for BoxSink {
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
+        self.deliver_boxed(batch).await
+    }
+}
+
+/// What building or checking a sink needs from its pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Relative paths in the configuration are relative to this directory.
+    pub base_dir: &'a Path,
+    /// The source database's name.
+    pub db: &'a str,
+    /// The captured tables this sink takes, as `schema.table`.
+    pub tables: &'a [String],
+    /// The disk budget shed this sink: its destination starts over, as if its tables
+    /// were truncated at this commit LSN, before the re-backfill arrives.
+    pub reset: Option<sluice_core::Lsn>,
+}
+
+/// What runs for a sink.
+pub enum Built {
+    /// Batches read from the log and delivered through [`run`] (file, stdout, Redis).
+    Batches {
+        sink: BoxSink,
+        /// Records per batch at most.
+        max_records: usize,
+    },
+    /// Per-key delivery through the engine (webhook, pull consumers).
+    Engine {
+        target: Arc<dyn sluice_delivery::Target>,
+        /// Records per delivery.
+        batch: usize,
+        /// A pull sink's queue, which the HTTP server serves.
+        pull: Option<Arc<pull::PullQueue>>,
+    },
+    /// Served by the HTTP server, one log reader per client (SSE).
+    Served(sse::SseOptions),
+}
+
+/// The routing and delivery settings of a sink driven by the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Events<'a> {
+    /// Outbox topics taken (`name` or `prefix*`).
+    pub topics: &'a [String],
+    /// Debezium-layout outbox tables routed as events.
+    pub outbox_tables: &'a [String],
+    /// Whether finished `outbox_tables` rows are deleted from the source.
+    pub delete_delivered: bool,
+    pub delivery: &'a DeliveryConfig,
+}
+
+/// The anatomy every sink's configuration implements.
+pub trait SinkSpec {
+    /// Unique name of the sink within its pipeline.
+    fn name(&self) -> &str;
+    /// Tables the sink takes (`schema.table` or `schema.*`; empty: all).
+    fn tables(&self) -> &[String];
+    /// Pure checks (no I/O): each problem names the setting and what to change.
+    fn validate(&self, errs: &mut Vec<String>);
+    /// Checks the destination before anything is delivered: reachable, authenticated,
+    /// writable. A blocking finding is one only the operator can fix.
+    fn check(&self, ctx: &Context<'_>) -> impl Future<Output = Vec<Finding>> + Send;
+    /// Connects (where it must) and returns what runs.
+    fn build(&self, ctx: &Context<'_>) -> impl Future<Output = Result<Built, Fault>> + Send;
+    /// Routing of an engine-driven sink.
+    fn events(&self) -> Option<Events<'_>> {
+        None
+    }
+    /// Whether each table the sink takes needs a primary key (a cache key).
+    fn needs_primary_key(&self) -> bool {
+        false
+    }
+    /// Whether the sink is served by the HTTP server.
+    fn needs_server(&self) -> bool {
+        false
+    }
+    /// A file this sink alone may write.
+    fn exclusive_path(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// A finding about sink `name`.
+pub(crate) fn finding_for(name: &str, what: impl std::fmt::Display) -> String {
+    format!("sink {name:?}: {what}")
 }

@@ -15,8 +15,82 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_delivery::{Delivery, Failure, Item, Target};
+use serde::Deserialize;
+use sluice_core::{Fault, Finding};
+use sluice_delivery::{Delivery, DeliveryConfig, Failure, Item, Target};
 use tokio::sync::{oneshot, Notify};
+
+use crate::{finding_for, Built, Context, Events, SinkSpec};
+
+/// `type = "pull"`: records pulled over HTTP by consumers (`POST
+/// /v1/sinks/<name>/receive`, `ack`, `nack`), with per-key order across competing
+/// consumers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// Unique name of the sink within the pipeline (the URL path).
+    pub name: String,
+    /// Tables this sink takes (default: all, unless `topics` is set).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Outbox topics this sink takes.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Debezium-layout outbox tables routed as events.
+    #[serde(default)]
+    pub outbox_tables: Vec<String>,
+    /// Delete an `outbox_tables` row from the source once every sink that takes its
+    /// table has finished it.
+    #[serde(default)]
+    pub delete_delivered: bool,
+    /// Records on offer at once, retries, and the waiting room (`concurrency` is the
+    /// number of records consumers may hold at once).
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+impl SinkSpec for PullConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    fn validate(&self, errs: &mut Vec<String>) {
+        self.delivery.validate(&self.name, errs);
+    }
+
+    async fn check(&self, _ctx: &Context<'_>) -> Vec<Finding> {
+        vec![Finding::pass(finding_for(
+            &self.name,
+            "served by the HTTP server",
+        ))]
+    }
+
+    async fn build(&self, _ctx: &Context<'_>) -> Result<Built, Fault> {
+        let queue = PullQueue::new();
+        Ok(Built::Engine {
+            target: Arc::new(PullTarget(queue.clone())),
+            batch: 1,
+            pull: Some(queue),
+        })
+    }
+
+    fn events(&self) -> Option<Events<'_>> {
+        Some(Events {
+            topics: &self.topics,
+            outbox_tables: &self.outbox_tables,
+            delete_delivered: self.delete_delivered,
+            delivery: &self.delivery,
+        })
+    }
+
+    fn needs_server(&self) -> bool {
+        true
+    }
+}
 
 enum Answer {
     Ack,

@@ -21,15 +21,219 @@
 
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_core::Op;
+use sluice_core::{metric, Fault, Finding, Op};
 use sluice_log::{Record, RecordBatch};
 use tracing::{info, warn};
 
-use crate::{Sink, SinkError};
+use crate::{finding_for, Built, Context, Sink, SinkSpec};
+
+/// `type = "redis"`: rows cached in Redis, one key per row, fenced by change id.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Unique name of the sink within the pipeline.
+    pub name: String,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// Tables this sink takes (default: all); each needs a primary key.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `"json"` (default: the row as a JSON string) or `"hash"` (a field per column).
+    #[serde(default)]
+    pub format: Format,
+    /// `{prefix}` in the key template.
+    #[serde(default)]
+    pub prefix: String,
+    /// Key of a row; placeholders {prefix} {db} {schema} {table} {pk} (composite keys
+    /// joined by `.`).
+    #[serde(default = "default_key_template")]
+    pub key_template: String,
+    /// Seconds until a cached row expires (default: never).
+    #[serde(default)]
+    pub ttl_secs: u64,
+    /// Records per pipelined batch.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_key_template() -> String {
+    DEFAULT_KEY_TEMPLATE.into()
+}
+
+fn default_batch() -> usize {
+    500
+}
+
+/// How long a health check waits for Redis.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RedisConfig {
+    /// Where the server is, without the credentials.
+    fn target(&self) -> String {
+        redis::Client::open(self.url.as_str())
+            .map(|c| c.get_connection_info().addr().to_string())
+            .unwrap_or_else(|_| "the configured server".into())
+    }
+
+    /// Connects, authenticates, and proves the user may write keys and run scripts.
+    async fn probe(&self) -> Result<(), Fault> {
+        let client = redis::Client::open(self.url.as_str()).map_err(classify)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CHECK_TIMEOUT))
+            .set_response_timeout(Some(CHECK_TIMEOUT));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(classify)?;
+        let key = format!("{}sluice:check:{}", self.prefix, self.name);
+        redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg("1")
+            .arg("PX")
+            .arg(10_000)
+            .ignore()
+            .cmd("EVAL")
+            .arg("return redis.call('DEL', KEYS[1])")
+            .arg(1)
+            .arg(&key)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(classify)
+    }
+}
+
+impl SinkSpec for RedisConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    fn validate(&self, errs: &mut Vec<String>) {
+        let name = &self.name;
+        if let Err(e) = check_template(&self.key_template) {
+            errs.push(finding_for(name, e));
+        }
+        if self.batch == 0 {
+            errs.push(finding_for(name, "batch must be at least 1"));
+        }
+        let url = &self.url;
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            // The URL is not repeated: it may hold a password.
+            errs.push(finding_for(
+                name,
+                "url must start with redis://, rediss:// or unix://",
+            ));
+        }
+    }
+
+    async fn check(&self, _ctx: &Context<'_>) -> Vec<Finding> {
+        let at = self.target();
+        vec![match self.probe().await {
+            Ok(()) => Finding::pass(finding_for(
+                &self.name,
+                format_args!("redis at {at}: authenticated, keys and scripts writable"),
+            )),
+            Err(f) if f.is_transient() => Finding::warn(
+                finding_for(&self.name, format_args!("cannot reach redis at {at}: {f}")),
+                "start Redis or correct the sink's url; the sink retries until it answers",
+            ),
+            Err(f) => Finding::fail(
+                finding_for(&self.name, format_args!("redis at {at}: {}", f.message)),
+                f.fix.unwrap_or_default(),
+            ),
+        }]
+    }
+
+    async fn build(&self, ctx: &Context<'_>) -> Result<Built, Fault> {
+        Ok(Built::Batches {
+            sink: Box::new(RedisSink::new(RedisOptions {
+                url: self.url.clone(),
+                prefix: self.prefix.clone(),
+                key_template: self.key_template.clone(),
+                format: self.format,
+                ttl_secs: self.ttl_secs,
+                db: ctx.db.to_owned(),
+                // A shed cache starts over: its tables are cleared, then backfilled.
+                reset: ctx.reset.map(|lsn| {
+                    let tables = ctx
+                        .tables
+                        .iter()
+                        .map(|t| {
+                            let (s, n) = t.split_once('.').unwrap_or(("public", t));
+                            (s.to_owned(), n.to_owned())
+                        })
+                        .collect();
+                    (tables, lsn)
+                }),
+            })),
+            // A Redis batch is one pipeline.
+            max_records: self.batch,
+        })
+    }
+
+    fn needs_primary_key(&self) -> bool {
+        true
+    }
+}
+
+/// The one classification of Redis errors. Credentials, permissions and a bad URL cannot
+/// pass by themselves: the sink stops with the fix. Everything else (a server down or
+/// restarting, a timeout, a failover) is retried.
+pub fn classify(e: RedisError) -> Fault {
+    let definite = |what: &str, fix: &str| Fault::definite(format!("redis: {what}"), fix);
+    let code = e.code().unwrap_or_default().to_owned();
+    let fault = match e.kind() {
+        ErrorKind::AuthenticationFailed => definite(
+            "authentication failed (wrong user name or password)",
+            "put the right credentials in the sink's url: redis://user:password@host:port",
+        ),
+        _ if code == "WRONGPASS" => definite(
+            "authentication failed (wrong user name or password)",
+            "put the right credentials in the sink's url: redis://user:password@host:port",
+        ),
+        _ if code == "NOAUTH" => definite(
+            "the server requires a password and the url gives none",
+            "put the credentials in the sink's url: redis://user:password@host:port",
+        ),
+        ErrorKind::Server(ServerErrorKind::NoPerm) => definite(
+            "the user may not run a command the sink needs (SET, DEL, HSET, EVALSHA, SCRIPT LOAD)",
+            "grant them, e.g. ACL SETUSER <user> +@read +@write +@scripting ~*",
+        ),
+        ErrorKind::InvalidClientConfig => definite(
+            "the url is not valid",
+            "write it as redis://[user:password@]host:port[/db]",
+        ),
+        _ => {
+            // A failed pipeline lists every command's error: the first says enough.
+            let mut text = e.to_string();
+            if text.len() > 300 {
+                let mut cut = 300;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("...");
+            }
+            return Fault::transient(format!("redis: {text}"));
+        }
+    };
+    fault.caused_by(e)
+}
 
 /// How rows are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -283,7 +487,7 @@ impl RedisSink {
             loaded: false,
             write: redis::Script::new(WRITE),
             truncate: redis::Script::new(TRUNCATE),
-            incomplete: metrics::counter!("sluice_redis_incomplete_rows_total"),
+            incomplete: metrics::counter!(metric::REDIS_INCOMPLETE_ROWS.name),
         }
     }
 
@@ -323,19 +527,18 @@ impl RedisSink {
         out
     }
 
-    async fn connection(&mut self) -> Result<ConnectionManager, SinkError> {
+    async fn connection(&mut self) -> Result<ConnectionManager, Fault> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(self.options.url.as_str())
-            .map_err(|e| SinkError::Definite(format!("redis url: {e}")))?;
+        let client = redis::Client::open(self.options.url.as_str()).map_err(classify)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| SinkError::Transient(format!("cannot connect to redis: {e}")))?;
+            .map_err(|e| classify(e).within("cannot connect"))?;
         info!("redis: connected");
         self.conn = Some(conn.clone());
         Ok(conn)
@@ -350,9 +553,9 @@ impl RedisSink {
         pipe: &mut redis::Pipeline,
         pending: &mut Pending,
         r: &Record<'_>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), Fault> {
         let bad = |e: serde_json::Error| {
-            SinkError::Definite(format!("record {} is not a change envelope: {e}", r.id))
+            Fault::fatal(format!("record {} is not a change envelope", r.id)).caused_by(e)
         };
         let ids = self.ids_key(r.schema, r.table);
         let v = version(r);
@@ -418,7 +621,7 @@ impl RedisSink {
                         let incomplete: Vec<i64> = std::mem::take(pipe)
                             .query_async(conn)
                             .await
-                            .map_err(transient)?;
+                            .map_err(classify)?;
                         self.count_incomplete(&incomplete);
                     }
                     let cached = self.cached(conn, from).await?;
@@ -507,14 +710,14 @@ impl RedisSink {
         &self,
         conn: &mut ConnectionManager,
         key: &str,
-    ) -> Result<Option<Vec<(String, Value)>>, SinkError> {
+    ) -> Result<Option<Vec<(String, Value)>>, Fault> {
         match self.options.format {
             Format::Json => {
                 let text: Option<String> = redis::cmd("GET")
                     .arg(key)
                     .query_async(conn)
                     .await
-                    .map_err(transient)?;
+                    .map_err(classify)?;
                 Ok(text
                     .and_then(|t| serde_json::from_str::<Members>(&t).ok())
                     .map(|m| m.0))
@@ -524,7 +727,7 @@ impl RedisSink {
                     .arg(key)
                     .query_async(conn)
                     .await
-                    .map_err(transient)?;
+                    .map_err(classify)?;
                 Ok((!fields.is_empty()).then(|| {
                     fields
                         .into_iter()
@@ -536,22 +739,8 @@ impl RedisSink {
     }
 }
 
-fn transient(e: redis::RedisError) -> SinkError {
-    // A failed pipeline lists every command's error: the first says enough.
-    let mut text = e.to_string();
-    if text.len() > 300 {
-        let mut cut = 300;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    SinkError::Transient(format!("redis: {text}"))
-}
-
 impl Sink for RedisSink {
-    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
         let mut conn = self.connection().await?;
         if let Some((tables, below)) = self.options.reset.clone() {
             for (schema, table) in &tables {
@@ -563,7 +752,7 @@ impl Sink for RedisSink {
                     .arg(&v)
                     .invoke_async::<i64>(&mut conn)
                     .await
-                    .map_err(transient)?;
+                    .map_err(classify)?;
             }
             info!(
                 tables = tables.len(),
@@ -578,7 +767,7 @@ impl Sink for RedisSink {
                     .arg(script)
                     .query_async::<String>(&mut conn)
                     .await
-                    .map_err(transient)?;
+                    .map_err(classify)?;
             }
             self.loaded = true;
         }
@@ -596,7 +785,7 @@ impl RedisSink {
         &mut self,
         conn: &mut ConnectionManager,
         batch: &RecordBatch,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), Fault> {
         let mut pipe = redis::pipe();
         let mut pending = Pending::default();
         for r in batch.iter() {
@@ -609,7 +798,7 @@ impl RedisSink {
         if pipe.cmd_iter().next().is_none() {
             return Ok(());
         }
-        let results: Vec<i64> = pipe.query_async(conn).await.map_err(transient)?;
+        let results: Vec<i64> = pipe.query_async(conn).await.map_err(classify)?;
         self.count_incomplete(&results);
         Ok(())
     }

@@ -2,23 +2,21 @@
 //! table filter, deliver it (retrying transient failures with backoff and full jitter),
 //! then move the cursor. On `drain` it delivers what the log holds and returns.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{Op, SinkStats};
+use sluice_core::{metric, Backoff, Fault, Op, SinkStats, TablePatterns};
 use sluice_log::{Cursor, Log, LogError, Reader, RecordBatch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{Sink, SinkError};
+use crate::Sink;
 
-/// Which tables a sink takes (empty: all of the pipeline's).
+/// Which records a sink takes: tables (empty: all of the pipeline's) and outbox topics.
 #[derive(Debug, Clone, Default)]
 pub struct TableFilter {
-    tables: BTreeSet<String>,
-    schemas: BTreeSet<String>,
+    tables: TablePatterns,
     /// Outbox topics taken (empty: every logical message, if no tables are listed).
     topics: sluice_delivery::Topics,
 }
@@ -26,14 +24,10 @@ pub struct TableFilter {
 impl TableFilter {
     /// From `schema.table` and `schema.*` entries.
     pub fn new(entries: &[String]) -> TableFilter {
-        let mut f = TableFilter::default();
-        for e in entries {
-            match e.strip_suffix(".*") {
-                Some(s) => f.schemas.insert(s.to_owned()),
-                None => f.tables.insert(e.clone()),
-            };
+        TableFilter {
+            tables: TablePatterns::new(entries),
+            topics: Default::default(),
         }
-        f
     }
 
     /// A sink of outbox events: `sluice.publish` messages of these topics, and the
@@ -45,7 +39,7 @@ impl TableFilter {
     }
 
     pub fn accepts(&self, op: Op, schema: &str, table: &str) -> bool {
-        let no_tables = self.tables.is_empty() && self.schemas.is_empty();
+        let no_tables = self.tables.is_empty();
         if op == Op::Message {
             // An outbox message's frame carries its prefix and topic as schema and table.
             if !self.topics.is_empty() {
@@ -56,18 +50,12 @@ impl TableFilter {
         if no_tables {
             return self.topics.is_empty();
         }
-        if self.schemas.contains(schema) {
-            return true;
-        }
-        // Avoids building "schema.table" per record.
-        self.tables.iter().any(|t| {
-            t.len() == schema.len() + 1 + table.len()
-                && t.starts_with(schema)
-                && t.as_bytes()[schema.len()] == b'.'
-                && t.ends_with(table)
-        })
+        self.tables.matches(schema, table)
     }
 }
+
+/// Waits between attempts at one batch.
+const RETRY: Backoff = Backoff::doubling(Duration::from_millis(50), Duration::from_secs(10));
 
 /// How a sink loop batches.
 #[derive(Debug, Clone)]
@@ -95,15 +83,14 @@ pub async fn run<S: Sink>(
     stats: Arc<SinkStats>,
     drain: CancellationToken,
     abort: CancellationToken,
-) -> Result<(), SinkError> {
-    let definite = |e: LogError| SinkError::Definite(format!("sink {name:?}: {e}"));
+) -> Result<(), Fault> {
+    let definite =
+        |e: LogError| Fault::fatal(format!("sink {name:?}: the log failed")).caused_by(e);
     let mut reader = Reader::new(&log, cursor.position()).map_err(definite)?;
     let mut batch = RecordBatch::default();
-    let latency =
-        metrics::histogram!("sluice_sink_delivery_latency_seconds", "sink" => name.clone());
-    let delivered =
-        metrics::counter!("sluice_sink_delivered_records_total", "sink" => name.clone());
-    let failures = metrics::counter!("sluice_sink_failures_total", "sink" => name.clone());
+    let latency = metrics::histogram!(metric::SINK_LATENCY.name, "sink" => name.clone());
+    let delivered = metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone());
+    let failures = metrics::counter!(metric::SINK_FAILURES.name, "sink" => name.clone());
     loop {
         if reader.position() >= reader.log_end() {
             if drain.is_cancelled() {
@@ -135,27 +122,23 @@ pub async fn run<S: Sink>(
             )
             .map_err(definite)?;
         if !batch.is_empty() {
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = RETRY.start();
             loop {
                 match sink.deliver(&batch).await {
                     Ok(()) => break,
-                    Err(SinkError::Transient(_)) if cursor.is_shed() => break,
-                    Err(SinkError::Transient(e)) => {
+                    Err(e) if e.is_transient() && cursor.is_shed() => break,
+                    Err(e) if e.is_transient() => {
                         failures.increment(1);
                         stats.failures.fetch_add(1, Ordering::Relaxed);
-                        // Full jitter: instances and sinks retrying together spread out.
-                        let wait = backoff.mul_f64(fastrand::f64());
+                        let wait = backoff.next_delay();
                         warn!(sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "sink: delivery failed; retrying the batch");
                         tokio::select! {
                             biased;
                             _ = abort.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
-                    Err(SinkError::Definite(e)) => {
-                        return Err(SinkError::Definite(format!("sink {name:?}: {e}")))
-                    }
+                    Err(e) => return Err(e.within(format_args!("sink {name:?}"))),
                 }
             }
             if cursor.is_shed() {

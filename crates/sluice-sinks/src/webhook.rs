@@ -15,7 +15,197 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use sluice_delivery::{Delivery, Failure, Item, Target};
+use serde::Deserialize;
+use sluice_core::{Fault, Finding};
+use sluice_delivery::{Delivery, DeliveryConfig, Failure, Item, Target};
+
+use crate::{finding_for, Built, Context, Events, SinkSpec};
+
+/// `type = "webhook"`: records POSTed as JSON to a URL, with Standard Webhooks
+/// signatures, per-key order, retries and the waiting room.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Unique name of the sink within the pipeline.
+    pub name: String,
+    /// Where records go (unless `urls` names their table or topic).
+    #[serde(default)]
+    pub url: String,
+    /// URLs by `schema.table` or outbox topic.
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
+    /// Tables this sink takes (default: all, unless `topics` is set).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Outbox topics this sink takes (`name` or `prefix*`).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Debezium-layout outbox tables (aggregatetype, aggregateid, type, payload): their
+    /// inserts are routed as events (topic from aggregatetype, key from aggregateid).
+    #[serde(default)]
+    pub outbox_tables: Vec<String>,
+    /// Delete an `outbox_tables` row from the source once every sink that takes its
+    /// table has finished it (delivered, or kept in the dead letters).
+    #[serde(default)]
+    pub delete_delivered: bool,
+    /// Signing secret, `whsec_<base64>`; better given through `secret_env`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Environment variable that holds the signing secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds a request may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Records per request: 1 (default) posts one JSON object, more post an array.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Retry 4xx answers (other than 408 and 429, always retried) instead of
+    /// dead-lettering them.
+    #[serde(default)]
+    pub retry_4xx: bool,
+    /// Concurrency, rate and retries.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+fn default_batch() -> usize {
+    1
+}
+
+impl WebhookConfig {
+    fn all_urls(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.url)
+            .chain(self.urls.values())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The signing secret, from the environment when `secret_env` names it.
+    fn secret(&self) -> Result<Option<String>, Fault> {
+        match &self.secret_env {
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                Fault::definite(
+                    format!("secret_env {var:?} is not set in the environment"),
+                    format!("export {var}=whsec_... before starting Sluice"),
+                )
+            }),
+            None => Ok(self.secret.clone()),
+        }
+    }
+}
+
+impl SinkSpec for WebhookConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    fn validate(&self, errs: &mut Vec<String>) {
+        let name = &self.name;
+        self.delivery.validate(name, errs);
+        if self.url.is_empty() && self.urls.is_empty() {
+            errs.push(finding_for(
+                name,
+                "set url = \"https://...\" (or urls per table or topic)",
+            ));
+        }
+        for u in self.all_urls() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                errs.push(finding_for(
+                    name,
+                    format_args!("url {u:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.batch == 0 {
+            errs.push(finding_for(name, "batch must be at least 1"));
+        }
+        if self.secret.is_some() && self.secret_env.is_some() {
+            errs.push(finding_for(name, "set secret or secret_env, not both"));
+        }
+        if let Some(s) = &self.secret {
+            if let Err(e) = secret_key(s) {
+                errs.push(finding_for(name, e));
+            }
+        }
+    }
+
+    async fn check(&self, _ctx: &Context<'_>) -> Vec<Finding> {
+        let mut out = Vec::new();
+        if let Err(e) = self.secret() {
+            out.push(Finding::fail(
+                finding_for(&self.name, &e.message),
+                e.fix.unwrap_or_default(),
+            ));
+        }
+        for u in self.all_urls() {
+            let Ok(parsed) = reqwest::Url::parse(u) else {
+                out.push(Finding::fail(
+                    finding_for(&self.name, format_args!("url {u:?} is not a URL")),
+                    "write it as https://host[:port]/path",
+                ));
+                continue;
+            };
+            let host = parsed.host_str().unwrap_or_default().to_owned();
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            // Only the host is named: a URL's path or query may carry a token.
+            let found = tokio::net::lookup_host(format!("{host}:{port}"))
+                .await
+                .map(|mut a| a.next().is_some());
+            match found {
+                Ok(true) => out.push(Finding::pass(
+                    finding_for(&self.name, format_args!("{host} resolves")),
+                )),
+                Ok(false) | Err(_) => out.push(Finding::warn(
+                    finding_for(&self.name, format_args!("{host} does not resolve")),
+                    "check the URL's host name and this machine's DNS; deliveries are retried meanwhile",
+                )),
+            }
+        }
+        out
+    }
+
+    async fn build(&self, _ctx: &Context<'_>) -> Result<Built, Fault> {
+        let hook = Webhook::new(WebhookOptions {
+            url: self.url.clone(),
+            urls: self.urls.clone(),
+            secret: self.secret()?,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: Duration::from_secs(self.timeout_secs),
+            array: self.batch > 1,
+            retry_4xx: self.retry_4xx,
+        })
+        .map_err(|e| Fault::definite(e, "correct the sink's url and secret"))?;
+        Ok(Built::Engine {
+            target: Arc::new(hook),
+            batch: self.batch,
+            pull: None,
+        })
+    }
+
+    fn events(&self) -> Option<Events<'_>> {
+        Some(Events {
+            topics: &self.topics,
+            outbox_tables: &self.outbox_tables,
+            delete_delivered: self.delete_delivered,
+            delivery: &self.delivery,
+        })
+    }
+}
 
 /// How a webhook sink posts.
 #[derive(Debug, Clone)]

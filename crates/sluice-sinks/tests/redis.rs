@@ -251,10 +251,7 @@ async fn delivery_fails_while_redis_is_down_and_succeeds_after() {
     s.deliver(&one).await.unwrap();
     redis.kill();
     let err = s.deliver(&one).await.unwrap_err();
-    assert!(
-        matches!(err, sluice_sinks::SinkError::Transient(_)),
-        "{err}"
-    );
+    assert!(err.is_transient(), "{err}");
     redis.start_again().unwrap();
     // The connection comes back by itself (and the scripts are loaded again).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -273,4 +270,54 @@ async fn delivery_fails_while_redis_is_down_and_succeeds_after() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&redis, "c:shop.public.t.7"), r#"{"id":7,"v":2}"#);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_definite_with_its_fix_and_a_down_server_transient() {
+    let mut redis = RedisServer::start().unwrap();
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "right"])
+        .unwrap();
+    let one = batch(&[Change {
+        lsn: 100,
+        op: Op::Insert,
+        id: 1,
+        after: Some(r#"{"id":1}"#),
+        toast: &[],
+    }]);
+    for url in [
+        format!("redis://:wrong@127.0.0.1:{}/", redis.port()),
+        format!("redis://127.0.0.1:{}/", redis.port()),
+    ] {
+        let mut s = RedisSink::new(RedisOptions {
+            url,
+            prefix: "c:".into(),
+            key_template: DEFAULT_KEY_TEMPLATE.into(),
+            format: Format::Json,
+            ttl_secs: 0,
+            db: "shop".into(),
+            reset: None,
+        });
+        let err = s.deliver(&one).await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert!(
+            err.fix
+                .as_deref()
+                .unwrap_or("")
+                .contains("redis://user:password@host:port"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(":wrong@"), "{err}");
+    }
+    redis.kill();
+    let mut s = RedisSink::new(RedisOptions {
+        url: format!("redis://:right@127.0.0.1:{}/", redis.port()),
+        prefix: "c:".into(),
+        key_template: DEFAULT_KEY_TEMPLATE.into(),
+        format: Format::Json,
+        ttl_secs: 0,
+        db: "shop".into(),
+        reset: None,
+    });
+    assert!(s.deliver(&one).await.unwrap_err().is_transient());
 }

@@ -1,27 +1,22 @@
 //! The `run`, `check`, `backfill`, `teardown` and `token` commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_pg::catalog::{self, CheckSpec, Finding};
+use anyhow::Context;
+use sluice_pipeline::config::Auth;
+
+use sluice_pg::catalog;
 use sluice_pg::{ConnInfo, Connection};
+use sluice_pipeline::preflight;
+use sluice_pipeline::{Config, Directory, Outcome, RunContext, Supervisor, SHUTDOWN_DEADLINE};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
-pub use crate::pipeline::run_pipeline;
-
-fn load(path: &Path) -> anyhow::Result<Config> {
-    let config = Config::load(path)?;
-    if let Err(errs) = config.validate() {
-        anyhow::bail!(
-            "config {} is not valid:\n  - {}",
-            path.display(),
-            errs.join("\n  - ")
-        );
-    }
-    Ok(config)
+pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load_valid(path).map_err(anyhow::Error::msg)
 }
 
 /// Relative paths in the config are relative to the config file.
@@ -31,43 +26,10 @@ pub(crate) fn base_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-pub(crate) fn spec(config: &Config) -> anyhow::Result<CheckSpec> {
-    Ok(CheckSpec {
-        conninfo: ConnInfo::parse(&config.source.url)?,
-        tables: config.source.tables.clone(),
-        exclusions: config.exclusions(),
-        slot: config.slot(),
-        publication: config.publication(),
-        external_publication: config.source.publication.is_some(),
-        lock_keys: sluice_pg::source::lock_keys(&config.pipeline.name),
-    })
-}
-
-pub(crate) fn print_findings(findings: &[Finding]) {
-    for f in findings {
-        if f.ok {
-            println!("ok    {}", f.what);
-        } else {
-            println!("FAIL  {}", f.what);
-            if let Some(fix) = &f.fix {
-                println!("      fix: {fix}");
-            }
-        }
-    }
-}
-
 pub async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
-    let spec = spec(&config)?;
-    let mut findings = catalog::check(&spec).await;
-    if let Ok(mut conn) = Connection::connect(&spec.conninfo, false).await {
-        if let Ok((tables, _)) = catalog::expand_tables(&mut conn, &config.source.tables).await {
-            let captured: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-            findings.extend(crate::pipeline::key_findings(&config, &mut conn, &captured).await?);
-        }
-        conn.close().await;
-    }
-    print_findings(&findings);
+    let findings = preflight::check_all(&config, base_dir(path)).await?;
+    print!("{}", preflight::render(&findings));
     let failed = findings.iter().filter(|f| !f.ok).count();
     if failed == 0 {
         println!("all checks passed");
@@ -156,46 +118,216 @@ pub async fn backfill(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the pipeline until a signal; a change to the config file that passes validation
-/// restarts it in-process with the new config (a table added to `source.tables` is then
-/// added to the publication and backfilled while the others stream).
-pub async fn run(path: &Path, until: Option<sluice_core::Lsn>) -> anyhow::Result<ExitCode> {
-    let cancel = CancellationToken::new();
-    let signals = cancel.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down");
-        signals.cancel();
-    });
-    let mut config = load(path)?;
-    loop {
-        let session = cancel.child_token();
-        let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = tokio::spawn(watch_config(
-            path.to_owned(),
-            config.clone(),
-            session.clone(),
-            reload.clone(),
-        ));
-        let result = run_pipeline(&config, base_dir(path), session, until).await;
-        watcher.abort();
-        if cancel.is_cancelled() || !reload.load(std::sync::atomic::Ordering::SeqCst) {
-            return result;
+/// The process's one HTTP server, from the configs' `[server]` sections: they must agree
+/// (one listener serves every pipeline).
+fn server_section(
+    configs: &[(PathBuf, Config)],
+) -> anyhow::Result<Option<sluice_pipeline::config::ServerSection>> {
+    let mut chosen: Option<(&Path, sluice_pipeline::config::ServerSection)> = None;
+    for (path, c) in configs {
+        let Some(section) = c.server_section() else {
+            continue;
+        };
+        match &chosen {
+            None => chosen = Some((path, section)),
+            Some((first, s)) if s.listen != section.listen || s.auth != section.auth => {
+                anyhow::bail!(
+                    "{} and {} configure different [server] sections: one server serves every pipeline of a process; give [server] in one file (or the same in each)",
+                    first.display(),
+                    path.display()
+                )
+            }
+            Some(_) => {}
         }
-        result?;
-        config = load(path)?;
-        info!("config changed; running the pipeline with it");
+    }
+    // Tokens of every file are accepted.
+    Ok(chosen.map(|(_, mut s)| {
+        for (_, c) in configs {
+            if let Some(other) = &c.server {
+                s.tokens.extend(other.tokens.iter().cloned());
+            }
+        }
+        s.tokens.sort();
+        s.tokens.dedup();
+        s
+    }))
+}
+
+fn token_hashes(section: &sluice_pipeline::config::ServerSection) -> Option<Vec<String>> {
+    (section.auth == Auth::Token).then(|| {
+        section
+            .tokens
+            .iter()
+            .map(|t| t.trim_start_matches("sha256:").to_ascii_lowercase())
+            .collect()
+    })
+}
+
+/// Starts the HTTP server on a runtime of its own (many SSE clients, never in the
+/// sources' way); it serves whatever pipelines the directory holds, and outlives them.
+async fn start_server(
+    section: &sluice_pipeline::config::ServerSection,
+    directory: Arc<Directory>,
+    stop: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    directory.set_tokens(token_hashes(section));
+    let listen: std::net::SocketAddr = section.listen.parse().context("server.listen")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("sluice-http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match sluice_server::bind(listen, directory, stop).await {
+                    Ok((_, serve)) => {
+                        let _ = tx.send(Ok(()));
+                        if let Err(e) = serve.await {
+                            error!(error = %e, "server stopped");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    match rx.await {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => anyhow::bail!("server: {e}"),
+        Err(_) => anyhow::bail!("server thread ended at start"),
+    }
+}
+
+/// Runs one pipeline per config file until a signal. A change to a file that passes
+/// validation restarts that pipeline alone with it (a table added to `source.tables` is
+/// then added to the publication and backfilled while the others stream); the HTTP
+/// server and the other pipelines go on.
+pub async fn run(paths: &[PathBuf], until: Option<sluice_core::Lsn>) -> anyhow::Result<ExitCode> {
+    let configs: Vec<(PathBuf, Config)> = paths
+        .iter()
+        .map(|p| load(p).map(|c| (p.clone(), c)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut names = std::collections::BTreeSet::new();
+    for (p, c) in &configs {
+        if !names.insert(c.pipeline.name.clone()) {
+            anyhow::bail!(
+                "pipeline {:?} is configured twice ({}): each file runs its own pipeline, with its own name",
+                c.pipeline.name,
+                p.display()
+            );
+        }
+    }
+    let directory = Directory::new();
+    let server_stop = CancellationToken::new();
+    let server = match server_section(&configs)? {
+        Some(section) => {
+            Some(start_server(&section, directory.clone(), server_stop.clone()).await?)
+        }
+        None => None,
+    };
+    let mut supervisor = Supervisor::new(directory.clone());
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel::<(PathBuf, Config)>(4);
+    let mut watchers = Vec::new();
+    for (path, config) in configs {
+        let ctx = RunContext {
+            base_dir: base_dir(&path).to_owned(),
+            until,
+            directory: directory.clone(),
+        };
+        watchers.push(tokio::spawn(watch_config(
+            path.clone(),
+            config.clone(),
+            changes_tx.clone(),
+        )));
+        supervisor.start(config, ctx).map_err(anyhow::Error::msg)?;
+    }
+    let signals = CancellationToken::new();
+    {
+        let s = signals.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down");
+            s.cancel();
+        });
+    }
+    let mut worst = ExitCode::SUCCESS;
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = signals.cancelled() => {
+                for ended in supervisor.shutdown(SHUTDOWN_DEADLINE * 2).await {
+                    note_end(ended, &mut worst, &mut failure);
+                }
+                break;
+            }
+            Some((path, config)) = changes.recv() => {
+                let ctx = RunContext { base_dir: base_dir(&path).to_owned(), until, directory: directory.clone() };
+                if let Some(section) = config.server_section() {
+                    directory.set_tokens(token_hashes(&section));
+                }
+                match supervisor.reconfigure(config, ctx).await {
+                    Ok(ended) => ended.into_iter().for_each(|e| note_end(e, &mut worst, &mut failure)),
+                    Err(e) => error!(error = %e, "cannot restart the pipeline"),
+                }
+            }
+            ended = supervisor.next() => match ended {
+                Some(e) => note_end(e, &mut worst, &mut failure),
+                None => break,
+            },
+        }
+    }
+    for w in watchers {
+        w.abort();
+    }
+    server_stop.cancel();
+    if let Some(t) = server {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(worst),
+    }
+}
+
+/// Records how a pipeline ended: a refused preflight exits 2, a failure 1.
+fn note_end(
+    (name, result): sluice_pipeline::Ended,
+    worst: &mut ExitCode,
+    failure: &mut Option<anyhow::Error>,
+) {
+    match result {
+        Ok(Outcome::Done) => info!(pipeline = %name, "pipeline stopped"),
+        Ok(Outcome::Refused(findings)) => {
+            print!("{}", preflight::render(&findings));
+            let n = findings.iter().filter(|f| !f.ok && f.blocking).count();
+            error!(pipeline = %name, failed = n, "preflight failed; nothing was started");
+            *worst = ExitCode::from(2);
+        }
+        Ok(Outcome::Abandoned) => *worst = ExitCode::FAILURE,
+        Err(e) => {
+            error!(pipeline = %name, error = %e, "pipeline stopped");
+            failure.get_or_insert(anyhow::anyhow!("pipeline {name:?}: {e}"));
+        }
     }
 }
 
 /// Checks the config file every two seconds (and on SIGHUP); when it changed and is
-/// valid, flags a reload and stops the running pipeline. An invalid change is reported
-/// and ignored.
+/// valid, sends it. An invalid change is reported and ignored.
 async fn watch_config(
-    path: std::path::PathBuf,
-    current: Config,
-    stop: CancellationToken,
-    reload: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    path: PathBuf,
+    mut current: Config,
+    changes: tokio::sync::mpsc::Sender<(PathBuf, Config)>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -215,11 +347,15 @@ async fn watch_config(
         seen = now;
         match load(&path) {
             Ok(new) if new == current => {}
-            Ok(_) => {
-                info!("config file changed; restarting the pipeline to apply it");
-                reload.store(true, std::sync::atomic::Ordering::SeqCst);
-                stop.cancel();
-                return;
+            Ok(new) if new.pipeline.name != current.pipeline.name => {
+                warn!(path = %path.display(), "the pipeline's name changed in its config file; restart Sluice to run it under the new name");
+            }
+            Ok(new) => {
+                info!(path = %path.display(), "config file changed; restarting its pipeline to apply it");
+                current = new.clone();
+                if changes.send((path.clone(), new)).await.is_err() {
+                    return;
+                }
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "config file changed but is not valid; keeping the running config")

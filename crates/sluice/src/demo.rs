@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_pg::{ConnInfo, Connection};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use sluice_pipeline::{Config, Directory, Outcome, RunContext};
 
 pub async fn run(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     eprintln!("sluice demo: starting a throw-away PostgreSQL (wal_level=logical) ...");
@@ -60,11 +60,23 @@ type = "stdout"
         stop.cancel();
     });
     let writer = tokio::spawn(write_orders(ConnInfo::parse(&url)?, cancel.clone()));
-    let code = crate::commands::run_pipeline(&config, dir.path(), cancel.clone(), None).await;
+    let ctx = RunContext {
+        base_dir: dir.path().to_owned(),
+        until: None,
+        directory: Directory::new(),
+    };
+    let result = sluice_pipeline::run(&config, &ctx, cancel.clone()).await;
     cancel.cancel();
     let _ = writer.await;
     drop(pg);
-    code
+    match result? {
+        Outcome::Done => Ok(ExitCode::SUCCESS),
+        Outcome::Refused(findings) => {
+            eprint!("{}", sluice_pipeline::preflight::render(&findings));
+            Ok(ExitCode::from(2))
+        }
+        Outcome::Abandoned => Ok(ExitCode::FAILURE),
+    }
 }
 
 /// A small order-processing workload: new orders, status changes, the odd cancellation.

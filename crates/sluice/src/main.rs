@@ -1,19 +1,13 @@
 //! `sluice`: change data capture from PostgreSQL.
 //!
-//! The binary owns configuration, the command line and supervision: a cancellation token
-//! tree for the workers, signals to stop, a deadline on shutdown, and exit codes
+//! The binary is argument parsing and wiring: the pipelines, their supervisor and the
+//! HTTP server are libraries (`sluice-pipeline`, `sluice-server`); this crate reads the
+//! command line, installs logging, handles signals, and maps outcomes to exit codes
 //! (0 done, 1 failure, 2 bad configuration or a failed preflight).
 
 mod commands;
-mod config;
-mod config_delivery;
 mod demo;
-mod metrics;
 mod operate;
-mod outbox_clean;
-mod output;
-mod pipeline;
-mod progress;
 
 use std::path::PathBuf;
 
@@ -44,10 +38,11 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the pipeline until interrupted.
+    /// Run pipelines until interrupted: one per config file (`-c a.toml -c b.toml`),
+    /// behind one HTTP server.
     Run {
-        #[arg(short, long, default_value = "sluice.toml")]
-        config: PathBuf,
+        #[arg(short, long, default_value = "sluice.toml", num_args = 1)]
+        config: Vec<PathBuf>,
         /// Stop cleanly once everything up to this LSN (e.g. 0/16B3748) is confirmed, like
         /// pg_recvlogical's --endpos: for catching up in batches and for benchmarks.
         #[arg(long, value_name = "LSN")]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_pg::{ConnInfo, Connection};
 
-use crate::config::Config;
+use sluice_pipeline::Config;
 
 /// `sluice.publish(...)`: an event written through the WAL with the caller's transaction
 /// (`pg_logical_emit_message(true, ...)`), so it exists if and only if that commits,
@@ -47,7 +47,7 @@ COMMENT ON FUNCTION sluice.publish(text, text, jsonb, jsonb, timestamptz, interv
 "#;
 
 pub async fn outbox_install(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let config = Config::load(path).map_err(anyhow::Error::msg)?;
     let info = ConnInfo::parse(&config.source.url)?;
     let mut conn = Connection::connect(&info, false).await?;
     conn.execute(PUBLISH_SQL).await.map_err(|e| {
@@ -59,7 +59,7 @@ pub async fn outbox_install(path: &Path) -> anyhow::Result<ExitCode> {
     if !config
         .sinks
         .iter()
-        .any(|s| s.events().is_some_and(|(t, _, _)| !t.is_empty()))
+        .any(|s| s.events().is_some_and(|e| !e.topics.is_empty()))
     {
         println!(
             "note: no sink lists topics yet: add topics = [\"...\"] to a webhook or pull sink"
@@ -169,7 +169,7 @@ pub async fn waiting_room(
     all: bool,
     token: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let config = Config::load(path).map_err(anyhow::Error::msg)?;
     let dir = crate::commands::base_dir(path);
     let base = format!("/v1/sinks/{sink}/{area}");
     let field = if area == "dead" { "offsets" } else { "keys" };

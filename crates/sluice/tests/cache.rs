@@ -212,6 +212,48 @@ fn tables_without_a_primary_key_are_refused_for_a_cache() {
     );
 }
 
+#[test]
+fn a_wrong_redis_password_stops_check_and_run_at_once_with_the_fix() {
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    pg.psql("CREATE TABLE public.pw (id int PRIMARY KEY)")
+        .unwrap();
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "the-right-one"])
+        .unwrap();
+    let p = Pipeline::new(&pg, "pw", &["public.pw"], "");
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"cache\"\ntype = \"redis\"\nurl = \"redis://:not-the-password@127.0.0.1:{}/\"\n",
+        redis.port()
+    ));
+    for sub in ["check", "run"] {
+        let started = std::time::Instant::now();
+        let out = p.command(sub);
+        let text = support::output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {text}");
+        assert!(text.contains("authentication failed"), "{sub}: {text}");
+        assert!(
+            text.contains("fix: put the right credentials in the sink's url"),
+            "{sub}: {text}"
+        );
+        assert!(
+            !text.contains("not-the-password"),
+            "{sub}: the password leaked: {text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{sub} took {:?}: a wrong password is not retried",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0",
+        "nothing was started"
+    );
+}
+
 /// A pipeline with a file sink and a Redis sink over `public.{table}` and a log of at
 /// most 64 KiB in 4 KiB segments, with `policy` at the budget.
 fn budget_pipeline(pg: &PgServer, redis: &RedisServer, name: &str, policy: &str) -> Pipeline {

@@ -103,6 +103,100 @@ fn sse_pipeline(pg: &PgServer, name: &str, extra: &str) -> Pipeline {
     p
 }
 
+/// Lines of the logs in `p`'s directory that contain every one of `needles`.
+fn log_lines(p: &Pipeline, needles: &[&str]) -> usize {
+    p.logs()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn a_reload_of_one_pipeline_keeps_the_sse_clients_of_another_connected() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE public.ra (id int PRIMARY KEY); CREATE TABLE public.rb (id int PRIMARY KEY); CREATE TABLE public.rc (id int PRIMARY KEY)")
+        .unwrap();
+    let a = Pipeline::new(&pg, "reload_a", &["public.ra"], "");
+    a.add_config(&format!(
+        "[[sinks]]\nname = \"feed_a\"\ntype = \"sse\"\n{}",
+        token_config()
+    ));
+    let b = Pipeline::new(&pg, "reload_b", &["public.rb"], "");
+    b.add_config(&format!(
+        "[[sinks]]\nname = \"feed_b\"\ntype = \"sse\"\n{}",
+        token_config()
+    ));
+    let mut child = a.spawn_with(&[&b]);
+    let addr = a.server_addr();
+    let auth = format!("Bearer {TOKEN}");
+    wait_until(WAIT, "both pipelines to stream", || {
+        (log_lines(&a, &["source: streaming"]) >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    let mut rb = request(
+        &addr,
+        "/v1/sinks/feed_b/events",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut rb), 200);
+    let mut ra = request(
+        &addr,
+        "/v1/sinks/feed_a/events",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut ra), 200);
+    pg.psql("INSERT INTO public.rb VALUES (1)").unwrap();
+    let (_, _, data) = next_event(&mut rb);
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["after"]["id"],
+        1
+    );
+
+    // Pipeline a takes one more table: only it restarts.
+    let config = std::fs::read_to_string(&a.config_path).unwrap();
+    std::fs::write(
+        &a.config_path,
+        config.replace(
+            "tables = [\"public.ra\"]",
+            "tables = [\"public.ra\", \"public.rc\"]",
+        ),
+    )
+    .unwrap();
+    wait_until(WAIT, "pipeline a to run again with its new config", || {
+        (log_lines(&a, &["starting", "pipeline=reload_a"]) >= 2
+            && log_lines(&a, &["source: streaming"]) >= 3)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    // a's client was let go (it resumes with Last-Event-ID); b's is still served, on the
+    // same connection.
+    let mut rest = String::new();
+    assert!(
+        ra.read_to_string(&mut rest).is_ok(),
+        "a's stream ended (not timed out)"
+    );
+    pg.psql("INSERT INTO public.rb VALUES (2); INSERT INTO public.rc VALUES (7)")
+        .unwrap();
+    let (_, _, data) = next_event(&mut rb);
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["after"]["id"],
+        2
+    );
+    let mut ra = request(
+        &addr,
+        "/v1/sinks/feed_a/events?from=earliest&tables=public.rc",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status(&mut ra), 200);
+    let (_, _, data) = next_event(&mut ra);
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["table"],
+        "rc",
+        "the reloaded pipeline captures its new table"
+    );
+    support::terminate(&mut child);
+}
+
 #[test]
 fn sse_clients_resume_after_a_disconnect_without_gaps_or_repeats() {
     let pg = PgServer::start().unwrap();

@@ -125,6 +125,12 @@ impl Pipeline {
 
     /// Starts another `sluice run` of the same config (a standby).
     pub fn spawn(&self) -> Child {
+        self.spawn_with(&[])
+    }
+
+    /// Starts one `sluice run` of this config and `others` (one pipeline each, one
+    /// process); its log goes to this pipeline's `sluice-N.log`.
+    pub fn spawn_with(&self, others: &[&Pipeline]) -> Child {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| {
                 d.filter(|e| {
@@ -136,10 +142,12 @@ impl Pipeline {
             .unwrap_or(0);
         let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
             .expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "-c"])
-            .arg(&self.config_path)
-            .env("SLUICE_LOG", "info,sluice_pg=debug")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["run", "-c"]).arg(&self.config_path);
+        for o in others {
+            cmd.arg("-c").arg(&o.config_path);
+        }
+        cmd.env("SLUICE_LOG", "info,sluice_pg=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use sluice_core::{ChangeRecord, Lsn, Op};
+use sluice_core::{metric, ChangeRecord, Fault, Lsn, Op};
 use sluice_log::{frame, Append, Log, Writer};
 use sluice_pg::source::Batch;
 use sluice_pg::Output;
@@ -40,7 +40,7 @@ pub struct LogOutput {
 
 impl LogOutput {
     /// Starts the log's writer thread; `last` is the commit LSN of the log's last record.
-    pub fn start(log: &Log, writer: Writer, last: Lsn) -> anyhow::Result<LogOutput> {
+    pub fn start(log: &Log, writer: Writer, last: Lsn) -> Result<LogOutput, Fault> {
         let (tx, rx) = mpsc::channel::<Append>(QUEUE);
         let (spare_tx, spare) = mpsc::channel(QUEUE + 2);
         let writer = std::thread::Builder::new()
@@ -93,14 +93,14 @@ impl LogOutput {
     }
 
     /// Stops the writer after it has written everything handed off.
-    pub fn close(mut self) -> anyhow::Result<()> {
+    pub fn close(mut self) -> Result<(), Fault> {
         let (tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         let (b, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.batches, b));
         if let Some(w) = self.writer.take() {
             w.join()
-                .map_err(|_| anyhow::anyhow!("log writer panicked"))??;
+                .map_err(|_| Fault::fatal("the log writer panicked"))??;
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ impl LogOutput {
         };
         counters[slot]
             .get_or_insert_with(|| {
-                metrics::counter!("sluice_changes_total", "table" => self.key.clone(), "op" => record.op.as_str())
+                metrics::counter!(metric::CHANGES.name, "table" => self.key.clone(), "op" => record.op.as_str())
             })
             .increment(1);
     }

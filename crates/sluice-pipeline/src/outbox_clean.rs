@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+use sluice_core::{Fault, Finding};
 use sluice_delivery::{Deletion, RowDeleter};
-use sluice_pg::catalog::{self, Finding};
+use sluice_pg::catalog;
 use sluice_pg::wire::{quote_ident, quote_literal, Connection};
-use sluice_pg::ConnInfo;
+use sluice_pg::{ConnInfo, PgError, INSUFFICIENT_PRIVILEGE};
 
 use crate::config::Config;
 
@@ -31,11 +32,11 @@ impl RowDeleter for PgDeleter {
         keys: &'a [String],
     ) -> Deletion<'a> {
         Box::pin(async move {
-            let sql = delete_sql(schema, table, keys)?;
+            let sql = delete_sql(schema, table, keys).map_err(Fault::fatal)?;
             if self.conn.is_none() {
                 let c = Connection::connect(&self.info, false)
                     .await
-                    .map_err(|e| format!("cannot connect to the source: {e}"))?;
+                    .map_err(|e| Fault::from(e).within("cannot connect to the source"))?;
                 self.conn = Some(c);
             }
             let conn = self.conn.as_mut().expect("connected above");
@@ -46,22 +47,29 @@ impl RowDeleter for PgDeleter {
                     .sum()),
                 Err(e) => {
                     self.conn = None;
-                    let text = e.to_string();
-                    let hint = if text.contains("permission denied") {
-                        format!(
-                            " (grant it: GRANT DELETE ON {}.{} TO {})",
-                            quote_ident(schema),
-                            quote_ident(table),
-                            quote_ident(&self.info.user)
-                        )
-                    } else {
-                        String::new()
-                    };
-                    Err(format!("{text}{hint}"))
+                    Err(deletion_fault(e, schema, table, &self.info.user))
                 }
             }
         })
     }
+}
+
+/// A failed DELETE, classified by its SQLSTATE; a missing privilege carries the GRANT.
+/// The cleaner retries either kind for a while, then sets the rows aside.
+fn deletion_fault(e: PgError, schema: &str, table: &str, user: &str) -> Fault {
+    if e.code() == Some(INSUFFICIENT_PRIVILEGE) {
+        return Fault::definite(
+            "the source user may not delete delivered outbox rows",
+            format!(
+                "GRANT DELETE ON {}.{} TO {}",
+                quote_ident(schema),
+                quote_ident(table),
+                quote_ident(user)
+            ),
+        )
+        .caused_by(e);
+    }
+    Fault::from(e)
 }
 
 /// One DELETE per set of key columns. The keys travel as one JSON array that PostgreSQL
@@ -111,13 +119,13 @@ pub fn tables(config: &Config) -> Vec<String> {
 }
 
 /// Rows can be deleted only by key, and only with the DELETE privilege.
-pub async fn findings(config: &Config, conn: &mut Connection) -> anyhow::Result<Vec<Finding>> {
+pub async fn findings(config: &Config, conn: &mut Connection) -> Result<Vec<Finding>, PgError> {
     let tables = tables(config);
     let mut out = Vec::new();
     if tables.is_empty() {
         return Ok(out);
     }
-    let keyless = crate::pipeline::tables_without_primary_key(conn, &tables).await?;
+    let keyless = crate::preflight::tables_without_primary_key(conn, &tables).await?;
     let user = quote_ident(
         conn.parameter("session_authorization")
             .unwrap_or("<the source user>"),

@@ -1,12 +1,14 @@
 //! The pipeline configuration file (TOML). Unknown keys are errors that name the key;
-//! `validate` is pure (no I/O) and reports every problem with what to change.
+//! `validate` is pure (no I/O) and reports every problem with what to change. A sink's
+//! own settings are its module's ([`sluice_sinks::SinkConfig`]); this file checks what
+//! spans sinks (unique names, tables among the captured ones).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-
-pub use crate::config_delivery::DeliverySection;
+use sluice_core::TablePatterns;
+pub use sluice_sinks::SinkConfig;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -195,225 +197,25 @@ fn default_status_interval() -> u64 {
     10
 }
 
-/// One destination, by `type`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// JSON lines appended to a file and fsync'd before the sink's cursor moves.
-    File {
-        /// Unique name of the sink within the pipeline.
-        name: String,
-        /// The file to append to (created if missing; relative to the config file).
-        path: PathBuf,
-        /// Tables this sink takes (`schema.table` or `schema.*`; default: all).
-        #[serde(default)]
-        tables: Vec<String>,
-    },
-    /// JSON lines on standard output.
-    Stdout {
-        /// Unique name of the sink within the pipeline.
-        name: String,
-        /// Tables this sink takes (default: all).
-        #[serde(default)]
-        tables: Vec<String>,
-    },
-    /// Rows cached in Redis, one key per row, fenced by change id.
-    Redis {
-        /// Unique name of the sink within the pipeline.
-        name: String,
-        /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
-        url: String,
-        /// Tables this sink takes (default: all); each needs a primary key.
-        #[serde(default)]
-        tables: Vec<String>,
-        /// `"json"` (default: the row as a JSON string) or `"hash"` (a field per column).
-        #[serde(default)]
-        format: sluice_sinks::redis::Format,
-        /// `{prefix}` in the key template.
-        #[serde(default)]
-        prefix: String,
-        /// Key of a row; placeholders {prefix} {db} {schema} {table} {pk} (composite keys
-        /// joined by `.`).
-        #[serde(default = "default_key_template")]
-        key_template: String,
-        /// Seconds until a cached row expires (default: never).
-        #[serde(default)]
-        ttl_secs: u64,
-        /// Records per pipelined batch.
-        #[serde(default = "default_redis_batch")]
-        batch: usize,
-    },
-    /// Server-Sent Events at `GET /v1/sinks/<name>/events` on the HTTP server.
-    Sse {
-        /// Unique name of the sink within the pipeline (the URL path).
-        name: String,
-        /// Tables this sink serves (default: all).
-        #[serde(default)]
-        tables: Vec<String>,
-        /// Seconds a client's buffer may stay full before it is disconnected.
-        #[serde(default = "default_slow_client")]
-        slow_client_timeout_secs: u64,
-    },
-    /// Records POSTed as JSON to a URL, with Standard Webhooks signatures, per-key order,
-    /// retries and the waiting room.
-    Webhook {
-        /// Unique name of the sink within the pipeline.
-        name: String,
-        /// Where records go (unless `urls` names their table or topic).
-        #[serde(default)]
-        url: String,
-        /// URLs by `schema.table` or outbox topic.
-        #[serde(default)]
-        urls: BTreeMap<String, String>,
-        /// Tables this sink takes (default: all, unless `topics` is set).
-        #[serde(default)]
-        tables: Vec<String>,
-        /// Outbox topics this sink takes (`name` or `prefix*`).
-        #[serde(default)]
-        topics: Vec<String>,
-        /// Debezium-layout outbox tables (aggregatetype, aggregateid, type, payload):
-        /// their inserts are routed as events (topic from aggregatetype, key from
-        /// aggregateid).
-        #[serde(default)]
-        outbox_tables: Vec<String>,
-        /// Delete an `outbox_tables` row from the source once every sink that takes its
-        /// table has finished it (delivered, or kept in the dead letters).
-        #[serde(default)]
-        delete_delivered: bool,
-        /// Signing secret, `whsec_<base64>`; better given through `secret_env`.
-        #[serde(default)]
-        secret: Option<String>,
-        /// Environment variable that holds the signing secret.
-        #[serde(default)]
-        secret_env: Option<String>,
-        /// Extra request headers.
-        #[serde(default)]
-        headers: BTreeMap<String, String>,
-        /// Seconds a request may take.
-        #[serde(default = "default_webhook_timeout")]
-        timeout_secs: u64,
-        /// Records per request: 1 (default) posts one JSON object, more post an array.
-        #[serde(default = "default_webhook_batch")]
-        batch: usize,
-        /// Retry 4xx answers (other than 408 and 429, always retried) instead of
-        /// dead-lettering them.
-        #[serde(default)]
-        retry_4xx: bool,
-        /// Concurrency, rate and retries.
-        #[serde(default)]
-        delivery: DeliverySection,
-    },
-    /// Records pulled over HTTP by consumers (`POST /v1/sinks/<name>/receive`, `ack`,
-    /// `nack`), with per-key order across competing consumers.
-    Pull {
-        /// Unique name of the sink within the pipeline (the URL path).
-        name: String,
-        /// Tables this sink takes (default: all, unless `topics` is set).
-        #[serde(default)]
-        tables: Vec<String>,
-        /// Outbox topics this sink takes.
-        #[serde(default)]
-        topics: Vec<String>,
-        /// Debezium-layout outbox tables routed as events.
-        #[serde(default)]
-        outbox_tables: Vec<String>,
-        /// Delete an `outbox_tables` row from the source once every sink that takes its
-        /// table has finished it.
-        #[serde(default)]
-        delete_delivered: bool,
-        /// Records on offer at once, retries, and the waiting room (`concurrency` is the
-        /// number of records consumers may hold at once).
-        #[serde(default)]
-        delivery: DeliverySection,
-    },
-}
-
-fn default_webhook_timeout() -> u64 {
-    10
-}
-
-fn default_webhook_batch() -> usize {
-    1
-}
-
-fn default_key_template() -> String {
-    sluice_sinks::redis::DEFAULT_KEY_TEMPLATE.into()
-}
-
-fn default_redis_batch() -> usize {
-    500
-}
-
-fn default_slow_client() -> u64 {
-    10
-}
-
-impl SinkConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::File { name, .. }
-            | SinkConfig::Stdout { name, .. }
-            | SinkConfig::Redis { name, .. }
-            | SinkConfig::Sse { name, .. }
-            | SinkConfig::Webhook { name, .. }
-            | SinkConfig::Pull { name, .. } => name,
-        }
-    }
-
-    pub fn tables(&self) -> &[String] {
-        match self {
-            SinkConfig::File { tables, .. }
-            | SinkConfig::Stdout { tables, .. }
-            | SinkConfig::Redis { tables, .. }
-            | SinkConfig::Sse { tables, .. }
-            | SinkConfig::Webhook { tables, .. }
-            | SinkConfig::Pull { tables, .. } => tables,
-        }
-    }
-
-    /// Outbox topics, outbox tables and delivery settings of engine-driven sinks.
-    pub fn events(&self) -> Option<(&[String], &[String], &DeliverySection)> {
-        match self {
-            SinkConfig::Webhook {
-                topics,
-                outbox_tables,
-                delivery,
-                ..
-            }
-            | SinkConfig::Pull {
-                topics,
-                outbox_tables,
-                delivery,
-                ..
-            } => Some((topics, outbox_tables, delivery)),
-            _ => None,
-        }
-    }
-
-    /// The outbox tables whose finished rows this sink asks to delete.
-    pub fn deletes_delivered(&self) -> &[String] {
-        match self {
-            SinkConfig::Webhook {
-                outbox_tables,
-                delete_delivered: true,
-                ..
-            }
-            | SinkConfig::Pull {
-                outbox_tables,
-                delete_delivered: true,
-                ..
-            } => outbox_tables,
-            _ => &[],
-        }
-    }
-}
-
 impl Config {
     /// Reads and parses a config file (no validation).
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
+    pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Reads, parses and validates a config file; the error lists every problem.
+    pub fn load_valid(path: &Path) -> Result<Config, String> {
+        let config = Self::load(path)?;
+        config.validate().map_err(|errs| {
+            format!(
+                "config {} is not valid:\n  - {}",
+                path.display(),
+                errs.join("\n  - ")
+            )
+        })?;
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
@@ -444,21 +246,14 @@ impl Config {
             );
         }
         for t in &self.source.tables {
-            let ok = t
-                .split_once('.')
-                .is_some_and(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'));
-            if !ok {
+            if !TablePatterns::is_valid_entry(t) {
                 errs.push(format!(
                     "source.tables: {t:?} is not schema.table or schema.*"
                 ));
             }
         }
         for table in self.source.exclude_columns.keys() {
-            if !self.source.tables.iter().any(|t| {
-                t == table
-                    || t.strip_suffix(".*")
-                        .is_some_and(|s| table.starts_with(&format!("{s}.")))
-            }) {
+            if !self.covers(table) {
                 errs.push(format!(
                     "source.exclude_columns: {table:?} is not among source.tables"
                 ));
@@ -476,11 +271,7 @@ impl Config {
             errs.push("source.snapshot_workers must be at least 1".into());
         }
         for table in self.source.table.keys() {
-            if !self.source.tables.iter().any(|t| {
-                t == table
-                    || t.strip_suffix(".*")
-                        .is_some_and(|s| table.starts_with(&format!("{s}.")))
-            }) {
+            if !self.covers(table) {
                 errs.push(format!("source.table.{table:?} is not among source.tables"));
             }
         }
@@ -504,52 +295,18 @@ impl Config {
                     ));
                 }
             }
-            if let SinkConfig::Redis {
-                name,
-                key_template,
-                batch,
-                url,
-                ..
-            } = s
-            {
-                if let Err(e) = sluice_sinks::redis::check_template(key_template) {
-                    errs.push(format!("sink {name:?}: {e}"));
-                }
-                if *batch == 0 {
-                    errs.push(format!("sink {name:?}: batch must be at least 1"));
-                }
-                if !(url.starts_with("redis://")
-                    || url.starts_with("rediss://")
-                    || url.starts_with("unix://"))
-                {
-                    errs.push(format!(
-                        "sink {name:?}: url {url:?} must start with redis://, rediss:// or unix://"
-                    ));
-                }
-            }
             if s.name() == sluice_delivery::CLEANER_CURSOR {
                 errs.push(format!("sink name {:?} is reserved", s.name()));
             }
-            if let Some((_, outbox_tables, delivery)) = s.events() {
-                delivery.validate(s.name(), &mut errs);
-                if outbox_tables.is_empty()
-                    && matches!(
-                        s,
-                        SinkConfig::Webhook {
-                            delete_delivered: true,
-                            ..
-                        } | SinkConfig::Pull {
-                            delete_delivered: true,
-                            ..
-                        }
-                    )
-                {
+            s.validate(&mut errs);
+            if let Some(events) = s.events() {
+                if events.outbox_tables.is_empty() && events.delete_delivered {
                     errs.push(format!(
                         "sink {:?}: delete_delivered needs outbox_tables (the Debezium-layout tables whose rows are deleted)",
                         s.name()
                     ));
                 }
-                for t in outbox_tables {
+                for t in events.outbox_tables {
                     if !self.covers(t) {
                         errs.push(format!(
                             "sink {:?}: outbox table {t:?} is not among source.tables",
@@ -558,47 +315,11 @@ impl Config {
                     }
                 }
             }
-            if let SinkConfig::Webhook {
-                name,
-                url,
-                urls,
-                batch,
-                secret,
-                secret_env,
-                ..
-            } = s
-            {
-                if url.is_empty() && urls.is_empty() {
-                    errs.push(format!(
-                        "sink {name:?}: set url = \"https://...\" (or urls per table or topic)"
-                    ));
-                }
-                for u in std::iter::once(url)
-                    .chain(urls.values())
-                    .filter(|u| !u.is_empty())
-                {
-                    if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        errs.push(format!(
-                            "sink {name:?}: url {u:?} must start with http:// or https://"
-                        ));
-                    }
-                }
-                if *batch == 0 {
-                    errs.push(format!("sink {name:?}: batch must be at least 1"));
-                }
-                if secret.is_some() && secret_env.is_some() {
-                    errs.push(format!("sink {name:?}: set secret or secret_env, not both"));
-                }
-                if let Some(s) = secret {
-                    if let Err(e) = sluice_sinks::webhook::secret_key(s) {
-                        errs.push(format!("sink {name:?}: {e}"));
-                    }
-                }
-            }
-            if let SinkConfig::File { path, name, .. } = s {
+            if let Some(path) = s.exclusive_path() {
                 if !paths.insert(path) {
                     errs.push(format!(
-                        "sink {name:?}: file {} is used by another sink",
+                        "sink {:?}: file {} is used by another sink",
+                        s.name(),
                         path.display()
                     ));
                 }
@@ -646,13 +367,9 @@ impl Config {
         }
     }
 
-    /// Whether `schema.table` is among the captured tables.
+    /// Whether `schema.table` (or `schema.*`) is among the captured tables.
     fn covers(&self, table: &str) -> bool {
-        self.source.tables.iter().any(|t| {
-            t == table
-                || t.strip_suffix(".*")
-                    .is_some_and(|s| table.starts_with(&format!("{s}.")))
-        })
+        TablePatterns::new(&self.source.tables).covers(table)
     }
 
     /// The server's settings: as configured, or the defaults when an SSE sink needs it.
@@ -660,7 +377,7 @@ impl Config {
         self.server.clone().or_else(|| {
             self.sinks
                 .iter()
-                .any(|s| matches!(s, SinkConfig::Sse { .. } | SinkConfig::Pull { .. }))
+                .any(SinkConfig::needs_server)
                 .then(|| ServerSection {
                     listen: default_listen(),
                     auth: Auth::Token,
@@ -726,7 +443,7 @@ path = "changes.jsonl"
         assert_eq!(c.slot(), "sluice_shop");
         assert_eq!(c.publication(), "sluice_shop");
         assert!(c.exclusions()["public.customers"].contains("password_hash"));
-        assert!(matches!(c.sinks[0], SinkConfig::File { .. }));
+        assert_eq!(c.sinks[0].kind(), "file");
     }
 
     #[test]

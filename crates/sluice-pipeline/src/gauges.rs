@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::metric;
+use sluice_core::SinkStats;
 use sluice_log::{Cursor, Log};
 use sluice_pg::{ConnInfo, Connection, SourceStatus};
-use sluice_sinks::SinkStats;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -38,16 +39,16 @@ impl Gauges {
 
     pub fn refresh(&self) {
         let end = self.log.next_offset();
-        metrics::gauge!("sluice_log_bytes").set(self.log.bytes() as f64);
-        metrics::gauge!("sluice_log_records").set(end.saturating_sub(self.log.first()) as f64);
-        metrics::gauge!("sluice_log_paused").set(if self.log.paused() { 1.0 } else { 0.0 });
+        metrics::gauge!(metric::LOG_BYTES.name).set(self.log.bytes() as f64);
+        metrics::gauge!(metric::LOG_RECORDS.name).set(end.saturating_sub(self.log.first()) as f64);
+        metrics::gauge!(metric::LOG_PAUSED.name).set(if self.log.paused() { 1.0 } else { 0.0 });
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         for (name, cursor, stats) in &self.sinks {
             let lag = end.saturating_sub(cursor.position());
-            metrics::gauge!("sluice_sink_lag_records", "sink" => name.clone()).set(lag as f64);
+            metrics::gauge!(metric::SINK_LAG_RECORDS.name, "sink" => name.clone()).set(lag as f64);
             // Behind: how old the last delivered change is; caught up: nothing waits.
             let last = stats.last_commit_ts.load(Ordering::Relaxed);
             let secs = if lag > 0 && last > 0 {
@@ -55,19 +56,16 @@ impl Gauges {
             } else {
                 0.0
             };
-            metrics::gauge!("sluice_sink_lag_seconds", "sink" => name.clone()).set(secs);
-            metrics::gauge!("sluice_sink_shed", "sink" => name.clone()).set(if cursor.is_shed() {
-                1.0
-            } else {
-                0.0
-            });
+            metrics::gauge!(metric::SINK_LAG_SECONDS.name, "sink" => name.clone()).set(secs);
+            metrics::gauge!(metric::SINK_SHED.name, "sink" => name.clone())
+                .set(if cursor.is_shed() { 1.0 } else { 0.0 });
         }
         let s = self.status.borrow().clone();
-        metrics::counter!("sluice_source_reconnects_total").absolute(s.reconnects);
-        metrics::gauge!("sluice_source_streaming").set(if s.streaming { 1.0 } else { 0.0 });
-        metrics::gauge!("sluice_source_confirmed_lsn").set(s.confirmed.0 as f64);
+        metrics::counter!(metric::SOURCE_RECONNECTS.name).absolute(s.reconnects);
+        metrics::gauge!(metric::SOURCE_STREAMING.name).set(if s.streaming { 1.0 } else { 0.0 });
+        metrics::gauge!(metric::SOURCE_CONFIRMED_LSN.name).set(s.confirmed.0 as f64);
         if let Some(rss) = resident_bytes() {
-            metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+            metrics::gauge!(metric::RESIDENT_MEMORY.name).set(rss as f64);
         }
     }
 }
@@ -99,7 +97,7 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                     Ok(rows) => {
                         if let Some(r) = rows.first() {
                             let active = r.first().cloned().flatten().as_deref() == Some("t");
-                            metrics::gauge!("sluice_replication_slot_active").set(if active {
+                            metrics::gauge!(metric::SLOT_ACTIVE.name).set(if active {
                                 1.0
                             } else {
                                 0.0
@@ -110,7 +108,7 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                                 .flatten()
                                 .and_then(|v| v.parse::<f64>().ok())
                             {
-                                metrics::gauge!("sluice_replication_slot_lag_bytes").set(lag);
+                                metrics::gauge!(metric::SLOT_LAG_BYTES.name).set(lag);
                             }
                         }
                     }

@@ -1,15 +1,16 @@
-//! The `[sinks.delivery]` table of sinks driven by the delivery engine (webhook, pull):
-//! concurrency, rate, retries and what happens when they run out.
+//! The `delivery` table of a sink driven by the engine (webhook, pull): concurrency, rate,
+//! retries and what happens when they run out. Pure: [`DeliveryConfig::validate`] does no
+//! I/O, [`DeliveryConfig::policy`] is what the engine runs with.
 
 use std::time::Duration;
 
+use crate::{OnExhausted, Policy, Retry};
 use serde::Deserialize;
-use sluice_delivery::{OnExhausted, Policy, Retry};
 
 /// Delivery settings of one sink.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeliverySection {
+pub struct DeliveryConfig {
     /// Deliveries in flight at once (requests, or records on offer to pull consumers).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -40,9 +41,9 @@ pub struct DeliverySection {
     pub window: usize,
 }
 
-impl Default for DeliverySection {
+impl Default for DeliveryConfig {
     fn default() -> Self {
-        DeliverySection {
+        DeliveryConfig {
             concurrency: default_concurrency(),
             rate_limit: None,
             retry_initial_ms: default_initial_ms(),
@@ -78,7 +79,7 @@ fn default_window() -> usize {
     20_000
 }
 
-impl DeliverySection {
+impl DeliveryConfig {
     /// Problems, each naming the setting.
     pub fn validate(&self, sink: &str, errs: &mut Vec<String>) {
         if self.concurrency == 0 {

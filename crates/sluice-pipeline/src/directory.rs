@@ -1,0 +1,192 @@
+//! The directory of running pipelines' endpoints: what each pipeline serves over HTTP
+//! (its log for SSE, its waiting rooms, its pull queues) and how ready it is. The HTTP
+//! server is started once per process and looks pipelines up here per request, so it
+//! outlives every pipeline: a pipeline that stops or restarts withdraws and publishes its
+//! own entry, and no client of another pipeline notices.
+//!
+//! Invariants:
+//! - A pipeline's entry exists only while it runs; its `stop` token is cancelled as it
+//!   is withdrawn, which ends its SSE feeds (clients resume with `Last-Event-ID`).
+//! - Configured pipelines that are not running make the process not ready.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use sluice_delivery::Control;
+use sluice_log::Log;
+use sluice_sinks::pull::PullQueue;
+use sluice_sinks::sse::SseOptions;
+use tokio_util::sync::CancellationToken;
+
+/// Why the process is not ready, if it is not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What one running pipeline serves.
+pub struct Endpoints {
+    pub log: Log,
+    /// SSE sinks by name.
+    pub sse: HashMap<String, SseOptions>,
+    /// Waiting rooms of engine-driven sinks (webhook, pull) by name.
+    pub delivery: HashMap<String, Control>,
+    /// Pull sinks' queues by name.
+    pub pull: HashMap<String, Arc<PullQueue>>,
+    pub readiness: Readiness,
+    /// Refreshes the pipeline's gauges (before `/metrics` renders).
+    pub refresh: Arc<dyn Fn() + Send + Sync>,
+    /// Cancelled when the pipeline is withdrawn.
+    pub stop: CancellationToken,
+}
+
+impl Endpoints {
+    /// Whether this pipeline has a sink of that name the server serves.
+    pub fn has_sink(&self, name: &str) -> bool {
+        self.sse.contains_key(name) || self.delivery.contains_key(name)
+    }
+}
+
+/// Why a sink could not be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    NoPipeline(String),
+    NoSink(String),
+    /// Several pipelines have a sink of that name: the pipeline must be named.
+    Ambiguous(String, Vec<String>),
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::NoPipeline(p) => write!(f, "no running pipeline named {p:?}"),
+            Lookup::NoSink(s) => write!(f, "no sink named {s:?} is served by a running pipeline"),
+            Lookup::Ambiguous(s, ps) => write!(
+                f,
+                "sink {s:?} exists in pipelines {}: use /v1/pipelines/<pipeline>/sinks/{s}/...",
+                ps.join(", ")
+            ),
+        }
+    }
+}
+
+/// Shared by the supervisor (which publishes) and the HTTP server (which reads).
+#[derive(Default)]
+pub struct Directory {
+    running: RwLock<BTreeMap<String, Arc<Endpoints>>>,
+    /// Pipelines configured to run, running or not.
+    configured: RwLock<BTreeSet<String>>,
+    /// Hex SHA-256 of each accepted token; `None`: no authentication.
+    tokens: RwLock<Option<Vec<String>>>,
+    server_addr: RwLock<Option<SocketAddr>>,
+}
+
+impl Directory {
+    pub fn new() -> Arc<Directory> {
+        Arc::default()
+    }
+
+    pub fn configure(&self, pipeline: &str) {
+        self.configured
+            .write()
+            .expect("directory lock")
+            .insert(pipeline.to_owned());
+    }
+
+    pub fn unconfigure(&self, pipeline: &str) {
+        self.configured
+            .write()
+            .expect("directory lock")
+            .remove(pipeline);
+    }
+
+    pub fn publish(&self, pipeline: &str, endpoints: Endpoints) {
+        let old = self
+            .running
+            .write()
+            .expect("directory lock")
+            .insert(pipeline.to_owned(), Arc::new(endpoints));
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+    }
+
+    pub fn withdraw(&self, pipeline: &str) {
+        let old = self
+            .running
+            .write()
+            .expect("directory lock")
+            .remove(pipeline);
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+    }
+
+    /// The running pipelines, by name.
+    pub fn running(&self) -> Vec<(String, Arc<Endpoints>)> {
+        self.running
+            .read()
+            .expect("directory lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The pipeline that serves sink `sink`: the named one, or the only one that has it.
+    pub fn find(&self, pipeline: Option<&str>, sink: &str) -> Result<Arc<Endpoints>, Lookup> {
+        let running = self.running.read().expect("directory lock");
+        if let Some(p) = pipeline {
+            let e = running
+                .get(p)
+                .ok_or_else(|| Lookup::NoPipeline(p.to_owned()))?;
+            return match e.has_sink(sink) {
+                true => Ok(e.clone()),
+                false => Err(Lookup::NoSink(sink.to_owned())),
+            };
+        }
+        let with: Vec<(&String, &Arc<Endpoints>)> =
+            running.iter().filter(|(_, e)| e.has_sink(sink)).collect();
+        match with.as_slice() {
+            [] => Err(Lookup::NoSink(sink.to_owned())),
+            [(_, e)] => Ok((*e).clone()),
+            many => Err(Lookup::Ambiguous(
+                sink.to_owned(),
+                many.iter().map(|(p, _)| (*p).clone()).collect(),
+            )),
+        }
+    }
+
+    /// Ready when every configured pipeline runs and is ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let running = self.running.read().expect("directory lock");
+        for p in self.configured.read().expect("directory lock").iter() {
+            match running.get(p) {
+                None => return Err(format!("pipeline {p:?} is not running")),
+                Some(e) => (e.readiness)().map_err(|why| format!("pipeline {p:?}: {why}"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes every running pipeline's gauges.
+    pub fn refresh(&self) {
+        for (_, e) in self.running() {
+            (e.refresh)();
+        }
+    }
+
+    pub fn set_tokens(&self, hashes: Option<Vec<String>>) {
+        *self.tokens.write().expect("directory lock") = hashes;
+    }
+
+    pub fn tokens(&self) -> Option<Vec<String>> {
+        self.tokens.read().expect("directory lock").clone()
+    }
+
+    pub fn set_server_addr(&self, addr: SocketAddr) {
+        *self.server_addr.write().expect("directory lock") = Some(addr);
+    }
+
+    /// Where the HTTP server listens, once it does.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        *self.server_addr.read().expect("directory lock")
+    }
+}

@@ -1,0 +1,137 @@
+//! Preflight: everything checked before a pipeline starts, and what `sluice check` prints.
+//! The source's checks (wal_level, privileges, slot, publication), the tables that need a
+//! primary key, the outbox tables whose rows are deleted, and every sink's health check.
+//!
+//! Invariant: a blocking finding is one only the operator can fix (a wrong password, a
+//! missing privilege); a start refuses on one and names its fix. Non-blocking ones (a
+//! busy slot, a sink server that is down) are waited out by the running pipeline.
+
+use std::path::Path;
+
+use sluice_core::Finding;
+use sluice_pg::catalog::{self, CheckSpec};
+use sluice_pg::{ConnInfo, Connection, PgError};
+use sluice_sinks::Context;
+
+use crate::config::Config;
+
+/// What the source's checks run against.
+pub fn spec(config: &Config) -> Result<CheckSpec, PgError> {
+    Ok(CheckSpec {
+        conninfo: ConnInfo::parse(&config.source.url)?,
+        tables: config.source.tables.clone(),
+        exclusions: config.exclusions(),
+        slot: config.slot(),
+        publication: config.publication(),
+        external_publication: config.source.publication.is_some(),
+        lock_keys: sluice_pg::source::lock_keys(&config.pipeline.name),
+    })
+}
+
+/// Tables among `tables` that have no primary key.
+pub async fn tables_without_primary_key(
+    conn: &mut Connection,
+    tables: &[String],
+) -> Result<Vec<String>, PgError> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)",
+        )
+        .await?;
+    let keyless: std::collections::BTreeSet<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    Ok(tables
+        .iter()
+        .filter(|t| keyless.contains(*t))
+        .cloned()
+        .collect())
+}
+
+/// Tables that need a primary key (cache sinks' tables, outbox tables whose delivered
+/// rows are deleted) and the DELETE grant, as findings.
+pub async fn key_findings(
+    config: &Config,
+    conn: &mut Connection,
+    captured: &[String],
+) -> Result<Vec<Finding>, PgError> {
+    let mut out = Vec::new();
+    for s in config.sinks.iter().filter(|s| s.needs_primary_key()) {
+        let name = s.name();
+        let missing = tables_without_primary_key(conn, &s.takes(captured)).await?;
+        out.push(if missing.is_empty() {
+            Finding::pass(format!("sink {name:?}: every table has a primary key"))
+        } else {
+            Finding::fail(
+                format!(
+                    "sink {name:?}: {} without a primary key: a cache key needs one",
+                    missing.join(", ")
+                ),
+                format!(
+                    "add a primary key (ALTER TABLE {} ADD PRIMARY KEY (...)), or leave the table out of the sink's tables",
+                    missing[0]
+                ),
+            )
+        });
+    }
+    out.extend(crate::outbox_clean::findings(config, conn).await?);
+    Ok(out)
+}
+
+/// Every sink's health check (reachable, authenticated, writable).
+pub async fn sink_findings(config: &Config, base_dir: &Path, captured: &[String]) -> Vec<Finding> {
+    let db = ConnInfo::parse(&config.source.url)
+        .map(|c| c.dbname)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for s in &config.sinks {
+        let tables = s.takes(captured);
+        let ctx = Context {
+            base_dir,
+            db: &db,
+            tables: &tables,
+            reset: None,
+        };
+        out.extend(s.check(&ctx).await);
+    }
+    out
+}
+
+/// Everything `sluice check` reports: the source's checks, the key findings, and the
+/// sinks' health checks.
+pub async fn check_all(config: &Config, base_dir: &Path) -> Result<Vec<Finding>, PgError> {
+    let spec = spec(config)?;
+    let mut findings = catalog::check(&spec).await;
+    let mut captured = Vec::new();
+    if let Ok(mut conn) = Connection::connect(&spec.conninfo, false).await {
+        if let Ok((tables, _)) = catalog::expand_tables(&mut conn, &config.source.tables).await {
+            captured = tables.iter().map(|t| t.to_string()).collect();
+            findings.extend(key_findings(config, &mut conn, &captured).await?);
+        }
+        conn.close().await;
+    }
+    findings.extend(sink_findings(config, base_dir, &captured).await);
+    Ok(findings)
+}
+
+/// The findings as `ok`/`FAIL` lines with their fixes.
+pub fn render(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        if f.ok {
+            out.push_str(&format!("ok    {}\n", f.what));
+        } else {
+            out.push_str(&format!("FAIL  {}\n", f.what));
+            if let Some(fix) = &f.fix {
+                out.push_str(&format!("      fix: {fix}\n"));
+            }
+        }
+    }
+    out
+}

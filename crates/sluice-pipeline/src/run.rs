@@ -1,0 +1,381 @@
+//! One run of a pipeline: preflight, the log, the sinks on their own threads, metrics,
+//! and the source feeding the log, until cancelled. Its HTTP endpoints are published in
+//! the process's [`Directory`] while it runs (the server itself outlives it).
+//!
+//! Supervision: the run's cancellation token stops the source; a sink's definite failure
+//! cancels it too. Shutdown order keeps rule 1: the source stops and drains into the log,
+//! the log writer syncs and closes, then every sink delivers what the log holds (bounded
+//! by the deadline) and the cursors are committed one last time.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{ErrorClass, Fault, Finding, Lsn};
+use sluice_log::{FullPolicy, Log, LogConfig};
+use sluice_pg::catalog::{self, CheckSpec, TableRef};
+use sluice_pg::{Connection, SourceConfig, SourceWorker};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, OnFull};
+use crate::directory::{Directory, Endpoints};
+use crate::gauges::Gauges;
+use crate::lock::DataDirLock;
+use crate::output::LogOutput;
+use crate::preflight;
+use crate::sinks::{self, Sinks};
+
+/// How long shutdown may take before the run ends anyway.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How a run ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped as asked (cancelled, or `until` reached).
+    Done,
+    /// Preflight failed: nothing was started. The findings say what to fix.
+    Refused(Vec<Finding>),
+    /// The shutdown deadline passed with work unconfirmed (it is sent again next time).
+    Abandoned,
+}
+
+/// What a run needs besides its configuration.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Relative paths in the configuration are relative to this directory.
+    pub base_dir: PathBuf,
+    /// Stop cleanly once everything up to this LSN is confirmed.
+    pub until: Option<Lsn>,
+    pub directory: Arc<Directory>,
+}
+
+/// The source, checked and ready to stream.
+struct Prepared {
+    spec: CheckSpec,
+    conn: Connection,
+    tables: Vec<TableRef>,
+    captured: Vec<String>,
+}
+
+fn blocking(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| !f.ok && f.blocking)
+}
+
+/// Preflight (the source, keys, every sink's health check) and the publication.
+async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcome>, Fault> {
+    let spec = preflight::spec(config)?;
+    let findings = catalog::check(&spec).await;
+    if blocking(&findings) {
+        return Ok(Err(Outcome::Refused(findings)));
+    }
+    let mut conn = Connection::connect(&spec.conninfo, false).await?;
+    let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
+    let captured: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    let mut findings = preflight::key_findings(config, &mut conn, &captured).await?;
+    findings.extend(preflight::sink_findings(config, base, &captured).await);
+    if blocking(&findings) {
+        conn.close().await;
+        return Ok(Err(Outcome::Refused(findings)));
+    }
+    for f in findings.iter().filter(|f| !f.ok) {
+        warn!(finding = %f.what, fix = f.fix.as_deref().unwrap_or(""), "preflight: not ready yet; the pipeline starts and waits it out");
+    }
+    if config.source.publication.is_none() {
+        catalog::ensure_publication(&mut conn, &spec.publication, &tables).await?;
+    }
+    Ok(Ok(Prepared {
+        spec,
+        conn,
+        tables,
+        captured,
+    }))
+}
+
+fn open_log(config: &Config, data_dir: &Path) -> Result<(Log, sluice_log::Writer, Lsn), Fault> {
+    Ok(Log::open(LogConfig {
+        dir: data_dir.join("log"),
+        segment_bytes: config.log.segment_bytes,
+        max_bytes: config.log.max_bytes,
+        on_full: match config.log.on_full {
+            OnFull::PauseSource => FullPolicy::PauseSource,
+            OnFull::ShedSink => FullPolicy::ShedSink,
+        },
+        retention: Duration::from_secs(config.log.retention_secs),
+        shed_after: Duration::from_secs(config.log.shed_after_secs),
+    })?)
+}
+
+/// The pipeline's data_dir, created if missing.
+pub fn data_dir(config: &Config, base: &Path) -> Result<PathBuf, Fault> {
+    let dir = if config.pipeline.data_dir.is_absolute() {
+        config.pipeline.data_dir.clone()
+    } else {
+        base.join(&config.pipeline.data_dir)
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Fault::from(e).within(format_args!("cannot create data_dir {}", dir.display()))
+    })?;
+    Ok(dir)
+}
+
+fn source_config(
+    config: &Config,
+    prepared: &Prepared,
+    data_dir: &Path,
+    progress: Arc<sluice_pg::snapshot::Progress>,
+) -> SourceConfig {
+    let spec = &prepared.spec;
+    SourceConfig {
+        conninfo: spec.conninfo.clone(),
+        pipeline: config.pipeline.name.clone(),
+        slot: spec.slot.clone(),
+        publication: spec.publication.clone(),
+        exclusions: spec.exclusions.clone(),
+        spill_dir: data_dir.join("spill"),
+        // Outbox events are logical messages.
+        messages: config.source.messages
+            || config
+                .sinks
+                .iter()
+                .any(|s| s.events().is_some_and(|e| !e.topics.is_empty())),
+        proto_version: config.source.protocol_version,
+        status_interval: Duration::from_secs(config.source.status_interval_secs),
+        tables: pairs(prepared.tables.iter()),
+        snapshot_tables: pairs(
+            prepared
+                .tables
+                .iter()
+                .filter(|t| config.snapshots(&t.to_string())),
+        ),
+        snapshot_workers: config.source.snapshot_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        chunk_rows: config.source.chunk_rows,
+        state_path: data_dir.join("state.redb"),
+        progress,
+    }
+}
+
+fn pairs<'a>(tables: impl Iterator<Item = &'a TableRef>) -> Vec<(String, String)> {
+    tables.map(|t| (t.schema.clone(), t.name.clone())).collect()
+}
+
+/// Cursors are persisted together, a few times a second: a crash re-delivers at most that
+/// much, and the ids let sinks drop the repeats.
+fn spawn_committer(log: Log, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let l = log.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || l.cursors().commit()).await {
+                error!(error = %e, "cannot save sink cursors");
+            }
+        }
+    })
+}
+
+/// Runs `config` until `cancel` (or `ctx.until`), a definite failure, or a refused
+/// preflight.
+pub async fn run(
+    config: &Config,
+    ctx: &RunContext,
+    cancel: CancellationToken,
+) -> Result<Outcome, Fault> {
+    let base = ctx.base_dir.as_path();
+    let mut prepared = match prepare(config, base).await? {
+        Ok(p) => p,
+        Err(refused) => return Ok(refused),
+    };
+    let spec = prepared.spec.clone();
+    info!(pipeline = %config.pipeline.name, tables = prepared.tables.len(), slot = %spec.slot, publication = %spec.publication, "starting");
+    let data_dir = data_dir(config, base)?;
+    let Some(_lock) = DataDirLock::acquire(&data_dir, &cancel).await? else {
+        prepared.conn.close().await;
+        return Ok(Outcome::Done);
+    };
+    let _metrics = crate::telemetry::install_metrics().map_err(Fault::fatal)?;
+    let (log, writer, last) = open_log(config, &data_dir)?;
+    let output = LogOutput::start(&log, writer, last)?;
+    let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
+    let mut sinks = Sinks::start(
+        config,
+        &sinks::Start {
+            log: &log,
+            last,
+            base,
+            db: &spec.conninfo.dbname,
+            captured: &prepared.captured,
+            failure: &failure,
+            cancel: &cancel,
+        },
+    )
+    .await?;
+    sinks
+        .request_rebackfills(&mut prepared.conn, &config.pipeline.name, &log)
+        .await?;
+    let cleaner = sinks.start_cleaner(config, &log, &spec.conninfo, &failure, &cancel)?;
+    let progress = Arc::new(sluice_pg::snapshot::Progress::default());
+    let source_config = source_config(config, &prepared, &data_dir, progress.clone());
+    prepared.conn.close().await;
+    let committer = spawn_committer(log.clone(), sinks.abort.clone());
+    let (worker, status) = SourceWorker::new(source_config, output)?;
+    let gauges = Arc::new(Gauges::new(
+        log.clone(),
+        sinks.stats.clone(),
+        status.clone(),
+    ));
+    let metrics_task = tokio::spawn(crate::gauges::watch(
+        gauges.clone(),
+        spec.conninfo.clone(),
+        spec.slot.clone(),
+        sinks.abort.clone(),
+    ));
+    publish(config, ctx, &data_dir, &log, &mut sinks, &gauges, &status);
+    tokio::spawn(crate::progress::show(progress, cancel.clone()));
+    if let Some(until) = ctx.until {
+        let (stop, mut status) = (cancel.clone(), status.clone());
+        tokio::spawn(async move {
+            if status.wait_for(|s| s.confirmed >= until).await.is_ok() {
+                info!(%until, "everything up to the requested LSN is confirmed; stopping");
+                stop.cancel();
+            }
+        });
+    }
+    let source = tokio::spawn(worker.run(cancel.clone()));
+    let ended = shutdown(
+        source,
+        &cancel,
+        &log,
+        sinks,
+        cleaner,
+        committer,
+        metrics_task,
+    )
+    .await;
+    ctx.directory.withdraw(&config.pipeline.name);
+    let closed = ended?;
+    if let Some(f) = failure.lock().expect("failure lock").take() {
+        return Err(f);
+    }
+    match closed {
+        Stopped::Clean => Ok(Outcome::Done),
+        Stopped::Abandoned => Ok(Outcome::Abandoned),
+        Stopped::Source(e) => {
+            let hint = if e.class() == ErrorClass::Definite {
+                " (run `sluice check` for the fix)"
+            } else {
+                ""
+            };
+            error!(error = %e, "source stopped{hint}");
+            Err(Fault::from(e))
+        }
+    }
+}
+
+/// Publishes the run's HTTP endpoints in the directory.
+fn publish(
+    config: &Config,
+    ctx: &RunContext,
+    data_dir: &Path,
+    log: &Log,
+    sinks: &mut Sinks,
+    gauges: &Arc<Gauges>,
+    status: &tokio::sync::watch::Receiver<sluice_pg::SourceStatus>,
+) {
+    let (ready_status, ready_log, ready_stats) = (status.clone(), log.clone(), gauges.clone());
+    let refresh = gauges.clone();
+    ctx.directory.publish(
+        &config.pipeline.name,
+        Endpoints {
+            log: log.clone(),
+            sse: std::mem::take(&mut sinks.sse),
+            delivery: std::mem::take(&mut sinks.controls),
+            pull: std::mem::take(&mut sinks.pulls),
+            readiness: Arc::new(move || {
+                if !ready_status.borrow().streaming {
+                    return Err("the source is not streaming".into());
+                }
+                if ready_log.paused() {
+                    return Err("the log is at its disk budget; the source is paused".into());
+                }
+                if let Some(s) = ready_stats.shed() {
+                    return Err(format!("sink {s:?} was shed by the disk budget"));
+                }
+                Ok(())
+            }),
+            refresh: Arc::new(move || refresh.refresh()),
+            stop: sinks.abort.child_token(),
+        },
+    );
+    // Where `sluice parked` / `sluice dead` find this instance (the configured port may
+    // be 0).
+    if let Some(addr) = ctx.directory.server_addr() {
+        let path = data_dir.join("server.addr");
+        if let Err(e) = std::fs::write(&path, addr.to_string()) {
+            warn!(error = %e, path = %path.display(), "cannot record the server's address");
+        }
+    }
+}
+
+/// How the source ended.
+enum Stopped {
+    Clean,
+    Abandoned,
+    Source(sluice_pg::SourceError),
+}
+
+/// Waits for the source, then drains: the log closes, the sinks deliver what it holds
+/// (bounded by the deadline), the cursors are committed one last time.
+async fn shutdown(
+    mut source: tokio::task::JoinHandle<Result<LogOutput, sluice_pg::SourceError>>,
+    cancel: &CancellationToken,
+    log: &Log,
+    sinks: Sinks,
+    cleaner: Option<std::thread::JoinHandle<Result<(), String>>>,
+    committer: tokio::task::JoinHandle<()>,
+    metrics_task: tokio::task::JoinHandle<()>,
+) -> Result<Stopped, Fault> {
+    let result = tokio::select! {
+        r = &mut source => r,
+        _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut source).await {
+            Ok(r) => r,
+            Err(_) => {
+                error!("shutdown deadline passed; stopping with work unconfirmed (it will be sent again)");
+                sinks.abort.cancel();
+                return Ok(Stopped::Abandoned);
+            }
+        },
+    };
+    let source_result = result.map_err(|e| Fault::fatal("the source task failed").caused_by(e))?;
+    // Stop taking changes, then let the sinks deliver what the log holds.
+    let closed = match source_result {
+        Ok(output) => {
+            log.closing();
+            tokio::task::spawn_blocking(move || output.close())
+                .await
+                .map_err(|e| Fault::fatal("the log writer failed").caused_by(e))??;
+            Stopped::Clean
+        }
+        Err(e) => Stopped::Source(e),
+    };
+    let abort = sinks.abort.clone();
+    sinks.drain().await;
+    abort.cancel();
+    if let Some(t) = cleaner {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    let _ = committer.await;
+    let _ = metrics_task.await;
+    let l = log.clone();
+    tokio::task::spawn_blocking(move || l.cursors().commit())
+        .await
+        .map_err(|e| Fault::fatal("saving the cursors failed").caused_by(e))??;
+    Ok(closed)
+}

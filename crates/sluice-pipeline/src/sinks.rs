@@ -1,0 +1,338 @@
+//! A run's sinks: each registered with its cursor, built through its module
+//! ([`sluice_sinks::SinkConfig::build`]) and started on a thread of its own, plus the
+//! outbox cleaner that follows them.
+//!
+//! Invariants:
+//! - A sink's failure is recorded and cancels the run (a critical task's failure cancels
+//!   its siblings); the first failure is the one reported.
+//! - A sink shed by the disk budget starts again from the log's start, its tables are
+//!   re-backfilled through the WAL, and only then is its shed mark cleared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use sluice_core::{Fault, Lsn, SinkStats};
+use sluice_delivery::{Control, ItemOptions, Store};
+use sluice_log::{Cursor, Log};
+use sluice_pg::catalog::TableRef;
+use sluice_pg::{ConnInfo, Connection};
+use sluice_sinks::pull::PullQueue;
+use sluice_sinks::sse::SseOptions;
+use sluice_sinks::{Built, Context, RunOptions, SinkConfig, TableFilter};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::run::SHUTDOWN_DEADLINE;
+
+/// Where a sink's failure goes.
+pub type FailureSlot = Arc<Mutex<Option<Fault>>>;
+
+/// What starting the sinks needs from the run.
+pub struct Start<'a> {
+    pub log: &'a Log,
+    /// Commit LSN of the log's last record when it was opened.
+    pub last: Lsn,
+    pub base: &'a std::path::Path,
+    pub db: &'a str,
+    pub captured: &'a [String],
+    pub failure: &'a FailureSlot,
+    pub cancel: &'a CancellationToken,
+}
+
+/// The running sinks of one run.
+pub struct Sinks {
+    threads: Vec<JoinHandle<Result<(), String>>>,
+    /// Per sink with a cursor: its name, cursor and figures, for the gauges.
+    pub stats: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
+    pub sse: HashMap<String, SseOptions>,
+    pub controls: HashMap<String, Control>,
+    pub pulls: HashMap<String, Arc<PullQueue>>,
+    watches: Vec<sluice_delivery::Watch>,
+    rebackfill: Vec<String>,
+    shed: Vec<String>,
+    /// Cancelled when the source has stopped: deliver what the log holds, then return.
+    drain: CancellationToken,
+    /// Cancelled when everything must stop now.
+    pub abort: CancellationToken,
+}
+
+fn spawn_thread(
+    name: String,
+    f: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> Result<JoinHandle<Result<(), String>>, Fault> {
+    Ok(std::thread::Builder::new().name(name).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        rt.block_on(f)
+    })?)
+}
+
+/// Runs a sink's loop on a thread of its own; its failure is recorded and stops the run.
+fn spawn_sink<E: Into<Fault>>(
+    name: &str,
+    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    failure: &FailureSlot,
+    cancel: &CancellationToken,
+) -> Result<JoinHandle<Result<(), String>>, Fault> {
+    let (failure, stop, name2) = (failure.clone(), cancel.clone(), name.to_owned());
+    spawn_thread(format!("sink-{name}"), async move {
+        let r = fut.await.map_err(Into::into);
+        if let Err(e) = &r {
+            error!(sink = %name2, error = %e, "sink stopped; stopping the pipeline");
+            failure
+                .lock()
+                .expect("failure lock")
+                .get_or_insert(e.clone());
+            stop.cancel();
+        }
+        r.map_err(|e| e.to_string())
+    })
+}
+
+impl Sinks {
+    /// Registers every sink's cursor, builds it and starts it.
+    pub async fn start(config: &Config, start: &Start<'_>) -> Result<Sinks, Fault> {
+        let log = start.log;
+        // Cursors of sinks that are gone (and their waiting rooms) are dropped.
+        let mut durable: Vec<&str> = config
+            .sinks
+            .iter()
+            .filter(|s| !s.needs_server() || s.events().is_some())
+            .map(|s| s.name())
+            .collect();
+        if !crate::outbox_clean::tables(config).is_empty() {
+            durable.push(sluice_delivery::CLEANER_CURSOR);
+        }
+        log.cursors().retain(&durable)?;
+        Store::retain(log.cursors(), &durable)?;
+        let mut sinks = Sinks {
+            threads: Vec::new(),
+            stats: Vec::new(),
+            sse: HashMap::new(),
+            controls: HashMap::new(),
+            pulls: HashMap::new(),
+            watches: Vec::new(),
+            rebackfill: Vec::new(),
+            shed: Vec::new(),
+            drain: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        };
+        for s in &config.sinks {
+            sinks.start_one(s, start).await?;
+        }
+        Ok(sinks)
+    }
+
+    async fn start_one(&mut self, s: &SinkConfig, start: &Start<'_>) -> Result<(), Fault> {
+        let (log, name) = (start.log, s.name().to_owned());
+        let tables = s.takes(start.captured);
+        if s.needs_server() && s.events().is_none() {
+            // Served by the HTTP server, one reader per client: no cursor.
+            let ctx = context(start, &tables, None);
+            if let Built::Served(options) = s.build(&ctx).await? {
+                self.sse.insert(name, options);
+            }
+            return Ok(());
+        }
+        let (cursor, shed) = log.cursors().register(&name, log.first())?;
+        if let Some(at) = shed {
+            warn!(sink = %name, shed_at = at, "sink was shed by the disk budget; it resumes at the log's start and its tables are backfilled");
+            self.rebackfill.extend(tables.iter().cloned());
+            self.shed.push(name.clone());
+        }
+        let ctx = context(start, &tables, shed.map(|_| start.last));
+        let filter = s.filter();
+        let stats = Arc::new(SinkStats::default());
+        self.stats
+            .push((name.clone(), cursor.clone(), stats.clone()));
+        let fut_thread = match s.build(&ctx).await? {
+            Built::Batches { sink, max_records } => {
+                self.watches.push(watch(&cursor, &filter, None));
+                let fut = sluice_sinks::run(
+                    name.clone(),
+                    sink,
+                    log.clone(),
+                    cursor,
+                    filter,
+                    RunOptions {
+                        max_records,
+                        max_bytes: 4 << 20,
+                    },
+                    stats,
+                    self.drain.clone(),
+                    self.abort.clone(),
+                );
+                spawn_sink(&name, fut, start.failure, start.cancel)?
+            }
+            Built::Engine {
+                target,
+                batch,
+                pull,
+            } => {
+                let events = s.events().expect("an engine-driven sink has events");
+                let store = Store::open(log.cursors().clone(), &name)?;
+                let (control, commands) = sluice_delivery::control(store.clone());
+                self.controls.insert(name.clone(), control);
+                if let Some(queue) = pull {
+                    self.pulls.insert(name.clone(), queue);
+                }
+                let items = ItemOptions {
+                    outbox_tables: events.outbox_tables.to_vec(),
+                };
+                self.watches.push(watch(
+                    &cursor,
+                    &filter,
+                    Some((store.clone(), items.clone())),
+                ));
+                let engine = sluice_delivery::EngineConfig {
+                    name: name.clone(),
+                    policy: events.delivery.policy(batch),
+                    items,
+                    topics: sluice_delivery::Topics::new(events.topics),
+                };
+                let fut = sluice_delivery::run(
+                    engine,
+                    Arc::new(DynTarget(target)),
+                    log.clone(),
+                    cursor,
+                    store,
+                    move |op, sc, t| filter.accepts(op, sc, t),
+                    stats,
+                    commands,
+                    self.drain.clone(),
+                    self.abort.clone(),
+                );
+                spawn_sink(&name, fut, start.failure, start.cancel)?
+            }
+            Built::Served(_) => {
+                return Err(Fault::fatal(format!(
+                    "sink {name:?}: a served sink with a cursor"
+                )))
+            }
+        };
+        self.threads.push(fut_thread);
+        Ok(())
+    }
+
+    /// Asks for the backfill of shed sinks' tables (through the WAL, each table once),
+    /// then clears their shed marks.
+    pub async fn request_rebackfills(
+        &mut self,
+        conn: &mut Connection,
+        pipeline: &str,
+        log: &Log,
+    ) -> Result<(), Fault> {
+        self.rebackfill.sort();
+        self.rebackfill.dedup();
+        for t in &self.rebackfill {
+            let r = TableRef::parse(t);
+            let req = sluice_pg::backfill::BackfillRequest {
+                schema: r.schema,
+                table: r.name,
+                filter: None,
+            };
+            conn.execute(&sluice_pg::backfill::request_sql(pipeline, &req))
+                .await?;
+            info!(table = %t, "backfill requested for a sink that was shed");
+        }
+        // The requests are in the WAL now: the marks may go.
+        for name in &self.shed {
+            log.cursors().clear_shed(name)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the outbox cleaner if any sink deletes delivered rows.
+    pub fn start_cleaner(
+        &mut self,
+        config: &Config,
+        log: &Log,
+        conninfo: &ConnInfo,
+        failure: &FailureSlot,
+        cancel: &CancellationToken,
+    ) -> Result<Option<JoinHandle<Result<(), String>>>, Fault> {
+        let cleaned = crate::outbox_clean::tables(config);
+        if cleaned.is_empty() {
+            return Ok(None);
+        }
+        let (cursor, shed) = log
+            .cursors()
+            .register(sluice_delivery::CLEANER_CURSOR, log.first())?;
+        cursor.set_follower();
+        if shed.is_some() {
+            warn!("the outbox cleaner was shed by the disk budget: rows delivered while it was detached stay in the outbox tables (delete them by hand); it goes on from the log's start");
+            log.cursors().clear_shed(sluice_delivery::CLEANER_CURSOR)?;
+        }
+        let cleaner = sluice_delivery::Cleaner {
+            tables: cleaned
+                .iter()
+                .map(|t| {
+                    let r = TableRef::parse(t);
+                    (r.schema, r.name)
+                })
+                .collect(),
+            watches: std::mem::take(&mut self.watches),
+        };
+        let fut = sluice_delivery::clean(
+            cleaner,
+            log.clone(),
+            cursor,
+            crate::outbox_clean::PgDeleter::new(conninfo.clone()),
+            self.abort.clone(),
+        );
+        Ok(Some(spawn_sink("outbox-cleaner", fut, failure, cancel)?))
+    }
+
+    /// Lets every sink deliver what the log holds, bounded by the shutdown deadline.
+    pub async fn drain(self) {
+        self.drain.cancel();
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
+        });
+        // The sinks' own deadline starts now: a clean stop delivers a backlog of a few
+        // seconds' worth rather than leaving it for the next start.
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, joined)
+            .await
+            .is_err()
+        {
+            warn!("sinks did not deliver everything before the shutdown deadline; they resume from their cursors");
+        }
+    }
+}
+
+fn context<'a>(start: &Start<'a>, tables: &'a [String], reset: Option<Lsn>) -> Context<'a> {
+    Context {
+        base_dir: start.base,
+        db: start.db,
+        tables,
+        reset,
+    }
+}
+
+/// What the outbox cleaner needs to know of a sink: where it is and what it takes.
+fn watch(
+    cursor: &Arc<Cursor>,
+    filter: &TableFilter,
+    waiting: Option<(Store, ItemOptions)>,
+) -> sluice_delivery::Watch {
+    let filter = filter.clone();
+    sluice_delivery::Watch {
+        cursor: cursor.clone(),
+        accepts: Box::new(move |op, s, t| filter.accepts(op, s, t)),
+        waiting,
+    }
+}
+
+/// A target chosen at start-up (webhook or pull).
+struct DynTarget(Arc<dyn sluice_delivery::Target>);
+
+impl sluice_delivery::Target for DynTarget {
+    fn deliver(&self, items: Vec<Arc<sluice_delivery::Item>>) -> sluice_delivery::Delivery {
+        self.0.deliver(items)
+    }
+}
