@@ -74,7 +74,9 @@ impl<S: Sink> DynSink for S {
 
 impl Sink for BoxSink {
     async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
-        self.deliver_boxed(batch).await
+        // The sink inside: `self.deliver_boxed` would pick the blanket impl for the box
+        // itself and call back here.
+        (**self).deliver_boxed(batch).await
     }
 }
 
