@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{Op, SinkStats};
-use sluice_log::{Cursor, Log, LogError, Reader, RecordBatch};
+use sluice_log::{Cursor, LogError, LogRead, RecordBatch, SharedLog};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -194,7 +194,7 @@ struct Metrics {
 pub async fn run<T: Target>(
     config: EngineConfig,
     target: Arc<T>,
-    log: Log,
+    log: impl Into<SharedLog>,
     cursor: Arc<Cursor>,
     store: Store,
     mut filter: impl FnMut(Op, &str, &str) -> bool + Send,
@@ -206,12 +206,12 @@ pub async fn run<T: Target>(
     let name = config.name.clone();
     let label = || name.clone();
     let m = Metrics {
-        latency: metrics::histogram!("sluice_sink_delivery_latency_seconds", "sink" => label()),
-        delivered: metrics::counter!("sluice_sink_delivered_records_total", "sink" => label()),
-        failures: metrics::counter!("sluice_sink_failures_total", "sink" => label()),
-        retries: metrics::counter!("sluice_delivery_retries_total", "sink" => label()),
-        parked: metrics::gauge!("sluice_delivery_parked_keys", "sink" => label()),
-        in_flight: metrics::gauge!("sluice_delivery_in_flight", "sink" => label()),
+        latency: metrics::histogram!(sluice_core::metric::SINK_LATENCY.name, "sink" => label()),
+        delivered: metrics::counter!(sluice_core::metric::SINK_DELIVERED.name, "sink" => label()),
+        failures: metrics::counter!(sluice_core::metric::SINK_FAILURES.name, "sink" => label()),
+        retries: metrics::counter!(sluice_core::metric::DELIVERY_RETRIES.name, "sink" => label()),
+        parked: metrics::gauge!(sluice_core::metric::DELIVERY_PARKED_KEYS.name, "sink" => label()),
+        in_flight: metrics::gauge!(sluice_core::metric::DELIVERY_IN_FLIGHT.name, "sink" => label()),
     };
     let tokens = config.policy.rate_limit.map(|r| r.max(1.0)).unwrap_or(0.0);
     let mut e = Engine {
@@ -238,7 +238,8 @@ pub async fn run<T: Target>(
         m,
     };
     e.load()?;
-    let mut reader = Reader::new(&log, e.read_next)?;
+    let log: SharedLog = log.into();
+    let mut reader = log.reader(e.read_next)?;
     let mut batch = RecordBatch::default();
     let mut prune = tokio::time::interval(Duration::from_secs(5));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +253,7 @@ pub async fn run<T: Target>(
             error!(sink = %e.name, position = e.cursor.position(), "sink: shed by the log's disk budget; it stops and is backfilled when the pipeline restarts");
             return Ok(());
         }
-        e.fill(&mut reader, &mut batch, &mut filter)?;
+        e.fill(reader.as_mut(), &mut batch, &mut filter)?;
         e.dispatch();
         e.cursor.ack(e.position());
         let at_end = reader.position() >= reader.log_end();
@@ -351,7 +352,7 @@ impl<T: Target> Engine<T> {
     /// Reads what the log holds, as far as the window allows.
     fn fill(
         &mut self,
-        reader: &mut Reader,
+        reader: &mut dyn LogRead,
         batch: &mut RecordBatch,
         filter: &mut (impl FnMut(Op, &str, &str) -> bool + Send),
     ) -> Result<(), DeliveryError> {
@@ -709,7 +710,7 @@ impl<T: Target> Engine<T> {
         if entry.origin == Origin::Log {
             self.outstanding.remove(&entry.item.offset);
         }
-        metrics::counter!("sluice_delivery_dead_letters_total", "sink" => self.name.clone(), "reason" => reason.to_owned())
+        metrics::counter!(sluice_core::metric::DELIVERY_DEAD_LETTERS.name, "sink" => self.name.clone(), "reason" => reason.to_owned())
             .increment(1);
         Ok(())
     }

@@ -28,7 +28,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_core::{Backoff, Fault, Op};
-use sluice_log::{Cursor, Log, Reader, Record, RecordBatch};
+use sluice_log::{Cursor, Record, RecordBatch, SharedLog};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -109,16 +109,17 @@ fn err(e: impl std::fmt::Display) -> DeliveryError {
 /// Runs the cleaner until `stop`. Its cursor must be registered in `log`'s cursor store.
 pub async fn clean(
     cleaner: Cleaner,
-    log: Log,
+    log: impl Into<SharedLog>,
     cursor: Arc<Cursor>,
     mut deleter: impl RowDeleter,
     stop: CancellationToken,
 ) -> Result<(), DeliveryError> {
+    let log: SharedLog = log.into();
     let mut c = State {
         cleaner,
         log: log.clone(),
         stores: HashMap::new(),
-        deleted: metrics::counter!("sluice_outbox_deleted_total"),
+        deleted: metrics::counter!(sluice_core::metric::OUTBOX_DELETED.name),
         keyless: BTreeSet::new(),
     };
     for w in &c.cleaner.watches {
@@ -131,7 +132,7 @@ pub async fn clean(
         tx.open_table(DEFERRED).map_err(err)?;
         tx.commit().map_err(err)?;
     }
-    let mut reader = Reader::new(&log, cursor.position())?;
+    let mut reader = log.reader(cursor.position())?;
     let mut batch = RecordBatch::default();
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,7 +212,7 @@ fn shed() -> Result<(), DeliveryError> {
 
 struct State {
     cleaner: Cleaner,
-    log: Log,
+    log: SharedLog,
     stores: HashMap<String, Store>,
     deleted: metrics::Counter,
     /// Tables already warned about for records without key columns.

@@ -10,10 +10,12 @@ pub mod cursors;
 pub mod frame;
 mod log;
 mod reader;
+mod seam;
 
 pub use cursors::{Cursor, CursorStore};
 pub use log::{Append, End, FullPolicy, Log, LogConfig, Writer};
 pub use reader::{Reader, Record, RecordBatch};
+pub use seam::{LogBackend, LogRead, Position, SharedLog, Waiting};
 
 /// A failure of the log.
 #[derive(Debug, thiserror::Error)]

@@ -616,3 +616,29 @@ async fn check_with(
     }
     Ok(())
 }
+
+/// Tables among `tables` that have no primary key.
+pub async fn tables_without_primary_key(
+    conn: &mut Connection,
+    tables: &[String],
+) -> Result<Vec<String>, PgError> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)",
+        )
+        .await?;
+    let keyless: std::collections::BTreeSet<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    Ok(tables
+        .iter()
+        .filter(|t| keyless.contains(*t))
+        .cloned()
+        .collect())
+}

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use sluice_delivery::Control;
-use sluice_log::Log;
+use sluice_log::SharedLog;
 use sluice_sinks::pull::PullQueue;
 use sluice_sinks::sse::SseOptions;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What one running pipeline serves.
 pub struct Endpoints {
-    pub log: Log,
+    pub log: SharedLog,
     /// SSE sinks by name.
     pub sse: HashMap<String, SseOptions>,
     /// Waiting rooms of engine-driven sinks (webhook, pull) by name.

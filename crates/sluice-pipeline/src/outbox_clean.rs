@@ -125,7 +125,7 @@ pub async fn findings(config: &Config, conn: &mut Connection) -> Result<Vec<Find
     if tables.is_empty() {
         return Ok(out);
     }
-    let keyless = crate::preflight::tables_without_primary_key(conn, &tables).await?;
+    let keyless = catalog::tables_without_primary_key(conn, &tables).await?;
     let user = quote_ident(
         conn.parameter("session_authorization")
             .unwrap_or("<the source user>"),

@@ -28,32 +28,6 @@ pub fn spec(config: &Config) -> Result<CheckSpec, PgError> {
     })
 }
 
-/// Tables among `tables` that have no primary key.
-pub async fn tables_without_primary_key(
-    conn: &mut Connection,
-    tables: &[String],
-) -> Result<Vec<String>, PgError> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = conn
-        .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND NOT EXISTS \
-             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)",
-        )
-        .await?;
-    let keyless: std::collections::BTreeSet<String> = rows
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect();
-    Ok(tables
-        .iter()
-        .filter(|t| keyless.contains(*t))
-        .cloned()
-        .collect())
-}
-
 /// Tables that need a primary key (cache sinks' tables, outbox tables whose delivered
 /// rows are deleted) and the DELETE grant, as findings.
 pub async fn key_findings(
@@ -64,7 +38,7 @@ pub async fn key_findings(
     let mut out = Vec::new();
     for s in config.sinks.iter().filter(|s| s.needs_primary_key()) {
         let name = s.name();
-        let missing = tables_without_primary_key(conn, &s.takes(captured)).await?;
+        let missing = catalog::tables_without_primary_key(conn, &s.takes(captured)).await?;
         out.push(if missing.is_empty() {
             Finding::pass(format!("sink {name:?}: every table has a primary key"))
         } else {

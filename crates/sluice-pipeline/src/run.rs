@@ -294,7 +294,7 @@ fn publish(
     ctx.directory.publish(
         &config.pipeline.name,
         Endpoints {
-            log: log.clone(),
+            log: log.clone().into(),
             sse: std::mem::take(&mut sinks.sse),
             delivery: std::mem::take(&mut sinks.controls),
             pull: std::mem::take(&mut sinks.pulls),
@@ -366,7 +366,7 @@ async fn shutdown(
         Err(e) => Stopped::Source(e),
     };
     let abort = sinks.abort.clone();
-    sinks.drain().await;
+    sinks.drain(SHUTDOWN_DEADLINE).await;
     abort.cancel();
     if let Some(t) = cleaner {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::run::SHUTDOWN_DEADLINE;
 
 /// Where a sink's failure goes.
 pub type FailureSlot = Arc<Mutex<Option<Fault>>>;
@@ -287,8 +286,8 @@ impl Sinks {
         Ok(Some(spawn_sink("outbox-cleaner", fut, failure, cancel)?))
     }
 
-    /// Lets every sink deliver what the log holds, bounded by the shutdown deadline.
-    pub async fn drain(self) {
+    /// Lets every sink deliver what the log holds, bounded by `deadline`.
+    pub async fn drain(self, deadline: std::time::Duration) {
         self.drain.cancel();
         let threads = self.threads;
         let joined = tokio::task::spawn_blocking(move || {
@@ -296,10 +295,7 @@ impl Sinks {
         });
         // The sinks' own deadline starts now: a clean stop delivers a backlog of a few
         // seconds' worth rather than leaving it for the next start.
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, joined)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(deadline, joined).await.is_err() {
             warn!("sinks did not deliver everything before the shutdown deadline; they resume from their cursors");
         }
     }

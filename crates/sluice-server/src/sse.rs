@@ -1,6 +1,8 @@
 //! Server-Sent Events from the log.
 //!
-//! `GET /v1/sinks/{name}/events[?tables=s.t,...&ops=insert,...&from=now|earliest|<offset>]`.
+//! `GET /v1/sinks/{name}/events[?tables=s.t,...&ops=insert,...&from=now|earliest|<id>]`.
+//! An event's `id:` is an opaque position token ([`Position`]); `Last-Event-ID` (or
+//! `from`) resumes after it. Decimal ids, which earlier releases issued, still resume.
 //! Without `Last-Event-ID` or `from`, a client starts at the log's end (new changes only).
 //! A position older than the log keeps is answered with one `event: error` whose data
 //! says so, then the stream ends.
@@ -15,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sluice_core::{metric, Op, TablePatterns};
-use sluice_log::{LogError, Reader, RecordBatch};
+use sluice_log::{LogError, LogRead, Position, RecordBatch};
 use sluice_sinks::sse::SseOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +39,9 @@ fn error_event(data: serde_json::Value) -> Bytes {
 
 /// Appends one `id:`/`data:` event. The record is one line of JSON (no raw newlines).
 fn push_event(out: &mut Vec<u8>, offset: u64, json: &[u8]) {
-    use std::io::Write as _;
-    let _ = write!(out, "id: {offset}\ndata: ");
+    out.extend_from_slice(b"id: ");
+    Position(offset).write_token(out);
+    out.extend_from_slice(b"\ndata: ");
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
 }
@@ -71,19 +74,20 @@ pub(crate) async fn events(
         .map(str::trim)
         .filter(|v| !v.is_empty());
     let from = match (last_id, q.get("from").map(String::as_str)) {
-        (Some(id), _) => match id.parse::<u64>() {
-            Ok(n) => n + 1,
-            Err(_) => {
+        (Some(id), _) => match Position::parse(id) {
+            Some(p) => p.0.saturating_add(1),
+            None => {
                 return bad(format!(
                     "Last-Event-ID {id:?} is not an event id of this stream\n"
                 ))
             }
         },
-        (None, None | Some("now")) => log.next_offset(),
+        (None, None | Some("now")) => log.durable_end(),
         (None, Some("earliest")) => log.first(),
-        (None, Some(n)) => match n.parse::<u64>() {
-            Ok(n) => n,
-            Err(_) => return bad(format!("from={n:?}: use now, earliest or an offset\n")),
+        // The event with this id and what follows.
+        (None, Some(n)) => match Position::parse(n) {
+            Some(p) => p.0,
+            None => return bad(format!("from={n:?}: use now, earliest or an event id\n")),
         },
     };
     // Query filters narrow the sink's own.
@@ -103,18 +107,19 @@ pub(crate) async fn events(
     }
     // Each message is a batch of events; the buffer is counted in batches.
     let (tx, rx) = mpsc::channel::<Bytes>(sink.buffer.max(1));
-    match Reader::new(log, from) {
+    match log.reader(from) {
         Ok(reader) => {
             let stop = [state.shutdown.clone(), endpoints.stop.clone()];
             tokio::spawn(feed(stop, name, sink, tables, ops, reader, tx));
         }
         Err(e @ LogError::Expired { .. }) => {
-            let first = log.first();
+            let first = Position(log.first()).token();
             let _ = tx.try_send(error_event(serde_json::json!({
                 "error": "expired",
-                "message": e.to_string(),
+                "message": "the records after this id are no longer in the log: resume from the first one kept (from=earliest, or from=<first>) and backfill what is missing",
                 "first": first,
             })));
+            let _ = e;
         }
         Err(e) => {
             let _ = tx.try_send(error_event(
@@ -140,7 +145,7 @@ async fn feed(
     options: SseOptions,
     tables: TablePatterns,
     ops: BTreeSet<u8>,
-    mut reader: Reader,
+    mut reader: Box<dyn LogRead>,
     tx: mpsc::Sender<Bytes>,
 ) {
     let clients = metrics::gauge!(metric::SSE_CLIENTS.name, "sink" => sink.clone());
@@ -196,7 +201,7 @@ async fn feed(
             }
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 // It resumes with the id of the last event it read, before `first`.
-                info!(sink = %sink, not_sent_from = first, "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
+                info!(sink = %sink, not_sent_from = %Position(first).token(), "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
                 break;
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => break,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{metric, Backoff, Fault, Op, SinkStats, TablePatterns};
-use sluice_log::{Cursor, Log, LogError, Reader, RecordBatch};
+use sluice_log::{Cursor, LogError, RecordBatch, SharedLog};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -76,7 +76,7 @@ fn now_micros() -> i64 {
 pub async fn run<S: Sink>(
     name: String,
     mut sink: S,
-    log: Log,
+    log: impl Into<SharedLog>,
     cursor: Arc<Cursor>,
     filter: TableFilter,
     options: RunOptions,
@@ -86,7 +86,8 @@ pub async fn run<S: Sink>(
 ) -> Result<(), Fault> {
     let definite =
         |e: LogError| Fault::fatal(format!("sink {name:?}: the log failed")).caused_by(e);
-    let mut reader = Reader::new(&log, cursor.position()).map_err(definite)?;
+    let log: SharedLog = log.into();
+    let mut reader = log.reader(cursor.position()).map_err(definite)?;
     let mut batch = RecordBatch::default();
     let latency = metrics::histogram!(metric::SINK_LATENCY.name, "sink" => name.clone());
     let delivered = metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone());

@@ -1,5 +1,5 @@
-//! `sluice demo`: the whole path on a throw-away PostgreSQL. Starts a private server (as
-//! the tests do), creates `public.orders`, writes to it twice a second, and streams the
+//! `sluice demo`: the whole path on a throw-away PostgreSQL. Starts a private server
+//! (`sluice-pgtemp`, as the tests do), creates `public.orders`, writes to it twice a second, and streams the
 //! changes to standard output until Ctrl-C or `--seconds`. Everything is removed at exit.
 
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use sluice_pipeline::{Config, Directory, Outcome, RunContext};
 
 pub async fn run(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     eprintln!("sluice demo: starting a throw-away PostgreSQL (wal_level=logical) ...");
-    let pg = tokio::task::spawn_blocking(sluice_testkit::PgServer::start)
+    let pg = tokio::task::spawn_blocking(sluice_pgtemp::PgServer::start)
         .await?
         .map_err(|e| {
             anyhow::anyhow!(

@@ -147,7 +147,7 @@ impl<T: Target> Engine<T> {
                 true,
             )?;
         }
-        metrics::counter!("sluice_delivery_dead_letters_total", "sink" => self.name.clone(), "reason" => "skipped")
+        metrics::counter!(sluice_core::metric::DELIVERY_DEAD_LETTERS.name, "sink" => self.name.clone(), "reason" => "skipped")
             .increment(n as u64);
         self.consider(k);
         Ok(n)

@@ -3,7 +3,7 @@
 use std::net::TcpStream;
 use std::process::Command;
 
-use sluice_testkit::{pg_bin, PgServer};
+use sluice_pgtemp::{pg_bin, PgServer};
 
 #[test]
 fn default_server_is_ready_for_logical_replication() {

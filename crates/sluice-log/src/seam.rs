@@ -1,0 +1,177 @@
+//! The seam between a log and what reads it. Consumers (the sink loop, the delivery
+//! engine, the outbox cleaner, SSE feeds, the gauges) see a log only through
+//! [`LogBackend`] and [`LogRead`]; the embedded segment log is the first implementation,
+//! and a second backend (NATS JetStream) fills the same [`RecordBatch`]es, so no sink or
+//! consumer changes with it.
+//!
+//! Invariants every backend keeps:
+//! - Positions are dense and increasing; a reader returns only records below the durable
+//!   end, in position order, each once.
+//! - A position older than the oldest record held is an error ([`LogError::Expired`]),
+//!   never a silent skip.
+//! - Positions leave the process only as [`Position`] tokens (SSE event ids).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sluice_core::Op;
+
+use crate::{CursorStore, Log, LogError, Reader, RecordBatch};
+
+/// A wait for records.
+pub type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
+
+/// Reads records from a position on, at its own pace.
+pub trait LogRead: Send {
+    /// The position of the next record this reader returns.
+    fn position(&self) -> u64;
+    /// The durable end of the log, for lag.
+    fn log_end(&self) -> u64;
+    /// Waits until a record is there to read. Cancel-safe.
+    fn wait(&mut self) -> Waiting<'_>;
+    /// Reads up to `max_records` (or about `max_bytes`) durable records into `batch`,
+    /// keeping those `keep` accepts; `batch.next` is the position after the last read.
+    fn read(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_records: usize,
+        max_bytes: usize,
+        keep: &mut dyn FnMut(Op, &str, &str) -> bool,
+    ) -> Result<(), LogError>;
+}
+
+/// A log as its consumers see it.
+pub trait LogBackend: Send + Sync + 'static {
+    /// A reader whose first record is at `from`.
+    fn reader(&self, from: u64) -> Result<Box<dyn LogRead>, LogError>;
+    /// The oldest position still held.
+    fn first(&self) -> u64;
+    /// The position after the last durable record.
+    fn durable_end(&self) -> u64;
+    /// The consumers' cursors, and the state stored beside them (waiting rooms).
+    fn cursors(&self) -> &Arc<CursorStore>;
+}
+
+/// A log shared by the consumers of one pipeline.
+pub type SharedLog = Arc<dyn LogBackend>;
+
+impl From<Log> for SharedLog {
+    fn from(log: Log) -> SharedLog {
+        Arc::new(log)
+    }
+}
+
+impl LogBackend for Log {
+    fn reader(&self, from: u64) -> Result<Box<dyn LogRead>, LogError> {
+        Ok(Box::new(Reader::new(self, from)?))
+    }
+
+    fn first(&self) -> u64 {
+        Log::first(self)
+    }
+
+    fn durable_end(&self) -> u64 {
+        self.next_offset()
+    }
+
+    fn cursors(&self) -> &Arc<CursorStore> {
+        Log::cursors(self)
+    }
+}
+
+impl LogRead for Reader {
+    fn position(&self) -> u64 {
+        Reader::position(self)
+    }
+
+    fn log_end(&self) -> u64 {
+        Reader::log_end(self)
+    }
+
+    fn wait(&mut self) -> Waiting<'_> {
+        Box::pin(Reader::wait(self))
+    }
+
+    fn read(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_records: usize,
+        max_bytes: usize,
+        keep: &mut dyn FnMut(Op, &str, &str) -> bool,
+    ) -> Result<(), LogError> {
+        Reader::read(self, batch, max_records, max_bytes, keep)
+    }
+}
+
+/// A position as it leaves the process: an opaque token that names its backend, so
+/// clients never depend on what a position is inside (an offset in a segment log, a
+/// stream sequence). Tokens of one backend sort as their positions do. Decimal numbers —
+/// the raw offsets the first releases handed out as SSE ids — are still read, as
+/// positions of the embedded log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position(pub u64);
+
+/// The embedded log's tag, the first character of its tokens.
+const EMBEDDED: u8 = b'e';
+
+impl Position {
+    /// The token: the backend's tag and 16 lowercase hex digits.
+    pub fn token(self) -> String {
+        let mut out = Vec::with_capacity(17);
+        self.write_token(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the token to `out` without allocating.
+    pub fn write_token(self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.push(EMBEDDED);
+        for shift in (0..16).rev() {
+            out.push(HEX[((self.0 >> (shift * 4)) & 0xf) as usize]);
+        }
+    }
+
+    /// Reads a token, or a decimal offset issued before tokens.
+    pub fn parse(text: &str) -> Option<Position> {
+        let text = text.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return text.parse().ok().map(Position);
+        }
+        let hex = text.strip_prefix(EMBEDDED as char)?;
+        if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(Position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_old_decimal_ids_are_read() {
+        for p in [0, 1, 41, u64::MAX] {
+            let t = Position(p).token();
+            let mut written = Vec::new();
+            Position(p).write_token(&mut written);
+            assert_eq!(written, t.as_bytes());
+            assert!(!t.bytes().all(|b| b.is_ascii_digit()), "{t}");
+            assert_eq!(Position::parse(&t), Some(Position(p)));
+        }
+        assert_eq!(Position::parse("1234"), Some(Position(1234)));
+        assert_eq!(Position::parse("abc"), None);
+        assert_eq!(Position::parse(""), None);
+        assert_eq!(
+            Position::parse("j0000000000000001"),
+            None,
+            "another backend's tag"
+        );
+        assert_eq!(Position::parse("e00000000000001"), None, "too short");
+        assert!(
+            Position(9).token() < Position(10).token()
+                && Position(255).token() < Position(256).token()
+        );
+    }
+}
