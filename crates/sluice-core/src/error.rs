@@ -69,6 +69,20 @@ impl Fault {
         }
     }
 
+    /// An error of another crate that knows its class, as the cause of `message`.
+    pub fn of<E: Classify + std::error::Error + Send + Sync + 'static>(
+        message: impl Into<String>,
+        e: E,
+    ) -> Fault {
+        Fault {
+            class: e.class(),
+            message: message.into(),
+            fix: None,
+            source: None,
+        }
+        .caused_by(e)
+    }
+
     /// Keeps `source` as the cause.
     pub fn caused_by(mut self, source: impl Into<BoxError>) -> Fault {
         self.source = Some(std::sync::Arc::from(source.into()));

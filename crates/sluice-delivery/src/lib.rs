@@ -77,8 +77,12 @@ pub trait Target: Send + Sync + 'static {
 /// A failure of the engine itself.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("delivery state (the waiting room in cursors.redb): {0}")]
-    State(String),
+    #[error("delivery state ({what}, in cursors.redb): {source}")]
+    State {
+        what: &'static str,
+        #[source]
+        source: sluice_core::BoxError,
+    },
     #[error(transparent)]
     Log(#[from] sluice_log::LogError),
     #[error(transparent)]

@@ -102,8 +102,11 @@ struct KeyOnly<'a> {
     key: Option<&'a RawValue>,
 }
 
-fn err(e: impl std::fmt::Display) -> DeliveryError {
-    DeliveryError::State(format!("outbox cleaner: {e}"))
+fn err(e: impl Into<sluice_core::BoxError>) -> DeliveryError {
+    DeliveryError::State {
+        what: "the outbox cleaner's deferred rows",
+        source: e.into(),
+    }
 }
 
 /// Runs the cleaner until `stop`. Its cursor must be registered in `log`'s cursor store.

@@ -164,8 +164,11 @@ pub struct Store {
     sink: Arc<str>,
 }
 
-fn err(e: impl std::fmt::Display) -> DeliveryError {
-    DeliveryError::State(e.to_string())
+fn err(e: impl Into<sluice_core::BoxError>) -> DeliveryError {
+    DeliveryError::State {
+        what: "the waiting room",
+        source: e.into(),
+    }
 }
 
 impl Store {

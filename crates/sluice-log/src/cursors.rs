@@ -75,7 +75,7 @@ pub struct CursorStore {
 impl CursorStore {
     pub(crate) fn open(path: &Path) -> Result<CursorStore, LogError> {
         let shown = path.display().to_string();
-        let db = Database::create(path).map_err(|e| LogError::State(format!("{shown}: {e}")))?;
+        let db = Database::create(path).map_err(|e| LogError::state(shown.clone(), e))?;
         let store = CursorStore {
             db,
             path: shown,
@@ -95,8 +95,8 @@ impl CursorStore {
         &self.db
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> LogError {
-        LogError::State(format!("{}: {e}", self.path))
+    fn err(&self, e: impl Into<redb::Error>) -> LogError {
+        LogError::state(self.path.clone(), e)
     }
 
     fn stored(&self) -> Result<BTreeMap<String, u64>, LogError> {

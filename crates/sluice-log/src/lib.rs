@@ -20,10 +20,19 @@ pub use seam::{LogBackend, LogRead, Position, SharedLog, Waiting};
 /// A failure of the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log I/O: {0} (check the data_dir's disk and permissions)")]
-    Io(String),
-    #[error("log cursors: {0}")]
-    State(String),
+    #[error("log I/O ({what}): {source} (check the data_dir's disk and permissions)")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log cursors ({what}): {source}")]
+    State {
+        what: String,
+        /// Boxed: redb's error is large, and every log result carries this variant.
+        #[source]
+        source: Box<redb::Error>,
+    },
     #[error("log: {0}")]
     Corrupt(String),
     #[error("log: a batch is not change records: {0}")]
@@ -36,6 +45,24 @@ pub enum LogError {
 
 #[cfg(test)]
 mod tests;
+
+impl LogError {
+    /// An I/O error while doing `what` (a path, "log sync").
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> LogError {
+        LogError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A failure of the cursors' database at `what` (its path).
+    pub fn state(what: impl Into<String>, source: impl Into<redb::Error>) -> LogError {
+        LogError::State {
+            what: what.into(),
+            source: Box::new(source.into()),
+        }
+    }
+}
 
 /// Into the one error policy: the log is local disk, so a failure of it is definite (its
 /// message says what to check); a closed log only ends a reader.

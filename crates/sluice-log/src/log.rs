@@ -117,7 +117,7 @@ impl Log {
     /// transactions are already here whole).
     pub fn open(config: LogConfig) -> Result<(Log, Writer, Lsn), LogError> {
         let dir = config.dir.clone();
-        let io = |what: &str, e: std::io::Error| LogError::Io(format!("{what}: {e}"));
+        let io = |what: &str, e: std::io::Error| LogError::io(what, e);
         std::fs::create_dir_all(&dir).map_err(|e| io(&format!("create {}", dir.display()), e))?;
         let cursors = Arc::new(CursorStore::open(&dir.join("cursors.redb"))?);
         let mut bases: Vec<u64> = std::fs::read_dir(&dir)
@@ -292,7 +292,7 @@ impl Log {
 /// Scans a segment: returns its record count, the length of its valid prefix, and the
 /// last record's commit LSN; cuts anything after the valid prefix.
 fn repair(path: &Path) -> Result<(u64, u64, Lsn), LogError> {
-    let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| LogError::io(path.display().to_string(), e);
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -380,7 +380,7 @@ impl Writer {
             }
             self.file
                 .sync_data()
-                .map_err(|e| LogError::Io(format!("log sync: {e}")))?;
+                .map_err(|e| LogError::io("log sync", e))?;
             let next = self.next;
             self.log.inner.end.send_modify(|e| {
                 e.next = next;
@@ -402,14 +402,14 @@ impl Writer {
         }
         self.file
             .sync_data()
-            .map_err(|e| LogError::Io(format!("log sync: {e}")))?;
+            .map_err(|e| LogError::io("log sync", e))?;
         Ok(())
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
         self.file
             .write_all(bytes)
-            .map_err(|e| LogError::Io(format!("log write: {e}")))?;
+            .map_err(|e| LogError::io("log write", e))?;
         self.len += bytes.len() as u64;
         let mut segs = self.log.inner.segments.lock().expect("segments lock");
         if let Some(last) = segs.back_mut() {
@@ -422,7 +422,7 @@ impl Writer {
     fn roll(&mut self) -> Result<(), LogError> {
         let dir = self.log.inner.config.dir.clone();
         let path = segment_path(&dir, self.next);
-        let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| LogError::io(path.display().to_string(), e);
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -164,7 +164,7 @@ impl Reader {
                 first: self.log.first(),
             });
         };
-        let io = |e: std::io::Error| LogError::Io(format!("{}: {e}", seg.path.display()));
+        let io = |e: std::io::Error| LogError::io(seg.path.display().to_string(), e);
         let file = match File::open(&seg.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -86,14 +86,7 @@ impl Classify for PgError {
 /// Into the one error policy, keeping the class and the error as its cause.
 impl From<PgError> for sluice_core::Fault {
     fn from(e: PgError) -> sluice_core::Fault {
-        let class = e.class();
-        sluice_core::Fault {
-            class,
-            message: "postgres".into(),
-            fix: None,
-            source: None,
-        }
-        .caused_by(e)
+        sluice_core::Fault::of("postgres", e)
     }
 }
 

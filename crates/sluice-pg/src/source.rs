@@ -82,6 +82,12 @@ pub enum SourceError {
     Output(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl sluice_core::Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        SourceError::class(self)
+    }
+}
+
 impl SourceError {
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -94,14 +100,7 @@ impl SourceError {
 /// Into the one error policy, keeping the class and the error as its cause.
 impl From<SourceError> for sluice_core::Fault {
     fn from(e: SourceError) -> sluice_core::Fault {
-        let class = e.class();
-        sluice_core::Fault {
-            class,
-            message: "source".into(),
-            fix: None,
-            source: None,
-        }
-        .caused_by(e)
+        sluice_core::Fault::of("source", e)
     }
 }
 

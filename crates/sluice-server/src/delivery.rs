@@ -5,8 +5,8 @@
 //! GET  /v1/sinks/{name}/parked/records?key=K       a key's held records, in order
 //! POST /v1/sinks/{name}/parked/redrive  {"keys":[..]} | {"all":true}
 //! POST /v1/sinks/{name}/parked/skip     {"keys":[..]} | {"all":true}
-//! GET  /v1/sinks/{name}/dead?from=OFFSET&limit=N   dead letters
-//! POST /v1/sinks/{name}/dead/redrive    {"offsets":[..]} | {"all":true}
+//! GET  /v1/sinks/{name}/dead?from=POSITION&limit=N dead letters
+//! POST /v1/sinks/{name}/dead/redrive    {"positions":[..]} | {"all":true}
 //! POST /v1/sinks/{name}/receive?max=N&visibility=30s&wait=5s
 //! POST /v1/sinks/{name}/ack             {"ids":[..]}
 //! POST /v1/sinks/{name}/nack            {"ids":[..], "delay":"5s"}
@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored};
+use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
 
 use crate::api::{ApiError, SinkRef};
@@ -78,7 +79,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 fn record_json(s: &Stored) -> Value {
     json!({
-        "offset": s.item.offset,
+        "position": Position(s.item.offset).token(),
         "id": s.item.id.to_string(),
         "key": &*s.item.key,
         "route": &*s.item.route,
@@ -145,22 +146,33 @@ struct Choose {
     #[serde(default)]
     keys: Vec<String>,
     #[serde(default)]
+    positions: Vec<String>,
+    /// Raw log offsets, as earlier releases listed dead letters.
+    #[serde(default)]
     offsets: Vec<u64>,
     #[serde(default)]
     all: bool,
 }
 
 fn choose(body: &Bytes) -> Result<Choose, ApiError> {
-    let c: Choose = serde_json::from_slice(body).map_err(|e| {
+    let mut c: Choose = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(
             "the body must be JSON like {{\"keys\": [...]}} or {{\"all\": true}}: {e}"
         ))
     })?;
-    if !c.all && c.keys.is_empty() && c.offsets.is_empty() {
+    if !c.all && c.keys.is_empty() && c.positions.is_empty() && c.offsets.is_empty() {
         return Err(ApiError::BadRequest(
-            "name what to act on: {\"keys\": [...]}, {\"offsets\": [...]} or {\"all\": true}"
+            "name what to act on: {\"keys\": [...]}, {\"positions\": [...]} or {\"all\": true}"
                 .into(),
         ));
+    }
+    for p in std::mem::take(&mut c.positions) {
+        let pos = Position::parse(&p).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "position {p:?} is not one of this sink's dead letters' positions (as `dead` lists them)"
+            ))
+        })?;
+        c.offsets.push(pos.0);
     }
     Ok(c)
 }
@@ -209,7 +221,16 @@ pub(crate) async fn dead(
     sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let from = q.get("from").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let from = match q.get("from") {
+        None => 0,
+        Some(f) => {
+            Position::parse(f)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("from={f:?}: use a position as `dead` lists them"))
+                })?
+                .0
+        }
+    };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
     read_store(sink, move |store| {
         let list = store.dead(from, limit)?;

@@ -77,8 +77,12 @@ fn batch(changes: &[Change]) -> RecordBatch {
 }
 
 fn sink(redis: &RedisServer, format: Format) -> RedisSink {
+    sink_at(redis.url(), format)
+}
+
+fn sink_at(url: String, format: Format) -> RedisSink {
     RedisSink::new(RedisOptions {
-        url: redis.url(),
+        url,
         prefix: "c:".into(),
         key_template: DEFAULT_KEY_TEMPLATE.into(),
         format,
@@ -289,15 +293,7 @@ async fn a_wrong_password_is_definite_with_its_fix_and_a_down_server_transient()
         format!("redis://:wrong@127.0.0.1:{}/", redis.port()),
         format!("redis://127.0.0.1:{}/", redis.port()),
     ] {
-        let mut s = RedisSink::new(RedisOptions {
-            url,
-            prefix: "c:".into(),
-            key_template: DEFAULT_KEY_TEMPLATE.into(),
-            format: Format::Json,
-            ttl_secs: 0,
-            db: "shop".into(),
-            reset: None,
-        });
+        let mut s = sink_at(url, Format::Json);
         let err = s.deliver(&one).await.unwrap_err();
         assert!(!err.is_transient(), "{err}");
         assert!(
@@ -310,14 +306,9 @@ async fn a_wrong_password_is_definite_with_its_fix_and_a_down_server_transient()
         assert!(!err.to_string().contains(":wrong@"), "{err}");
     }
     redis.kill();
-    let mut s = RedisSink::new(RedisOptions {
-        url: format!("redis://:right@127.0.0.1:{}/", redis.port()),
-        prefix: "c:".into(),
-        key_template: DEFAULT_KEY_TEMPLATE.into(),
-        format: Format::Json,
-        ttl_secs: 0,
-        db: "shop".into(),
-        reset: None,
-    });
+    let mut s = sink_at(
+        format!("redis://:right@127.0.0.1:{}/", redis.port()),
+        Format::Json,
+    );
     assert!(s.deliver(&one).await.unwrap_err().is_transient());
 }

@@ -108,9 +108,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         sink: String,
-        /// A dead letter's log offset, as `dead list` shows it (repeatable).
-        #[arg(long = "offset")]
-        offsets: Vec<String>,
+        /// A dead letter's position, as `dead list` shows it (repeatable).
+        #[arg(long = "position", alias = "offset")]
+        positions: Vec<String>,
         #[arg(long)]
         all: bool,
         #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
@@ -185,7 +185,7 @@ fn main() -> std::process::ExitCode {
                 action,
                 config,
                 sink,
-                offsets,
+                positions,
                 all,
                 token,
             } => {
@@ -194,7 +194,7 @@ fn main() -> std::process::ExitCode {
                     &sink,
                     "dead",
                     action,
-                    &offsets,
+                    &positions,
                     all,
                     token.as_deref(),
                 )

@@ -149,16 +149,10 @@ fn choice(keys: &[String], all: bool, field: &str) -> anyhow::Result<Value> {
     if keys.is_empty() {
         anyhow::bail!("name what to act on: --key ... (repeatable) or --all");
     }
-    Ok(match field {
-        "offsets" => {
-            let offs: Result<Vec<u64>, _> = keys.iter().map(|k| k.parse::<u64>()).collect();
-            json!({ "offsets": offs.map_err(|_| anyhow::anyhow!("--offset takes log offsets (numbers), as `sluice dead list` shows"))? })
-        }
-        _ => json!({ field: keys }),
-    })
+    Ok(json!({ field: keys }))
 }
 
-/// `parked` or `dead` (`area`): list, or act on the `names` (keys, or dead letters' offsets)
+/// `parked` or `dead` (`area`): list, or act on the `names` (keys, or dead letters' positions)
 /// or on `all`.
 pub async fn waiting_room(
     path: &Path,
@@ -172,7 +166,7 @@ pub async fn waiting_room(
     let config = Config::load(path).map_err(anyhow::Error::msg)?;
     let dir = crate::commands::base_dir(path);
     let base = format!("/v1/sinks/{sink}/{area}");
-    let field = if area == "dead" { "offsets" } else { "keys" };
+    let field = if area == "dead" { "positions" } else { "keys" };
     let (method, path, body) = match action {
         Action::List => (reqwest::Method::GET, base, None),
         Action::Skip if area == "dead" => {
