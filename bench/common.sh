@@ -14,7 +14,8 @@ median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else prin
 
 bash scripts/install-deps.sh
 cargo build --release --quiet -p sluice
-SLUICE=$ROOT/target/release/sluice
+# SLUICE_BIN: another build to measure (e.g. an older release), instead of this tree's.
+SLUICE=${SLUICE_BIN:-$ROOT/target/release/sluice}
 
 # The [pipeline] and [source] part of a benchmark config: pipeline $1 reading publication
 # $2 of public.$3 (more [source] keys may follow).
