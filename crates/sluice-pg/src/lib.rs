@@ -1,26 +1,31 @@
-//! PostgreSQL side of Sluice: the wire client (startup, auth, TLS, simple queries), the
-//! logical replication stream, the pgoutput decoder, value conversion to the JSON mapping
-//! of the change record, transaction assembly, and slot/publication management.
+//! PostgreSQL side of Sluice: the source worker on the replication stream, the pgoutput
+//! decoder, value conversion to the JSON mapping of the change record, transaction
+//! assembly, snapshots and backfills, and slot/publication management. The client it
+//! talks through (connections, TLS, the replication protocol) is `sluice-pgwire`,
+//! re-exported here under its module names.
 
 pub mod backfill;
 pub mod catalog;
 pub mod changes;
-pub mod conninfo;
 pub mod copy_binary;
-mod error;
 pub mod initial;
 mod output;
 pub mod pgoutput;
-pub mod replication;
 pub mod snapshot;
 pub mod source;
 pub mod state;
-mod tls;
 pub mod types;
 pub mod values;
-pub mod wire;
 
-pub use conninfo::{ConnInfo, SslMode};
-pub use error::{PgError, ServerError, INSUFFICIENT_PRIVILEGE};
+pub use sluice_pgwire::Connection;
+pub use sluice_pgwire::{conninfo, error, replication, wire};
+pub use sluice_pgwire::{ConnInfo, PgError, ServerError, SslMode, INSUFFICIENT_PRIVILEGE};
 pub use source::{Output, SourceConfig, SourceError, SourceStatus, SourceWorker};
-pub use wire::Connection;
+
+/// A decoding failure stops the source: a stream that cannot be decoded will not decode
+/// better after a reconnect.
+impl From<pgoutput::DecodeError> for PgError {
+    fn from(e: pgoutput::DecodeError) -> PgError {
+        PgError::Decode(Box::new(e))
+    }
+}

@@ -49,7 +49,7 @@ pub enum PgError {
     #[error("{0}")]
     Definite(String),
     #[error("pgoutput: {0}")]
-    Decode(#[from] crate::pgoutput::DecodeError),
+    Decode(sluice_core::BoxError),
 }
 
 impl PgError {
