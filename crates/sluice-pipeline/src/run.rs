@@ -260,6 +260,12 @@ pub async fn run(
     )
     .await;
     ctx.directory.withdraw(&config.pipeline.name);
+    drop(gauges);
+    // SSE feeds of this run hold readers until they see the stop; the next run of this
+    // pipeline opens the same files, so this one ends only once nothing holds the log.
+    if !log.released(SHUTDOWN_DEADLINE).await {
+        warn!("parts of the stopped pipeline still hold its log; a restart may wait for them");
+    }
     let closed = ended?;
     if let Some(f) = failure.lock().expect("failure lock").take() {
         return Err(f);
