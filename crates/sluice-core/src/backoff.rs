@@ -67,10 +67,6 @@ impl Retrying {
     pub fn reset(&mut self) {
         self.failed = 0;
     }
-
-    pub fn failures(&self) -> u32 {
-        self.failed
-    }
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl Sinks {
         let mut durable: Vec<&str> = config
             .sinks
             .iter()
-            .filter(|s| !s.needs_server() || s.events().is_some())
+            .filter(|s| s.has_cursor())
             .map(|s| s.name())
             .collect();
         if !crate::outbox_clean::tables(config).is_empty() {
@@ -129,7 +129,7 @@ impl Sinks {
     async fn start_one(&mut self, s: &SinkConfig, start: &Start<'_>) -> Result<(), Fault> {
         let (log, name) = (start.log, s.name().to_owned());
         let tables = s.takes(start.captured);
-        if s.needs_server() && s.events().is_none() {
+        if !s.has_cursor() {
             // Served by the HTTP server, one reader per client: no cursor.
             let ctx = context(start, &tables, None);
             if let Built::Served(options) = s.build(&ctx).await? {

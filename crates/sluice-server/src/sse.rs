@@ -112,14 +112,13 @@ pub(crate) async fn events(
             let stop = [state.shutdown.clone(), endpoints.stop.clone()];
             tokio::spawn(feed(stop, name, sink, tables, ops, reader, tx));
         }
-        Err(e @ LogError::Expired { .. }) => {
+        Err(LogError::Expired { .. }) => {
             let first = Position(log.first()).token();
             let _ = tx.try_send(error_event(serde_json::json!({
                 "error": "expired",
                 "message": "the records after this id are no longer in the log: resume from the first one kept (from=earliest, or from=<first>) and backfill what is missing",
                 "first": first,
             })));
-            let _ = e;
         }
         Err(e) => {
             let _ = tx.try_send(error_event(

@@ -119,6 +119,12 @@ impl SinkConfig {
         self.spec().exclusive_path()
     }
 
+    /// Whether the sink reads the log through a cursor of its own. Only a sink served by
+    /// the HTTP server without the engine (SSE) does not: each client reads on its own.
+    pub fn has_cursor(&self) -> bool {
+        !self.needs_server() || self.events().is_some()
+    }
+
     /// The outbox tables whose finished rows this sink asks to delete.
     pub fn deletes_delivered(&self) -> &[String] {
         match self.events() {
