@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::{ChangeId, ChangeRecord, Lsn, Op, SinkStats};
-use sluice_delivery::{Delivery, EngineConfig, Item, ItemOptions, Policy, Store, Target, Topics};
-use sluice_log::{frame, Append, FullPolicy, Log, LogConfig, Reader, RecordBatch};
-use tokio_util::sync::CancellationToken;
+use sluice_delivery::{
+    Delivery, EngineConfig, Item, ItemOptions, Policy, RedbState, Target, Topics,
+};
+use sluice_log::{
+    frame, Append, Consumer, FullPolicy, Log, LogConfig, Reader, RecordBatch, SharedLog, Until,
+};
 
 struct Instant_(Arc<AtomicU64>);
 
@@ -95,10 +98,15 @@ fn main() {
 
         // The engine into a target that acknowledges at once.
         let (cursor, _) = log.cursors().register("bench", 0).unwrap();
-        let store = Store::open(log.cursors().clone(), "bench").unwrap();
+        let store = RedbState::open(log.cursors().clone())
+            .unwrap()
+            .waiting_room("bench")
+            .unwrap();
         let (_control, commands) = sluice_delivery::control(store.clone());
         let done = Arc::new(AtomicU64::new(0));
-        let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+        let until = Until::default();
+        let shared: SharedLog = log.clone().into();
+        let consumer = Consumer::open(&shared, cursor.clone(), Box::new(|_, _, _| true)).unwrap();
         let t = Instant::now();
         let engine = tokio::spawn(sluice_delivery::run(
             EngineConfig {
@@ -108,20 +116,17 @@ fn main() {
                 topics: Topics::default(),
             },
             Arc::new(Instant_(done.clone())),
-            log.clone(),
-            cursor.clone(),
+            consumer,
             store,
-            |_, _, _| true,
             Arc::new(SinkStats::default()),
             commands,
-            drain.clone(),
-            abort.clone(),
+            until.clone(),
         ));
         while cursor.position() < n {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let through = t.elapsed();
-        abort.cancel();
+        until.abort.cancel();
         engine.await.unwrap().unwrap();
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
         println!(

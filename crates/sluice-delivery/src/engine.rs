@@ -20,16 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{Op, SinkStats};
-use sluice_log::{Cursor, LogError, LogRead, RecordBatch, SharedLog};
+use sluice_log::{Consumer, Cursor, LogError, RecordBatch, Until};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 mod commands;
 
-use crate::store::{Change, KeyRow, KeyState, Store, Stored};
+use crate::state::{Change, KeyRow, KeyState, Store, Stored};
 use crate::{
     Command, DeliveryError, Failure, Item, ItemOptions, OnExhausted, Parsed, Policy, Selection,
     Target, Topics,
@@ -194,14 +193,11 @@ struct Metrics {
 pub async fn run<T: Target>(
     config: EngineConfig,
     target: Arc<T>,
-    log: impl Into<SharedLog>,
-    cursor: Arc<Cursor>,
+    mut consumer: Consumer,
     store: Store,
-    mut filter: impl FnMut(Op, &str, &str) -> bool + Send,
     stats: Arc<SinkStats>,
     mut commands: mpsc::Receiver<Command>,
-    drain: CancellationToken,
-    abort: CancellationToken,
+    until: Until,
 ) -> Result<(), DeliveryError> {
     let name = config.name.clone();
     let label = || name.clone();
@@ -221,8 +217,8 @@ pub async fn run<T: Target>(
         items: config.items,
         topics: config.topics,
         store,
-        read_next: cursor.position(),
-        cursor,
+        read_next: consumer.cursor().position(),
+        cursor: consumer.cursor().clone(),
         stats,
         clock: Clock::new(),
         keys: HashMap::new(),
@@ -238,8 +234,7 @@ pub async fn run<T: Target>(
         m,
     };
     e.load()?;
-    let log: SharedLog = log.into();
-    let mut reader = log.reader(e.read_next)?;
+    let Until { drain, abort } = until;
     let mut batch = RecordBatch::default();
     let mut prune = tokio::time::interval(Duration::from_secs(5));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,10 +248,10 @@ pub async fn run<T: Target>(
             error!(sink = %e.name, position = e.cursor.position(), "sink: shed by the log's disk budget; it stops and is backfilled when the pipeline restarts");
             return Ok(());
         }
-        e.fill(reader.as_mut(), &mut batch, &mut filter)?;
+        e.fill(&mut consumer, &mut batch)?;
         e.dispatch();
         e.cursor.ack(e.position());
-        let at_end = reader.position() >= reader.log_end();
+        let at_end = consumer.at_end();
         if drain.is_cancelled() && at_end && e.ready.is_empty() && e.in_flight.is_empty() {
             info!(sink = %e.name, position = e.position(), "sink: drained");
             return Ok(());
@@ -280,7 +275,7 @@ pub async fn run<T: Target>(
             _ = sleep_until(e.rate_wait), if e.rate_wait.is_some() => e.rate_wait = None,
             // Enabled whenever there is room, not only at the end seen above: records may
             // have arrived since, and `wait` returns at once for them.
-            r = reader.wait(), if room => match r {
+            r = consumer.wait(), if room => match r {
                 Ok(()) => {}
                 Err(LogError::Closed) => return Ok(()),
                 Err(err) => return Err(err.into()),
@@ -352,14 +347,12 @@ impl<T: Target> Engine<T> {
     /// Reads what the log holds, as far as the window allows.
     fn fill(
         &mut self,
-        reader: &mut dyn LogRead,
+        consumer: &mut Consumer,
         batch: &mut RecordBatch,
-        filter: &mut (impl FnMut(Op, &str, &str) -> bool + Send),
     ) -> Result<(), DeliveryError> {
-        while self.outstanding.len() < self.policy.window && reader.position() < reader.log_end() {
-            batch.clear();
+        while self.outstanding.len() < self.policy.window && !consumer.at_end() {
             let room = (self.policy.window - self.outstanding.len()).min(1000);
-            reader.read(batch, room, 4 << 20, &mut |op, s, t| filter(op, s, t))?;
+            consumer.read(batch, room)?;
             let mut dead = Vec::new();
             for r in batch.iter() {
                 let is_event = r.op == Op::Message

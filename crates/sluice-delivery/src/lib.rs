@@ -20,6 +20,7 @@ mod engine;
 mod item;
 mod outbox;
 mod policy;
+mod state;
 mod store;
 
 use std::future::Future;
@@ -30,9 +31,10 @@ use std::time::Duration;
 pub use config::DeliveryConfig;
 pub use engine::{run, EngineConfig};
 pub use item::{Item, ItemOptions, Parsed, Topics, OUTBOX_PREFIX};
-pub use outbox::{clean, Cleaner, Deletion, RowDeleter, Watch, CLEANER_CURSOR};
+pub use outbox::{clean, outbox_rows, Cleaner, Deletion, RowDeleter, Watch, CLEANER_CURSOR};
 pub use policy::{OnExhausted, Policy, Retry};
-pub use store::{KeyRow, KeyState, Store, Stored};
+pub use state::{Change, DeliveryState, KeyRow, KeyState, SharedState, Store, Stored, WaitingRoom};
+pub use store::RedbState;
 
 /// Why a delivery did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]

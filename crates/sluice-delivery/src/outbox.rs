@@ -24,18 +24,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_core::{Backoff, Fault, Op};
-use sluice_log::{Cursor, Record, RecordBatch, SharedLog};
+use sluice_log::{Consumer, Cursor, Record, RecordBatch, Step, Until};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{DeliveryError, Item, ItemOptions, Parsed, Store};
-
-/// Rows whose record a waiting room held when the cleaner reached it, by log offset.
-const DEFERRED: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_deferred");
+use crate::{DeliveryError, Item, ItemOptions, Parsed, SharedState, Store};
 
 /// The cleaner's cursor (not a valid sink name: sink names are checked against it).
 pub const CLEANER_CURSOR: &str = "(outbox cleaner)";
@@ -102,6 +98,13 @@ struct KeyOnly<'a> {
     key: Option<&'a RawValue>,
 }
 
+/// Deferred rows as the delivery state stores them.
+fn encode(rows: &[(u64, Row)]) -> Result<Vec<(u64, Vec<u8>)>, DeliveryError> {
+    rows.iter()
+        .map(|(offset, row)| Ok((*offset, serde_json::to_vec(row).map_err(err)?)))
+        .collect()
+}
+
 fn err(e: impl Into<sluice_core::BoxError>) -> DeliveryError {
     DeliveryError::State {
         what: "the outbox cleaner's deferred rows",
@@ -109,18 +112,18 @@ fn err(e: impl Into<sluice_core::BoxError>) -> DeliveryError {
     }
 }
 
-/// Runs the cleaner until `stop`. Its cursor must be registered in `log`'s cursor store.
+/// Runs the cleaner until `stop`, reading through `consumer` (its cursor registered as
+/// [`CLEANER_CURSOR`], its filter keeping the outbox tables' inserts).
 pub async fn clean(
     cleaner: Cleaner,
-    log: impl Into<SharedLog>,
-    cursor: Arc<Cursor>,
+    mut consumer: Consumer,
+    state: SharedState,
     mut deleter: impl RowDeleter,
     stop: CancellationToken,
 ) -> Result<(), DeliveryError> {
-    let log: SharedLog = log.into();
     let mut c = State {
         cleaner,
-        log: log.clone(),
+        state,
         stores: HashMap::new(),
         deleted: metrics::counter!(sluice_core::metric::OUTBOX_DELETED.name),
         keyless: BTreeSet::new(),
@@ -130,40 +133,28 @@ pub async fn clean(
             c.stores.insert(store.sink().to_owned(), store.clone());
         }
     }
-    {
-        let tx = c.db().begin_write().map_err(err)?;
-        tx.open_table(DEFERRED).map_err(err)?;
-        tx.commit().map_err(err)?;
-    }
-    let mut reader = log.reader(cursor.position())?;
+    let cursor = consumer.cursor().clone();
+    let until = Until {
+        drain: CancellationToken::new(),
+        abort: stop.clone(),
+    };
     let mut batch = RecordBatch::default();
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if cursor.is_shed() {
-            return shed();
-        }
-        if reader.position() >= reader.log_end() {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                r = reader.wait() => r?,
-                _ = recheck.tick() => {
-                    if !c.recheck(&mut deleter, &stop).await? {
-                        return Ok(());
-                    }
+        match consumer
+            .next(&mut batch, &until, Some(&mut recheck))
+            .await?
+        {
+            Step::Read => {}
+            Step::Drained | Step::Stopped => return Ok(()),
+            Step::Shed => return shed(),
+            Step::Idle => {
+                if !c.recheck(&mut deleter, &stop).await? {
+                    return Ok(());
                 }
+                continue;
             }
-            continue;
-        }
-        batch.clear();
-        let tables = &c.cleaner.tables;
-        let read = reader.read(&mut batch, 1000, 4 << 20, &mut |op, s, t| {
-            matches!(op, Op::Insert | Op::Read) && tables.iter().any(|(a, b)| a == s && b == t)
-        });
-        match read {
-            Err(_) if cursor.is_shed() => return shed(),
-            r => r?,
         }
         let mut ready = Vec::new();
         for r in batch.iter() {
@@ -206,6 +197,14 @@ pub async fn clean(
     }
 }
 
+/// What the cleaner keeps of the log: inserts (and snapshot reads) of the outbox tables.
+pub fn outbox_rows(tables: &[(String, String)]) -> sluice_log::Keep {
+    let tables = tables.to_vec();
+    Box::new(move |op, s, t| {
+        matches!(op, Op::Insert | Op::Read) && tables.iter().any(|(a, b)| a == s && b == t)
+    })
+}
+
 /// The disk budget detached the cleaner: its records may be gone, so it stops (the sinks
 /// go on) and starts again from the log's start at the next start.
 fn shed() -> Result<(), DeliveryError> {
@@ -215,7 +214,7 @@ fn shed() -> Result<(), DeliveryError> {
 
 struct State {
     cleaner: Cleaner,
-    log: SharedLog,
+    state: SharedState,
     stores: HashMap<String, Store>,
     deleted: metrics::Counter,
     /// Tables already warned about for records without key columns.
@@ -223,10 +222,6 @@ struct State {
 }
 
 impl State {
-    fn db(&self) -> &redb::Database {
-        self.log.cursors().database()
-    }
-
     /// Whether every sink that takes `r`'s table is past it (a shed sink no longer
     /// holds anything back: it is backfilled).
     fn finished(&self, r: &Record<'_>) -> bool {
@@ -273,17 +268,10 @@ impl State {
         }))
     }
 
-    /// Writes `rows` to the deferred table (one commit).
+    /// Writes `rows` to the deferred rows (one commit).
     fn defer(&self, rows: &[(u64, Row)]) -> Result<(), DeliveryError> {
-        let tx = self.db().begin_write().map_err(err)?;
-        {
-            let mut t = tx.open_table(DEFERRED).map_err(err)?;
-            for (offset, row) in rows {
-                let v = serde_json::to_vec(row).map_err(err)?;
-                t.insert(*offset, v.as_slice()).map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
+        let put = encode(rows)?;
+        self.state.update_deferred(&[], &put)
     }
 
     /// One attempt at deleting `rows`. On an error some may be gone already: DELETEs by
@@ -353,14 +341,9 @@ impl State {
             return Ok(false);
         }
         let mut rows = Vec::new();
-        {
-            let tx = self.db().begin_read().map_err(err)?;
-            let t = tx.open_table(DEFERRED).map_err(err)?;
-            for e in t.iter().map_err(err)?.take(10_000) {
-                let (k, v) = e.map_err(err)?;
-                let row: Row = serde_json::from_slice(v.value()).map_err(err)?;
-                rows.push((k.value(), row));
-            }
+        for (offset, v) in self.state.deferred(10_000)? {
+            let row: Row = serde_json::from_slice(&v).map_err(err)?;
+            rows.push((offset, row));
         }
         if rows.is_empty() {
             return Ok(true);
@@ -402,18 +385,8 @@ impl State {
         if released.is_empty() && changed.is_empty() {
             return Ok(true);
         }
-        let tx = self.db().begin_write().map_err(err)?;
-        {
-            let mut t = tx.open_table(DEFERRED).map_err(err)?;
-            for (offset, _) in &released {
-                t.remove(*offset).map_err(err)?;
-            }
-            for (offset, row) in &changed {
-                let v = serde_json::to_vec(row).map_err(err)?;
-                t.insert(*offset, v.as_slice()).map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)?;
+        let removed: Vec<u64> = released.iter().map(|(offset, _)| *offset).collect();
+        self.state.update_deferred(&removed, &encode(&changed)?)?;
         Ok(true)
     }
 }

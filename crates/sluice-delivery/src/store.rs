@@ -1,4 +1,5 @@
-//! The waiting room and the dead letters, in the cursors' redb file.
+//! The embedded log's delivery state ([`RedbState`]): the waiting rooms, the dead
+//! letters and the outbox cleaner's deferred rows, in the cursors' redb file.
 //!
 //! Tables (all keyed by sink first):
 //! - `delivery_waiting` (sink, key, offset) → a stored record: the records of keys that
@@ -17,61 +18,17 @@
 
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sluice_core::{ChangeId, Op};
 use sluice_log::CursorStore;
 
+use crate::state::{Change, DeliveryState, KeyRow, SharedState, Store, Stored, WaitingRoom};
 use crate::{DeliveryError, Item};
 
 const WAITING: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("delivery_waiting");
 const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("delivery_keys");
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("delivery_dead");
-
-/// Why a key is in the waiting room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Retries ran out; held until an operator redrives or skips it.
-    Parked,
-    /// Its next record has a `deliver_at` in the future; released then.
-    Delayed,
-    /// Being delivered again from the waiting room, before the key's newer records.
-    Released,
-    /// Nothing held; only the `upto` mark remains until the cursor passes it.
-    Done,
-}
-
-/// A key's row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRow {
-    pub state: KeyState,
-    pub upto: u64,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub last_error: String,
-    /// When it was parked or delayed (µs since the epoch).
-    #[serde(default)]
-    pub since_micros: i64,
-    /// Delayed until (µs since the epoch).
-    #[serde(default)]
-    pub until_micros: Option<i64>,
-}
-
-/// A record kept in the waiting room or the dead letters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub item: Item,
-    pub attempts: u32,
-    pub last_error: String,
-    /// Dead letters: `exhausted`, `rejected`, `expired`, `skipped` or `malformed`.
-    pub reason: String,
-    /// When it was stored (µs since the epoch).
-    pub at_micros: i64,
-}
 
 #[derive(Serialize, Deserialize)]
 struct Head {
@@ -146,20 +103,17 @@ impl Stored {
     }
 }
 
-/// One change to the store; a list of them commits together.
-#[derive(Debug)]
-pub enum Change {
-    PutWaiting(Stored),
-    DelWaiting(Box<str>, u64),
-    PutKey(Box<str>, KeyRow),
-    DelKey(Box<str>),
-    PutDead(Stored),
-    DelDead(u64),
+/// Rows whose record a waiting room held when the outbox cleaner reached it, by offset.
+const DEFERRED: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_deferred");
+
+/// The delivery state of a pipeline on the embedded log: tables in the same redb file as
+/// the cursors, so a pipeline's sink state is one file.
+pub struct RedbState {
+    cursors: Arc<CursorStore>,
 }
 
-/// One sink's waiting room and dead letters.
-#[derive(Clone)]
-pub struct Store {
+/// One sink's waiting room and dead letters in [`RedbState`].
+struct RedbRoom {
     cursors: Arc<CursorStore>,
     sink: Arc<str>,
 }
@@ -171,26 +125,80 @@ fn err(e: impl Into<sluice_core::BoxError>) -> DeliveryError {
     }
 }
 
-impl Store {
-    pub fn open(cursors: Arc<CursorStore>, sink: &str) -> Result<Store, DeliveryError> {
-        let store = Store {
-            cursors,
-            sink: sink.into(),
-        };
-        let tx = store.db().begin_write().map_err(err)?;
+impl RedbState {
+    /// The state kept beside the embedded log's cursors (its tables are created here).
+    pub fn open(cursors: Arc<CursorStore>) -> Result<SharedState, DeliveryError> {
+        let tx = cursors.database().begin_write().map_err(err)?;
         tx.open_table(WAITING).map_err(err)?;
         tx.open_table(KEYS).map_err(err)?;
         tx.open_table(DEAD).map_err(err)?;
+        tx.open_table(DEFERRED).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(store)
+        Ok(Arc::new(RedbState { cursors }))
     }
 
     fn db(&self) -> &Database {
         self.cursors.database()
     }
+}
 
-    /// Every key row of the sink.
-    pub fn keys(&self) -> Result<Vec<(String, KeyRow)>, DeliveryError> {
+impl DeliveryState for RedbState {
+    fn waiting_room(&self, sink: &str) -> Result<Store, DeliveryError> {
+        Ok(Arc::new(RedbRoom {
+            cursors: self.cursors.clone(),
+            sink: sink.into(),
+        }))
+    }
+
+    fn retain(&self, names: &[&str]) -> Result<(), DeliveryError> {
+        let tx = self.db().begin_write().map_err(err)?;
+        {
+            let mut waiting = tx.open_table(WAITING).map_err(err)?;
+            waiting
+                .retain(|(s, _, _), _| names.contains(&s))
+                .map_err(err)?;
+            let mut keys = tx.open_table(KEYS).map_err(err)?;
+            keys.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
+            let mut dead = tx.open_table(DEAD).map_err(err)?;
+            dead.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn deferred(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, DeliveryError> {
+        let tx = self.db().begin_read().map_err(err)?;
+        let t = tx.open_table(DEFERRED).map_err(err)?;
+        let mut rows = Vec::new();
+        for e in t.iter().map_err(err)?.take(limit) {
+            let (k, v) = e.map_err(err)?;
+            rows.push((k.value(), v.value().to_vec()));
+        }
+        Ok(rows)
+    }
+
+    fn update_deferred(&self, remove: &[u64], put: &[(u64, Vec<u8>)]) -> Result<(), DeliveryError> {
+        let tx = self.db().begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(DEFERRED).map_err(err)?;
+            for offset in remove {
+                t.remove(*offset).map_err(err)?;
+            }
+            for (offset, v) in put {
+                t.insert(*offset, v.as_slice()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl RedbRoom {
+    fn db(&self) -> &Database {
+        self.cursors.database()
+    }
+}
+
+impl WaitingRoom for RedbRoom {
+    fn keys(&self) -> Result<Vec<(String, KeyRow)>, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(KEYS).map_err(err)?;
         let mut out = Vec::new();
@@ -207,7 +215,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn key(&self, key: &str) -> Result<Option<KeyRow>, DeliveryError> {
+    fn key(&self, key: &str) -> Result<Option<KeyRow>, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(KEYS).map_err(err)?;
         match t.get((&*self.sink, key)).map_err(err)? {
@@ -217,12 +225,7 @@ impl Store {
     }
 
     /// The waiting records of `key` from offset `from` on, in order (at most `limit`).
-    pub fn waiting(
-        &self,
-        key: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, DeliveryError> {
+    fn waiting(&self, key: &str, from: u64, limit: usize) -> Result<Vec<Stored>, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(WAITING).map_err(err)?;
         let mut out = Vec::new();
@@ -235,19 +238,18 @@ impl Store {
     }
 
     /// Whether the record at `offset` of `key` is in the waiting room.
-    pub fn holds(&self, key: &str, offset: u64) -> Result<bool, DeliveryError> {
+    fn holds(&self, key: &str, offset: u64) -> Result<bool, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(WAITING).map_err(err)?;
         Ok(t.get((&*self.sink, key, offset)).map_err(err)?.is_some())
     }
 
-    /// The sink's name.
-    pub fn sink(&self) -> &str {
+    fn sink(&self) -> &str {
         &self.sink
     }
 
     /// How many records wait for `key`.
-    pub fn waiting_len(&self, key: &str) -> Result<usize, DeliveryError> {
+    fn waiting_len(&self, key: &str) -> Result<usize, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(WAITING).map_err(err)?;
         let range = (&*self.sink, key, 0u64)..=(&*self.sink, key, u64::MAX);
@@ -255,7 +257,7 @@ impl Store {
     }
 
     /// Dead letters from offset `from` on (at most `limit`).
-    pub fn dead(&self, from: u64, limit: usize) -> Result<Vec<Stored>, DeliveryError> {
+    fn dead(&self, from: u64, limit: usize) -> Result<Vec<Stored>, DeliveryError> {
         let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(DEAD).map_err(err)?;
         let mut out = Vec::new();
@@ -269,7 +271,7 @@ impl Store {
 
     /// Commits `changes` together. `durable = false` lets a later commit carry them to
     /// disk: for removals whose loss in a crash only means a repeated delivery.
-    pub fn apply(&self, changes: &[Change], durable: bool) -> Result<(), DeliveryError> {
+    fn apply(&self, changes: &[Change], durable: bool) -> Result<(), DeliveryError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -308,23 +310,6 @@ impl Store {
                     }
                 }
             }
-        }
-        tx.commit().map_err(err)
-    }
-
-    /// Removes everything of sinks not in `names` (a sink taken out of the config).
-    pub fn retain(cursors: &CursorStore, names: &[&str]) -> Result<(), DeliveryError> {
-        let db = cursors.database();
-        let tx = db.begin_write().map_err(err)?;
-        {
-            let mut waiting = tx.open_table(WAITING).map_err(err)?;
-            waiting
-                .retain(|(s, _, _), _| names.contains(&s))
-                .map_err(err)?;
-            let mut keys = tx.open_table(KEYS).map_err(err)?;
-            keys.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
-            let mut dead = tx.open_table(DEAD).map_err(err)?;
-            dead.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
         }
         tx.commit().map_err(err)
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{ChangeId, ChangeRecord, LogicalMessage, Lsn, Op, SinkStats};
-use sluice_log::{frame, Append, FullPolicy, Log, LogConfig};
+use sluice_log::{frame, Append, Consumer, FullPolicy, Log, LogConfig, SharedLog, Until};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -222,9 +222,15 @@ impl Bench {
 
     fn start(&self, target: Arc<Recorder>, policy: Policy) -> Running {
         let (cursor, _) = self.log.cursors().register("hook", 0).unwrap();
-        let store = Store::open(self.log.cursors().clone(), "hook").unwrap();
+        let store = RedbState::open(self.log.cursors().clone())
+            .unwrap()
+            .waiting_room("hook")
+            .unwrap();
         let (control, commands) = control(store.clone());
-        let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+        let until = Until::default();
+        let (drain, abort) = (until.drain.clone(), until.abort.clone());
+        let shared: SharedLog = self.log.clone().into();
+        let consumer = Consumer::open(&shared, cursor.clone(), Box::new(|_, _, _| true)).unwrap();
         let task = tokio::spawn(run(
             EngineConfig {
                 name: "hook".into(),
@@ -233,14 +239,11 @@ impl Bench {
                 topics: Topics::default(),
             },
             Arc::new(Shared(target)),
-            self.log.clone(),
-            cursor.clone(),
+            consumer,
             store,
-            |_, _, _| true,
             Arc::new(SinkStats::default()),
             commands,
-            drain.clone(),
-            abort.clone(),
+            until,
         ));
         Running {
             drain,
@@ -697,17 +700,21 @@ async fn outbox_rows_go_after_every_sink_and_a_failing_delete_does_not_hold_the_
         deletes.deleted.clone(),
     );
     let stop = CancellationToken::new();
+    let tables = vec![("public".to_string(), "t".to_string())];
+    let shared: SharedLog = b.log.clone().into();
+    let consumer = Consumer::open(&shared, cleaner_cursor.clone(), outbox_rows(&tables)).unwrap();
+    let state = RedbState::open(b.log.cursors().clone()).unwrap();
     let task = tokio::spawn(clean(
         Cleaner {
-            tables: vec![("public".into(), "t".into())],
+            tables,
             watches: vec![Watch {
                 cursor: sink.clone(),
                 accepts: Box::new(|_, _, t| t == "t"),
                 waiting: None,
             }],
         },
-        b.log.clone(),
-        cleaner_cursor.clone(),
+        consumer,
+        state,
         deletes,
         stop.clone(),
     ));

@@ -6,16 +6,18 @@
 //! moves its own [`Cursor`]; a slow or stopped sink grows this log, never the WAL.
 //! On-disk format: [`frame`] (one record) and `log.rs` (segments and the deletion rule).
 
+mod consumer;
 pub mod cursors;
 pub mod frame;
 mod log;
 mod reader;
 mod seam;
 
+pub use consumer::{Consumer, Keep, Step, Until};
 pub use cursors::{Cursor, CursorStore};
 pub use log::{Append, End, FullPolicy, Log, LogConfig, Writer};
 pub use reader::{Reader, Record, RecordBatch};
-pub use seam::{LogBackend, LogRead, Position, SharedLog, Waiting};
+pub use seam::{Cursors, LogBackend, LogRead, LogWriter, Position, SharedLog, Waiting};
 
 /// A failure of the log.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,11 @@
 //! and a second backend (NATS JetStream) fills the same [`RecordBatch`]es, so no sink or
 //! consumer changes with it.
 //!
+//! The seam has three sides: [`LogBackend`] (read from a position, the durable end,
+//! lifecycle), [`Cursors`] (each consumer's acknowledged and persisted position) and
+//! [`LogWriter`] (the append side, fed the source's framed records). A backend's delivery
+//! state (waiting rooms, dead letters) sits behind `sluice_delivery::DeliveryState`.
+//!
 //! Invariants every backend keeps:
 //! - Positions are dense and increasing; a reader returns only records below the durable
 //!   end, in position order, each once.
@@ -17,7 +22,9 @@ use std::sync::Arc;
 
 use sluice_core::Op;
 
-use crate::{CursorStore, Log, LogError, Reader, RecordBatch};
+use tokio::sync::{mpsc, watch};
+
+use crate::{Append, Cursor, CursorStore, End, Log, LogError, Reader, RecordBatch, Writer};
 
 /// A wait for records.
 pub type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
@@ -49,8 +56,52 @@ pub trait LogBackend: Send + Sync + 'static {
     fn first(&self) -> u64;
     /// The position after the last durable record.
     fn durable_end(&self) -> u64;
-    /// The consumers' cursors, and the state stored beside them (waiting rooms).
-    fn cursors(&self) -> &Arc<CursorStore>;
+    /// The durable end as it moves, to watch (the source confirms up to its LSN).
+    fn end(&self) -> watch::Receiver<End>;
+    /// The consumers' cursors.
+    fn cursors(&self) -> &dyn Cursors;
+    /// Bytes the log holds (against its budget, for the gauges).
+    fn bytes(&self) -> u64;
+    /// Whether appending waits for consumers to free space (readiness).
+    fn paused(&self) -> bool;
+    /// Lets a writer waiting on the budget finish (at shutdown).
+    fn closing(&self);
+    /// Waits, at most `timeout`, until nothing else holds this log (a pipeline that
+    /// opens it again waits for this). `false`: something still held it.
+    fn released(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// The consumers' positions in one log.
+///
+/// A cursor's `acked` moves forward over a contiguous prefix only; `persisted` is what a
+/// crash comes back to, and what the backend may delete records below. A shed mark (the
+/// consumer was detached from a full log) is durable until cleared.
+pub trait Cursors: Send + Sync {
+    /// The cursor of `name`, at `first` if it has none yet, and the position where it
+    /// was shed in an earlier run, if it was.
+    fn register(&self, name: &str, first: u64) -> Result<(Arc<Cursor>, Option<u64>), LogError>;
+    /// Removes the shed mark of `name` (its re-backfill is requested).
+    fn clear_shed(&self, name: &str) -> Result<(), LogError>;
+    /// Forgets the cursors of consumers not in `names`, so they stop holding the log.
+    fn retain(&self, names: &[&str]) -> Result<(), LogError>;
+    /// The registered cursors.
+    fn all(&self) -> Vec<Arc<Cursor>>;
+    /// Persists every acknowledged position that moved.
+    fn commit(&self) -> Result<(), LogError>;
+}
+
+/// The append side of a log, run on a thread of its own: appends every [`Append`] it
+/// receives, in order, publishes the durable end (with the last durable commit LSN) only
+/// once what it covers is durable, and returns spent buffers through `spare`.
+pub trait LogWriter: Send + 'static {
+    fn run(
+        self: Box<Self>,
+        rx: mpsc::Receiver<Append>,
+        spare: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), LogError>;
 }
 
 /// A log shared by the consumers of one pipeline.
@@ -75,8 +126,63 @@ impl LogBackend for Log {
         self.next_offset()
     }
 
-    fn cursors(&self) -> &Arc<CursorStore> {
-        Log::cursors(self)
+    fn end(&self) -> watch::Receiver<End> {
+        Log::end(self)
+    }
+
+    fn cursors(&self) -> &dyn Cursors {
+        Log::cursors(self).as_ref()
+    }
+
+    fn bytes(&self) -> u64 {
+        Log::bytes(self)
+    }
+
+    fn paused(&self) -> bool {
+        Log::paused(self)
+    }
+
+    fn closing(&self) {
+        Log::closing(self)
+    }
+
+    fn released(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(Log::released(self, timeout))
+    }
+}
+
+impl Cursors for CursorStore {
+    fn register(&self, name: &str, first: u64) -> Result<(Arc<Cursor>, Option<u64>), LogError> {
+        CursorStore::register(self, name, first)
+    }
+
+    fn clear_shed(&self, name: &str) -> Result<(), LogError> {
+        CursorStore::clear_shed(self, name)
+    }
+
+    fn retain(&self, names: &[&str]) -> Result<(), LogError> {
+        CursorStore::retain(self, names)
+    }
+
+    fn all(&self) -> Vec<Arc<Cursor>> {
+        CursorStore::all(self)
+    }
+
+    fn commit(&self) -> Result<(), LogError> {
+        CursorStore::commit(self)
+    }
+}
+
+impl LogWriter for Writer {
+    fn run(
+        self: Box<Self>,
+        rx: mpsc::Receiver<Append>,
+        spare: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), LogError> {
+        Writer::run(*self, rx, spare)
     }
 }
 

@@ -361,3 +361,57 @@ fn shed_policy_sheds_the_cursor_a_follower_waits_for_not_the_follower() {
     feeder.join().unwrap();
     run.close();
 }
+
+#[test]
+fn a_consumer_reads_what_it_keeps_from_its_cursor_then_idles_drains_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _) = Running::open(config(dir.path()));
+    run.append(&[rec(100, 0, "a"), rec(100, 1, "b"), rec(100, 2, "a")]);
+    let (cursor, _) = run.log.cursors().register("c", 0).unwrap();
+    let log: SharedLog = run.log.clone().into();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let keep: Keep = Box::new(|_, _, t| t == "a");
+        let mut c = Consumer::open(&log, cursor.clone(), keep).unwrap();
+        let until = Until::default();
+        let mut batch = RecordBatch::default();
+        let step = c.next(&mut batch, &until, None).await.unwrap();
+        assert_eq!(step, Step::Read);
+        let ordinals: Vec<u64> = batch.iter().map(|r| r.id.ordinal).collect();
+        assert_eq!(ordinals, [0, 2], "only table a, in order");
+        assert_eq!(batch.next, 3);
+        assert_eq!(
+            cursor.position(),
+            0,
+            "the consumer acknowledges, not next()"
+        );
+        c.ack(batch.next);
+        assert_eq!(cursor.position(), 3);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.tick().await;
+        let idle = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.next(&mut batch, &until, Some(&mut tick)),
+        );
+        assert_eq!(idle.await.unwrap().unwrap(), Step::Idle);
+        until.drain.cancel();
+        assert_eq!(
+            c.next(&mut batch, &until, None).await.unwrap(),
+            Step::Drained
+        );
+        // A consumer opened at its cursor resumes there; aborted at the end, it stops.
+        let mut again = Consumer::open(&log, cursor.clone(), Box::new(|_, _, _| true)).unwrap();
+        assert_eq!(again.position(), 3);
+        let stop = Until::default();
+        stop.abort.cancel();
+        assert_eq!(
+            again.next(&mut batch, &stop, None).await.unwrap(),
+            Step::Stopped
+        );
+    });
+    drop(log);
+    run.close();
+}

@@ -8,21 +8,21 @@ use std::time::Duration;
 
 use sluice_core::metric;
 use sluice_core::SinkStats;
-use sluice_log::{Cursor, Log};
+use sluice_log::{Cursor, SharedLog};
 use sluice_pg::{ConnInfo, Connection, SourceStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub struct Gauges {
-    log: Log,
+    log: SharedLog,
     sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     status: watch::Receiver<SourceStatus>,
 }
 
 impl Gauges {
     pub fn new(
-        log: Log,
+        log: SharedLog,
         sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
         status: watch::Receiver<SourceStatus>,
     ) -> Gauges {
@@ -38,7 +38,7 @@ impl Gauges {
     }
 
     pub fn refresh(&self) {
-        let end = self.log.next_offset();
+        let end = self.log.durable_end();
         metrics::gauge!(metric::LOG_BYTES.name).set(self.log.bytes() as f64);
         metrics::gauge!(metric::LOG_RECORDS.name).set(end.saturating_sub(self.log.first()) as f64);
         metrics::gauge!(metric::LOG_PAUSED.name).set(if self.log.paused() { 1.0 } else { 0.0 });

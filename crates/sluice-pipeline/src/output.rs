@@ -1,4 +1,4 @@
-//! The source's [`Output`]: records framed into the embedded log.
+//! The source's [`Output`]: records framed into the log (through its [`LogWriter`]).
 //!
 //! Records are framed on the source's task into a buffer; buffers go to the log's writer
 //! thread over a bounded channel (back-pressure, not memory growth, when the disk is
@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use sluice_core::{metric, ChangeRecord, Fault, Lsn, Op};
-use sluice_log::{frame, Append, Log, Writer};
+use sluice_log::{frame, Append, LogWriter, SharedLog};
 use sluice_pg::source::Batch;
 use sluice_pg::Output;
 use tokio::sync::{mpsc, watch};
@@ -40,7 +40,11 @@ pub struct LogOutput {
 
 impl LogOutput {
     /// Starts the log's writer thread; `last` is the commit LSN of the log's last record.
-    pub fn start(log: &Log, writer: Writer, last: Lsn) -> Result<LogOutput, Fault> {
+    pub fn start(
+        log: &SharedLog,
+        writer: Box<dyn LogWriter>,
+        last: Lsn,
+    ) -> Result<LogOutput, Fault> {
         let (tx, rx) = mpsc::channel::<Append>(QUEUE);
         let (spare_tx, spare) = mpsc::channel(QUEUE + 2);
         let writer = std::thread::Builder::new()

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{ErrorClass, Fault, Finding, Lsn};
-use sluice_log::{FullPolicy, Log, LogConfig};
+use sluice_delivery::{RedbState, SharedState};
+use sluice_log::{FullPolicy, Log, LogConfig, LogWriter, SharedLog};
 use sluice_pg::catalog::{self, CheckSpec, TableRef};
 use sluice_pg::{Connection, SourceConfig, SourceWorker};
 use tokio_util::sync::CancellationToken;
@@ -92,8 +93,19 @@ async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcom
     }))
 }
 
-fn open_log(config: &Config, data_dir: &Path) -> Result<(Log, sluice_log::Writer, Lsn), Fault> {
-    Ok(Log::open(LogConfig {
+/// A run's log behind the seam: the only place that knows which backend it is.
+struct Backend {
+    log: SharedLog,
+    writer: Box<dyn LogWriter>,
+    /// The sinks' waiting rooms and dead letters, and the cleaner's deferred rows.
+    state: SharedState,
+    /// Commit LSN of the log's last record when it was opened.
+    last: Lsn,
+}
+
+/// Opens the embedded log in `data_dir/log`, with the delivery state beside its cursors.
+fn open_log(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
+    let (log, writer, last) = Log::open(LogConfig {
         dir: data_dir.join("log"),
         segment_bytes: config.log.segment_bytes,
         max_bytes: config.log.max_bytes,
@@ -103,7 +115,14 @@ fn open_log(config: &Config, data_dir: &Path) -> Result<(Log, sluice_log::Writer
         },
         retention: Duration::from_secs(config.log.retention_secs),
         shed_after: Duration::from_secs(config.log.shed_after_secs),
-    })?)
+    })?;
+    let state = RedbState::open(log.cursors().clone())?;
+    Ok(Backend {
+        log: log.into(),
+        writer: Box::new(writer),
+        state,
+        last,
+    })
 }
 
 /// The pipeline's data_dir, created if missing.
@@ -165,7 +184,7 @@ fn pairs<'a>(tables: impl Iterator<Item = &'a TableRef>) -> Vec<(String, String)
 
 /// Cursors are persisted together, a few times a second: a crash re-delivers at most that
 /// much, and the ids let sinks drop the repeats.
-fn spawn_committer(log: Log, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_committer(log: SharedLog, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -201,13 +220,19 @@ pub async fn run(
         return Ok(Outcome::Done);
     };
     let _metrics = crate::telemetry::install_metrics().map_err(Fault::fatal)?;
-    let (log, writer, last) = open_log(config, &data_dir)?;
+    let Backend {
+        log,
+        writer,
+        state,
+        last,
+    } = open_log(config, &data_dir)?;
     let output = LogOutput::start(&log, writer, last)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
     let mut sinks = Sinks::start(
         config,
         &sinks::Start {
             log: &log,
+            state: &state,
             last,
             base,
             db: &spec.conninfo.dbname,
@@ -220,7 +245,7 @@ pub async fn run(
     sinks
         .request_rebackfills(&mut prepared.conn, &config.pipeline.name, &log)
         .await?;
-    let cleaner = sinks.start_cleaner(config, &log, &spec.conninfo, &failure, &cancel)?;
+    let cleaner = sinks.start_cleaner(config, &log, &state, &spec.conninfo, &failure, &cancel)?;
     let progress = Arc::new(sluice_pg::snapshot::Progress::default());
     let source_config = source_config(config, &prepared, &data_dir, progress.clone());
     prepared.conn.close().await;
@@ -290,7 +315,7 @@ fn publish(
     config: &Config,
     ctx: &RunContext,
     data_dir: &Path,
-    log: &Log,
+    log: &SharedLog,
     sinks: &mut Sinks,
     gauges: &Arc<Gauges>,
     status: &tokio::sync::watch::Receiver<sluice_pg::SourceStatus>,
@@ -300,7 +325,7 @@ fn publish(
     ctx.directory.publish(
         &config.pipeline.name,
         Endpoints {
-            log: log.clone().into(),
+            log: log.clone(),
             sse: std::mem::take(&mut sinks.sse),
             delivery: std::mem::take(&mut sinks.controls),
             pull: std::mem::take(&mut sinks.pulls),
@@ -342,7 +367,7 @@ enum Stopped {
 async fn shutdown(
     mut source: tokio::task::JoinHandle<Result<LogOutput, sluice_pg::SourceError>>,
     cancel: &CancellationToken,
-    log: &Log,
+    log: &SharedLog,
     sinks: Sinks,
     cleaner: Option<std::thread::JoinHandle<Result<(), String>>>,
     committer: tokio::task::JoinHandle<()>,

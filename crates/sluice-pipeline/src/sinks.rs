@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use sluice_core::{Fault, Lsn, SinkStats};
-use sluice_delivery::{Control, ItemOptions, Store};
-use sluice_log::{Cursor, Log};
+use sluice_delivery::{Control, ItemOptions, SharedState, Store};
+use sluice_log::{Consumer, Cursor, SharedLog, Until};
 use sluice_pg::catalog::TableRef;
 use sluice_pg::{ConnInfo, Connection};
 use sluice_sinks::pull::PullQueue;
 use sluice_sinks::sse::SseOptions;
-use sluice_sinks::{Built, Context, RunOptions, SinkConfig, TableFilter};
+use sluice_sinks::{Built, Context, SinkConfig, TableFilter};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -30,7 +30,8 @@ pub type FailureSlot = Arc<Mutex<Option<Fault>>>;
 
 /// What starting the sinks needs from the run.
 pub struct Start<'a> {
-    pub log: &'a Log,
+    pub log: &'a SharedLog,
+    pub state: &'a SharedState,
     /// Commit LSN of the log's last record when it was opened.
     pub last: Lsn,
     pub base: &'a std::path::Path,
@@ -51,9 +52,10 @@ pub struct Sinks {
     watches: Vec<sluice_delivery::Watch>,
     rebackfill: Vec<String>,
     shed: Vec<String>,
-    /// Cancelled when the source has stopped: deliver what the log holds, then return.
-    drain: CancellationToken,
-    /// Cancelled when everything must stop now.
+    /// `drain`: cancelled when the source has stopped (deliver what the log holds, then
+    /// return); `abort`: cancelled when everything must stop now.
+    until: Until,
+    /// `until.abort`, for the run.
     pub abort: CancellationToken,
 }
 
@@ -107,7 +109,8 @@ impl Sinks {
             durable.push(sluice_delivery::CLEANER_CURSOR);
         }
         log.cursors().retain(&durable)?;
-        Store::retain(log.cursors(), &durable)?;
+        start.state.retain(&durable)?;
+        let until = Until::default();
         let mut sinks = Sinks {
             threads: Vec::new(),
             stats: Vec::new(),
@@ -117,8 +120,8 @@ impl Sinks {
             watches: Vec::new(),
             rebackfill: Vec::new(),
             shed: Vec::new(),
-            drain: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            abort: until.abort.clone(),
+            until,
         };
         for s in &config.sinks {
             sinks.start_one(s, start).await?;
@@ -151,20 +154,10 @@ impl Sinks {
         let fut_thread = match s.build(&ctx).await? {
             Built::Batches { sink, max_records } => {
                 self.watches.push(watch(&cursor, &filter, None));
-                let fut = sluice_sinks::run(
-                    name.clone(),
-                    sink,
-                    log.clone(),
-                    cursor,
-                    filter,
-                    RunOptions {
-                        max_records,
-                        max_bytes: 4 << 20,
-                    },
-                    stats,
-                    self.drain.clone(),
-                    self.abort.clone(),
-                );
+                let mut consumer = Consumer::open(log, cursor, filter.keep())?;
+                consumer.max_records = max_records;
+                let fut =
+                    sluice_sinks::run(name.clone(), sink, consumer, stats, self.until.clone());
                 spawn_sink(&name, fut, start.failure, start.cancel)?
             }
             Built::Engine {
@@ -173,7 +166,7 @@ impl Sinks {
                 pull,
             } => {
                 let events = s.events().expect("an engine-driven sink has events");
-                let store = Store::open(log.cursors().clone(), &name)?;
+                let store = start.state.waiting_room(&name)?;
                 let (control, commands) = sluice_delivery::control(store.clone());
                 self.controls.insert(name.clone(), control);
                 if let Some(queue) = pull {
@@ -193,17 +186,15 @@ impl Sinks {
                     items,
                     topics: sluice_delivery::Topics::new(events.topics),
                 };
+                let consumer = Consumer::open(log, cursor, filter.keep())?;
                 let fut = sluice_delivery::run(
                     engine,
                     Arc::new(DynTarget(target)),
-                    log.clone(),
-                    cursor,
+                    consumer,
                     store,
-                    move |op, sc, t| filter.accepts(op, sc, t),
                     stats,
                     commands,
-                    self.drain.clone(),
-                    self.abort.clone(),
+                    self.until.clone(),
                 );
                 spawn_sink(&name, fut, start.failure, start.cancel)?
             }
@@ -223,7 +214,7 @@ impl Sinks {
         &mut self,
         conn: &mut Connection,
         pipeline: &str,
-        log: &Log,
+        log: &SharedLog,
     ) -> Result<(), Fault> {
         self.rebackfill.sort();
         self.rebackfill.dedup();
@@ -249,7 +240,8 @@ impl Sinks {
     pub fn start_cleaner(
         &mut self,
         config: &Config,
-        log: &Log,
+        log: &SharedLog,
+        state: &SharedState,
         conninfo: &ConnInfo,
         failure: &FailureSlot,
         cancel: &CancellationToken,
@@ -266,20 +258,22 @@ impl Sinks {
             warn!("the outbox cleaner was shed by the disk budget: rows delivered while it was detached stay in the outbox tables (delete them by hand); it goes on from the log's start");
             log.cursors().clear_shed(sluice_delivery::CLEANER_CURSOR)?;
         }
+        let tables: Vec<(String, String)> = cleaned
+            .iter()
+            .map(|t| {
+                let r = TableRef::parse(t);
+                (r.schema, r.name)
+            })
+            .collect();
+        let consumer = Consumer::open(log, cursor, sluice_delivery::outbox_rows(&tables))?;
         let cleaner = sluice_delivery::Cleaner {
-            tables: cleaned
-                .iter()
-                .map(|t| {
-                    let r = TableRef::parse(t);
-                    (r.schema, r.name)
-                })
-                .collect(),
+            tables,
             watches: std::mem::take(&mut self.watches),
         };
         let fut = sluice_delivery::clean(
             cleaner,
-            log.clone(),
-            cursor,
+            consumer,
+            state.clone(),
             crate::outbox_clean::PgDeleter::new(conninfo.clone()),
             self.abort.clone(),
         );
@@ -288,7 +282,7 @@ impl Sinks {
 
     /// Lets every sink deliver what the log holds, bounded by `deadline`.
     pub async fn drain(self, deadline: std::time::Duration) {
-        self.drain.cancel();
+        self.until.drain.cancel();
         let threads = self.threads;
         let joined = tokio::task::spawn_blocking(move || {
             threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()

@@ -39,7 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use registry::SinkConfig;
-pub use runner::{run, RunOptions, TableFilter};
+pub use runner::{run, TableFilter};
 pub use sluice_core::{Fault, Finding, SinkStats};
 
 use sluice_delivery::DeliveryConfig;

@@ -1,5 +1,5 @@
-//! The loop every sink runs: wait for durable records, read a batch through the sink's
-//! table filter, deliver it (retrying transient failures with backoff and full jitter),
+//! The loop every batch sink runs: wait for durable records and read a batch through the
+//! shared [`Consumer`] (the sink's table filter), deliver it (retrying transient failures with backoff and full jitter),
 //! then move the cursor. On `drain` it delivers what the log holds and returns.
 
 use std::sync::atomic::Ordering;
@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{metric, Backoff, Fault, Op, SinkStats, TablePatterns};
-use sluice_log::{Cursor, LogError, RecordBatch, SharedLog};
-use tokio_util::sync::CancellationToken;
+use sluice_log::{Consumer, LogError, RecordBatch, Step, Until};
 use tracing::{error, info, warn};
 
 use crate::Sink;
@@ -38,6 +37,11 @@ impl TableFilter {
         f
     }
 
+    /// The filter as a consumer's [`Keep`](sluice_log::Keep).
+    pub fn keep(self) -> sluice_log::Keep {
+        Box::new(move |op, s, t| self.accepts(op, s, t))
+    }
+
     pub fn accepts(&self, op: Op, schema: &str, table: &str) -> bool {
         let no_tables = self.tables.is_empty();
         if op == Op::Message {
@@ -57,13 +61,6 @@ impl TableFilter {
 /// Waits between attempts at one batch.
 const RETRY: Backoff = Backoff::doubling(Duration::from_millis(50), Duration::from_secs(10));
 
-/// How a sink loop batches.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub max_records: usize,
-    pub max_bytes: usize,
-}
-
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,57 +68,39 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs `sink` from its cursor until `drain` (then until the log's end) or `abort`.
-#[allow(clippy::too_many_arguments)]
+/// Runs `sink` through `consumer` until `until.drain` (then until the log's end) or
+/// `until.abort`.
 pub async fn run<S: Sink>(
     name: String,
     mut sink: S,
-    log: impl Into<SharedLog>,
-    cursor: Arc<Cursor>,
-    filter: TableFilter,
-    options: RunOptions,
+    mut consumer: Consumer,
     stats: Arc<SinkStats>,
-    drain: CancellationToken,
-    abort: CancellationToken,
+    until: Until,
 ) -> Result<(), Fault> {
     let definite =
         |e: LogError| Fault::fatal(format!("sink {name:?}: the log failed")).caused_by(e);
-    let log: SharedLog = log.into();
-    let mut reader = log.reader(cursor.position()).map_err(definite)?;
+    let cursor = consumer.cursor().clone();
     let mut batch = RecordBatch::default();
     let latency = metrics::histogram!(metric::SINK_LATENCY.name, "sink" => name.clone());
     let delivered = metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone());
     let failures = metrics::counter!(metric::SINK_FAILURES.name, "sink" => name.clone());
     loop {
-        if reader.position() >= reader.log_end() {
-            if drain.is_cancelled() {
-                info!(sink = %name, position = reader.position(), "sink: drained");
+        match consumer
+            .next(&mut batch, &until, None)
+            .await
+            .map_err(definite)?
+        {
+            Step::Read => {}
+            Step::Drained => {
+                info!(sink = %name, position = consumer.position(), "sink: drained");
                 return Ok(());
             }
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => return Ok(()),
-                _ = drain.cancelled() => continue,
-                r = reader.wait() => match r {
-                    Ok(()) => {}
-                    Err(LogError::Closed) => return Ok(()),
-                    Err(e) => return Err(definite(e)),
-                },
+            Step::Stopped | Step::Idle => return Ok(()),
+            Step::Shed => {
+                error!(sink = %name, position = cursor.position(), "sink: shed by the log's disk budget; it stops and is backfilled when the pipeline restarts");
+                return Ok(());
             }
         }
-        if cursor.is_shed() {
-            error!(sink = %name, position = cursor.position(), "sink: shed by the log's disk budget; it stops and is backfilled when the pipeline restarts");
-            return Ok(());
-        }
-        batch.clear();
-        reader
-            .read(
-                &mut batch,
-                options.max_records,
-                options.max_bytes,
-                &mut |op, s, t| filter.accepts(op, s, t),
-            )
-            .map_err(definite)?;
         if !batch.is_empty() {
             let mut backoff = RETRY.start();
             loop {
@@ -135,7 +114,7 @@ pub async fn run<S: Sink>(
                         warn!(sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "sink: delivery failed; retrying the batch");
                         tokio::select! {
                             biased;
-                            _ = abort.cancelled() => return Ok(()),
+                            _ = until.abort.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(wait) => {}
                         }
                     }
