@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use sluice_core::Lsn;
+use sluice_core::{ChangeId, Lsn, Op};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub paused: std::sync::atomic::AtomicBool,
     /// Set at shutdown: a paused writer stops waiting and writes what it has.
     pub closing: std::sync::atomic::AtomicBool,
+    /// The id of the last streamed change in the log when it was opened.
+    pub last_change: Option<ChangeId>,
 }
 
 /// A handle on the log; cheap to clone.
@@ -144,18 +146,26 @@ impl Log {
             .len()
             .checked_sub(2)
             .map(|i| segments[i].path.clone());
+        let mut tail_change = None;
         let (next, len, last_lsn, path) = match segments.back_mut() {
             Some(last) => {
                 last.sealed = None;
-                let (count, valid, mut last_lsn) = repair(&last.path)?;
-                last.bytes = valid;
-                if count == 0 {
+                let scan = repair(&last.path)?;
+                last.bytes = scan.valid;
+                let mut last_lsn = scan.last_lsn;
+                tail_change = scan.last_change;
+                if scan.count == 0 {
                     // Just rolled: the last record is in the segment before.
                     if let Some(prev) = &before_last {
-                        last_lsn = repair(prev)?.2;
+                        last_lsn = repair(prev)?.last_lsn;
                     }
                 }
-                (last.base + count, valid, last_lsn, last.path.clone())
+                (
+                    last.base + scan.count,
+                    scan.valid,
+                    last_lsn,
+                    last.path.clone(),
+                )
             }
             None => {
                 // A fresh log starts past every cursor, so no cursor points into the future.
@@ -169,6 +179,11 @@ impl Log {
                 });
                 (base, 0, Lsn::ZERO, path)
             }
+        };
+        let last_change = match tail_change {
+            Some(id) => Some(id),
+            // The last segment, scanned above, holds none: look in those before it.
+            None => last_change(segments.iter().rev().skip(1))?,
         };
         let file = OpenOptions::new()
             .create(true)
@@ -188,6 +203,7 @@ impl Log {
                 cursors,
                 paused: Default::default(),
                 closing: Default::default(),
+                last_change,
             }),
         };
         info!(dir = %dir.display(), first = log.first(), next, "log: opened");
@@ -232,6 +248,13 @@ impl Log {
 
     pub fn cursors(&self) -> &Arc<CursorStore> {
         &self.inner.cursors
+    }
+
+    /// The id of the last change in the log that is not a snapshot read, as opened: the
+    /// source, resending from the slot's confirmed position, skips every change up to it
+    /// (the log holds them), so no transaction is logged twice.
+    pub fn last_change(&self) -> Option<ChangeId> {
+        self.inner.last_change
     }
 
     /// Whether appending waits for sinks to free space.
@@ -303,23 +326,46 @@ impl Log {
     }
 }
 
-/// Scans a segment: returns its record count, the length of its valid prefix, and the
-/// last record's commit LSN; cuts anything after the valid prefix.
-fn repair(path: &Path) -> Result<(u64, u64, Lsn), LogError> {
+/// What a scan of a segment found.
+struct Scan {
+    /// Records in its valid prefix.
+    count: u64,
+    /// Bytes of its valid prefix.
+    valid: u64,
+    /// The last record's commit LSN.
+    last_lsn: Lsn,
+    /// The id of its last record that is not a read (snapshot or backfill row).
+    last_change: Option<ChangeId>,
+}
+
+/// Scans a segment and cuts anything after its valid prefix.
+fn repair(path: &Path) -> Result<Scan, LogError> {
     let io = |e: std::io::Error| LogError::io(path.display().to_string(), e);
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io)?;
-    let (mut pos, mut count, mut last) = (0usize, 0u64, Lsn::ZERO);
+    let mut scan = Scan {
+        count: 0,
+        valid: 0,
+        last_lsn: Lsn::ZERO,
+        last_change: None,
+    };
+    let mut pos = 0usize;
     loop {
         match frame::check(&bytes[pos..]) {
             Decoded::Frame { len } => {
                 if let Ok((head, _)) = frame::parse_body(&bytes[pos + FRAME_HEADER..pos + len]) {
-                    last = head.commit_lsn;
+                    scan.last_lsn = head.commit_lsn;
+                    if head.op != Op::Read {
+                        scan.last_change = Some(ChangeId {
+                            commit_lsn: head.commit_lsn,
+                            ordinal: head.ordinal,
+                        });
+                    }
                 }
                 pos += len;
-                count += 1;
+                scan.count += 1;
             }
             Decoded::Incomplete if pos == bytes.len() => break,
             Decoded::Incomplete | Decoded::Corrupt(_) => {
@@ -331,7 +377,22 @@ fn repair(path: &Path) -> Result<(u64, u64, Lsn), LogError> {
             }
         }
     }
-    Ok((count, pos as u64, last))
+    scan.valid = pos as u64;
+    Ok(scan)
+}
+
+/// The id of the last change that is not a read in these segments, newest first (only an
+/// initial snapshot fills whole segments with reads, so this stops early). They are
+/// whole: only the last segment can have a torn tail, and it was repaired first.
+fn last_change<'a>(
+    newest_first: impl Iterator<Item = &'a Segment>,
+) -> Result<Option<ChangeId>, LogError> {
+    for s in newest_first {
+        if let Some(id) = repair(&s.path)?.last_change {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
 /// One hand-off to the writer: frames (with their count) or JSON lines to frame.

@@ -6,14 +6,17 @@
 //! durable, so the LSN confirmed to PostgreSQL never covers a record that is not on disk.
 //!
 //! After a restart the slot resends from its confirmed position, which may be behind the
-//! log; a record whose transaction committed before the last transaction in the log is
-//! already there whole and is skipped (transactions arrive in commit order, and each
-//! commit record starts after the previous one ends). The last transaction may be partial
-//! in the log, so it is appended again: a duplicate with the same ids.
+//! log. Every change up to the last change in the log (by id: commit LSN, then ordinal)
+//! is skipped: transactions arrive in commit order and ordinals are the same when a
+//! transaction is sent again, so those are in the log already, and a transaction the log
+//! holds only the beginning of (a crash between two hand-offs of a large one) goes on
+//! where it stopped. No transaction is logged twice. Rows of a backfill in the last
+//! transaction are the exception: they are read again and may differ, so they are
+//! appended again (a repeat of a read, which every sink takes as an upsert).
 
 use std::collections::HashMap;
 
-use sluice_core::{metric, ChangeRecord, Fault, Lsn, Op};
+use sluice_core::{metric, ChangeId, ChangeRecord, Fault, Lsn, Op};
 use sluice_log::{frame, Append, LogWriter, SharedLog};
 use sluice_pg::source::Batch;
 use sluice_pg::Output;
@@ -32,18 +35,19 @@ pub struct LogOutput {
     durable: watch::Receiver<Lsn>,
     writer: Option<std::thread::JoinHandle<Result<(), sluice_log::LogError>>>,
     spare: mpsc::Receiver<Vec<u8>>,
-    /// Records of transactions that committed before this LSN are in the log already.
-    skip_before: Lsn,
+    /// The last change in the log when it was opened: changes up to it are there already.
+    in_log: Option<ChangeId>,
     changes: HashMap<String, [Option<metrics::Counter>; 6]>,
     key: String,
 }
 
 impl LogOutput {
-    /// Starts the log's writer thread; `last` is the commit LSN of the log's last record.
+    /// Starts the log's writer thread; `in_log` is the id of the last change (not a read)
+    /// the log holds.
     pub fn start(
         log: &SharedLog,
         writer: Box<dyn LogWriter>,
-        last: Lsn,
+        in_log: Option<ChangeId>,
     ) -> Result<LogOutput, Fault> {
         let (tx, rx) = mpsc::channel::<Append>(QUEUE);
         let (spare_tx, spare) = mpsc::channel(QUEUE + 2);
@@ -90,7 +94,7 @@ impl LogOutput {
             durable,
             writer: Some(writer),
             spare,
-            skip_before: last,
+            in_log,
             changes: HashMap::new(),
             key: String::new(),
         })
@@ -128,9 +132,17 @@ impl LogOutput {
     }
 }
 
+/// Whether `record`, sent again after a restart, is in the log already, given the last
+/// change the log holds.
+fn is_in_log(record: &ChangeRecord, last: ChangeId) -> bool {
+    let id = record.id;
+    id.commit_lsn < last.commit_lsn
+        || (id.commit_lsn == last.commit_lsn && record.op != Op::Read && id.ordinal <= last.ordinal)
+}
+
 impl Output for LogOutput {
     fn push(&mut self, record: &ChangeRecord) {
-        if record.op != Op::Read && record.commit_lsn < self.skip_before {
+        if self.in_log.is_some_and(|last| is_in_log(record, last)) {
             return;
         }
         self.count_change(record);
@@ -183,5 +195,51 @@ impl Output for LogOutput {
 
     fn batches(&self) -> mpsc::Sender<Batch> {
         self.batches.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(lsn: u64, ordinal: u64, op: Op) -> ChangeRecord {
+        ChangeRecord {
+            id: ChangeId {
+                commit_lsn: Lsn(lsn),
+                ordinal,
+            },
+            op,
+            schema: "public".into(),
+            table: "t".into(),
+            key: None,
+            before: None,
+            after: None,
+            unchanged_toast: vec![],
+            lsn: Lsn(lsn),
+            commit_lsn: Lsn(lsn),
+            commit_ts_micros: 0,
+            xid: 1,
+            message: None,
+            old_key: None,
+        }
+    }
+
+    #[test]
+    fn a_resent_transaction_is_skipped_up_to_the_last_change_in_the_log() {
+        let last = ChangeId {
+            commit_lsn: Lsn(200),
+            ordinal: 3,
+        };
+        // An earlier transaction is whole in the log, its backfill rows too.
+        assert!(is_in_log(&change(100, 9, Op::Update), last));
+        assert!(is_in_log(&change(100, 1, Op::Read), last));
+        // The last transaction: what the log holds is skipped, the rest appended.
+        assert!(is_in_log(&change(200, 1, Op::Insert), last));
+        assert!(is_in_log(&change(200, 3, Op::Delete), last));
+        assert!(!is_in_log(&change(200, 4, Op::Insert), last));
+        // Backfill rows of the last transaction are read again: appended.
+        assert!(!is_in_log(&change(200, 2, Op::Read), last));
+        // Later transactions are new.
+        assert!(!is_in_log(&change(201, 0, Op::Insert), last));
     }
 }

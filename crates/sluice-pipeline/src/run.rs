@@ -101,6 +101,8 @@ struct Backend {
     state: SharedState,
     /// Commit LSN of the log's last record when it was opened.
     last: Lsn,
+    /// The last change (not a read) in the log when it was opened.
+    last_change: Option<sluice_core::ChangeId>,
 }
 
 /// Opens the embedded log in `data_dir/log`, with the delivery state beside its cursors.
@@ -117,11 +119,13 @@ fn open_log(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
         shed_after: Duration::from_secs(config.log.shed_after_secs),
     })?;
     let state = RedbState::open(log.cursors().clone())?;
+    let last_change = log.last_change();
     Ok(Backend {
         log: log.into(),
         writer: Box::new(writer),
         state,
         last,
+        last_change,
     })
 }
 
@@ -225,8 +229,9 @@ pub async fn run(
         writer,
         state,
         last,
+        last_change,
     } = open_log(config, &data_dir)?;
-    let output = LogOutput::start(&log, writer, last)?;
+    let output = LogOutput::start(&log, writer, last_change)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
     let mut sinks = Sinks::start(
         config,

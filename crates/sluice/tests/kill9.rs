@@ -551,6 +551,17 @@ fn kill9_in_a_loop_under_writes_loses_nothing() {
     wait_for_key(&p, "t", model.marker, Duration::from_secs(180));
     p.stop();
 
+    // The log holds every change once: a restart skips what the slot sends again.
+    let ids = p.log_ids();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<_> = ids.iter().filter(|id| !seen.insert(**id)).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} of {} change ids are in the log twice, the first: {:?}",
+        repeated.len(),
+        ids.len(),
+        &repeated[..repeated.len().min(5)]
+    );
     // (d) whole lines.
     assert_whole_lines(&p);
     let records = p.records();

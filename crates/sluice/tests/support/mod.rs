@@ -198,6 +198,36 @@ impl Pipeline {
         read_records(&self.out_path)
     }
 
+    /// Every change id in the stopped pipeline's log, in log order, as (commit LSN,
+    /// ordinal). Opens the log files directly: the pipeline must not be running.
+    pub fn log_ids(&self) -> Vec<(u64, u64)> {
+        assert!(
+            self.child.is_none(),
+            "stop the pipeline before reading its log"
+        );
+        let (log, _writer, _) = sluice_log::Log::open(sluice_log::LogConfig {
+            dir: self.dir.path().join("data").join("log"),
+            segment_bytes: 64 << 20,
+            max_bytes: None,
+            on_full: sluice_log::FullPolicy::PauseSource,
+            retention: Duration::from_secs(3600),
+            shed_after: Duration::from_secs(60),
+        })
+        .expect("open the pipeline's log");
+        let end = log.next_offset();
+        let mut reader = sluice_log::Reader::new(&log, log.first()).expect("read the log");
+        let mut batch = sluice_log::RecordBatch::default();
+        let mut ids = Vec::new();
+        while reader.position() < end {
+            batch.clear();
+            reader
+                .read(&mut batch, 10_000, 64 << 20, &mut |_, _, _| true)
+                .expect("read the log");
+            ids.extend(batch.iter().map(|r| (r.id.commit_lsn.0, r.id.ordinal)));
+        }
+        ids
+    }
+
     /// Waits until the sink holds at least `n` records; returns them all.
     pub fn wait_records(&self, n: usize) -> Vec<Value> {
         self.wait_records_for(n, WAIT)
