@@ -10,6 +10,11 @@
 //!   records are loaded a page at a time and delivered in order; when the store has none
 //!   left the key flows again.
 //!
+//! Records finished past the cursor (it moves over a contiguous prefix only, so one key
+//! in retry holds it back) are saved as ranges about once a second; after a crash the
+//! log's replay skips them, so a restart repeats only what was in flight or finished in
+//! that last second.
+//!
 //! Time: timers use Tokio's clock, wall-clock times (`deliver_at`, TTL) are read through
 //! [`Clock`], which follows Tokio's clock too, so tests can pause time.
 
@@ -150,6 +155,10 @@ enum TimerKind {
     Release,
 }
 
+/// How often the records finished past the cursor are saved: a crash repeats at most
+/// about this much of them.
+const SAVE_FINISHED: Duration = Duration::from_secs(1);
+
 struct Engine<T: Target> {
     name: String,
     target: Arc<T>,
@@ -167,6 +176,11 @@ struct Engine<T: Target> {
     outstanding: BTreeSet<u64>,
     /// The offset after the last record read.
     read_next: u64,
+    /// Ranges finished past the cursor in an earlier run, skipped when the log replays
+    /// them (consumed as reading passes them).
+    replayed: VecDeque<(u64, u64)>,
+    /// The finished ranges as last saved.
+    saved: Vec<(u64, u64)>,
     /// Records of held keys read in this batch, to store together.
     to_store: Vec<Entry>,
     in_flight: JoinSet<Outcome>,
@@ -218,6 +232,8 @@ pub async fn run<T: Target>(
         topics: config.topics,
         store,
         read_next: consumer.cursor().position(),
+        replayed: VecDeque::new(),
+        saved: Vec::new(),
         cursor: consumer.cursor().clone(),
         stats,
         clock: Clock::new(),
@@ -238,6 +254,8 @@ pub async fn run<T: Target>(
     let mut batch = RecordBatch::default();
     let mut prune = tokio::time::interval(Duration::from_secs(5));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut save = tokio::time::interval(SAVE_FINISHED);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
     loop {
         // A state error met where the caller could not take it (see `consider`).
@@ -282,6 +300,7 @@ pub async fn run<T: Target>(
             },
             _ = drain.cancelled(), if !drain.is_cancelled() => {}
             _ = prune.tick() => e.prune()?,
+            _ = save.tick() => e.save_finished()?,
         }
     }
 }
@@ -299,8 +318,60 @@ impl<T: Target> Engine<T> {
         self.outstanding.first().copied().unwrap_or(self.read_next)
     }
 
+    /// Whether the record at `offset` was finished past the cursor before a restart.
+    fn finished_before(&mut self, offset: u64) -> bool {
+        while let Some(&(start, end)) = self.replayed.front() {
+            if offset < start {
+                return false;
+            }
+            if offset < end {
+                return true;
+            }
+            self.replayed.pop_front();
+        }
+        false
+    }
+
+    /// The ranges of records read and finished past the persisted cursor.
+    fn finished_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = self.position();
+        // Acknowledged, not yet persisted (the cursors are committed a few times a second).
+        let persisted = self.cursor.persisted();
+        if persisted < at {
+            out.push((persisted, at));
+        }
+        for &o in self.outstanding.range(at..) {
+            if o > at {
+                out.push((at, o));
+            }
+            at = o + 1;
+        }
+        if at < self.read_next {
+            out.push((at, self.read_next));
+        }
+        out
+    }
+
+    /// Saves the finished ranges if they changed.
+    fn save_finished(&mut self) -> Result<(), DeliveryError> {
+        let ranges = self.finished_ranges();
+        if ranges != self.saved {
+            self.store.save_finished(&ranges)?;
+            self.saved = ranges;
+        }
+        Ok(())
+    }
+
     /// Restores held and draining keys from the store.
     fn load(&mut self) -> Result<(), DeliveryError> {
+        let from = self.read_next;
+        self.replayed = self
+            .store
+            .finished()?
+            .into_iter()
+            .filter(|&(_, end)| end > from)
+            .collect();
         let mut parked = 0;
         for (k, row) in self.store.keys()? {
             let k: Box<str> = k.into();
@@ -355,6 +426,9 @@ impl<T: Target> Engine<T> {
             consumer.read(batch, room)?;
             let mut dead = Vec::new();
             for r in batch.iter() {
+                if self.finished_before(r.offset) {
+                    continue;
+                }
                 let is_event = r.op == Op::Message
                     || (!self.items.outbox_tables.is_empty()
                         && self

@@ -34,6 +34,11 @@ pub trait WaitingRoom: Send + Sync {
     /// Commits `changes` together. `durable = false` lets a later commit carry them to
     /// disk: for removals whose loss in a crash only means a repeated delivery.
     fn apply(&self, changes: &[Change], durable: bool) -> Result<(), DeliveryError>;
+    /// The records finished past the sink's cursor as last saved: `[start, end)` ranges
+    /// of positions, ascending.
+    fn finished(&self) -> Result<Vec<(u64, u64)>, DeliveryError>;
+    /// Replaces (durably) the saved ranges of records finished past the cursor.
+    fn save_finished(&self, ranges: &[(u64, u64)]) -> Result<(), DeliveryError>;
 }
 
 /// A sink's waiting room, shared by its engine, the cleaner and the API.

@@ -6,7 +6,9 @@
 //!   are parked, delayed or being redriven, in their order per key;
 //! - `delivery_keys` (sink, key) → [`KeyRow`]: why the key is held, and `upto`, the
 //!   offset after the key's last record that reached the waiting room;
-//! - `delivery_dead` (sink, offset) → a stored record with the reason it is there.
+//! - `delivery_dead` (sink, offset) → a stored record with the reason it is there;
+//! - `delivery_finished` sink → ranges of records finished past the sink's cursor (saved
+//!   about once a second), skipped when the log replays them after a crash.
 //!
 //! Invariants:
 //! - A record is written here (and committed) before the sink's cursor moves past it, so
@@ -29,6 +31,8 @@ use crate::{DeliveryError, Item};
 const WAITING: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("delivery_waiting");
 const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("delivery_keys");
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("delivery_dead");
+/// Per sink: ranges of records finished past its cursor, as u64 LE pairs.
+const FINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("delivery_finished");
 
 #[derive(Serialize, Deserialize)]
 struct Head {
@@ -132,6 +136,7 @@ impl RedbState {
         tx.open_table(WAITING).map_err(err)?;
         tx.open_table(KEYS).map_err(err)?;
         tx.open_table(DEAD).map_err(err)?;
+        tx.open_table(FINISHED).map_err(err)?;
         tx.open_table(DEFERRED).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Arc::new(RedbState { cursors }))
@@ -161,6 +166,8 @@ impl DeliveryState for RedbState {
             keys.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
             let mut dead = tx.open_table(DEAD).map_err(err)?;
             dead.retain(|(s, _), _| names.contains(&s)).map_err(err)?;
+            let mut finished = tx.open_table(FINISHED).map_err(err)?;
+            finished.retain(|s, _| names.contains(&s)).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -309,6 +316,45 @@ impl WaitingRoom for RedbRoom {
                         dead.remove((s, *o)).map_err(err)?;
                     }
                 }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn finished(&self) -> Result<Vec<(u64, u64)>, DeliveryError> {
+        let tx = self.db().begin_read().map_err(err)?;
+        let t = tx.open_table(FINISHED).map_err(err)?;
+        let Some(v) = t.get(&*self.sink).map_err(err)? else {
+            return Ok(Vec::new());
+        };
+        let bytes = v.value();
+        if bytes.len() % 16 != 0 {
+            return Err(err(format!(
+                "finished ranges of {:?}: {} bytes",
+                self.sink,
+                bytes.len()
+            )));
+        }
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        Ok(bytes
+            .chunks_exact(16)
+            .map(|c| (word(&c[..8]), word(&c[8..])))
+            .collect())
+    }
+
+    fn save_finished(&self, ranges: &[(u64, u64)]) -> Result<(), DeliveryError> {
+        let mut v = Vec::with_capacity(ranges.len() * 16);
+        for (start, end) in ranges {
+            v.extend_from_slice(&start.to_le_bytes());
+            v.extend_from_slice(&end.to_le_bytes());
+        }
+        let tx = self.db().begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(FINISHED).map_err(err)?;
+            if v.is_empty() {
+                t.remove(&*self.sink).map_err(err)?;
+            } else {
+                t.insert(&*self.sink, v.as_slice()).map_err(err)?;
             }
         }
         tx.commit().map_err(err)
