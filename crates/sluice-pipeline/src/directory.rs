@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use sluice_delivery::Control;
 use sluice_log::SharedLog;
 use sluice_sinks::pull::PullQueue;
-use sluice_sinks::sse::SseOptions;
+use sluice_sinks::sse::SseFeed;
 use tokio_util::sync::CancellationToken;
 
 /// Why the process is not ready, if it is not.
@@ -26,7 +26,7 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub struct Endpoints {
     pub log: SharedLog,
     /// SSE sinks by name.
-    pub sse: HashMap<String, SseOptions>,
+    pub sse: HashMap<String, Arc<SseFeed>>,
     /// Waiting rooms of engine-driven sinks (webhook, pull) by name.
     pub delivery: HashMap<String, Control>,
     /// Pull sinks' queues by name.

@@ -16,6 +16,7 @@ use sluice_delivery::{RedbState, SharedState};
 use sluice_log::{FullPolicy, Log, LogConfig, LogWriter, SharedLog};
 use sluice_pg::catalog::{self, CheckSpec, TableRef};
 use sluice_pg::{Connection, SourceConfig, SourceWorker};
+use sluice_sinks::sse::SseFeed;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -327,11 +328,16 @@ fn publish(
 ) {
     let (ready_status, ready_log, ready_stats) = (status.clone(), log.clone(), gauges.clone());
     let refresh = gauges.clone();
+    let stop = sinks.abort.child_token();
+    let sse = std::mem::take(&mut sinks.sse)
+        .into_iter()
+        .map(|(name, options)| (name, SseFeed::start(options, log.clone(), stop.clone())))
+        .collect();
     ctx.directory.publish(
         &config.pipeline.name,
         Endpoints {
             log: log.clone(),
-            sse: std::mem::take(&mut sinks.sse),
+            sse,
             delivery: std::mem::take(&mut sinks.controls),
             pull: std::mem::take(&mut sinks.pulls),
             readiness: Arc::new(move || {
@@ -347,7 +353,7 @@ fn publish(
                 Ok(())
             }),
             refresh: Arc::new(move || refresh.refresh()),
-            stop: sinks.abort.child_token(),
+            stop,
         },
     );
     // Where `sluice parked` / `sluice dead` find this instance (the configured port may

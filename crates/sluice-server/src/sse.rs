@@ -18,7 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sluice_core::{metric, Op, TablePatterns};
 use sluice_log::{LogError, LogRead, Position, RecordBatch};
-use sluice_sinks::sse::SseOptions;
+use sluice_sinks::sse::{encode_event, Chunk, SseFeed, CHUNK_BYTES};
+use tokio::sync::broadcast;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -37,20 +38,27 @@ fn error_event(data: serde_json::Value) -> Bytes {
     Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
-/// Appends one `id:`/`data:` event. The record is one line of JSON (no raw newlines).
-fn push_event(out: &mut Vec<u8>, offset: u64, json: &[u8]) {
-    out.extend_from_slice(b"id: ");
-    Position(offset).write_token(out);
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(json);
-    out.extend_from_slice(b"\n\n");
-}
-
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Bytes of records read per batch; with `SseOptions::buffer` batches queued, this bounds
-/// what a client that stopped reading holds in memory until it is cut off.
-const BATCH_BYTES: usize = 256 << 10;
+/// What one client takes: the sink's tables, narrowed by its query.
+struct Filter {
+    served: TablePatterns,
+    tables: TablePatterns,
+    ops: BTreeSet<u8>,
+}
+
+impl Filter {
+    fn accepts(&self, op: Op, schema: &str, table: &str) -> bool {
+        matches(&self.served, schema, table)
+            && matches(&self.tables, schema, table)
+            && (self.ops.is_empty() || self.ops.contains(&op.code()))
+    }
+
+    /// Whether every event passes (no narrowing): chunks go out as they are.
+    fn all(&self) -> bool {
+        self.tables.is_empty() && self.ops.is_empty()
+    }
+}
 
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
@@ -59,14 +67,14 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Response {
     let (name, endpoints) = (target.name, target.endpoints);
-    let Some(sink) = endpoints.sse.get(&name).cloned() else {
+    let Some(feed) = endpoints.sse.get(&name).cloned() else {
         return (
             StatusCode::NOT_FOUND,
             format!("no sse sink named {name:?}\n"),
         )
             .into_response();
     };
-    let log = &endpoints.log;
+    let log = feed.log().clone();
     let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
     let last_id = headers
         .get("last-event-id")
@@ -105,12 +113,26 @@ pub(crate) async fn events(
             None => return bad(format!("ops: unknown op {o:?}\n")),
         }
     }
+    let filter = Filter {
+        served: TablePatterns::new(&feed.options.tables),
+        tables,
+        ops,
+    };
     // Each message is a batch of events; the buffer is counted in batches.
-    let (tx, rx) = mpsc::channel::<Bytes>(sink.buffer.max(1));
+    let (tx, rx) = mpsc::channel::<Bytes>(feed.options.buffer.max(1));
+    // A reader to start with: it says now whether the position is still in the log.
     match log.reader(from) {
         Ok(reader) => {
+            let client = Client {
+                sink: name.clone(),
+                filter,
+                timeout: feed.options.slow_client_timeout,
+                next: from,
+                tx,
+                sent: metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone()),
+            };
             let stop = [state.shutdown.clone(), endpoints.stop.clone()];
-            tokio::spawn(feed(stop, name, sink, tables, ops, reader, tx));
+            tokio::spawn(client.run(stop, feed, reader));
         }
         Err(LogError::Expired { .. }) => {
             let first = Position(log.first()).token();
@@ -136,76 +158,167 @@ pub(crate) async fn events(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// One client's worker: reads the log from its position and sends events until the
-/// client goes away, is too slow, or the server stops.
-async fn feed(
-    stop: [CancellationToken; 2],
+/// Why a client's stream ends.
+enum End {
+    /// Gone, too slow, or the server or pipeline stopped.
+    Stop,
+}
+
+/// One client: sends the shared chunks it takes, and reads the log on its own while it is
+/// behind them.
+struct Client {
     sink: String,
-    options: SseOptions,
-    tables: TablePatterns,
-    ops: BTreeSet<u8>,
-    mut reader: Box<dyn LogRead>,
+    filter: Filter,
+    timeout: Duration,
+    /// The position of the first record not yet sent (or skipped by the filter).
+    next: u64,
     tx: mpsc::Sender<Bytes>,
-) {
-    let clients = metrics::gauge!(metric::SSE_CLIENTS.name, "sink" => sink.clone());
-    let sent = metrics::counter!(metric::SINK_DELIVERED.name, "sink" => sink.clone());
-    let served = TablePatterns::new(&options.tables);
-    clients.increment(1.0);
-    let mut batch = RecordBatch::default();
-    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
-    keep_alive.reset();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop[0].cancelled() => break,
-            _ = stop[1].cancelled() => break,
-            _ = tx.closed() => break,
-            r = reader.wait() => if r.is_err() { break },
-            _ = keep_alive.tick() => {
-                if tx.send_timeout(Bytes::from_static(b": keep-alive\n\n"), options.slow_client_timeout).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        }
-        batch.clear();
-        let read = reader.read(&mut batch, 1000, BATCH_BYTES, &mut |op, s, t| {
-            matches(&served, s, t)
-                && matches(&tables, s, t)
-                && (ops.is_empty() || ops.contains(&op.code()))
-        });
-        if let Err(e) = read {
-            let _ = tx
-                .send(error_event(
-                    serde_json::json!({"error": "log", "message": e.to_string()}),
-                ))
-                .await;
-            break;
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let mut out = Vec::with_capacity(batch.len() * 300);
-        let first = batch.get(0).map_or(0, |r| r.offset);
-        for r in batch.iter() {
-            push_event(&mut out, r.offset, r.json);
-        }
-        match tx
-            .send_timeout(Bytes::from(out), options.slow_client_timeout)
+    sent: metrics::Counter,
+}
+
+impl Client {
+    async fn run(
+        mut self,
+        stop: [CancellationToken; 2],
+        feed: Arc<SseFeed>,
+        first: Box<dyn LogRead>,
+    ) {
+        let clients = metrics::gauge!(metric::SSE_CLIENTS.name, "sink" => self.sink.clone());
+        clients.increment(1.0);
+        let (mut rx, shared_from) = feed.subscribe();
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.reset();
+        let mut ended = self
+            .catch_up(Some(first), feed.log(), shared_from)
             .await
-        {
-            Ok(()) => {
-                sent.increment(batch.len() as u64);
-                keep_alive.reset();
-            }
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                // It resumes with the id of the last event it read, before `first`.
-                info!(sink = %sink, not_sent_from = %Position(first).token(), "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
+            .is_err();
+        while !ended {
+            let chunk = tokio::select! {
+                biased;
+                _ = stop[0].cancelled() => break,
+                _ = stop[1].cancelled() => break,
+                _ = self.tx.closed() => break,
+                chunk = rx.recv() => chunk,
+                _ = keep_alive.tick() => {
+                    ended = self.send(Bytes::from_static(b": keep-alive\n\n"), 0).await.is_err();
+                    continue;
+                }
+            };
+            let chunk = match chunk {
+                Ok(c) => c,
+                // Fell behind the shared chunks: the next one shows the gap.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            if chunk.start > self.next
+                && self.catch_up(None, feed.log(), chunk.start).await.is_err()
+            {
                 break;
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => break,
+            ended = self.take(&chunk).await.is_err();
+            keep_alive.reset();
+        }
+        debug!(sink = %self.sink, position = self.next, "sse: client gone");
+        clients.decrement(1.0);
+    }
+
+    /// Sends what this client takes of a shared chunk.
+    async fn take(&mut self, chunk: &Chunk) -> Result<(), End> {
+        if chunk.next <= self.next {
+            return Ok(());
+        }
+        let from = self.next;
+        self.next = chunk.next;
+        if self.filter.all() && chunk.start >= from {
+            return self.send(chunk.bytes.clone(), chunk.events.len()).await;
+        }
+        let mut out = Vec::new();
+        let (mut begin, mut count) = (0usize, 0usize);
+        for e in &chunk.events {
+            let end = e.end as usize;
+            let (schema, table) = &chunk.tables[e.table as usize];
+            if e.position >= from && self.filter.accepts(e.op, schema, table) {
+                out.extend_from_slice(&chunk.bytes[begin..end]);
+                count += 1;
+            }
+            begin = end;
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.send(Bytes::from(out), count).await
+    }
+
+    /// Reads the log on its own from `next` up to at least `to` (the shared chunks take
+    /// over from there), starting with `reader` if given.
+    async fn catch_up(
+        &mut self,
+        reader: Option<Box<dyn LogRead>>,
+        log: &sluice_log::SharedLog,
+        to: u64,
+    ) -> Result<(), End> {
+        if self.next >= to {
+            return Ok(());
+        }
+        let mut reader = match reader {
+            Some(r) => r,
+            None => match log.reader(self.next) {
+                Ok(r) => r,
+                Err(e) => return self.fail(&e).await,
+            },
+        };
+        let mut batch = RecordBatch::default();
+        while self.next < to {
+            batch.clear();
+            let filter = &self.filter;
+            if let Err(e) = reader.read(&mut batch, 1000, CHUNK_BYTES, &mut |op, s, t| {
+                filter.accepts(op, s, t)
+            }) {
+                return self.fail(&e).await;
+            }
+            if batch.next <= self.next {
+                // Nothing durable to read below `to`: cannot happen; do not spin.
+                return Err(End::Stop);
+            }
+            self.next = batch.next;
+            if batch.is_empty() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(batch.len() * 300);
+            for r in batch.iter() {
+                encode_event(&mut out, r.offset, r.json);
+            }
+            self.send(Bytes::from(out), batch.len()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one write of `events` events, or ends a client too slow to take it.
+    async fn send(&mut self, bytes: Bytes, events: usize) -> Result<(), End> {
+        match self.tx.send_timeout(bytes, self.timeout).await {
+            Ok(()) => {
+                self.sent.increment(events as u64);
+                Ok(())
+            }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                // It resumes with the id of the last event it read.
+                info!(sink = %self.sink, "sse: disconnecting a client too slow to keep up; it resumes with Last-Event-ID");
+                Err(End::Stop)
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(End::Stop),
         }
     }
-    debug!(sink = %sink, position = reader.position(), "sse: client gone");
-    clients.decrement(1.0);
+
+    async fn fail(&mut self, e: &LogError) -> Result<(), End> {
+        let event = match e {
+            LogError::Expired { first, .. } => error_event(serde_json::json!({
+                "error": "expired",
+                "message": "the records after this id are no longer in the log: resume from the first one kept (from=earliest, or from=<first>) and backfill what is missing",
+                "first": Position(*first).token(),
+            })),
+            e => error_event(serde_json::json!({"error": "log", "message": e.to_string()})),
+        };
+        let _ = self.tx.send(event).await;
+        Err(End::Stop)
+    }
 }

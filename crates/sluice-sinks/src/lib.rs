@@ -110,7 +110,8 @@ pub enum Built {
         /// A pull sink's queue, which the HTTP server serves.
         pull: Option<Arc<pull::PullQueue>>,
     },
-    /// Served by the HTTP server, one log reader per client (SSE).
+    /// Served by the HTTP server (SSE): the pipeline starts its shared read
+    /// ([`sse::SseFeed`]).
     Served(sse::SseOptions),
 }
 

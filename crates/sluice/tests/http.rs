@@ -518,3 +518,87 @@ fn a_slow_client_is_cut_off_with_its_position_and_holds_back_no_one() {
     );
     p.stop();
 }
+
+#[test]
+fn clients_sharing_a_sinks_read_each_get_their_own_records_once_in_order() {
+    let pg = PgServer::start().unwrap();
+    let mut p = sse_pipeline(&pg, "fanout", "");
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    let auth = format!("Bearer {TOKEN}");
+    // Records before anyone listens: the shared read skips them, catching-up clients read
+    // them on their own.
+    pg.psql("INSERT INTO public.e SELECT g, 'a' FROM generate_series(1, 200) g")
+        .unwrap();
+    let open = |query: &str| {
+        let mut r = request(
+            &addr,
+            &format!("/v1/sinks/feed/events{query}"),
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(status(&mut r), 200);
+        r
+    };
+    // Clients from now start after those 200: wait until they are in the log.
+    let mut probe = open("?from=earliest");
+    for _ in 0..200 {
+        next_event(&mut probe);
+    }
+    drop(probe);
+    let mut tail: Vec<_> = (0..20).map(|_| open("")).collect();
+    let mut earliest: Vec<_> = (0..5).map(|_| open("?from=earliest")).collect();
+    let mut updates: Vec<_> = (0..5).map(|_| open("?ops=update")).collect();
+    for chunk in 0..6 {
+        let (lo, hi) = (201 + chunk * 50, 250 + chunk * 50);
+        pg.psql(&format!(
+            "INSERT INTO public.e SELECT g, 'a' FROM generate_series({lo}, {hi}) g; \
+             UPDATE public.e SET v = 'u{chunk}' WHERE id <= 10; INSERT INTO public.other VALUES ({chunk})"
+        ))
+        .unwrap();
+    }
+    // Every event of a client: (id, op, row id), until `n` of them.
+    let read = |r: &mut BufReader<TcpStream>, n: usize| {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let (id, kind, data) = next_event(r);
+            assert_eq!(kind, "message", "{data}");
+            let rec: Value = serde_json::from_str(&data).unwrap();
+            assert_eq!(rec["table"], "e", "the sink serves only its tables");
+            let op = rec["op"].as_str().unwrap().to_owned();
+            out.push((id.unwrap(), op, rec["after"]["id"].as_i64().unwrap()));
+        }
+        out
+    };
+    let check = |events: &[(String, String, i64)], inserts: std::ops::RangeInclusive<i64>| {
+        assert!(
+            events.windows(2).all(|w| w[0].0 < w[1].0),
+            "ids not increasing: a repeat or a reorder"
+        );
+        let ins: Vec<i64> = events
+            .iter()
+            .filter(|e| e.1 == "insert")
+            .map(|e| e.2)
+            .collect();
+        assert_eq!(ins, inserts.collect::<Vec<_>>());
+        let ups = events.iter().filter(|e| e.1 == "update").count();
+        assert_eq!(ups, 60, "six updates of ten rows");
+    };
+    for r in &mut tail {
+        check(&read(r, 300 + 60), 201..=500);
+    }
+    for r in &mut earliest {
+        check(&read(r, 500 + 60), 1..=500);
+    }
+    for r in &mut updates {
+        let events = read(r, 60);
+        assert!(events.iter().all(|e| e.1 == "update"));
+        assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+    // One more change reaches them all (nothing was left behind in a buffer).
+    pg.psql("INSERT INTO public.e VALUES (501, 'z')").unwrap();
+    for r in tail.iter_mut().chain(earliest.iter_mut()) {
+        assert_eq!(read(r, 1)[0].2, 501);
+    }
+    p.stop();
+}
