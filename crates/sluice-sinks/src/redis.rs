@@ -15,9 +15,20 @@
 //!   nothing to merge with: the key is left absent (readers fall back to the database)
 //!   and the sink counts it in `sluice_redis_incomplete_rows_total`; it is never cached
 //!   with columns missing.
-//! - A batch is one pipeline, its writes one script call (split where a truncate or a
-//!   TOAST merge's read must come between, so order is kept); any error retries the whole
-//!   batch (idempotent through the fence), so a Redis restart is back-pressure, never loss.
+//! - The id hash also keeps `\0max`, the newest id written to the table by any writer
+//!   (every write path raises it, a truncate sets it). A write whose id is newer than
+//!   `\0max` cannot be older than anything cached for the table, so it needs no per-row
+//!   read: the fast path writes its id and its row as plain commands. Everything else
+//!   (snapshot rows older than what streaming wrote, replays after a crash, TOAST merges,
+//!   key changes) goes through the fenced script, which compares per row.
+//! - A batch is one `MULTI`/`EXEC` under `WATCH` of its tables' id hashes, so the fast
+//!   path's decision (taken from `\0max` as read before) holds when it is applied; if
+//!   another writer touched a table meanwhile, the batch runs again fenced. A batch that
+//!   needs a read between its writes (a TOAST merge of a JSON row) runs fenced, as
+//!   several calls in order. Any error retries the whole batch (idempotent through the
+//!   fence), so a Redis restart is back-pressure, never loss.
+//! - An id hash written before `\0max` existed is fenced row by row until its maximum is
+//!   found (one `HSCAN` pass) and recorded.
 
 use std::fmt::Write as _;
 
@@ -33,6 +44,10 @@ use sluice_log::{Record, RecordBatch};
 use tracing::{info, warn};
 
 use crate::{finding_for, Built, Context, Sink, SinkSpec};
+
+mod fence;
+
+use fence::Fences;
 
 /// `type = "redis"`: rows cached in Redis, one key per row, fenced by change id.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -296,8 +311,10 @@ pub fn check_template(template: &str) -> Result<(), String> {
 /// table's truncate (the field `\0truncated` of the id hash; no row key can hold NUL), is
 /// skipped. Returns how many `hmerge`s found no row (their keys are left absent).
 /// A truncate is never inside a batch, so each table's mark is read once per call.
+/// `\0max` is raised to the newest id applied, where the hash keeps it (or is new).
 const WRITE: &str = r#"
 local marks = {}
+local maxes = {}
 local incomplete = 0
 local a = 1
 for k = 1, #KEYS, 2 do
@@ -310,8 +327,11 @@ for k = 1, #KEYS, 2 do
   if t == nil then
     t = redis.call('HGET', ids, '\0truncated') or false
     marks[ids] = t
+    local m = redis.call('HGET', ids, '\0max')
+    if m then maxes[ids] = m elseif redis.call('EXISTS', ids) == 0 then maxes[ids] = '' else maxes[ids] = false end
   end
   local cur = redis.call('HGET', ids, row)
+  if maxes[ids] and id > maxes[ids] then maxes[ids] = id end
   if (cur and cur >= id) or (t and t >= id) then
     -- fenced: this change is not newer than what the cache holds
   elseif action == 'hmerge' and redis.call('EXISTS', row) == 0 then
@@ -340,6 +360,9 @@ for k = 1, #KEYS, 2 do
     end
   end
 end
+for ids, m in pairs(maxes) do
+  if m and m ~= '' then redis.call('HSET', ids, '\0max', m) end
+end
 return incomplete
 "#;
 
@@ -352,7 +375,7 @@ for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
   if k ~= '\0truncated' then redis.call('DEL', k) end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '\0truncated', ARGV[1])
+redis.call('HSET', KEYS[1], '\0truncated', ARGV[1], '\0max', ARGV[1])
 return 1
 "#;
 
@@ -544,16 +567,19 @@ impl RedisSink {
         Ok(conn)
     }
 
-    /// Adds `r`'s fenced write to `pending` (a truncate goes to `pipe` after what is
-    /// pending); may first send what is queued and read the cached row (a TOAST merge of
-    /// a JSON row), so it takes the connection.
+    /// Adds `r`'s write: with `fast` (a batch under `WATCH`), as plain commands in `pipe`
+    /// when its id is newer than its table's `\0max`, else as a fenced write in `pending`
+    /// (a truncate goes to `pipe` after what is pending). Without `fast`, a TOAST merge of
+    /// a JSON row may first send what is queued and read the cached row, so it takes the
+    /// connection; with `fast` that returns `false`: the batch must run fenced.
     async fn add(
         &self,
         conn: &mut ConnectionManager,
         pipe: &mut redis::Pipeline,
         pending: &mut Pending,
         r: &Record<'_>,
-    ) -> Result<(), Fault> {
+        mut fast: Option<&mut Fences>,
+    ) -> Result<bool, Fault> {
         let bad = |e: serde_json::Error| {
             Fault::fatal(format!("record {} is not a change envelope", r.id)).caused_by(e)
         };
@@ -562,11 +588,16 @@ impl RedisSink {
         if r.op == Op::Truncate {
             pending.flush(&self.write, pipe);
             pipe.invoke_script(self.truncate.key(&ids).arg(&v)).ignore();
-            return Ok(());
+            if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&ids)) {
+                // The script leaves the hash with `\0max` = this id.
+                f.tracked = true;
+                f.raise(&v);
+            }
+            return Ok(true);
         }
         let env: Envelope = serde_json::from_slice(r.json).map_err(bad)?;
         let Some(key) = env.key.as_ref() else {
-            return Ok(());
+            return Ok(true);
         };
         let row = self.row_key(r.schema, r.table, key);
         // An update that changed the key: the row leaves its old key.
@@ -591,6 +622,18 @@ impl RedisSink {
             _ => None,
         };
         let ttl = self.options.ttl_secs;
+        if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&ids)) {
+            let plain = moved_from.is_none() && env.unchanged_toast.is_empty();
+            if plain && f.allows(&v) {
+                f.raise(&v);
+                pending.flush(&self.write, pipe);
+                self.write_plain(pipe, &row, &ids, &v, r.op, env.after)
+                    .map_err(bad)?;
+                return Ok(true);
+            }
+            // Fenced, in order; whatever it applies raises `\0max` in the script too.
+            f.raise(&v);
+        }
         if let Some(old) = &moved_from {
             pending.begin(old, &ids, &v, "del", ttl);
             pending.end();
@@ -610,6 +653,10 @@ impl RedisSink {
                 let toast = !env.unchanged_toast.is_empty();
                 let after: Members = serde_json::from_str(after.get()).map_err(bad)?;
                 if toast && (self.options.format == Format::Json || moved_from.is_some()) {
+                    if fast.is_some() {
+                        // A read between the batch's writes: not in one MULTI.
+                        return Ok(false);
+                    }
                     // Merge with the cached row (under the old key if the key changed);
                     // what is queued before goes first, so the row read is the one this
                     // update follows.
@@ -663,6 +710,52 @@ impl RedisSink {
             }
         }
         pending.end();
+        Ok(true)
+    }
+
+    /// The fast path: the row's id and the row as plain commands.
+    fn write_plain(
+        &self,
+        pipe: &mut redis::Pipeline,
+        row: &str,
+        ids: &str,
+        v: &str,
+        op: Op,
+        after: Option<&serde_json::value::RawValue>,
+    ) -> Result<(), serde_json::Error> {
+        let ttl = self.options.ttl_secs;
+        pipe.cmd("HSET").arg(ids).arg(row).arg(v).ignore();
+        let after = match (op, after) {
+            (Op::Delete, _) | (_, None) => {
+                pipe.cmd("DEL").arg(row).ignore();
+                return Ok(());
+            }
+            (_, Some(after)) => after,
+        };
+        match self.options.format {
+            Format::Json => {
+                let set = pipe.cmd("SET").arg(row).arg(after.get());
+                if ttl > 0 {
+                    set.arg("EX").arg(ttl);
+                }
+                set.ignore();
+            }
+            Format::Hash => {
+                let columns: Members = serde_json::from_str(after.get())?;
+                pipe.cmd("DEL").arg(row).ignore();
+                let fields: Vec<_> = columns.0.iter().filter(|(_, v)| !v.is_null()).collect();
+                if !fields.is_empty() {
+                    let hset = pipe.cmd("HSET").arg(row);
+                    for (k, v) in fields {
+                        hset.arg(k).arg(text(v));
+                    }
+                    hset.ignore();
+                }
+                if ttl > 0 {
+                    pipe.cmd("EXPIRE").arg(row).arg(ttl).ignore();
+                }
+            }
+        }
         Ok(())
     }
 
@@ -781,7 +874,65 @@ impl Sink for RedisSink {
 }
 
 impl RedisSink {
+    /// One batch as one `MULTI`/`EXEC` under `WATCH` of its tables' id hashes, with the
+    /// fast path; fenced throughout if that cannot be (a read between writes, or another
+    /// writer touched a table meanwhile).
     async fn deliver_loaded(
+        &mut self,
+        conn: &mut ConnectionManager,
+        batch: &RecordBatch,
+    ) -> Result<(), Fault> {
+        let mut keys: Vec<String> = Vec::new();
+        for r in batch.iter() {
+            if r.op != Op::Message {
+                let k = self.ids_key(r.schema, r.table);
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut fences = fence::watch(conn, &keys).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut pending = Pending::default();
+        let mut whole = true;
+        for r in batch.iter() {
+            if r.op != Op::Message
+                && !self
+                    .add(conn, &mut pipe, &mut pending, &r, Some(&mut fences))
+                    .await?
+            {
+                whole = false;
+                break;
+            }
+        }
+        if whole {
+            pending.flush(&self.write, &mut pipe);
+            for (k, f) in &fences {
+                if let (true, Some(max)) = (f.raised, &f.max) {
+                    pipe.cmd("HSET").arg(k).arg("\0max").arg(max).ignore();
+                }
+            }
+            let results: Option<Vec<i64>> = pipe.query_async(conn).await.map_err(classify)?;
+            if let Some(results) = results {
+                self.count_incomplete(&results);
+                return Ok(());
+            }
+            // Another writer changed a table since the fences were read.
+        } else {
+            redis::cmd("UNWATCH")
+                .query_async::<()>(conn)
+                .await
+                .map_err(classify)?;
+        }
+        self.deliver_fenced(conn, batch).await
+    }
+
+    /// The batch with every write fenced, in as many calls as its reads need.
+    async fn deliver_fenced(
         &mut self,
         conn: &mut ConnectionManager,
         batch: &RecordBatch,
@@ -792,7 +943,7 @@ impl RedisSink {
             if r.op == Op::Message {
                 continue;
             }
-            self.add(conn, &mut pipe, &mut pending, &r).await?;
+            self.add(conn, &mut pipe, &mut pending, &r, None).await?;
         }
         pending.flush(&self.write, &mut pipe);
         if pipe.cmd_iter().next().is_none() {

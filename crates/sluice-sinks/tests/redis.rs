@@ -312,3 +312,48 @@ async fn a_wrong_password_is_definite_with_its_fix_and_a_down_server_transient()
     );
     assert!(s.deliver(&one).await.unwrap_err().is_transient());
 }
+
+#[tokio::test]
+async fn an_id_hash_from_an_earlier_version_gets_its_newest_id_before_the_fast_path() {
+    let redis = RedisServer::start().unwrap();
+    // As an earlier version left it: per-row ids, no `\0max`. Row 2 is newer than the
+    // change about to come for it.
+    let ids = "c:sluice:ids:shop.public.t";
+    let newer = format!("{:016X}{:016X}", 500, 1);
+    redis
+        .cli(&["HSET", ids, "c:shop.public.t.2", &newer])
+        .unwrap();
+    redis
+        .cli(&["SET", "c:shop.public.t.2", r#"{"id":2,"v":"newer"}"#])
+        .unwrap();
+    let mut s = sink(&redis, Format::Json);
+    s.deliver(&batch(&[
+        Change {
+            lsn: 300,
+            op: Op::Update,
+            id: 2,
+            after: Some(r#"{"id":2,"v":"older"}"#),
+            toast: &[],
+        },
+        Change {
+            lsn: 600,
+            op: Op::Insert,
+            id: 3,
+            after: Some(r#"{"id":3,"v":"new"}"#),
+            toast: &[],
+        },
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.2"), r#"{"id":2,"v":"newer"}"#);
+    assert_eq!(get(&redis, "c:shop.public.t.3"), r#"{"id":3,"v":"new"}"#);
+    // The hash now keeps the newest id written, so later changes take the fast path.
+    let max = redis.cli(&[
+        "EVAL",
+        "return redis.call('HGET', KEYS[1], '\\0max')",
+        "1",
+        ids,
+    ]);
+    let expect = format!("{:016X}{:016X}", 600, 1);
+    assert_eq!(max.unwrap().trim(), expect);
+}
