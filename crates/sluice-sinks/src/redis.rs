@@ -388,6 +388,8 @@ pub struct RedisSink {
     write: redis::Script,
     truncate: redis::Script,
     incomplete: metrics::Counter,
+    /// Id hash keys by (schema, table).
+    ids_keys: std::sync::Mutex<Vec<(String, String, String)>>,
 }
 
 /// Writes gathered for one call of [`WRITE`].
@@ -499,7 +501,14 @@ fn version(r: &Record<'_>) -> String {
 
 /// What the scripts compare: commit LSN and ordinal, each as 16 hex digits.
 fn fence(commit_lsn: u64, ordinal: u64) -> String {
-    format!("{commit_lsn:016X}{ordinal:016X}")
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(32);
+    for n in [commit_lsn, ordinal] {
+        for shift in (0..16).rev() {
+            out.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
+        }
+    }
+    out
 }
 
 impl RedisSink {
@@ -511,14 +520,22 @@ impl RedisSink {
             write: redis::Script::new(WRITE),
             truncate: redis::Script::new(TRUNCATE),
             incomplete: metrics::counter!(metric::REDIS_INCOMPLETE_ROWS.name),
+            ids_keys: Default::default(),
         }
     }
 
+    /// The table's id hash key (built once per table: it is needed for every record).
     fn ids_key(&self, schema: &str, table: &str) -> String {
-        format!(
+        let mut known = self.ids_keys.lock().expect("ids keys lock");
+        if let Some((_, _, k)) = known.iter().find(|(s, t, _)| s == schema && t == table) {
+            return k.clone();
+        }
+        let k = format!(
             "{}sluice:ids:{}.{schema}.{table}",
             self.options.prefix, self.options.db
-        )
+        );
+        known.push((schema.to_owned(), table.to_owned(), k.clone()));
+        k
     }
 
     fn row_key(&self, schema: &str, table: &str, key: &Members) -> String {
@@ -958,6 +975,14 @@ impl RedisSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fences_are_fixed_width_uppercase_hex_that_sort_as_ids_do() {
+        for (l, o) in [(0, 0), (0x1A, 3), (u64::MAX, 1 << 40)] {
+            assert_eq!(fence(l, o), format!("{l:016X}{o:016X}"));
+        }
+        assert!(fence(9, u64::MAX) < fence(10, 0));
+    }
 
     #[test]
     fn templates_are_checked_and_filled() {
