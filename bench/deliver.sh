@@ -4,9 +4,11 @@
 #
 #   bash bench/deliver.sh          # RUNS=3 drains each (median reported)
 #
-# 1. ROWS rows in 1,000-row transactions: pg_recvlogical drains RUNS slots; Sluice drains
-#    RUNS slots created at the same point into its log only (an SSE sink, no client), and
-#    RUNS more into Redis (the run ends when Redis has every row); rows/s and ratios.
+# 1. ROWS rows in 1,000-row transactions, then RUNS rounds, each draining three slots
+#    created at the same point, in turn: pg_recvlogical, Sluice into its log only (an SSE
+#    sink, no client), Sluice into Redis (the run ends when Redis has every row). The
+#    ratio is taken per round (the machine's load shifts between rounds, not within one);
+#    the median of the per-round ratios is reported.
 # 2. Commit-to-Redis and commit-to-SSE-client latency p50/p99 at 1,000 and 10,000 rows/s
 #    (pgbench at a fixed rate; bench/deliver_latency.py receives).
 # 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events.
@@ -46,24 +48,38 @@ drain() { # NAME END: seconds for `sluice run --until-lsn END` (with the sinks' 
   echo "$t1 - $t0" | bc -l
 }
 
-ratio_line() { # label rows ref_times times
-  local ref sl
+ref_drain() { # SLOT: seconds for pg_recvlogical to drain SLOT to $end (pgoutput, proto 1, no fsync)
+  local t0 t1
+  t0=$(now)
+  pg_recvlogical -d "$CONN" -S "$1" --start --endpos="$end" --no-loop -F 0 -f "$WORK/ref.out" \
+    -o proto_version=1 -o publication_names=bench_deliver_pub
+  t1=$(now)
+  rm -f "$WORK/ref.out"
+  q "SELECT pg_drop_replication_slot('$1')" >/dev/null
+  echo "$t1 - $t0" | bc -l
+}
+
+ratio_line() { # label rows ref_times times: the median per-round ratio, and each
+  local ref sl ratios
   ref=$(printf "%s\n" $3 | median); sl=$(printf "%s\n" $4 | median)
-  printf "%-40s %8.0f rows/s (median of %s: %s s)   pg_recvlogical %8.0f rows/s   ratio %.2f\n" \
-    "$1" "$(echo "$2/$sl" | bc -l)" "$RUNS" "$(echo $4 | tr ' ' ',')" "$(echo "$2/$ref" | bc -l)" "$(echo "$ref/$sl" | bc -l)"
+  ratios=$(paste -d' ' <(printf "%s\n" $3) <(printf "%s\n" $4) | awk '{printf "%.2f\n", $1/$2}')
+  printf "%-34s %8.0f rows/s (median; %s s)   pg_recvlogical %8.0f rows/s   ratio %.2f (per round: %s)\n" \
+    "$1" "$(echo "$2/$sl" | bc -l)" "$(echo $4 | tr ' ' ',')" "$(echo "$2/$ref" | bc -l)" \
+    "$(printf "%s\n" $ratios | median)" "$(echo $ratios | tr ' ' ',')"
 }
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), $(redis-server --version | cut -d' ' -f3)"
 
 # ---- 1. throughput -----------------------------------------------------------------
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then
-extra=$(for i in $(seq 1 "$RUNS"); do printf "sluice_dl%s,sluice_dr%s," "$i" "$i"; done); extra=${extra%,}
-line=$(ROWS=$ROWS BATCH=1000 DRAINS=$RUNS EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_deliver PUB=bench_deliver_pub SLOT=ref_deliver \
+extra=$(for i in $(seq 1 "$RUNS"); do printf "ref_dv%s,sluice_dl%s,sluice_dr%s," "$i" "$i" "$i"; done); extra=${extra%,}
+# The reference script's own drain (one slot) warms the caches; the rounds follow.
+line=$(ROWS=$ROWS BATCH=1000 DRAINS=1 EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_deliver PUB=bench_deliver_pub SLOT=ref_deliver \
   bash "$REF/bench.sh" "$CONN")
 end=$(sed -n 's/.*end_lsn=\([^ ]*\).*/\1/p' <<<"$line")
-ref_times=$(sed -n 's/.*drain_s=\([^ ]*\).*/\1/p' <<<"$line" | tr ',' ' ')
-log_times=""; redis_times=""
+ref_times=""; log_times=""; redis_times=""
 for i in $(seq 1 "$RUNS"); do
+  ref_times="$ref_times $(ref_drain "ref_dv$i")"
   config "dl$i" bench_deliver_pub bench_deliver sse
   log_times="$log_times $(drain "dl$i" "$end")"
   rm -rf "$WORK/dl$i"
