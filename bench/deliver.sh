@@ -11,7 +11,9 @@
 #    the median of the per-round ratios is reported.
 # 2. Commit-to-Redis and commit-to-SSE-client latency p50/p99 at 1,000 and 10,000 rows/s
 #    (pgbench at a fixed rate; bench/deliver_latency.py receives).
-# 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events.
+# 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events
+#    (received by sluice-sse-probe, a thread per client; until 2026-12-04 by the Python
+#    receiver, which with 1,000 sockets measured mostly itself).
 # SKIP_THROUGHPUT=1 runs only the latency part.
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) and a private redis-server.
 set -euo pipefail
@@ -22,6 +24,7 @@ CLIENTS=${CLIENTS:-1000}
 CLIENT_RATE=${CLIENT_RATE:-20}
 REDIS_PORT=${REDIS_PORT:-56379}
 source bench/common.sh
+cargo build --release --quiet -p sluice-testkit --bin sluice-sse-probe
 bash "$REF/start_pg.sh" >/dev/null
 WORK=$(mktemp -d /tmp/sluice-deliver.XXXXXX)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
@@ -114,7 +117,13 @@ latency() {
   pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -T 2 -f "$WORK/lat.sql" postgres >/dev/null 2>&1
   n=$((rate * LAT_SECONDS))
   if [ "$sink" = sse ]; then
-    python3 bench/deliver_latency.py sse "$addr" feed "$n" $((LAT_SECONDS + 60)) "$clients" > "$WORK/lat.out" 2>"$WORK/lat.err" &
+    if [ "$clients" -gt 1 ]; then
+      # Many clients: a thread each in a compiled receiver (one Python process going round
+      # 1,000 sockets measures mostly itself).
+      "$ROOT/target/release/sluice-sse-probe" "$addr" feed "$n" $((LAT_SECONDS + 60)) "$clients" > "$WORK/lat.out" 2>"$WORK/lat.err" &
+    else
+      python3 bench/deliver_latency.py sse "$addr" feed "$n" $((LAT_SECONDS + 60)) "$clients" > "$WORK/lat.out" 2>"$WORK/lat.err" &
+    fi
   else
     python3 bench/deliver_latency.py redis "$REDIS_PORT" "b:postgres.public.bench_lat." "$n" $((LAT_SECONDS + 60)) > "$WORK/lat.out" 2>"$WORK/lat.err" &
   fi

@@ -7,23 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_testkit::{Behaviour, WebhookReceiver};
-
-/// µs since the epoch of `2026-12-02T20:43:02.226537Z`.
-fn rfc3339_micros(s: &str) -> Option<i64> {
-    let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0, 4)?, n(5, 7)?, n(8, 10)?);
-    let (hh, mm, ss) = (n(11, 13)?, n(14, 16)?, n(17, 19)?);
-    let frac = s.get(20..s.len() - 1).unwrap_or("0");
-    let us: i64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
-}
+use sluice_testkit::{rfc3339_micros, Behaviour, WebhookReceiver};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
