@@ -357,3 +357,39 @@ async fn an_id_hash_from_an_earlier_version_gets_its_newest_id_before_the_fast_p
     let expect = format!("{:016X}{:016X}", 600, 1);
     assert_eq!(max.unwrap().trim(), expect);
 }
+
+#[tokio::test]
+async fn rows_expire_after_the_ttl_and_a_hash_leaves_null_columns_out() {
+    let redis = RedisServer::start().unwrap();
+    for (format, prefix) in [(Format::Json, "j:"), (Format::Hash, "h:")] {
+        let mut s = RedisSink::new(RedisOptions {
+            url: redis.url(),
+            prefix: prefix.into(),
+            key_template: DEFAULT_KEY_TEMPLATE.into(),
+            format,
+            ttl_secs: 100,
+            db: "shop".into(),
+            reset: None,
+        });
+        s.deliver(&batch(&[Change {
+            lsn: 100,
+            op: Op::Insert,
+            id: 1,
+            after: Some(r#"{"id":1,"v":"a","gone":null}"#),
+            toast: &[],
+        }]))
+        .await
+        .unwrap();
+        let key = format!("{prefix}shop.public.t.1");
+        let ttl: i64 = redis.cli(&["TTL", &key]).unwrap().trim().parse().unwrap();
+        assert!((1..=100).contains(&ttl), "{format:?}: TTL {ttl}");
+        match format {
+            Format::Json => assert_eq!(get(&redis, &key), r#"{"id":1,"v":"a","gone":null}"#),
+            Format::Hash => {
+                let fields = redis.cli(&["HGETALL", &key]).unwrap();
+                let fields: Vec<&str> = fields.lines().collect();
+                assert_eq!(fields, ["id", "1", "v", "a"], "NULL columns are absent");
+            }
+        }
+    }
+}
