@@ -31,3 +31,32 @@ publication = "$2"
 status_interval_secs = 1
 TOML
 }
+
+# Seconds for pg_recvlogical to drain slot $1 up to LSN $2 (pgoutput, protocol 1,
+# publication $3, to a file, no fsync), then drops the slot.
+ref_drain() {
+  local t0 t1 out
+  out=$(mktemp /tmp/sluice-ref.XXXXXX)
+  t0=$(now)
+  pg_recvlogical -d "$CONN" -S "$1" --start --endpos="$2" --no-loop -F 0 -f "$out" \
+    -o proto_version=1 -o publication_names="$3"
+  t1=$(now)
+  rm -f "$out"
+  q "SELECT pg_drop_replication_slot('$1')" >/dev/null
+  echo "$t1 - $t0" | bc -l
+}
+
+# The reference's time over Sluice's, round by round (both lists in round order).
+pair_ratios() { paste -d' ' <(printf "%s\n" $1) <(printf "%s\n" $2) | awk '{printf "%.2f\n", $1/$2}'; }
+
+# One line for rounds that drained the same WAL by pg_recvlogical and by Sluice in turn:
+# label, rows, the reference's seconds per round, Sluice's. The ratio is taken per round
+# (load from elsewhere shifts between rounds, not within one); their median is the figure.
+report_pairs() {
+  local ref sl ratios
+  ref=$(printf "%s\n" $3 | median); sl=$(printf "%s\n" $4 | median)
+  ratios=$(pair_ratios "$3" "$4")
+  printf "%-34s sluice %8.0f rows/s (median; %s s)   pg_recvlogical %8.0f rows/s (%s s)   ratio %.2f (per round: %s)\n" \
+    "$1" "$(echo "$2/$sl" | bc -l)" "$(echo $4 | tr ' ' ',')" "$(echo "$2/$ref" | bc -l)" "$(echo $3 | tr ' ' ',')" \
+    "$(printf "%s\n" $ratios | median)" "$(echo $ratios | tr ' ' ',')"
+}

@@ -51,26 +51,6 @@ drain() { # NAME END: seconds for `sluice run --until-lsn END` (with the sinks' 
   echo "$t1 - $t0" | bc -l
 }
 
-ref_drain() { # SLOT: seconds for pg_recvlogical to drain SLOT to $end (pgoutput, proto 1, no fsync)
-  local t0 t1
-  t0=$(now)
-  pg_recvlogical -d "$CONN" -S "$1" --start --endpos="$end" --no-loop -F 0 -f "$WORK/ref.out" \
-    -o proto_version=1 -o publication_names=bench_deliver_pub
-  t1=$(now)
-  rm -f "$WORK/ref.out"
-  q "SELECT pg_drop_replication_slot('$1')" >/dev/null
-  echo "$t1 - $t0" | bc -l
-}
-
-ratio_line() { # label rows ref_times times: the median per-round ratio, and each
-  local ref sl ratios
-  ref=$(printf "%s\n" $3 | median); sl=$(printf "%s\n" $4 | median)
-  ratios=$(paste -d' ' <(printf "%s\n" $3) <(printf "%s\n" $4) | awk '{printf "%.2f\n", $1/$2}')
-  printf "%-34s %8.0f rows/s (median; %s s)   pg_recvlogical %8.0f rows/s   ratio %.2f (per round: %s)\n" \
-    "$1" "$(echo "$2/$sl" | bc -l)" "$(echo $4 | tr ' ' ',')" "$(echo "$2/$ref" | bc -l)" \
-    "$(printf "%s\n" $ratios | median)" "$(echo $ratios | tr ' ' ',')"
-}
-
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), $(redis-server --version | cut -d' ' -f3)"
 
 # ---- 1. throughput -----------------------------------------------------------------
@@ -82,7 +62,7 @@ line=$(ROWS=$ROWS BATCH=1000 DRAINS=1 EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_deli
 end=$(sed -n 's/.*end_lsn=\([^ ]*\).*/\1/p' <<<"$line")
 ref_times=""; log_times=""; redis_times=""
 for i in $(seq 1 "$RUNS"); do
-  ref_times="$ref_times $(ref_drain "ref_dv$i")"
+  ref_times="$ref_times $(ref_drain "ref_dv$i" "$end" bench_deliver_pub)"
   config "dl$i" bench_deliver_pub bench_deliver sse
   log_times="$log_times $(drain "dl$i" "$end")"
   rm -rf "$WORK/dl$i"
@@ -93,8 +73,8 @@ for i in $(seq 1 "$RUNS"); do
   [ "$keys" -ge "$ROWS" ] || { echo "redis holds $keys keys of $ROWS rows" >&2; tail "$WORK/dr$i/log" >&2; exit 1; }
   rm -rf "$WORK/dr$i"
 done
-ratio_line "$ROWS rows into the log (fsync'd)" "$ROWS" "$ref_times" "$log_times"
-ratio_line "$ROWS rows into Redis" "$ROWS" "$ref_times" "$redis_times"
+report_pairs "$ROWS rows into the log (fsync'd)" "$ROWS" "$ref_times" "$log_times"
+report_pairs "$ROWS rows into Redis" "$ROWS" "$ref_times" "$redis_times"
 q "DROP PUBLICATION bench_deliver_pub; DROP TABLE bench_deliver"
 fi
 

@@ -6,12 +6,12 @@
 #
 # 1. A table of ROWS rows shaped like the streaming benchmark's (id bigserial primary key,
 #    a 200-character payload, an int, a timestamptz), vacuumed and cached.
-# 2. Reference: `COPY t TO STDOUT (FORMAT binary)` into /dev/null via psql, RUNS times.
-# 3. Sluice: a fresh pipeline per run whose initial snapshot copies the table into the
-#    file sink (JSON lines, fsync'd per chunk), with each worker count in WORKERS (the
-#    default is the number of cores). Rows/s from the copy time Sluice logs, the ratio to
-#    the median COPY rate, Sluice's peak RSS and CPU, and the CPU of the PostgreSQL
-#    backends (the postmaster's reaped-children times).
+# 2. For each worker count in WORKERS, RUNS rounds, each: the reference, `COPY t TO
+#    STDOUT (FORMAT binary)` into /dev/null via psql, then Sluice: a fresh pipeline whose
+#    initial snapshot copies the table into the file sink (JSON lines, fsync'd per
+#    chunk). Rows/s from the copy time Sluice logs; the ratio is taken per round (COPY
+#    time / Sluice's time) and its median reported, with Sluice's peak RSS and CPU and the
+#    CPU of the PostgreSQL backends (the postmaster's reaped-children times).
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) in $BASE, port $PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,20 +42,18 @@ fi
 q "SELECT pg_prewarm('snap_bench')" >/dev/null 2>&1 || q "SELECT count(*) FROM snap_bench" >/dev/null
 echo "table: $(q "SELECT pg_size_pretty(pg_relation_size('snap_bench'))"), $ROWS rows"
 
-ref_times=""
-for i in $(seq 1 "$RUNS"); do
+copy_time() { # seconds for one binary COPY of the table into /dev/null
+  local t0 t1
   t0=$(now)
   psql -d "$CONN" -X -q -c "COPY snap_bench TO STDOUT (FORMAT binary)" > /dev/null
   t1=$(now)
-  ref_times="$ref_times $(echo "$t1 - $t0" | bc -l)"
-done
-ref=$(printf "%s\n" $ref_times | median)
-ref_rate=$(echo "$ROWS / $ref" | bc -l)
-printf "COPY (FORMAT binary), one stream   %9.0f rows/s (median of %s: %s s)\n" "$ref_rate" "$RUNS" "$ref_times"
+  echo "$t1 - $t0" | bc -l
+}
 
 for w in $WORKERS; do
-  times="" rss="" cpu="" pgcpu=""
+  times="" rss="" cpu="" pgcpu="" ref_times=""
   for i in $(seq 1 "$RUNS"); do
+    ref_times="$ref_times $(copy_time)"
     name="snap_w${w}_$i"
     dir="$WORK/$name"
     mkdir -p "$dir"
@@ -90,8 +88,11 @@ TOML
   done
   med=$(printf "%s\n" $times | median)
   rate=$(echo "$ROWS / $med" | bc -l)
-  printf "sluice snapshot, %s worker(s)       %9.0f rows/s (median of %s: %s s)   ratio %.2f   peak RSS %s MB   sluice CPU %s s   backends CPU %s s\n" \
-    "$w" "$rate" "$RUNS" "$times" "$(echo "$rate / $ref_rate" | bc -l)" \
+  ratios=$(pair_ratios "$ref_times" "$times")
+  printf "COPY (FORMAT binary), one stream   %9.0f rows/s (median; %s s)\n" \
+    "$(echo "$ROWS / $(printf "%s\n" $ref_times | median)" | bc -l)" "$(echo $ref_times | tr ' ' ',')"
+  printf "sluice snapshot, %s worker(s)       %9.0f rows/s (median of %s: %s s)   ratio %.2f (per round: %s)   peak RSS %s MB   sluice CPU %s s   backends CPU %s s\n" \
+    "$w" "$rate" "$RUNS" "$times" "$(printf "%s\n" $ratios | median)" "$(echo $ratios | tr ' ' ',')" \
     "$(printf "%s\n" $rss | median | awk '{printf "%.0f", $1/1024}')" \
     "$(printf "%s\n" $cpu | median)" "$(printf "%s\n" $pgcpu | median | awk '{printf "%.1f", $1}')"
 done
