@@ -31,8 +31,11 @@ pub struct FileConfig {
     pub tables: Vec<String>,
 }
 
-/// Records per batch (one write and one fsync each).
-pub(crate) const BATCH: usize = 1000;
+/// Records per batch (one write and one fsync each; the reader also stops at 4 MiB).
+/// 8,192 rather than 1,000: 4% less time for a backlog of 1M rows (bench/compare.sh,
+/// 2026-12-05), the fsyncs being fewer; a batch is what the log holds, so latency at a
+/// low rate does not change.
+pub(crate) const BATCH: usize = 8192;
 
 impl FileConfig {
     fn resolved(&self, base: &Path) -> PathBuf {
