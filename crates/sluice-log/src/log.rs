@@ -262,20 +262,6 @@ impl Log {
         self.inner.paused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits, at most `timeout`, until this is the last handle on the log (readers,
-    /// cursors' users and the writer all hold one). A log's files are opened once per
-    /// process: whoever opens them again (a pipeline restarting) must wait for this.
-    pub async fn released(&self, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while Arc::strong_count(&self.inner) > 1 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        true
-    }
-
     /// Lets a writer paused on the disk budget finish (at shutdown).
     pub fn closing(&self) {
         self.inner

@@ -66,12 +66,6 @@ pub trait LogBackend: Send + Sync + 'static {
     fn paused(&self) -> bool;
     /// Lets a writer waiting on the budget finish (at shutdown).
     fn closing(&self);
-    /// Waits, at most `timeout`, until nothing else holds this log (a pipeline that
-    /// opens it again waits for this). `false`: something still held it.
-    fn released(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
 
 /// The consumers' positions in one log.
@@ -144,13 +138,6 @@ impl LogBackend for Log {
 
     fn closing(&self) {
         Log::closing(self)
-    }
-
-    fn released(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(Log::released(self, timeout))
     }
 }
 

@@ -104,6 +104,9 @@ struct Backend {
     last: Lsn,
     /// The last change (not a read) in the log when it was opened.
     last_change: Option<sluice_core::ChangeId>,
+    /// Whether anything still holds the log's files open (readers, cursors, waiting
+    /// rooms: anything that keeps `cursors.redb` open).
+    held: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Opens the embedded log in `data_dir/log`, with the delivery state beside its cursors.
@@ -121,12 +124,14 @@ fn open_log(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
     })?;
     let state = RedbState::open(log.cursors().clone())?;
     let last_change = log.last_change();
+    let files = Arc::downgrade(log.cursors());
     Ok(Backend {
         log: log.into(),
         writer: Box::new(writer),
         state,
         last,
         last_change,
+        held: Box::new(move || files.strong_count() > 0),
     })
 }
 
@@ -231,6 +236,7 @@ pub async fn run(
         state,
         last,
         last_change,
+        held,
     } = open_log(config, &data_dir)?;
     let output = LogOutput::start(&log, writer, last_change)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
@@ -291,10 +297,11 @@ pub async fn run(
     )
     .await;
     ctx.directory.withdraw(&config.pipeline.name);
-    drop(gauges);
-    // SSE feeds of this run hold readers until they see the stop; the next run of this
-    // pipeline opens the same files, so this one ends only once nothing holds the log.
-    if !log.released(SHUTDOWN_DEADLINE).await {
+    drop((gauges, state, log));
+    // SSE clients of this run and in-flight requests hold the log until they see the
+    // stop; the next run of this pipeline opens the same files, so this one ends only once
+    // nothing holds them.
+    if !released(&*held, SHUTDOWN_DEADLINE).await {
         warn!("parts of the stopped pipeline still hold its log; a restart may wait for them");
     }
     let closed = ended?;
@@ -314,6 +321,18 @@ pub async fn run(
             Err(Fault::from(e))
         }
     }
+}
+
+/// Waits, at most `timeout`, until `held` says nothing holds the log's files.
+async fn released(held: &(dyn Fn() -> bool + Send + Sync), timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while held() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// Publishes the run's HTTP endpoints in the directory.
