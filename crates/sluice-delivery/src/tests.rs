@@ -569,10 +569,9 @@ async fn an_event_past_its_ttl_expires_into_the_dead_letters() {
     run.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_waiting_room_survives_a_restart_and_replays_are_not_repeated() {
-    let mut b = Bench::new();
-    let target = Recorder::new(
+/// A target that retries every record of key 1 and takes the others.
+fn retrying_key_1() -> Arc<Recorder> {
+    Recorder::new(
         Arc::new(|i, _| {
             if i.key.contains("\"id\":1}") {
                 Err(Failure::Retry {
@@ -584,7 +583,13 @@ async fn the_waiting_room_survives_a_restart_and_replays_are_not_repeated() {
             }
         }),
         Duration::ZERO,
-    );
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_waiting_room_survives_a_restart_and_replays_are_not_repeated() {
+    let mut b = Bench::new();
+    let target = retrying_key_1();
     let mut p = policy();
     p.retry.max_attempts = 2;
     let run = b.start(target.clone(), p.clone());
@@ -742,19 +747,7 @@ async fn outbox_rows_go_after_every_sink_and_a_failing_delete_does_not_hold_the_
 async fn records_finished_past_a_held_cursor_are_not_repeated_after_a_crash() {
     let mut b = Bench::new();
     // Key 1 is retried and holds the cursor at its first record; the others go through.
-    let target = Recorder::new(
-        Arc::new(|i, _| {
-            if i.key.contains("\"id\":1}") {
-                Err(Failure::Retry {
-                    error: "no".into(),
-                    after: None,
-                })
-            } else {
-                Ok(())
-            }
-        }),
-        Duration::ZERO,
-    );
+    let target = retrying_key_1();
     let run = b.start(target.clone(), policy());
     b.append((1..=50).map(|k| row(0, k, k)).collect()).await;
     until("keys 2-50 delivered", || {

@@ -315,7 +315,7 @@ pub struct RedisSink {
     truncate: redis::Script,
     incomplete: metrics::Counter,
     /// Id hash keys by (schema, table).
-    ids_keys: std::sync::Mutex<Vec<(String, String, String)>>,
+    ids_keys: std::sync::Mutex<Vec<(String, String, std::sync::Arc<str>)>>,
 }
 
 /// A JSON object's members in document order (key columns keep the primary key's order).
@@ -392,15 +392,16 @@ impl RedisSink {
     }
 
     /// The table's id hash key (built once per table: it is needed for every record).
-    fn ids_key(&self, schema: &str, table: &str) -> String {
+    fn ids_key(&self, schema: &str, table: &str) -> std::sync::Arc<str> {
         let mut known = self.ids_keys.lock().expect("ids keys lock");
         if let Some((_, _, k)) = known.iter().find(|(s, t, _)| s == schema && t == table) {
             return k.clone();
         }
-        let k = format!(
+        let k: std::sync::Arc<str> = format!(
             "{}sluice:ids:{}.{schema}.{table}",
             self.options.prefix, self.options.db
-        );
+        )
+        .into();
         known.push((schema.to_owned(), table.to_owned(), k.clone()));
         k
     }
@@ -471,8 +472,9 @@ impl RedisSink {
         let v = version(r);
         if r.op == Op::Truncate {
             pending.flush(&self.write, pipe);
-            pipe.invoke_script(self.truncate.key(&ids).arg(&v)).ignore();
-            if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&ids)) {
+            pipe.invoke_script(self.truncate.key(&*ids).arg(&v))
+                .ignore();
+            if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&*ids)) {
                 // The script leaves the hash with `\0max` = this id.
                 f.tracked = true;
                 f.raise(&v);
@@ -506,7 +508,7 @@ impl RedisSink {
             _ => None,
         };
         let ttl = self.options.ttl_secs;
-        if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&ids)) {
+        if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&*ids)) {
             let plain = moved_from.is_none() && env.unchanged_toast.is_empty();
             if plain && f.allows(&v) {
                 f.raise(&v);
@@ -725,7 +727,7 @@ impl Sink for RedisSink {
                 // After every change of the commit at `below`: all of the log so far.
                 let v = fence(below.0, u64::MAX);
                 self.truncate
-                    .key(&ids)
+                    .key(&*ids)
                     .arg(&v)
                     .invoke_async::<i64>(&mut conn)
                     .await
@@ -770,8 +772,8 @@ impl RedisSink {
         for r in batch.iter() {
             if r.op != Op::Message {
                 let k = self.ids_key(r.schema, r.table);
-                if !keys.contains(&k) {
-                    keys.push(k);
+                if !keys.iter().any(|known| **known == *k) {
+                    keys.push(k.to_string());
                 }
             }
         }
