@@ -11,6 +11,7 @@
 mod backoff;
 mod check;
 mod error;
+mod framing;
 mod lsn;
 pub mod metric;
 mod record;
@@ -21,6 +22,7 @@ mod time;
 pub use backoff::{Backoff, Retrying};
 pub use check::Finding;
 pub use error::{BoxError, Classify, ErrorClass, Fault};
+pub use framing::{Framing, RecordHead};
 pub use lsn::{ChangeId, Lsn, ParseError};
 pub use record::{
     push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op, OUTBOX_PREFIX,

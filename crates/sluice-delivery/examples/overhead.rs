@@ -76,7 +76,7 @@ fn main() {
                 frame::encode_record(&mut bytes, &r);
             }
             next += count;
-            tx.send(Append { bytes, framed: Some(count), commit: Some(Lsn(0x1000 + next)), ack: None })
+            tx.send(Append { bytes, records: count, commit: Some(Lsn(0x1000 + next)), ack: None })
                 .await
                 .unwrap();
         }

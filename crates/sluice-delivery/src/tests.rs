@@ -211,7 +211,7 @@ impl Bench {
         self.tx
             .send(Append {
                 bytes,
-                framed: Some(count),
+                records: count,
                 commit: Some(Lsn(self.lsn)),
                 ack: Some(ack),
             })

@@ -16,7 +16,7 @@
 //! Sinks filter and order by the fixed fields without parsing JSON. Decoding never
 //! panics: a short or damaged frame is reported as such.
 
-use sluice_core::{ChangeRecord, Lsn, Op};
+use sluice_core::{ChangeRecord, Framing, Lsn, Op};
 
 /// Length and CRC.
 pub const FRAME_HEADER: usize = 8;
@@ -25,14 +25,20 @@ pub const FRAME_HEADER: usize = 8;
 pub const MAX_BODY: usize = 4 << 30;
 
 /// The fixed fields of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head<'a> {
-    pub commit_lsn: Lsn,
-    pub ordinal: u64,
-    pub commit_ts_micros: i64,
-    pub op: Op,
-    pub schema: &'a str,
-    pub table: &'a str,
+pub use sluice_core::RecordHead as Head;
+
+/// This log's [`Framing`], for producers that encode envelopes themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Frames;
+
+impl Framing for Frames {
+    fn begin(&self, out: &mut Vec<u8>, head: &Head<'_>) -> usize {
+        begin(out, head)
+    }
+
+    fn finish(&self, out: &mut Vec<u8>, start: usize) {
+        finish(out, start)
+    }
 }
 
 fn begin(out: &mut Vec<u8>, head: &Head<'_>) -> usize {
@@ -74,90 +80,6 @@ pub fn encode_record(out: &mut Vec<u8>, record: &ChangeRecord) {
     );
     record.write_json(out);
     finish(out, start);
-}
-
-/// Appends one JSON envelope (written by [`ChangeRecord::write_json`], e.g. by a snapshot
-/// worker) as a frame, reading its fixed fields from the envelope's leading keys.
-pub fn encode_json(out: &mut Vec<u8>, json: &[u8]) -> Result<(), String> {
-    let (commit_lsn, ordinal, op, schema, table) = parse_envelope_head(json)?;
-    let start = begin(
-        out,
-        &Head {
-            commit_lsn,
-            ordinal,
-            commit_ts_micros: 0,
-            op,
-            schema: &schema,
-            table: &table,
-        },
-    );
-    out.extend_from_slice(json);
-    finish(out, start);
-    Ok(())
-}
-
-/// `{"id":"<16 hex>-<ordinal>","op":"<op>","schema":<str|null>,"table":<str|null>,...`:
-/// the order `write_json` always uses. Row values come later, so nothing in them can be
-/// mistaken for these keys.
-fn parse_envelope_head(json: &[u8]) -> Result<(Lsn, u64, Op, String, String), String> {
-    let bad = |what: &str| format!("not a Sluice change envelope ({what})");
-    let rest = json
-        .strip_prefix(b"{\"id\":\"")
-        .ok_or_else(|| bad("no leading id"))?;
-    let hex = rest.get(..16).ok_or_else(|| bad("short id"))?;
-    let lsn = u64::from_str_radix(std::str::from_utf8(hex).map_err(|_| bad("id"))?, 16)
-        .map_err(|_| bad("id"))?;
-    let rest = rest[16..].strip_prefix(b"-").ok_or_else(|| bad("id"))?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'"')
-        .ok_or_else(|| bad("id"))?;
-    let ordinal: u64 = std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("ordinal"))?;
-    let rest = rest[end..]
-        .strip_prefix(b"\",\"op\":\"")
-        .ok_or_else(|| bad("op"))?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'"')
-        .ok_or_else(|| bad("op"))?;
-    let op = std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(Op::from_name)
-        .ok_or_else(|| bad("op"))?;
-    let rest = rest[end..]
-        .strip_prefix(b"\",\"schema\":")
-        .ok_or_else(|| bad("schema"))?;
-    let (schema, rest) = json_string_or_null(rest).ok_or_else(|| bad("schema"))?;
-    let rest = rest
-        .strip_prefix(b",\"table\":")
-        .ok_or_else(|| bad("table"))?;
-    let (table, _) = json_string_or_null(rest).ok_or_else(|| bad("table"))?;
-    Ok((Lsn(lsn), ordinal, op, schema, table))
-}
-
-/// A JSON string (or `null`, as "") at the start of `s`, and what follows it.
-fn json_string_or_null(s: &[u8]) -> Option<(String, &[u8])> {
-    if let Some(rest) = s.strip_prefix(b"null") {
-        return Some((String::new(), rest));
-    }
-    if s.first() != Some(&b'"') {
-        return None;
-    }
-    let mut i = 1;
-    while i < s.len() {
-        match s[i] {
-            b'\\' => i += 2,
-            b'"' => {
-                let text: String = serde_json::from_slice(&s[..=i]).ok()?;
-                return Some((text, &s[i + 1..]));
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// The result of looking at the bytes where a frame should start.
@@ -264,25 +186,29 @@ mod tests {
     }
 
     #[test]
-    fn a_record_and_its_json_line_frame_alike_but_for_the_commit_time() {
+    fn a_record_framed_by_a_producer_is_the_same_frame_as_the_logs_own() {
         let r = record();
         let mut a = Vec::new();
         encode_record(&mut a, &r);
-        let mut b = Vec::new();
-        encode_json(&mut b, r.to_json().as_bytes()).unwrap();
+        // A producer that encodes the envelope itself (as snapshot workers do).
+        let mut b = b"earlier frames".to_vec();
+        let head = Head {
+            commit_lsn: r.id.commit_lsn,
+            ordinal: r.id.ordinal,
+            commit_ts_micros: r.commit_ts_micros,
+            op: r.op,
+            schema: &r.schema,
+            table: &r.table,
+        };
+        let start = Frames.begin(&mut b, &head);
+        r.write_json(&mut b);
+        Frames.finish(&mut b, start);
+        assert_eq!(&b[start..], &a[..]);
         assert_eq!(check(&a), Decoded::Frame { len: a.len() });
-        assert_eq!(check(&b), Decoded::Frame { len: b.len() });
-        let (ha, ja) = parse_body(&a[FRAME_HEADER..]).unwrap();
-        let (hb, jb) = parse_body(&b[FRAME_HEADER..]).unwrap();
-        assert_eq!(ha.table, "or\"ders");
-        assert_eq!(ha.commit_ts_micros, 1_700_000_000_000_000);
-        assert_eq!(hb.commit_ts_micros, 0);
-        assert_eq!(
-            (ha.commit_lsn, ha.ordinal, ha.op),
-            (hb.commit_lsn, hb.ordinal, hb.op)
-        );
-        assert_eq!(ha.schema, hb.schema);
-        assert_eq!(&a[FRAME_HEADER + ja..], &b[FRAME_HEADER + jb..]);
+        let (h, j) = parse_body(&a[FRAME_HEADER..]).unwrap();
+        assert_eq!(h, head);
+        assert_eq!(h.table, "or\"ders");
+        assert_eq!(&a[FRAME_HEADER + j..], r.to_json().as_bytes());
     }
 
     #[test]
@@ -295,7 +221,6 @@ mod tests {
         let mut flipped = a.clone();
         flipped[20] ^= 1;
         assert!(matches!(check(&flipped), Decoded::Corrupt(_)));
-        assert!(encode_json(&mut Vec::new(), b"{\"op\":\"insert\"}").is_err());
     }
 
     proptest::proptest! {
@@ -303,7 +228,6 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes: Vec<u8>) {
             let _ = check(&bytes);
             let _ = parse_body(&bytes);
-            let _ = encode_json(&mut Vec::new(), &bytes);
         }
     }
 }

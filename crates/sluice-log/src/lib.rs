@@ -37,8 +37,6 @@ pub enum LogError {
     },
     #[error("log: {0}")]
     Corrupt(String),
-    #[error("log: a batch is not change records: {0}")]
-    Encode(String),
     #[error("records from {from} are no longer in the log (it starts at {first}); resume from {first} or later and backfill what is missing")]
     Expired { from: u64, first: u64 },
     #[error("the log was closed")]

@@ -381,11 +381,11 @@ fn last_change<'a>(
     Ok(None)
 }
 
-/// One hand-off to the writer: frames (with their count) or JSON lines to frame.
+/// One hand-off to the writer: whole frames, back to back.
 pub struct Append {
     pub bytes: Vec<u8>,
-    /// `Some(n)`: `bytes` holds `n` frames; `None`: JSON lines.
-    pub framed: Option<u64>,
+    /// How many frames `bytes` holds.
+    pub records: u64,
     /// The end LSN of the last transaction this completes.
     pub commit: Option<Lsn>,
     pub ack: Option<tokio::sync::oneshot::Sender<()>>,
@@ -399,7 +399,6 @@ impl Writer {
         mut rx: tokio::sync::mpsc::Receiver<Append>,
         spare: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), LogError> {
-        let mut scratch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
             let mut size = group[0].bytes.len();
@@ -418,25 +417,8 @@ impl Writer {
             self.wait_for_budget();
             let mut commit = None;
             for a in &group {
-                let count = match a.framed {
-                    Some(n) => {
-                        self.write(&a.bytes)?;
-                        n
-                    }
-                    None => {
-                        scratch.clear();
-                        let mut n = 0;
-                        for line in a.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                            frame::encode_json(&mut scratch, line).map_err(LogError::Encode)?;
-                            n += 1;
-                        }
-                        let s = std::mem::take(&mut scratch);
-                        self.write(&s)?;
-                        scratch = s;
-                        n
-                    }
-                };
-                self.next += count;
+                self.write(&a.bytes)?;
+                self.next += a.records;
                 commit = a.commit.or(commit);
             }
             self.file

@@ -22,16 +22,20 @@ struct Entry {
     ordinal: u64,
     commit_ts_micros: i64,
     op: Op,
-    schema: (u32, u32),
-    table: (u32, u32),
+    /// Index into the batch's `names`.
+    names: u32,
     json: (u32, u32),
 }
 
 /// Records read together, in offset order, in one buffer.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
+    /// Frames as read; each entry points at its envelope.
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    /// Schema and table names, each pair once for a run of records of one table (names
+    /// are checked as UTF-8 once, not at every look at a record).
+    names: Vec<(String, String)>,
     /// The offset after the last record read (also when every record was filtered out).
     pub next: u64,
 }
@@ -62,6 +66,7 @@ impl RecordBatch {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.entries.clear();
+        self.names.clear();
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Record<'_>> + '_ {
@@ -73,7 +78,7 @@ impl RecordBatch {
     }
 
     fn record(&self, e: &Entry) -> Record<'_> {
-        let s = |(a, b): (u32, u32)| &self.buf[a as usize..b as usize];
+        let (schema, table) = &self.names[e.names as usize];
         Record {
             offset: e.offset,
             id: ChangeId {
@@ -82,10 +87,9 @@ impl RecordBatch {
             },
             commit_ts_micros: e.commit_ts_micros,
             op: e.op,
-            // Checked as UTF-8 when the frame was parsed.
-            schema: std::str::from_utf8(s(e.schema)).unwrap_or_default(),
-            table: std::str::from_utf8(s(e.table)).unwrap_or_default(),
-            json: s(e.json),
+            schema,
+            table,
+            json: &self.buf[e.json.0 as usize..e.json.1 as usize],
         }
     }
 }
@@ -98,7 +102,6 @@ pub struct Reader {
     file: Option<BufReader<File>>,
     /// First offset of the segment after the open one (where to switch files).
     segment_end: Option<u64>,
-    body: Vec<u8>,
 }
 
 impl Reader {
@@ -115,7 +118,6 @@ impl Reader {
             next: from,
             file: None,
             segment_end: None,
-            body: Vec::new(),
         })
     }
 
@@ -226,39 +228,55 @@ impl Reader {
         if n > MAX_BODY {
             return Err(self.damaged(offset, "implausible frame length"));
         }
-        self.body.resize(n, 0);
+        // Read straight into the batch: a record the filter drops is cut off again.
+        let at = batch.buf.len();
+        batch.buf.resize(at + n, 0);
         let r = self.file.as_mut().expect("opened above");
-        if let Err(e) = r.read_exact(&mut self.body) {
+        if let Err(e) = r.read_exact(&mut batch.buf[at..]) {
+            batch.buf.truncate(at);
             return Err(self.damaged(offset, e));
         }
-        if crc32c::crc32c(&self.body) != crc {
+        let body = &batch.buf[at..];
+        if crc32c::crc32c(body) != crc {
+            batch.buf.truncate(at);
             return Err(self.damaged(offset, "CRC mismatch"));
         }
-        let (head, json_at) = frame::parse_body(&self.body).map_err(|e| self.damaged(offset, e))?;
+        let (head, json_at) = match frame::parse_body(body) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                batch.buf.truncate(at);
+                return Err(self.damaged(offset, e));
+            }
+        };
         self.next += 1;
         if !keep(head.op, head.schema, head.table) {
+            batch.buf.truncate(at);
             return Ok(());
         }
-        let base = batch.buf.len() as u32;
-        let mut push = |b: &[u8]| {
-            let a = batch.buf.len() as u32;
-            batch.buf.extend_from_slice(b);
-            (a, batch.buf.len() as u32)
-        };
-        let schema = push(head.schema.as_bytes());
-        let table = push(head.table.as_bytes());
-        let json = push(&self.body[json_at..]);
-        debug_assert!(schema.0 >= base);
+        let names = name_index(&mut batch.names, head.schema, head.table);
         batch.entries.push(Entry {
             offset,
             commit_lsn: head.commit_lsn,
             ordinal: head.ordinal,
             commit_ts_micros: head.commit_ts_micros,
             op: head.op,
-            schema,
-            table,
-            json,
+            names,
+            json: ((at + json_at) as u32, (at + n) as u32),
         });
         Ok(())
     }
+}
+
+/// The index of `(schema, table)` in `names`, added if none of the last few is it (a batch
+/// mostly holds runs of one table, or a few interleaved).
+fn name_index(names: &mut Vec<(String, String)>, schema: &str, table: &str) -> u32 {
+    let recent = names.len().saturating_sub(8);
+    if let Some(i) = names[recent..]
+        .iter()
+        .rposition(|(s, t)| s == schema && t == table)
+    {
+        return (recent + i) as u32;
+    }
+    names.push((schema.to_string(), table.to_string()));
+    (names.len() - 1) as u32
 }

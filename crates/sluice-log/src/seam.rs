@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sluice_core::Op;
+use sluice_core::{Framing, Op};
 
 use tokio::sync::{mpsc, watch};
 
@@ -91,6 +91,9 @@ pub trait Cursors: Send + Sync {
 /// receives, in order, publishes the durable end (with the last durable commit LSN) only
 /// once what it covers is durable, and returns spent buffers through `spare`.
 pub trait LogWriter: Send + 'static {
+    /// How this log frames a record, for producers that frame records themselves: every
+    /// [`Append`] holds frames made so.
+    fn framing(&self) -> Arc<dyn Framing>;
     fn run(
         self: Box<Self>,
         rx: mpsc::Receiver<Append>,
@@ -164,6 +167,10 @@ impl Cursors for CursorStore {
 }
 
 impl LogWriter for Writer {
+    fn framing(&self) -> Arc<dyn Framing> {
+        Arc::new(crate::frame::Frames)
+    }
+
     fn run(
         self: Box<Self>,
         rx: mpsc::Receiver<Append>,

@@ -75,7 +75,7 @@ impl Running {
             .unwrap()
             .blocking_send(Append {
                 bytes,
-                framed: Some(records.len() as u64),
+                records: records.len() as u64,
                 commit: Some(records.last().unwrap().commit_lsn),
                 ack: None,
             })
@@ -92,7 +92,7 @@ impl Running {
                 frame::encode_record(&mut bytes, &rec(100 + i, i, "a"));
                 let a = Append {
                     bytes,
-                    framed: Some(1),
+                    records: 1,
                     commit: Some(Lsn(100 + i)),
                     ack: None,
                 };

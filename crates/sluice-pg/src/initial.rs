@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sluice_core::{ChangeId, ChangeRecord, EnvelopeTemplate, Lsn, Op};
+use sluice_core::{ChangeId, ChangeRecord, EnvelopeTemplate, Framing, Lsn, Op, RecordHead};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -49,6 +49,8 @@ pub struct InitialSnapshot {
     pub workers: usize,
     pub tables: Vec<SnapshotTable>,
     pub batches: mpsc::Sender<Batch>,
+    /// How the output frames records: workers frame their rows themselves.
+    pub framing: Arc<dyn Framing>,
     pub state: Arc<PipelineState>,
     pub progress: Arc<Progress>,
 }
@@ -58,6 +60,8 @@ struct Job {
     range: usize,
     shape: Arc<TableShape>,
     template: Arc<EnvelopeTemplate>,
+    /// The consistent point: every snapshot row's commit LSN.
+    at: Lsn,
     sql: String,
 }
 
@@ -73,6 +77,7 @@ struct Shared {
     snapshot_name: String,
     queue: Mutex<VecDeque<Job>>,
     batches: mpsc::Sender<Batch>,
+    framing: Arc<dyn Framing>,
     ordinal: AtomicU64,
     progress: Arc<Progress>,
     cancel: CancellationToken,
@@ -114,6 +119,7 @@ impl InitialSnapshot {
                     range: r,
                     shape: st.shape.clone(),
                     template: template.clone(),
+                    at: self.consistent_point,
                     sql: st.shape.copy_sql(*range, st.plan.filter.as_deref()),
                 });
             }
@@ -133,6 +139,7 @@ impl InitialSnapshot {
             snapshot_name: self.snapshot_name.clone(),
             queue: Mutex::new(jobs),
             batches: self.batches.clone(),
+            framing: self.framing.clone(),
             ordinal: AtomicU64::new(0),
             progress: self.progress.clone(),
             cancel: stop.clone(),
@@ -222,6 +229,7 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
             let mut enc = RowEncoder::new(job.shape.clone());
             let mut copy = CopyOut::start(&mut conn, &job.sql, job.shape.copy_columns()).await?;
             let mut rows = 0u64;
+            let mut framed = 0u64;
             loop {
                 let before = rows;
                 let more = copy
@@ -230,14 +238,27 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
                             next = shared.ordinal.fetch_add(ORDINAL_BLOCK, Ordering::Relaxed) + 1;
                             end = next + ORDINAL_BLOCK;
                         }
-                        // Encoded in place: no per-row buffers to copy.
+                        // Encoded and framed in place: no per-row buffers to copy, and
+                        // the log's writer only writes.
+                        let start = shared.framing.begin(
+                            &mut out,
+                            &RecordHead {
+                                commit_lsn: job.at,
+                                ordinal: next,
+                                commit_ts_micros: 0,
+                                op: Op::Read,
+                                schema: &job.shape.schema,
+                                table: &job.shape.name,
+                            },
+                        );
                         job.template.write_head(next, &mut out);
                         enc.encode_object(fields, true, &mut out)?;
                         job.template.write_mid(&mut out);
                         enc.encode_object(fields, false, &mut out)?;
                         job.template.write_tail(&mut out);
-                        out.push(b'\n');
+                        shared.framing.finish(&mut out, start);
                         next += 1;
+                        framed += 1;
                         rows += 1;
                         Ok(())
                     })
@@ -249,7 +270,7 @@ fn worker(shared: &Shared, done: mpsc::UnboundedSender<Done>) -> Result<(), PgEr
                         bytes: std::mem::replace(&mut out, Vec::with_capacity(BATCH_BYTES * 2)),
                         commit: None,
                         ack: (!more).then_some(ack_tx),
-                        framed: None,
+                        records: std::mem::take(&mut framed),
                     };
                     if shared.batches.send(batch).await.is_err() {
                         return Err(PgError::Definite("the output stopped".into()));

@@ -7,23 +7,23 @@
 //! transactions it has made durable whole; the source confirms nothing beyond that.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use sluice_core::{ChangeRecord, Lsn};
+use sluice_core::{ChangeRecord, Framing, Lsn};
 use tokio::sync::watch;
 
-/// JSON lines encoded elsewhere (by snapshot workers, on their own threads), written in
-/// the order sent.
+/// Records framed elsewhere (by snapshot workers, on their own threads, with the output's
+/// [`Output::framing`]), written in the order sent.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Whole JSON lines, each ending in a newline.
+    /// Whole frames, back to back.
     pub bytes: Vec<u8>,
     /// The end LSN of the last transaction this batch completes.
     pub commit: Option<Lsn>,
     /// Answered once this batch and everything sent before it is durable.
     pub ack: Option<tokio::sync::oneshot::Sender<()>>,
-    /// `Some(n)`: `bytes` holds `n` records in the output's own framing (written by its
-    /// `push`); `None`: whole JSON lines from elsewhere.
-    pub framed: Option<u64>,
+    /// How many frames `bytes` holds.
+    pub records: u64,
 }
 
 /// Where assembled records go. `push` buffers; `hand_off` passes the buffer on (waiting
@@ -47,6 +47,8 @@ pub trait Output: Send {
     fn durable(&mut self) -> &mut watch::Receiver<Lsn>;
     /// A sender for pre-encoded batches; they go after whatever was handed off before.
     fn batches(&self) -> tokio::sync::mpsc::Sender<Batch>;
+    /// How records in those batches are framed.
+    fn framing(&self) -> Arc<dyn Framing>;
 }
 
 /// Events the supervisor and tests can watch.

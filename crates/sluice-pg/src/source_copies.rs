@@ -78,6 +78,7 @@ impl<O: Output> SourceWorker<O> {
             workers: cfg.snapshot_workers,
             tables,
             batches: self.output.batches(),
+            framing: self.output.framing(),
             state: state.clone(),
             progress: cfg.progress.clone(),
         };

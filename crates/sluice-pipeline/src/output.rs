@@ -15,9 +15,10 @@
 //! appended again (a repeat of a read, which every sink takes as an upsert).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use sluice_core::{metric, ChangeId, ChangeRecord, Fault, Lsn, Op};
-use sluice_log::{frame, Append, LogWriter, SharedLog};
+use sluice_core::{metric, ChangeId, ChangeRecord, Fault, Framing, Lsn, Op, RecordHead};
+use sluice_log::{Append, LogWriter, SharedLog};
 use sluice_pg::source::Batch;
 use sluice_pg::Output;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +32,8 @@ pub struct LogOutput {
     buf: Vec<u8>,
     count: u64,
     tx: mpsc::Sender<Append>,
+    /// The log's framing of a record (the writer only writes).
+    framing: Arc<dyn Framing>,
     batches: mpsc::Sender<Batch>,
     durable: watch::Receiver<Lsn>,
     writer: Option<std::thread::JoinHandle<Result<(), sluice_log::LogError>>>,
@@ -51,6 +54,7 @@ impl LogOutput {
     ) -> Result<LogOutput, Fault> {
         let (tx, rx) = mpsc::channel::<Append>(QUEUE);
         let (spare_tx, spare) = mpsc::channel(QUEUE + 2);
+        let framing = writer.framing();
         let writer = std::thread::Builder::new()
             .name("sluice-log-writer".into())
             .spawn(move || writer.run(rx, spare_tx))?;
@@ -70,14 +74,15 @@ impl LogOutput {
                 }
             }
         });
-        // Snapshot workers send JSON lines: forward them in order with everything else.
+        // Snapshot workers send frames of their own: forward them in order with everything
+        // else.
         let (batches, mut lines) = mpsc::channel::<Batch>(QUEUE);
         let forward = tx.clone();
         tokio::spawn(async move {
             while let Some(b) = lines.recv().await {
                 let a = Append {
                     bytes: b.bytes,
-                    framed: b.framed,
+                    records: b.records,
                     commit: b.commit,
                     ack: b.ack,
                 };
@@ -90,6 +95,7 @@ impl LogOutput {
             buf: Vec::with_capacity(HAND_OFF_BYTES * 2),
             count: 0,
             tx,
+            framing,
             batches,
             durable,
             writer: Some(writer),
@@ -146,7 +152,19 @@ impl Output for LogOutput {
             return;
         }
         self.count_change(record);
-        frame::encode_record(&mut self.buf, record);
+        let start = self.framing.begin(
+            &mut self.buf,
+            &RecordHead {
+                commit_lsn: record.id.commit_lsn,
+                ordinal: record.id.ordinal,
+                commit_ts_micros: record.commit_ts_micros,
+                op: record.op,
+                schema: &record.schema,
+                table: &record.table,
+            },
+        );
+        record.write_json(&mut self.buf);
+        self.framing.finish(&mut self.buf, start);
         self.count += 1;
     }
 
@@ -174,7 +192,7 @@ impl Output for LogOutput {
         let bytes = std::mem::replace(&mut self.buf, next);
         let append = Append {
             bytes,
-            framed: Some(std::mem::take(&mut self.count)),
+            records: std::mem::take(&mut self.count),
             commit,
             ack: None,
         };
@@ -195,6 +213,10 @@ impl Output for LogOutput {
 
     fn batches(&self) -> mpsc::Sender<Batch> {
         self.batches.clone()
+    }
+
+    fn framing(&self) -> Arc<dyn Framing> {
+        self.framing.clone()
     }
 }
 

@@ -61,7 +61,7 @@ fn batch(changes: &[Change]) -> RecordBatch {
     }
     tx.try_send(Append {
         bytes,
-        framed: Some(changes.len() as u64),
+        records: changes.len() as u64,
         commit: None,
         ack: None,
     })
