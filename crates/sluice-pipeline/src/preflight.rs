@@ -69,6 +69,7 @@ pub async fn sink_findings(config: &Config, base_dir: &Path, captured: &[String]
         let ctx = Context {
             base_dir,
             db: &db,
+            pipeline: &config.pipeline.name,
             tables: &tables,
             reset: None,
         };

@@ -248,6 +248,7 @@ pub async fn run(
             last,
             base,
             db: &spec.conninfo.dbname,
+            pipeline: &config.pipeline.name,
             captured: &prepared.captured,
             failure: &failure,
             cancel: &cancel,

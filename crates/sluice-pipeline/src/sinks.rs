@@ -36,6 +36,7 @@ pub struct Start<'a> {
     pub last: Lsn,
     pub base: &'a std::path::Path,
     pub db: &'a str,
+    pub pipeline: &'a str,
     pub captured: &'a [String],
     pub failure: &'a FailureSlot,
     pub cancel: &'a CancellationToken,
@@ -299,6 +300,7 @@ fn context<'a>(start: &Start<'a>, tables: &'a [String], reset: Option<Lsn>) -> C
     Context {
         base_dir: start.base,
         db: start.db,
+        pipeline: start.pipeline,
         tables,
         reset,
     }

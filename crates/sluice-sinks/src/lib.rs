@@ -87,6 +87,8 @@ pub struct Context<'a> {
     pub base_dir: &'a Path,
     /// The source database's name.
     pub db: &'a str,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
     /// The captured tables this sink takes, as `schema.table`.
     pub tables: &'a [String],
     /// The disk budget shed this sink: its destination starts over, as if its tables

@@ -5,30 +5,31 @@
 //! (NULL columns absent). Deletes remove the key, a truncate every key of its table.
 //!
 //! Invariants:
-//! - Never backwards: every write runs in a Lua script that compares the change's id with
-//!   the id stored for that key (in the table's id hash, `{prefix}sluice:ids:{db}.{schema}.{table}`,
-//!   field = the row's key) and with the table's last truncate; an older or equal id is
-//!   ignored. So redelivery after a crash, a retried batch or a backfill row older than
-//!   the cache cannot overwrite newer data. Deleted rows leave their id as a tombstone.
+//! - Never backwards, one write per batch: every batch is one `MULTI`/`EXEC` that ends by
+//!   setting the sink's high-water mark (`{prefix}sluice:applied:{db}.{pipeline}.{sink}`)
+//!   to the id and log offset of its last record. Redis applies a transaction whole or
+//!   not at all, so the mark always says exactly what the cache holds. A record the mark
+//!   covers (an older commit, or the same commit at or before its offset: the log's own
+//!   order) is skipped, so a replay after a crash, a retried batch or a repeated backfill
+//!   row never writes an older value over a newer one, not even for a moment. After any
+//!   error the mark is read again before the next attempt (an `EXEC` may have been applied
+//!   without its answer reaching the sink).
+//! - The sink is the only writer of its tables' keys (one active instance per pipeline,
+//!   rule 6); the mark fences its own replays, not another program's writes.
+//! - A truncate commits what comes before it, removes every key of its table (found with
+//!   `SCAN` by the template's text around `{pk}`; a key that a longer pattern of another
+//!   of the sink's tables matches is that table's), then records itself in the mark; a
+//!   crash in between repeats it. A shed sink clears its tables the same way before its
+//!   backfill arrives.
 //! - Unchanged TOAST columns are merged into the cached row (a hash keeps its other
-//!   fields; a JSON row is read, merged and written). When the row is not cached there is
+//!   fields through a small script inside the transaction; a JSON row is read after what
+//!   is queued is committed, merged and written). When the row is not cached there is
 //!   nothing to merge with: the key is left absent (readers fall back to the database)
 //!   and the sink counts it in `sluice_redis_incomplete_rows_total`; it is never cached
 //!   with columns missing.
-//! - The id hash also keeps `\0max`, the newest id written to the table by any writer
-//!   (every write path raises it, a truncate sets it). A write whose id is newer than
-//!   `\0max` cannot be older than anything cached for the table, so it needs no per-row
-//!   read: the fast path writes its id and its row as plain commands. Everything else
-//!   (snapshot rows older than what streaming wrote, replays after a crash, TOAST merges,
-//!   key changes) goes through the fenced script, which compares per row.
-//! - A batch is one `MULTI`/`EXEC` under `WATCH` of its tables' id hashes, so the fast
-//!   path's decision (taken from `\0max` as read before) holds when it is applied; if
-//!   another writer touched a table meanwhile, the batch runs again fenced. A batch that
-//!   needs a read between its writes (a TOAST merge of a JSON row) runs fenced, as
-//!   several calls in order. Any error retries the whole batch (idempotent through the
-//!   fence), so a Redis restart is back-pressure, never loss.
-//! - An id hash written before `\0max` existed is fenced row by row until its maximum is
-//!   found (one `HSCAN` pass) and recorded.
+//! - Per-row id hashes of earlier versions (`{prefix}sluice:ids:...`) are honoured until
+//!   the stream passes the newest commit they know (records of that commit are checked
+//!   row by row), then removed in the transaction that passes it.
 
 use std::fmt::Write as _;
 
@@ -45,13 +46,15 @@ use tracing::{info, warn};
 
 use crate::{finding_for, Built, Context, Sink, SinkSpec};
 
-mod fence;
+mod applied;
+mod clear;
 mod script;
 
-use fence::Fences;
-use script::{Pending, TRUNCATE, WRITE};
+use applied::{Applied, Legacy};
+use clear::KeyPattern;
+use script::HMERGE;
 
-/// `type = "redis"`: rows cached in Redis, one key per row, fenced by change id.
+/// `type = "redis"`: rows cached in Redis, one key per row, fenced by the sink's high-water mark.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
@@ -185,18 +188,18 @@ impl SinkSpec for RedisConfig {
                 format: self.format,
                 ttl_secs: self.ttl_secs,
                 db: ctx.db.to_owned(),
+                pipeline: ctx.pipeline.to_owned(),
+                sink: self.name.clone(),
+                tables: ctx
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        let (s, n) = t.split_once('.').unwrap_or(("public", t));
+                        (s.to_owned(), n.to_owned())
+                    })
+                    .collect(),
                 // A shed cache starts over: its tables are cleared, then backfilled.
-                reset: ctx.reset.map(|lsn| {
-                    let tables = ctx
-                        .tables
-                        .iter()
-                        .map(|t| {
-                            let (s, n) = t.split_once('.').unwrap_or(("public", t));
-                            (s.to_owned(), n.to_owned())
-                        })
-                        .collect();
-                    (tables, lsn)
-                }),
+                reset: ctx.reset.is_some(),
             })),
             // A Redis batch is one pipeline.
             max_records: self.batch,
@@ -228,7 +231,7 @@ pub fn classify(e: RedisError) -> Fault {
             "put the credentials in the sink's url: redis://user:password@host:port",
         ),
         ErrorKind::Server(ServerErrorKind::NoPerm) => definite(
-            "the user may not run a command the sink needs (SET, DEL, HSET, EVALSHA, SCRIPT LOAD)",
+            "the user may not run a command the sink needs (GET, SET, DEL, UNLINK, HSET, SCAN, MULTI, EVAL)",
             "grant them, e.g. ACL SETUSER <user> +@read +@write +@scripting ~*",
         ),
         ErrorKind::InvalidClientConfig => definite(
@@ -274,10 +277,15 @@ pub struct RedisOptions {
     pub ttl_secs: u64,
     /// The source database's name (`{db}` in the template).
     pub db: String,
-    /// Tables to clear before the first delivery, as if truncated at this commit LSN: a
-    /// sink that missed records (shed by the disk budget) starts over from a backfill, and
-    /// rows deleted meanwhile must not stay cached.
-    pub reset: Option<(Vec<(String, String)>, sluice_core::Lsn)>,
+    /// The pipeline's and the sink's names (the high-water mark's key).
+    pub pipeline: String,
+    pub sink: String,
+    /// The captured tables the sink takes, as (schema, table).
+    pub tables: Vec<(String, String)>,
+    /// Clear the tables before the first delivery: a sink that missed records (shed by
+    /// the disk budget) starts over from a backfill, and rows deleted meanwhile must not
+    /// stay cached.
+    pub reset: bool,
 }
 
 pub const DEFAULT_KEY_TEMPLATE: &str = "{prefix}{db}.{schema}.{table}.{pk}";
@@ -287,6 +295,11 @@ pub fn check_template(template: &str) -> Result<(), String> {
     if !template.contains("{pk}") {
         return Err(format!(
             "key_template {template:?} must contain {{pk}}, or rows of a table would share one key"
+        ));
+    }
+    if template.matches("{pk}").count() > 1 {
+        return Err(format!(
+            "key_template {template:?} must contain {{pk}} once (a truncate finds a table's keys by the text around it)"
         ));
     }
     let mut rest = template;
@@ -309,13 +322,16 @@ pub fn check_template(template: &str) -> Result<(), String> {
 pub struct RedisSink {
     options: RedisOptions,
     conn: Option<ConnectionManager>,
-    /// Whether the scripts are loaded (a restarted Redis has forgotten them).
-    loaded: bool,
-    write: redis::Script,
-    truncate: redis::Script,
+    /// The high-water mark as the sink last read or wrote it; `None` until read (again
+    /// after any error: a transaction may have been applied without its answer).
+    applied: Option<Option<Applied>>,
+    /// `{prefix}sluice:applied:{db}.{pipeline}.{sink}`.
+    applied_key: String,
+    /// Id hashes of an earlier version, checked until the stream is past them.
+    legacy: Option<Legacy>,
+    /// The key pattern of each of the sink's tables, by (schema, table).
+    patterns: Vec<(String, String, KeyPattern)>,
     incomplete: metrics::Counter,
-    /// Id hash keys by (schema, table).
-    ids_keys: std::sync::Mutex<Vec<(String, String, std::sync::Arc<str>)>>,
 }
 
 /// A JSON object's members in document order (key columns keep the primary key's order).
@@ -361,49 +377,75 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// The fixed-width, comparable form of an id (ordinals can widen in the text form).
-fn version(r: &Record<'_>) -> String {
-    fence(r.id.commit_lsn.0, r.id.ordinal)
+/// The writes of a batch not yet sent: one `MULTI`/`EXEC`, ended by the high-water mark.
+struct Tx {
+    pipe: redis::Pipeline,
+    /// The last record whose writes are queued.
+    last: Option<Applied>,
 }
 
-/// What the scripts compare: commit LSN and ordinal, each as 16 hex digits.
-fn fence(commit_lsn: u64, ordinal: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(32);
-    for n in [commit_lsn, ordinal] {
-        for shift in (0..16).rev() {
-            out.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
-        }
+impl Tx {
+    fn new() -> Tx {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        Tx { pipe, last: None }
     }
-    out
 }
 
 impl RedisSink {
     pub fn new(options: RedisOptions) -> RedisSink {
-        RedisSink {
+        let applied_key = format!(
+            "{}sluice:applied:{}.{}.{}",
+            options.prefix, options.db, options.pipeline, options.sink
+        );
+        let mut sink = RedisSink {
             options,
             conn: None,
-            loaded: false,
-            write: redis::Script::new(WRITE),
-            truncate: redis::Script::new(TRUNCATE),
+            applied: None,
+            applied_key,
+            legacy: None,
+            patterns: Vec::new(),
             incomplete: metrics::counter!(metric::REDIS_INCOMPLETE_ROWS.name),
-            ids_keys: Default::default(),
+        };
+        for (schema, table) in sink.options.tables.clone() {
+            sink.pattern(&schema, &table);
         }
+        sink
     }
 
-    /// The table's id hash key (built once per table: it is needed for every record).
-    fn ids_key(&self, schema: &str, table: &str) -> std::sync::Arc<str> {
-        let mut known = self.ids_keys.lock().expect("ids keys lock");
-        if let Some((_, _, k)) = known.iter().find(|(s, t, _)| s == schema && t == table) {
-            return k.clone();
+    /// The key pattern of a table (added when a table first appears).
+    fn pattern(&mut self, schema: &str, table: &str) -> KeyPattern {
+        if let Some((_, _, p)) = self
+            .patterns
+            .iter()
+            .find(|(s, t, _)| s == schema && t == table)
+        {
+            return p.clone();
         }
-        let k: std::sync::Arc<str> = format!(
+        let o = &self.options;
+        let p = KeyPattern::new(&o.key_template, |name| match name {
+            "prefix" => o.prefix.clone(),
+            "db" => o.db.clone(),
+            "schema" => schema.to_owned(),
+            "table" => table.to_owned(),
+            other => format!("{{{other}}}"),
+        });
+        self.patterns
+            .push((schema.to_owned(), table.to_owned(), p.clone()));
+        p
+    }
+
+    /// Prefix of the keys Sluice keeps beside the rows.
+    fn reserved(&self) -> String {
+        format!("{}sluice:", self.options.prefix)
+    }
+
+    /// An earlier version's id hash of a table.
+    fn legacy_hash(&self, schema: &str, table: &str) -> String {
+        format!(
             "{}sluice:ids:{}.{schema}.{table}",
             self.options.prefix, self.options.db
         )
-        .into();
-        known.push((schema.to_owned(), table.to_owned(), k.clone()));
-        k
     }
 
     fn row_key(&self, schema: &str, table: &str, key: &Members) -> String {
@@ -452,40 +494,110 @@ impl RedisSink {
         Ok(conn)
     }
 
-    /// Adds `r`'s write: with `fast` (a batch under `WATCH`), as plain commands in `pipe`
-    /// when its id is newer than its table's `\0max`, else as a fenced write in `pending`
-    /// (a truncate goes to `pipe` after what is pending). Without `fast`, a TOAST merge of
-    /// a JSON row may first send what is queued and read the cached row, so it takes the
-    /// connection; with `fast` that returns `false`: the batch must run fenced.
+    /// Before the first batch (and after an error): a shed sink's tables are cleared, the
+    /// high-water mark and any earlier version's id hashes are read.
+    async fn prepare(&mut self, conn: &mut ConnectionManager) -> Result<(), Fault> {
+        let tables: Vec<(String, String)> = self.options.tables.clone();
+        if self.options.reset {
+            let reserved = self.reserved();
+            let all: Vec<KeyPattern> = self.patterns.iter().map(|(_, _, p)| p.clone()).collect();
+            let mut removed = 0;
+            for p in &all {
+                removed += clear::clear(conn, p, &all, &reserved).await?;
+            }
+            let hashes: Vec<String> = tables.iter().map(|(s, t)| self.legacy_hash(s, t)).collect();
+            if !hashes.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&hashes)
+                    .query_async::<()>(conn)
+                    .await
+                    .map_err(classify)?;
+            }
+            info!(
+                tables = tables.len(),
+                keys = removed,
+                "redis: cleared the tables of a shed sink before its backfill"
+            );
+            self.options.reset = false;
+        }
+        let candidates: Vec<String> = tables.iter().map(|(s, t)| self.legacy_hash(s, t)).collect();
+        self.legacy = applied::legacy(conn, &candidates).await?;
+        self.applied = Some(applied::read(conn, &self.applied_key).await?);
+        Ok(())
+    }
+
+    /// Sends the queued writes with the high-water mark as one transaction (and, once
+    /// the stream is past them, the removal of an earlier version's id hashes).
+    async fn commit(&mut self, conn: &mut ConnectionManager, tx: &mut Tx) -> Result<(), Fault> {
+        let Some(last) = tx.last.take() else {
+            return Ok(());
+        };
+        let mut pipe = std::mem::replace(tx, Tx::new()).pipe;
+        pipe.cmd("SET")
+            .arg(&self.applied_key)
+            .arg(last.encode())
+            .ignore();
+        let past_legacy = self
+            .legacy
+            .as_ref()
+            .is_some_and(|l| last.id.commit_lsn > l.floor.0);
+        if past_legacy {
+            if let Some(l) = &self.legacy {
+                pipe.cmd("UNLINK").arg(&l.hashes).ignore();
+            }
+        }
+        let merged: Vec<i64> = pipe.query_async(conn).await.map_err(classify)?;
+        self.count_incomplete(&merged);
+        self.applied = Some(Some(last));
+        if past_legacy {
+            info!("redis: the stream is past the earlier version's id hashes; they are removed");
+            self.legacy = None;
+        }
+        Ok(())
+    }
+
+    /// Queues `r`'s writes, or applies what it needs at once (a truncate, a merge that
+    /// reads the cached row).
     async fn add(
-        &self,
+        &mut self,
         conn: &mut ConnectionManager,
-        pipe: &mut redis::Pipeline,
-        pending: &mut Pending,
+        tx: &mut Tx,
         r: &Record<'_>,
-        mut fast: Option<&mut Fences>,
-    ) -> Result<bool, Fault> {
+    ) -> Result<(), Fault> {
         let bad = |e: serde_json::Error| {
             Fault::fatal(format!("record {} is not a change envelope", r.id)).caused_by(e)
         };
-        let ids = self.ids_key(r.schema, r.table);
-        let v = version(r);
         if r.op == Op::Truncate {
-            pending.flush(&self.write, pipe);
-            pipe.invoke_script(self.truncate.key(&*ids).arg(&v))
-                .ignore();
-            if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&*ids)) {
-                // The script leaves the hash with `\0max` = this id.
-                f.tracked = true;
-                f.raise(&v);
-            }
-            return Ok(true);
+            // Everything before it first; the truncate is applied once its mark is
+            // written (a crash in between repeats it).
+            self.commit(conn, tx).await?;
+            let table = self.pattern(r.schema, r.table);
+            let all: Vec<KeyPattern> = self.patterns.iter().map(|(_, _, p)| p.clone()).collect();
+            let removed = clear::clear(conn, &table, &all, &self.reserved()).await?;
+            info!(
+                schema = r.schema,
+                table = r.table,
+                keys = removed,
+                "redis: truncate"
+            );
+            tx.last = Some(Applied::of(r));
+            return self.commit(conn, tx).await;
         }
         let env: Envelope = serde_json::from_slice(r.json).map_err(bad)?;
         let Some(key) = env.key.as_ref() else {
-            return Ok(true);
+            return Ok(());
         };
+        self.pattern(r.schema, r.table);
         let row = self.row_key(r.schema, r.table, key);
+        if let Some(l) = &self.legacy {
+            if (r.id.commit_lsn, r.id.ordinal) <= l.floor
+                && (r.id.commit_lsn < l.floor.0
+                    || applied::legacy_applied(conn, &self.legacy_hash(r.schema, r.table), &row, r)
+                        .await?)
+            {
+                return Ok(());
+            }
+        }
         // An update that changed the key: the row leaves its old key.
         let moved_from = match (r.op, &env.before) {
             (Op::Update, Some(before)) => {
@@ -507,142 +619,110 @@ impl RedisSink {
             }
             _ => None,
         };
-        let ttl = self.options.ttl_secs;
-        if let Some(f) = fast.as_deref_mut().and_then(|f| f.get_mut(&*ids)) {
-            let plain = moved_from.is_none() && env.unchanged_toast.is_empty();
-            if plain && f.allows(&v) {
-                f.raise(&v);
-                pending.flush(&self.write, pipe);
-                self.write_plain(pipe, &row, &ids, &v, r.op, env.after)
-                    .map_err(bad)?;
-                return Ok(true);
+        let toast = !env.unchanged_toast.is_empty();
+        let after = match (r.op, env.after) {
+            (Op::Delete, _) | (_, None) => None,
+            (_, Some(after)) => Some(after),
+        };
+        match after {
+            None => {
+                if let Some(old) = &moved_from {
+                    tx.pipe.cmd("DEL").arg(old).ignore();
+                }
+                tx.pipe.cmd("DEL").arg(&row).ignore();
             }
-            // Fenced, in order; whatever it applies raises `\0max` in the script too.
-            f.raise(&v);
-        }
-        if let Some(old) = &moved_from {
-            pending.begin(old, &ids, &v, "del", ttl);
-            pending.end();
-        }
-        match (r.op, env.after) {
-            (Op::Delete, _) | (_, None) => {
-                pending.begin(&row, &ids, &v, "del", ttl);
+            Some(after) if !toast => {
+                if let Some(old) = &moved_from {
+                    tx.pipe.cmd("DEL").arg(old).ignore();
+                }
+                match self.options.format {
+                    // The row's JSON as the record carries it, columns in table order.
+                    Format::Json => self.set_json(tx, &row, after.get()),
+                    Format::Hash => {
+                        let columns: Members = serde_json::from_str(after.get()).map_err(bad)?;
+                        self.set_hash(tx, &row, columns.0);
+                    }
+                }
             }
-            (_, Some(after))
-                if env.unchanged_toast.is_empty() && self.options.format == Format::Json =>
-            {
-                // The row's JSON as the record carries it, columns in table order.
-                pending.begin(&row, &ids, &v, "set", ttl);
-                pending.arg(after.get());
-            }
-            (_, Some(after)) => {
-                let toast = !env.unchanged_toast.is_empty();
+            Some(after) if self.options.format == Format::Hash && moved_from.is_none() => {
+                // A hash keeps the fields the update did not send.
                 let after: Members = serde_json::from_str(after.get()).map_err(bad)?;
-                if toast && (self.options.format == Format::Json || moved_from.is_some()) {
-                    if fast.is_some() {
-                        // A read between the batch's writes: not in one MULTI.
-                        return Ok(false);
-                    }
-                    // Merge with the cached row (under the old key if the key changed);
-                    // what is queued before goes first, so the row read is the one this
-                    // update follows.
-                    let from = moved_from.as_deref().unwrap_or(&row);
-                    // Not the move's delete: it is this update's, and goes after the read.
-                    let moving = moved_from.is_some().then(|| pending.take_last());
-                    pending.flush(&self.write, pipe);
-                    if pipe.cmd_iter().next().is_some() {
-                        let incomplete: Vec<i64> = std::mem::take(pipe)
-                            .query_async(conn)
-                            .await
-                            .map_err(classify)?;
-                        self.count_incomplete(&incomplete);
-                    }
-                    let cached = self.cached(conn, from).await?;
-                    if let Some(m) = moving {
-                        pending.put_back(m);
-                    }
-                    match cached {
-                        Some(mut merged) => {
-                            for (k, v) in after.0 {
-                                match merged.iter_mut().find(|(m, _)| *m == k) {
-                                    Some(slot) => slot.1 = v,
-                                    None => merged.push((k, v)),
-                                }
+                let (set, null): (Vec<_>, Vec<_>) =
+                    after.0.into_iter().partition(|(_, v)| !v.is_null());
+                let cmd = tx.pipe.cmd("EVAL").arg(HMERGE).arg(1).arg(&row);
+                cmd.arg(self.options.ttl_secs).arg(set.len());
+                for (k, v) in set {
+                    cmd.arg(k).arg(text(&v));
+                }
+                for (k, _) in null {
+                    cmd.arg(k);
+                }
+            }
+            Some(after) => {
+                // Merge with the cached row (under the old key if the key changed): what
+                // is queued goes first, so the row read is the one this update follows.
+                let after: Members = serde_json::from_str(after.get()).map_err(bad)?;
+                self.commit(conn, tx).await?;
+                let from = moved_from.as_deref().unwrap_or(&row);
+                let cached = self.cached(conn, from).await?;
+                if let Some(old) = &moved_from {
+                    tx.pipe.cmd("DEL").arg(old).ignore();
+                }
+                match cached {
+                    Some(mut merged) => {
+                        for (k, v) in after.0 {
+                            match merged.iter_mut().find(|(m, _)| *m == k) {
+                                Some(slot) => slot.1 = v,
+                                None => merged.push((k, v)),
                             }
-                            self.full_row(pending, &row, &ids, &v, merged);
                         }
-                        None => {
-                            self.incomplete.increment(1);
-                            warn!(schema = r.schema, table = r.table, id = %r.id, "redis: an update without its unchanged TOAST columns found no cached row to merge with; the key is left absent");
-                            pending.begin(&row, &ids, &v, "del", ttl);
+                        match self.options.format {
+                            Format::Json => {
+                                let map: serde_json::Map<String, Value> =
+                                    merged.into_iter().collect();
+                                self.set_json(tx, &row, &Value::Object(map).to_string());
+                            }
+                            Format::Hash => self.set_hash(tx, &row, merged),
                         }
                     }
-                } else if toast {
-                    // A hash keeps the fields the update did not send.
-                    let (set, null): (Vec<_>, Vec<_>) =
-                        after.0.into_iter().partition(|(_, v)| !v.is_null());
-                    pending.begin(&row, &ids, &v, "hmerge", ttl);
-                    pending.arg(set.len().to_string());
-                    for (k, v) in set {
-                        pending.arg(k);
-                        pending.arg(text(&v));
+                    None => {
+                        self.incomplete.increment(1);
+                        warn!(schema = r.schema, table = r.table, id = %r.id, "redis: an update without its unchanged TOAST columns found no cached row to merge with; the key is left absent");
+                        tx.pipe.cmd("DEL").arg(&row).ignore();
                     }
-                    for (k, _) in null {
-                        pending.arg(k);
-                    }
-                } else {
-                    self.full_row(pending, &row, &ids, &v, after.0);
                 }
             }
         }
-        pending.end();
-        Ok(true)
+        tx.last = Some(Applied::of(r));
+        Ok(())
     }
 
-    /// The fast path: the row's id and the row as plain commands.
-    fn write_plain(
-        &self,
-        pipe: &mut redis::Pipeline,
-        row: &str,
-        ids: &str,
-        v: &str,
-        op: Op,
-        after: Option<&serde_json::value::RawValue>,
-    ) -> Result<(), serde_json::Error> {
-        let ttl = self.options.ttl_secs;
-        pipe.cmd("HSET").arg(ids).arg(row).arg(v).ignore();
-        let after = match (op, after) {
-            (Op::Delete, _) | (_, None) => {
-                pipe.cmd("DEL").arg(row).ignore();
-                return Ok(());
+    fn set_json(&self, tx: &mut Tx, row: &str, json: &str) {
+        let set = tx.pipe.cmd("SET").arg(row).arg(json);
+        if self.options.ttl_secs > 0 {
+            set.arg("EX").arg(self.options.ttl_secs);
+        }
+        set.ignore();
+    }
+
+    /// A whole row as a hash: its non-NULL columns.
+    fn set_hash(&self, tx: &mut Tx, row: &str, columns: Vec<(String, Value)>) {
+        tx.pipe.cmd("DEL").arg(row).ignore();
+        let fields: Vec<_> = columns.iter().filter(|(_, v)| !v.is_null()).collect();
+        if !fields.is_empty() {
+            let hset = tx.pipe.cmd("HSET").arg(row);
+            for (k, v) in fields {
+                hset.arg(k).arg(text(v));
             }
-            (_, Some(after)) => after,
-        };
-        match self.options.format {
-            Format::Json => {
-                let set = pipe.cmd("SET").arg(row).arg(after.get());
-                if ttl > 0 {
-                    set.arg("EX").arg(ttl);
-                }
-                set.ignore();
-            }
-            Format::Hash => {
-                let columns: Members = serde_json::from_str(after.get())?;
-                pipe.cmd("DEL").arg(row).ignore();
-                let fields: Vec<_> = columns.0.iter().filter(|(_, v)| !v.is_null()).collect();
-                if !fields.is_empty() {
-                    let hset = pipe.cmd("HSET").arg(row);
-                    for (k, v) in fields {
-                        hset.arg(k).arg(text(v));
-                    }
-                    hset.ignore();
-                }
-                if ttl > 0 {
-                    pipe.cmd("EXPIRE").arg(row).arg(ttl).ignore();
-                }
+            hset.ignore();
+            if self.options.ttl_secs > 0 {
+                tx.pipe
+                    .cmd("EXPIRE")
+                    .arg(row)
+                    .arg(self.options.ttl_secs)
+                    .ignore();
             }
         }
-        Ok(())
     }
 
     fn count_incomplete(&self, results: &[i64]) {
@@ -650,37 +730,6 @@ impl RedisSink {
         if incomplete > 0 {
             self.incomplete.increment(incomplete as u64);
             warn!(rows = incomplete, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
-        }
-    }
-}
-
-impl RedisSink {
-    /// A whole row: `set` with its JSON, or `hset` with its non-NULL columns (the write
-    /// is begun here and ended by the caller).
-    fn full_row(
-        &self,
-        pending: &mut Pending,
-        row: &str,
-        ids: &str,
-        v: &str,
-        columns: Vec<(String, Value)>,
-    ) {
-        let ttl = self.options.ttl_secs;
-        match self.options.format {
-            Format::Json => {
-                let map: serde_json::Map<String, Value> = columns.into_iter().collect();
-                pending.begin(row, ids, v, "set", ttl);
-                pending.arg(Value::Object(map).to_string());
-            }
-            Format::Hash => {
-                let set: Vec<_> = columns.into_iter().filter(|(_, v)| !v.is_null()).collect();
-                pending.begin(row, ids, v, "hset", ttl);
-                pending.arg(set.len().to_string());
-                for (k, v) in set {
-                    pending.arg(k);
-                    pending.arg(text(&v));
-                }
-            }
         }
     }
 
@@ -716,128 +765,41 @@ impl RedisSink {
             }
         }
     }
+
+    /// The batch's records past the high-water mark, as few transactions as its reads
+    /// and truncates allow (one, usually).
+    async fn deliver_batch(
+        &mut self,
+        conn: &mut ConnectionManager,
+        batch: &RecordBatch,
+    ) -> Result<(), Fault> {
+        let mut tx = Tx::new();
+        for r in batch.iter() {
+            if r.op == Op::Message {
+                continue;
+            }
+            let applied = self.applied.flatten().or(tx.last);
+            if applied.is_some_and(|a| a.covers(&r)) {
+                continue;
+            }
+            self.add(conn, &mut tx, &r).await?;
+        }
+        self.commit(conn, &mut tx).await
+    }
 }
 
 impl Sink for RedisSink {
     async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
         let mut conn = self.connection().await?;
-        if let Some((tables, below)) = self.options.reset.clone() {
-            for (schema, table) in &tables {
-                let ids = self.ids_key(schema, table);
-                // After every change of the commit at `below`: all of the log so far.
-                let v = fence(below.0, u64::MAX);
-                self.truncate
-                    .key(&*ids)
-                    .arg(&v)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-                    .map_err(classify)?;
-            }
-            info!(
-                tables = tables.len(),
-                "redis: cleared the tables of a shed sink before its backfill"
-            );
-            self.options.reset = None;
+        if self.applied.is_none() {
+            self.prepare(&mut conn).await?;
         }
-        if !self.loaded {
-            for script in [WRITE, TRUNCATE] {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(script)
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(classify)?;
-            }
-            self.loaded = true;
-        }
-        let result = self.deliver_loaded(&mut conn, batch).await;
+        let result = self.deliver_batch(&mut conn, batch).await;
         if result.is_err() {
-            // Whatever failed, the server may have restarted without the scripts.
-            self.loaded = false;
+            // A transaction may have been applied without its answer: read the mark again.
+            self.applied = None;
         }
         result
-    }
-}
-
-impl RedisSink {
-    /// One batch as one `MULTI`/`EXEC` under `WATCH` of its tables' id hashes, with the
-    /// fast path; fenced throughout if that cannot be (a read between writes, or another
-    /// writer touched a table meanwhile).
-    async fn deliver_loaded(
-        &mut self,
-        conn: &mut ConnectionManager,
-        batch: &RecordBatch,
-    ) -> Result<(), Fault> {
-        let mut keys: Vec<String> = Vec::new();
-        for r in batch.iter() {
-            if r.op != Op::Message {
-                let k = self.ids_key(r.schema, r.table);
-                if !keys.iter().any(|known| **known == *k) {
-                    keys.push(k.to_string());
-                }
-            }
-        }
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut fences = fence::watch(conn, &keys).await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut pending = Pending::default();
-        let mut whole = true;
-        for r in batch.iter() {
-            if r.op != Op::Message
-                && !self
-                    .add(conn, &mut pipe, &mut pending, &r, Some(&mut fences))
-                    .await?
-            {
-                whole = false;
-                break;
-            }
-        }
-        if whole {
-            pending.flush(&self.write, &mut pipe);
-            for (k, f) in &fences {
-                if let (true, Some(max)) = (f.raised, &f.max) {
-                    pipe.cmd("HSET").arg(k).arg("\0max").arg(max).ignore();
-                }
-            }
-            let results: Option<Vec<i64>> = pipe.query_async(conn).await.map_err(classify)?;
-            if let Some(results) = results {
-                self.count_incomplete(&results);
-                return Ok(());
-            }
-            // Another writer changed a table since the fences were read.
-        } else {
-            redis::cmd("UNWATCH")
-                .query_async::<()>(conn)
-                .await
-                .map_err(classify)?;
-        }
-        self.deliver_fenced(conn, batch).await
-    }
-
-    /// The batch with every write fenced, in as many calls as its reads need.
-    async fn deliver_fenced(
-        &mut self,
-        conn: &mut ConnectionManager,
-        batch: &RecordBatch,
-    ) -> Result<(), Fault> {
-        let mut pipe = redis::pipe();
-        let mut pending = Pending::default();
-        for r in batch.iter() {
-            if r.op == Op::Message {
-                continue;
-            }
-            self.add(conn, &mut pipe, &mut pending, &r, None).await?;
-        }
-        pending.flush(&self.write, &mut pipe);
-        if pipe.cmd_iter().next().is_none() {
-            return Ok(());
-        }
-        let results: Vec<i64> = pipe.query_async(conn).await.map_err(classify)?;
-        self.count_incomplete(&results);
-        Ok(())
     }
 }
 
@@ -846,18 +808,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fences_are_fixed_width_uppercase_hex_that_sort_as_ids_do() {
-        for (l, o) in [(0, 0), (0x1A, 3), (u64::MAX, 1 << 40)] {
-            assert_eq!(fence(l, o), format!("{l:016X}{o:016X}"));
-        }
-        assert!(fence(9, u64::MAX) < fence(10, 0));
-    }
-
-    #[test]
     fn templates_are_checked_and_filled() {
         check_template(DEFAULT_KEY_TEMPLATE).unwrap();
         assert!(check_template("{prefix}{table}").is_err());
         assert!(check_template("{pk}{tabel}").is_err());
+        assert!(check_template("{table}.{pk}.{pk}").is_err());
         let sink = RedisSink::new(RedisOptions {
             url: "redis://127.0.0.1/".into(),
             prefix: "c:".into(),
@@ -865,7 +820,10 @@ mod tests {
             format: Format::Json,
             ttl_secs: 0,
             db: "shop".into(),
-            reset: None,
+            pipeline: "p".into(),
+            sink: "cache".into(),
+            tables: vec![],
+            reset: false,
         });
         let key: Members = serde_json::from_str(r#"{"b":"x y","a":7}"#).unwrap();
         assert_eq!(
@@ -873,5 +831,6 @@ mod tests {
             "c:shop.public.orders.x y.7",
             "columns in key order, not sorted"
         );
+        assert_eq!(sink.applied_key, "c:sluice:applied:shop.p.cache");
     }
 }

@@ -1,4 +1,4 @@
-//! The Redis sink against a real redis-server: fencing by id, formats, TOAST merges,
+//! The Redis sink against a real redis-server: its high-water mark, formats, TOAST merges,
 //! deletes, truncates, and a server restart in the middle of delivery.
 
 use std::sync::Arc;
@@ -81,15 +81,22 @@ fn sink(redis: &RedisServer, format: Format) -> RedisSink {
 }
 
 fn sink_at(url: String, format: Format) -> RedisSink {
-    RedisSink::new(RedisOptions {
+    RedisSink::new(options(url, format))
+}
+
+fn options(url: String, format: Format) -> RedisOptions {
+    RedisOptions {
         url,
         prefix: "c:".into(),
         key_template: DEFAULT_KEY_TEMPLATE.into(),
         format,
         ttl_secs: 0,
         db: "shop".into(),
-        reset: None,
-    })
+        pipeline: "p".into(),
+        sink: "cache".into(),
+        tables: vec![("public".into(), "t".into())],
+        reset: false,
+    }
 }
 
 fn get(redis: &RedisServer, key: &str) -> String {
@@ -211,7 +218,10 @@ async fn unchanged_toast_columns_are_merged_not_lost() {
 #[tokio::test]
 async fn truncate_removes_the_tables_keys_and_fences_older_writes() {
     let redis = RedisServer::start().unwrap();
-    let mut s = sink(&redis, Format::Json);
+    let mut options = options(redis.url(), Format::Json);
+    // `t.x.1` matches table t's pattern too, but is table `t.x`'s key.
+    options.tables.push(("public".into(), "t.x".into()));
+    let mut s = RedisSink::new(options);
     let inserts: Vec<Change> = (1..=50)
         .map(|i| Change {
             lsn: 100 + i as u64,
@@ -223,9 +233,9 @@ async fn truncate_removes_the_tables_keys_and_fences_older_writes() {
         .collect();
     let inserts = batch(&inserts);
     s.deliver(&inserts).await.unwrap();
-    redis
-        .cli(&["SET", "c:shop.public.other.1", "kept"])
-        .unwrap();
+    for key in ["c:shop.public.other.1", "c:shop.public.t.x.1"] {
+        redis.cli(&["SET", key, "kept"]).unwrap();
+    }
     s.deliver(&batch(&[Change {
         lsn: 1000,
         op: Op::Truncate,
@@ -237,8 +247,13 @@ async fn truncate_removes_the_tables_keys_and_fences_older_writes() {
     .unwrap();
     s.deliver(&inserts).await.unwrap();
     let keys = redis.cli(&["KEYS", "c:shop.public.t.*"]).unwrap();
-    assert_eq!(keys.trim(), "", "every row key of the table is gone");
+    assert_eq!(
+        keys.trim(),
+        "c:shop.public.t.x.1",
+        "every row key of the table is gone"
+    );
     assert_eq!(get(&redis, "c:shop.public.other.1"), "kept");
+    assert_eq!(get(&redis, "c:shop.public.t.x.1"), "kept");
 }
 
 #[tokio::test]
@@ -253,12 +268,6 @@ async fn delivery_fails_while_redis_is_down_and_succeeds_after() {
         toast: &[],
     }]);
     s.deliver(&one).await.unwrap();
-    redis.kill();
-    let err = s.deliver(&one).await.unwrap_err();
-    assert!(err.is_transient(), "{err}");
-    redis.start_again().unwrap();
-    // The connection comes back by itself (and the scripts are loaded again).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let two = batch(&[Change {
         lsn: 200,
         op: Op::Update,
@@ -266,6 +275,12 @@ async fn delivery_fails_while_redis_is_down_and_succeeds_after() {
         after: Some(r#"{"id":7,"v":2}"#),
         toast: &[],
     }]);
+    redis.kill();
+    let err = s.deliver(&two).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    redis.start_again().unwrap();
+    // The connection comes back by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while let Err(e) = s.deliver(&two).await {
         assert!(
             std::time::Instant::now() < deadline,
@@ -314,48 +329,61 @@ async fn a_wrong_password_is_definite_with_its_fix_and_a_down_server_transient()
 }
 
 #[tokio::test]
-async fn an_id_hash_from_an_earlier_version_gets_its_newest_id_before_the_fast_path() {
+async fn an_earlier_versions_id_hashes_are_honoured_then_removed() {
     let redis = RedisServer::start().unwrap();
-    // As an earlier version left it: per-row ids, no `\0max`. Row 2 is newer than the
-    // change about to come for it.
+    // As an earlier version left it: per-row ids. Row 2 holds a change of commit 500,
+    // newer than the one about to come for it (a replay across the upgrade); row 4 an
+    // older change of that same commit.
     let ids = "c:sluice:ids:shop.public.t";
-    let newer = format!("{:016X}{:016X}", 500, 1);
+    let fence = |lsn: u64, ordinal: u64| format!("{lsn:016X}{ordinal:016X}");
     redis
-        .cli(&["HSET", ids, "c:shop.public.t.2", &newer])
+        .cli(&[
+            "HSET",
+            ids,
+            "c:shop.public.t.2",
+            &fence(500, 1),
+            "c:shop.public.t.4",
+            &fence(400, 1),
+        ])
         .unwrap();
     redis
         .cli(&["SET", "c:shop.public.t.2", r#"{"id":2,"v":"newer"}"#])
         .unwrap();
     let mut s = sink(&redis, Format::Json);
+    let change = |lsn, id, v: &'static str| Change {
+        lsn,
+        op: Op::Update,
+        id,
+        after: Some(v),
+        toast: &[],
+    };
     s.deliver(&batch(&[
-        Change {
-            lsn: 300,
-            op: Op::Update,
-            id: 2,
-            after: Some(r#"{"id":2,"v":"older"}"#),
-            toast: &[],
-        },
-        Change {
-            lsn: 600,
-            op: Op::Insert,
-            id: 3,
-            after: Some(r#"{"id":3,"v":"new"}"#),
-            toast: &[],
-        },
+        change(300, 2, r#"{"id":2,"v":"older"}"#),
+        change(500, 4, r#"{"id":4,"v":"same commit, not applied yet"}"#),
     ]))
     .await
     .unwrap();
     assert_eq!(get(&redis, "c:shop.public.t.2"), r#"{"id":2,"v":"newer"}"#);
-    assert_eq!(get(&redis, "c:shop.public.t.3"), r#"{"id":3,"v":"new"}"#);
-    // The hash now keeps the newest id written, so later changes take the fast path.
-    let max = redis.cli(&[
-        "EVAL",
-        "return redis.call('HGET', KEYS[1], '\\0max')",
+    assert_eq!(
+        get(&redis, "c:shop.public.t.4"),
+        r#"{"id":4,"v":"same commit, not applied yet"}"#
+    );
+    assert_eq!(
+        redis.cli(&["EXISTS", ids]).unwrap().trim(),
         "1",
-        ids,
-    ]);
-    let expect = format!("{:016X}{:016X}", 600, 1);
-    assert_eq!(max.unwrap().trim(), expect);
+        "kept while the stream is at its newest commit"
+    );
+    s.deliver(&batch(&[change(600, 3, r#"{"id":3,"v":"new"}"#)]))
+        .await
+        .unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.3"), r#"{"id":3,"v":"new"}"#);
+    assert_eq!(
+        redis.cli(&["EXISTS", ids]).unwrap().trim(),
+        "0",
+        "removed once passed"
+    );
+    let mark = get(&redis, "c:sluice:applied:shop.p.cache");
+    assert!(mark.starts_with("0000000000000258-000001 "), "{mark}");
 }
 
 #[tokio::test]
@@ -369,7 +397,10 @@ async fn rows_expire_after_the_ttl_and_a_hash_leaves_null_columns_out() {
             format,
             ttl_secs: 100,
             db: "shop".into(),
-            reset: None,
+            pipeline: "p".into(),
+            sink: "cache".into(),
+            tables: vec![("public".into(), "t".into())],
+            reset: false,
         });
         s.deliver(&batch(&[Change {
             lsn: 100,
