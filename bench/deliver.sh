@@ -14,7 +14,7 @@
 # 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events
 #    (received by sluice-sse-probe, a thread per client; until 2026-12-04 by the Python
 #    receiver, which with 1,000 sockets measured mostly itself).
-# SKIP_THROUGHPUT=1 runs only the latency part.
+# SKIP_THROUGHPUT=1 runs only the latency part, SKIP_LATENCY=1 only the throughput part.
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) and a private redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,7 @@ q "DROP PUBLICATION bench_deliver_pub; DROP TABLE bench_deliver"
 fi
 
 # ---- 2. and 3. latency ---------------------------------------------------------------
+[ "${SKIP_LATENCY:-0}" = 1 ] && exit 0
 q "DROP TABLE IF EXISTS bench_lat; DROP PUBLICATION IF EXISTS bench_lat_pub;
    CREATE TABLE bench_lat (id bigserial PRIMARY KEY, payload text, n int, ts timestamptz) WITH (autovacuum_enabled = off);
    CREATE PUBLICATION bench_lat_pub FOR TABLE bench_lat"

@@ -46,6 +46,7 @@ pub struct Until {
 
 /// One consumer's reader, cursor and filter.
 pub struct Consumer {
+    log: SharedLog,
     reader: Box<dyn LogRead>,
     cursor: Arc<Cursor>,
     keep: Keep,
@@ -57,6 +58,7 @@ impl Consumer {
     /// A consumer reading `log` from `cursor`'s position, keeping what `keep` accepts.
     pub fn open(log: &SharedLog, cursor: Arc<Cursor>, keep: Keep) -> Result<Consumer, LogError> {
         Ok(Consumer {
+            log: log.clone(),
             reader: log.reader(cursor.position())?,
             cursor,
             keep,
@@ -67,6 +69,13 @@ impl Consumer {
 
     pub fn cursor(&self) -> &Arc<Cursor> {
         &self.cursor
+    }
+
+    /// Reads again from the cursor's position: after a failure, what was read past it
+    /// (and perhaps started) is read and delivered again.
+    pub fn rewind(&mut self) -> Result<(), LogError> {
+        self.reader = self.log.reader(self.cursor.position())?;
+        Ok(())
     }
 
     /// The position of the next record to read.

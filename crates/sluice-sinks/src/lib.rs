@@ -45,11 +45,31 @@ pub use sluice_core::{Fault, Finding, SinkStats};
 use sluice_delivery::DeliveryConfig;
 use sluice_log::RecordBatch;
 
+/// The rest of a started delivery: resolves once the batch is acknowledged.
+pub type InFlight = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
+
 /// A destination for batches of records.
 pub trait Sink: Send {
     /// Delivers `batch` (in order). `Ok` means every record is acknowledged (written,
     /// fsync'd, or answered by the server), so the cursor may move past them.
     fn deliver(&mut self, batch: &RecordBatch) -> impl Future<Output = Result<(), Fault>> + Send;
+
+    /// Starts delivering `batch` and returns the rest, so the runner can read and start
+    /// the next batch while this one is applied (the default: delivered whole here).
+    ///
+    /// A sink that overrides it keeps this contract: batches are applied in the order
+    /// they were started; once one fails, no batch started after it is applied until the
+    /// runner starts again from its cursor (it then starts over, idempotently).
+    fn start(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> impl Future<Output = Result<InFlight, Fault>> + Send {
+        async move {
+            self.deliver(batch).await?;
+            let done: InFlight = Box::pin(std::future::ready(Ok(())));
+            Ok(done)
+        }
+    }
 }
 
 /// A batch sink chosen at run time (one boxed future per batch, not per record).
@@ -61,6 +81,10 @@ pub trait DynSink: Send {
         &'a mut self,
         batch: &'a RecordBatch,
     ) -> Pin<Box<dyn Future<Output = Result<(), Fault>> + Send + 'a>>;
+    fn start_boxed<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+    ) -> Pin<Box<dyn Future<Output = Result<InFlight, Fault>> + Send + 'a>>;
 }
 
 impl<S: Sink> DynSink for S {
@@ -70,6 +94,13 @@ impl<S: Sink> DynSink for S {
     ) -> Pin<Box<dyn Future<Output = Result<(), Fault>> + Send + 'a>> {
         Box::pin(self.deliver(batch))
     }
+
+    fn start_boxed<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+    ) -> Pin<Box<dyn Future<Output = Result<InFlight, Fault>> + Send + 'a>> {
+        Box::pin(self.start(batch))
+    }
 }
 
 impl Sink for BoxSink {
@@ -77,6 +108,10 @@ impl Sink for BoxSink {
         // The sink inside: `self.deliver_boxed` would pick the blanket impl for the box
         // itself and call back here.
         (**self).deliver_boxed(batch).await
+    }
+
+    async fn start(&mut self, batch: &RecordBatch) -> Result<InFlight, Fault> {
+        (**self).start_boxed(batch).await
     }
 }
 

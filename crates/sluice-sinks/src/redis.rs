@@ -44,15 +44,17 @@ use sluice_core::{metric, Fault, Finding, Op};
 use sluice_log::{Record, RecordBatch};
 use tracing::{info, warn};
 
-use crate::{finding_for, Built, Context, Sink, SinkSpec};
+use crate::{finding_for, Built, Context, InFlight, Sink, SinkSpec};
 
 mod applied;
 mod clear;
 mod script;
+mod writer;
 
 use applied::{Applied, Legacy};
 use clear::KeyPattern;
 use script::HMERGE;
+use writer::{Reply, Writer};
 
 /// `type = "redis"`: rows cached in Redis, one key per row, fenced by the sink's high-water mark.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -329,6 +331,8 @@ pub struct RedisSink {
     applied_key: String,
     /// Id hashes of an earlier version, checked until the stream is past them.
     legacy: Option<Legacy>,
+    /// Applies the transactions in order (started with the connection).
+    writer: Option<Writer>,
     /// The key pattern of each of the sink's tables, by (schema, table).
     patterns: Vec<(String, String, KeyPattern)>,
     incomplete: metrics::Counter,
@@ -404,6 +408,7 @@ impl RedisSink {
             applied: None,
             applied_key,
             legacy: None,
+            writer: None,
             patterns: Vec::new(),
             incomplete: metrics::counter!(metric::REDIS_INCOMPLETE_ROWS.name),
         };
@@ -526,33 +531,35 @@ impl RedisSink {
         Ok(())
     }
 
-    /// Sends the queued writes with the high-water mark as one transaction (and, once
-    /// the stream is past them, the removal of an earlier version's id hashes).
-    async fn commit(&mut self, conn: &mut ConnectionManager, tx: &mut Tx) -> Result<(), Fault> {
-        let Some(last) = tx.last.take() else {
-            return Ok(());
-        };
+    /// Submits the queued writes with the high-water mark as one transaction (and, once
+    /// the stream is past them, the removal of an earlier version's id hashes). The mark
+    /// is taken as written: if the transaction fails, the writer applies nothing after it
+    /// and the mark is read again before the next batch.
+    fn submit(&mut self, tx: &mut Tx) -> Option<Reply> {
+        let last = tx.last.take()?;
         let mut pipe = std::mem::replace(tx, Tx::new()).pipe;
         pipe.cmd("SET")
             .arg(&self.applied_key)
             .arg(last.encode())
             .ignore();
-        let past_legacy = self
-            .legacy
-            .as_ref()
-            .is_some_and(|l| last.id.commit_lsn > l.floor.0);
-        if past_legacy {
-            if let Some(l) = &self.legacy {
-                pipe.cmd("UNLINK").arg(&l.hashes).ignore();
-            }
-        }
-        let merged: Vec<i64> = pipe.query_async(conn).await.map_err(classify)?;
-        self.count_incomplete(&merged);
-        self.applied = Some(Some(last));
-        if past_legacy {
+        if let Some(l) = self.legacy.take_if(|l| last.id.commit_lsn > l.floor.0) {
             info!("redis: the stream is past the earlier version's id hashes; they are removed");
-            self.legacy = None;
+            pipe.cmd("UNLINK").arg(&l.hashes).ignore();
         }
+        self.applied = Some(Some(last));
+        Some(self.writer.as_ref().expect("started").submit(pipe))
+    }
+
+    /// Submits the queued writes and waits until they and everything submitted before
+    /// (an earlier batch still in flight, too) are applied: before the sink reads a row
+    /// or removes a table's keys itself.
+    async fn commit(&mut self, tx: &mut Tx) -> Result<(), Fault> {
+        let reply = match self.submit(tx) {
+            Some(reply) => reply,
+            None => self.writer.as_ref().expect("started").barrier(),
+        };
+        let merges = writer::answer(reply).await?;
+        count_incomplete(&self.incomplete, merges);
         Ok(())
     }
 
@@ -570,7 +577,7 @@ impl RedisSink {
         if r.op == Op::Truncate {
             // Everything before it first; the truncate is applied once its mark is
             // written (a crash in between repeats it).
-            self.commit(conn, tx).await?;
+            self.commit(tx).await?;
             let table = self.pattern(r.schema, r.table);
             let all: Vec<KeyPattern> = self.patterns.iter().map(|(_, _, p)| p.clone()).collect();
             let removed = clear::clear(conn, &table, &all, &self.reserved()).await?;
@@ -581,7 +588,7 @@ impl RedisSink {
                 "redis: truncate"
             );
             tx.last = Some(Applied::of(r));
-            return self.commit(conn, tx).await;
+            return self.commit(tx).await;
         }
         let env: Envelope = serde_json::from_slice(r.json).map_err(bad)?;
         let Some(key) = env.key.as_ref() else {
@@ -662,7 +669,7 @@ impl RedisSink {
                 // Merge with the cached row (under the old key if the key changed): what
                 // is queued goes first, so the row read is the one this update follows.
                 let after: Members = serde_json::from_str(after.get()).map_err(bad)?;
-                self.commit(conn, tx).await?;
+                self.commit(tx).await?;
                 let from = moved_from.as_deref().unwrap_or(&row);
                 let cached = self.cached(conn, from).await?;
                 if let Some(old) = &moved_from {
@@ -725,14 +732,6 @@ impl RedisSink {
         }
     }
 
-    fn count_incomplete(&self, results: &[i64]) {
-        let incomplete: i64 = results.iter().sum();
-        if incomplete > 0 {
-            self.incomplete.increment(incomplete as u64);
-            warn!(rows = incomplete, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
-        }
-    }
-
     /// The cached row under `key`, as columns (hash values come back as text).
     async fn cached(
         &self,
@@ -766,13 +765,13 @@ impl RedisSink {
         }
     }
 
-    /// The batch's records past the high-water mark, as few transactions as its reads
-    /// and truncates allow (one, usually).
-    async fn deliver_batch(
+    /// Starts the batch's records past the high-water mark, as few transactions as its
+    /// reads and truncates allow (one, usually); returns the last one's answer.
+    async fn start_batch(
         &mut self,
         conn: &mut ConnectionManager,
         batch: &RecordBatch,
-    ) -> Result<(), Fault> {
+    ) -> Result<Option<Reply>, Fault> {
         let mut tx = Tx::new();
         for r in batch.iter() {
             if r.op == Op::Message {
@@ -784,22 +783,59 @@ impl RedisSink {
             }
             self.add(conn, &mut tx, &r).await?;
         }
-        self.commit(conn, &mut tx).await
+        Ok(self.submit(&mut tx))
+    }
+}
+
+/// Counts hash merges that found no row.
+fn count_incomplete(counter: &metrics::Counter, rows: i64) {
+    if rows > 0 {
+        counter.increment(rows as u64);
+        warn!(rows, "redis: hash updates without their unchanged TOAST columns found no cached row; those keys are left absent");
     }
 }
 
 impl Sink for RedisSink {
     async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
+        self.start(batch).await?.await
+    }
+
+    async fn start(&mut self, batch: &RecordBatch) -> Result<InFlight, Fault> {
         let mut conn = self.connection().await?;
-        if self.applied.is_none() {
-            self.prepare(&mut conn).await?;
-        }
-        let result = self.deliver_batch(&mut conn, batch).await;
-        if result.is_err() {
-            // A transaction may have been applied without its answer: read the mark again.
+        if self.writer.as_ref().is_some_and(Writer::failed) {
+            // Nothing after the failed transaction applied, and this batch must not be
+            // either: the failed one's records come first. The runner starts again from
+            // its cursor; the mark then says where the cache is (the failed transaction
+            // may have been applied without its answer).
+            self.writer = None;
             self.applied = None;
+            return Err(Fault::transient(
+                "redis: a transaction failed; starting again from the sink's cursor",
+            ));
         }
-        result
+        if self.applied.is_none() {
+            self.prepare(&mut conn)
+                .await
+                .inspect_err(|_| self.applied = None)?;
+        }
+        if self.writer.is_none() {
+            self.writer = Some(Writer::start(conn.clone()));
+        }
+        match self.start_batch(&mut conn, batch).await {
+            Ok(reply) => {
+                let incomplete = self.incomplete.clone();
+                Ok(Box::pin(async move {
+                    if let Some(reply) = reply {
+                        count_incomplete(&incomplete, writer::answer(reply).await?);
+                    }
+                    Ok(())
+                }))
+            }
+            Err(e) => {
+                self.applied = None;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -424,3 +424,99 @@ async fn rows_expire_after_the_ttl_and_a_hash_leaves_null_columns_out() {
         }
     }
 }
+
+#[tokio::test]
+async fn nothing_started_after_a_failed_batch_applies_before_it() {
+    let mut redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    let insert = |lsn, id, v: &'static str| {
+        batch(&[Change {
+            lsn,
+            op: Op::Insert,
+            id,
+            after: Some(v),
+            toast: &[],
+        }])
+    };
+    let (b, c) = (insert(200, 2, r#"{"id":2}"#), insert(300, 3, r#"{"id":3}"#));
+    s.start(&insert(100, 1, r#"{"id":1}"#))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    redis.kill();
+    // B is started (the runner holds it in flight) and fails.
+    let in_flight = s.start(&b).await.unwrap();
+    assert!(in_flight.await.unwrap_err().is_transient());
+    redis.start_again().unwrap();
+    // The runner may start C before it has seen B fail: C must not apply, or B's records
+    // would then count as applied.
+    match s.start(&c).await {
+        Err(e) => assert!(e.is_transient(), "{e}"),
+        Ok(f) => assert!(f.await.is_err(), "C applied after a failed B"),
+    }
+    // The runner starts again from its cursor: B, then C.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for next in [&b, &c] {
+        loop {
+            let done = match s.start(next).await {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    for id in 1..=3 {
+        assert_eq!(
+            get(&redis, &format!("c:shop.public.t.{id}")),
+            format!(r#"{{"id":{id}}}"#)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_merge_reads_the_row_after_the_batch_still_in_flight_wrote_it() {
+    let redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    // A large batch keeps Redis busy while the next one is started.
+    let big = format!(r#"{{"id":0,"big":"{}","n":1}}"#, "x".repeat(2000));
+    let rows: Vec<String> = (1..=5000)
+        .map(|i| big.replacen(r#""id":0"#, &format!(r#""id":{i}"#), 1))
+        .collect();
+    let first: Vec<Change> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, after)| Change {
+            lsn: 100 + i as u64,
+            op: Op::Insert,
+            id: i as i64 + 1,
+            after: Some(after.as_str()),
+            toast: &[],
+        })
+        .collect();
+    let first = batch(&first);
+    let update = batch(&[Change {
+        lsn: 10_000,
+        op: Op::Update,
+        id: 5000,
+        after: Some(r#"{"id":5000,"n":2}"#),
+        toast: &["big"],
+    }]);
+    let a = s.start(&first).await.unwrap();
+    let b = s.start(&update).await.unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&get(&redis, "c:shop.public.t.5000")).unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(
+        v["big"].as_str().map(str::len),
+        Some(2000),
+        "merged, not left absent"
+    );
+}
