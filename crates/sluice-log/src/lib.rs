@@ -10,12 +10,14 @@ mod consumer;
 pub mod cursors;
 pub mod frame;
 mod log;
+mod pagecache;
 mod reader;
 mod seam;
 
 pub use consumer::{Consumer, Keep, Step, Until};
 pub use cursors::{Cursor, CursorStore};
 pub use log::{Append, End, FullPolicy, Log, LogConfig, Writer};
+pub use pagecache::drop_cached;
 pub use reader::{Reader, Record, RecordBatch};
 pub use seam::{Cursors, LogBackend, LogRead, LogWriter, Position, SharedLog, Waiting};
 

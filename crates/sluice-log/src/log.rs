@@ -75,6 +75,9 @@ pub(crate) struct Segment {
     pub bytes: u64,
     /// When it was closed; `None` while it is the one being written.
     pub sealed: Option<SystemTime>,
+    /// Every cursor has passed it and its pages were dropped from the page cache (it
+    /// stays on disk for its retention).
+    pub dropped: bool,
 }
 
 pub(crate) struct Inner {
@@ -140,6 +143,7 @@ impl Log {
                 path,
                 bytes: meta.len(),
                 sealed: Some(meta.modified().unwrap_or_else(|_| SystemTime::now())),
+                dropped: false,
             });
         }
         let before_last = segments
@@ -176,6 +180,7 @@ impl Log {
                     path: path.clone(),
                     bytes: 0,
                     sealed: None,
+                    dropped: false,
                 });
                 (base, 0, Lsn::ZERO, path)
             }
@@ -300,6 +305,19 @@ impl Log {
             }
             freed += first.bytes;
             segs.pop_front();
+        }
+        // Sealed segments every cursor has passed stay for their retention, but nobody
+        // reads them soon: their pages go back to the kernel for the writer's next ones.
+        for i in 0..segs.len().saturating_sub(1) {
+            let next_base = segs[i + 1].base;
+            let s = &mut segs[i];
+            if s.dropped || s.sealed.is_none() || hold.is_some_and(|h| h < next_base) {
+                continue;
+            }
+            if let Ok(f) = std::fs::File::open(&s.path) {
+                crate::drop_cached(&f, 0, s.bytes);
+            }
+            s.dropped = true;
         }
         freed
     }
@@ -483,6 +501,7 @@ impl Writer {
             path,
             bytes: 0,
             sealed: None,
+            dropped: false,
         });
         Ok(())
     }
