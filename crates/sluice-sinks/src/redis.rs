@@ -74,7 +74,8 @@ pub struct RedisConfig {
     #[serde(default)]
     pub prefix: String,
     /// Key of a row; placeholders {prefix} {db} {schema} {table} {pk} (composite keys
-    /// joined by `.`).
+    /// joined by `.`; `{pk}` exactly once: a truncate finds a table's keys by the text
+    /// around it).
     #[serde(default = "default_key_template")]
     pub key_template: String,
     /// Seconds until a cached row expires (default: never).
