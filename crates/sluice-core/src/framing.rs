@@ -5,7 +5,7 @@
 //! Invariant: `begin` then the envelope's bytes then `finish` on the same buffer makes one
 //! whole frame; frames written so sit back to back and go to the log as they are.
 
-use crate::{Lsn, Op};
+use crate::{ChangeRecord, Lsn, Op};
 
 /// The fixed fields of a record that a log keeps beside its JSON envelope, so readers
 /// filter and order without parsing JSON.
@@ -18,6 +18,20 @@ pub struct RecordHead<'a> {
     pub op: Op,
     pub schema: &'a str,
     pub table: &'a str,
+}
+
+impl<'a> RecordHead<'a> {
+    /// The fixed fields of `record`.
+    pub fn of(record: &'a ChangeRecord) -> RecordHead<'a> {
+        RecordHead {
+            commit_lsn: record.id.commit_lsn,
+            ordinal: record.id.ordinal,
+            commit_ts_micros: record.commit_ts_micros,
+            op: record.op,
+            schema: &record.schema,
+            table: &record.table,
+        }
+    }
 }
 
 /// A log's framing of one record.

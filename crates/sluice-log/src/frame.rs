@@ -67,17 +67,7 @@ fn finish(out: &mut [u8], start: usize) {
 
 /// Appends `record` as one frame.
 pub fn encode_record(out: &mut Vec<u8>, record: &ChangeRecord) {
-    let start = begin(
-        out,
-        &Head {
-            commit_lsn: record.id.commit_lsn,
-            ordinal: record.id.ordinal,
-            commit_ts_micros: record.commit_ts_micros,
-            op: record.op,
-            schema: &record.schema,
-            table: &record.table,
-        },
-    );
+    let start = begin(out, &Head::of(record));
     record.write_json(out);
     finish(out, start);
 }

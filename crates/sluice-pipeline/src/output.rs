@@ -152,17 +152,7 @@ impl Output for LogOutput {
             return;
         }
         self.count_change(record);
-        let start = self.framing.begin(
-            &mut self.buf,
-            &RecordHead {
-                commit_lsn: record.id.commit_lsn,
-                ordinal: record.id.ordinal,
-                commit_ts_micros: record.commit_ts_micros,
-                op: record.op,
-                schema: &record.schema,
-                table: &record.table,
-            },
-        );
+        let start = self.framing.begin(&mut self.buf, &RecordHead::of(record));
         record.write_json(&mut self.buf);
         self.framing.finish(&mut self.buf, start);
         self.count += 1;
