@@ -419,14 +419,15 @@ impl RedisSink {
         sink
     }
 
-    /// The key pattern of a table (added when a table first appears).
-    fn pattern(&mut self, schema: &str, table: &str) -> KeyPattern {
-        if let Some((_, _, p)) = self
+    /// Where a table's key pattern is in `patterns` (added when the table first
+    /// appears; looked up for every record, so nothing is allocated when it is known).
+    fn pattern(&mut self, schema: &str, table: &str) -> usize {
+        if let Some(i) = self
             .patterns
             .iter()
-            .find(|(s, t, _)| s == schema && t == table)
+            .position(|(s, t, _)| s == schema && t == table)
         {
-            return p.clone();
+            return i;
         }
         let o = &self.options;
         let p = KeyPattern::new(&o.key_template, |name| match name {
@@ -436,9 +437,8 @@ impl RedisSink {
             "table" => table.to_owned(),
             other => format!("{{{other}}}"),
         });
-        self.patterns
-            .push((schema.to_owned(), table.to_owned(), p.clone()));
-        p
+        self.patterns.push((schema.to_owned(), table.to_owned(), p));
+        self.patterns.len() - 1
     }
 
     /// Prefix of the keys Sluice keeps beside the rows.
@@ -579,7 +579,8 @@ impl RedisSink {
             // Everything before it first; the truncate is applied once its mark is
             // written (a crash in between repeats it).
             self.commit(tx).await?;
-            let table = self.pattern(r.schema, r.table);
+            let i = self.pattern(r.schema, r.table);
+            let table = self.patterns[i].2.clone();
             let all: Vec<KeyPattern> = self.patterns.iter().map(|(_, _, p)| p.clone()).collect();
             let removed = clear::clear(conn, &table, &all, &self.reserved()).await?;
             info!(
