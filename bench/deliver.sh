@@ -12,8 +12,9 @@
 # 2. Commit-to-Redis and commit-to-SSE-client latency p50/p99 at 1,000 and 10,000 rows/s
 #    (pgbench at a fixed rate; bench/deliver_latency.py receives).
 # 3. 1,000 concurrent SSE clients at CLIENT_RATE rows/s: latency over all their events
-#    (received by sluice-sse-probe, a thread per client; until 2026-12-04 by the Python
-#    receiver, which with 1,000 sockets measured mostly itself).
+#    (received by sluice-sse-probe: one thread going round the sockets with epoll; until
+#    2026-12-05 a thread per client, until 2026-12-04 the Python receiver, both of which
+#    measured much of themselves on the same two cores).
 # SKIP_THROUGHPUT=1 runs only the latency part, SKIP_LATENCY=1 only the throughput part.
 # Uses a throw-away PostgreSQL (../shared/reference/start_pg.sh) and a private redis-server.
 set -euo pipefail
@@ -99,8 +100,8 @@ latency() {
   n=$((rate * LAT_SECONDS))
   if [ "$sink" = sse ]; then
     if [ "$clients" -gt 1 ]; then
-      # Many clients: a thread each in a compiled receiver (one Python process going round
-      # 1,000 sockets measures mostly itself).
+      # Many clients: a compiled receiver on one epoll thread (one Python process going
+      # round 1,000 sockets measures mostly itself).
       "$ROOT/target/release/sluice-sse-probe" "$addr" feed "$n" $((LAT_SECONDS + 60)) "$clients" > "$WORK/lat.out" 2>"$WORK/lat.err" &
     else
       python3 bench/deliver_latency.py sse "$addr" feed "$n" $((LAT_SECONDS + 60)) "$clients" > "$WORK/lat.out" 2>"$WORK/lat.err" &

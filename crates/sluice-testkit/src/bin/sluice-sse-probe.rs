@@ -1,20 +1,22 @@
 //! The benchmark's SSE receiver for many clients: CLIENTS connections to
-//! `GET /v1/sinks/SINK/events` on ADDR (auth "none"), a thread each, each until it has
-//! COUNT events or TIMEOUT seconds passed; then one line: commit-to-read latency p50,
-//! p90, p99 and max over every event (when the bytes were read minus the record's
-//! `commit_ts`). Says `ready` on stderr once every client is connected.
+//! `GET /v1/sinks/SINK/events` on ADDR (auth "none"), each until it has COUNT events or
+//! TIMEOUT seconds passed; then one line: commit-to-read latency p50, p90, p99 and max
+//! over every event (when the bytes were read minus the record's `commit_ts`). Says
+//! `ready` on stderr once every client is connected.
 //!
 //! `sluice-sse-probe ADDR SINK COUNT TIMEOUT CLIENTS`
 //!
-//! Lighter than the Python receiver: with 1,000 clients that one spends most of the time
-//! going round its sockets, and measures itself.
+//! All clients share one thread going round its sockets with epoll (a single-threaded
+//! tokio runtime), as cheap as a receiver on the same machine can be: 1,000 clients on
+//! other hosts cost the server's cores nothing, and a thread per client here spent as
+//! much CPU waking up as the server spent sending (until 2026-12-05 it was a thread per
+//! client, before that the Python receiver, which measured mostly itself).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_testkit::rfc3339_micros;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 fn now_micros() -> i64 {
     SystemTime::now()
@@ -24,63 +26,71 @@ fn now_micros() -> i64 {
 }
 
 /// Connects and reads the response's head.
-fn connect(addr: &str, sink: &str) -> anyhow::Result<BufReader<TcpStream>> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    write!(
-        s,
-        "GET /v1/sinks/{sink}/events HTTP/1.0\r\nHost: {addr}\r\n\r\n"
-    )?;
+async fn connect(addr: &str, sink: &str) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /v1/sinks/{sink}/events HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
     loop {
         line.clear();
-        r.read_line(&mut line)?;
+        anyhow::ensure!(
+            r.read_line(&mut line).await? > 0,
+            "closed before the head ended"
+        );
         if line.trim().is_empty() {
             return Ok(r);
         }
     }
 }
 
-/// Reads events from `r` until it has `want` or the deadline; returns each event's
-/// latency in µs.
-fn client(mut r: BufReader<TcpStream>, want: usize, deadline: Instant) -> anyhow::Result<Vec<i64>> {
+/// Pushes the latency of every complete event line in `rest` onto `lat` and drops the
+/// complete lines.
+fn take_events(rest: &mut Vec<u8>, seen: i64, lat: &mut Vec<i64>) {
     let key = b"\"commit_ts\":\"";
-    let (mut lat, mut buf, mut rest) = (Vec::new(), vec![0u8; 1 << 20], Vec::new());
-    while lat.len() < want && Instant::now() < deadline {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e.into()),
+    let cut = rest.iter().rposition(|&b| b == b'\n').map_or(0, |c| c + 1);
+    for l in rest[..cut].split(|&b| b == b'\n') {
+        if !l.starts_with(b"data:") {
+            continue;
+        }
+        let Some(i) = l.windows(key.len()).position(|w| w == key) else {
+            continue;
         };
+        let ts = &l[i + key.len()..];
+        let end = ts.iter().position(|&b| b == b'"').unwrap_or(ts.len());
+        if let Some(t) = std::str::from_utf8(&ts[..end])
+            .ok()
+            .and_then(rfc3339_micros)
+        {
+            lat.push(seen - t);
+        }
+    }
+    rest.drain(..cut);
+}
+
+/// Reads events from `r` until it has `want`, the stream ends or the deadline; returns each event's
+/// latency in µs.
+async fn client(
+    mut r: BufReader<TcpStream>,
+    want: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Vec<i64>> {
+    let (mut lat, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+    // What the head's reader already buffered comes first.
+    let mut rest = r.buffer().to_vec();
+    r.consume(rest.len());
+    take_events(&mut rest, now_micros(), &mut lat);
+    while lat.len() < want {
+        let Ok(n) = tokio::time::timeout_at(deadline, r.get_mut().read(&mut buf)).await else {
+            break;
+        };
+        let n = n?;
+        if n == 0 {
+            break;
+        }
         let seen = now_micros();
         rest.extend_from_slice(&buf[..n]);
-        let cut = rest.iter().rposition(|&b| b == b'\n').map_or(0, |c| c + 1);
-        for l in rest[..cut].split(|&b| b == b'\n') {
-            if !l.starts_with(b"data:") {
-                continue;
-            }
-            let Some(i) = l.windows(key.len()).position(|w| w == key) else {
-                continue;
-            };
-            let ts = &l[i + key.len()..];
-            let end = ts.iter().position(|&b| b == b'"').unwrap_or(ts.len());
-            if let Some(t) = std::str::from_utf8(&ts[..end])
-                .ok()
-                .and_then(rfc3339_micros)
-            {
-                lat.push(seen - t);
-            }
-        }
-        rest.drain(..cut);
+        take_events(&mut rest, seen, &mut lat);
     }
     Ok(lat)
 }
@@ -91,31 +101,33 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: sluice-sse-probe ADDR SINK COUNT TIMEOUT CLIENTS");
     };
     let (count, clients): (usize, usize) = (count.parse()?, clients.parse()?);
-    let deadline = Instant::now() + Duration::from_secs(timeout.parse()?);
-    // Connected one after another: a burst of 1,000 connects overflows the listen queue.
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(connect(addr, sink)?);
-    }
-    eprintln!("ready");
-    let all = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = conns
-        .into_iter()
-        .map(|conn| {
-            let all = all.clone();
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || match client(conn, count, deadline) {
-                    Ok(lat) => all.lock().expect("lock").extend(lat),
-                    Err(e) => eprintln!("client: {e}"),
-                })
-                .expect("spawn a client thread")
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
-    let mut lat = std::mem::take(&mut *all.lock().expect("lock"));
+    let timeout = Duration::from_secs(timeout.parse()?);
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut lat = rt.block_on(async {
+        // Connected one after another: a burst of 1,000 connects overflows the listen queue.
+        let mut conns = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            conns.push(connect(addr, sink).await?);
+        }
+        eprintln!("ready");
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let mut tasks = tokio::task::JoinSet::new();
+        for conn in conns {
+            tasks.spawn(client(conn, count, deadline));
+        }
+        let mut lat = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(l)) => lat.extend(l),
+                Ok(Err(e)) => eprintln!("client: {e}"),
+                Err(e) => eprintln!("client: {e}"),
+            }
+        }
+        anyhow::Ok(lat)
+    })?;
     anyhow::ensure!(!lat.is_empty(), "no events");
     lat.sort_unstable();
     let pct = |p: f64| lat[((p * lat.len() as f64) as usize).min(lat.len() - 1)] as f64 / 1000.0;
