@@ -224,6 +224,16 @@ impl Config {
 
     /// Checks everything that can be checked without I/O; returns every problem found.
     pub fn validate(&self) -> Result<(), Vec<String>> {
+        self.validate_with(true)
+    }
+
+    /// As [`Config::validate`], for a pipeline of `sluice server`: the server's listener
+    /// and tokens are not the pipeline's, so `[server]` is not checked here.
+    pub fn validate_managed(&self) -> Result<(), Vec<String>> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, own_server: bool) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         let name = &self.pipeline.name;
         if name.is_empty()
@@ -336,7 +346,7 @@ impl Config {
                 ));
             }
         }
-        if let Some(server) = self.server_section() {
+        if let Some(server) = self.server_section().filter(|_| own_server) {
             match server.listen.parse::<std::net::SocketAddr>() {
                 Err(_) => errs.push(format!(
                     "server.listen {:?} is not an address like 127.0.0.1:7878",

@@ -22,6 +22,39 @@ use tokio_util::sync::CancellationToken;
 /// Why the process is not ready, if it is not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// A running pipeline's state for the management API: positions, lags, rates; never row
+/// data.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipelineStatus {
+    /// Holding the slot and streaming.
+    pub streaming: bool,
+    /// The position confirmed to PostgreSQL.
+    pub confirmed_lsn: String,
+    pub reconnects: u64,
+    /// As last queried (every 5 s); `None` before the first answer.
+    pub slot_active: Option<bool>,
+    /// WAL the slot holds past its confirmed position.
+    pub slot_lag_bytes: Option<i64>,
+    pub log_bytes: u64,
+    pub log_records: u64,
+    /// The log is at its disk budget and the source waits.
+    pub log_paused: bool,
+    pub sinks: Vec<SinkStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    /// Records in the log the sink has not acknowledged.
+    pub lag_records: u64,
+    pub delivered: u64,
+    pub failures: u64,
+    /// Records delivered per second, over the last second or so.
+    pub per_second: f64,
+    /// Dropped by the disk budget; to be re-backfilled.
+    pub shed: bool,
+}
+
 /// What one running pipeline serves.
 pub struct Endpoints {
     pub log: SharedLog,
@@ -34,6 +67,8 @@ pub struct Endpoints {
     pub readiness: Readiness,
     /// Refreshes the pipeline's gauges (before `/metrics` renders).
     pub refresh: Arc<dyn Fn() + Send + Sync>,
+    /// The pipeline's state now.
+    pub status: Arc<dyn Fn() -> PipelineStatus + Send + Sync>,
     /// Cancelled when the pipeline is withdrawn.
     pub stop: CancellationToken,
 }
@@ -130,15 +165,20 @@ impl Directory {
             .collect()
     }
 
-    /// The pipeline that serves sink `sink`: the named one, or the only one that has it.
-    pub fn find(&self, pipeline: Option<&str>, sink: &str) -> Result<Arc<Endpoints>, Lookup> {
+    /// The pipeline that serves sink `sink`: the named one, or the only one that has it;
+    /// with its name.
+    pub fn find(
+        &self,
+        pipeline: Option<&str>,
+        sink: &str,
+    ) -> Result<(String, Arc<Endpoints>), Lookup> {
         let running = self.running.read().expect("directory lock");
         if let Some(p) = pipeline {
             let e = running
                 .get(p)
                 .ok_or_else(|| Lookup::NoPipeline(p.to_owned()))?;
             return match e.has_sink(sink) {
-                true => Ok(e.clone()),
+                true => Ok((p.to_owned(), e.clone())),
                 false => Err(Lookup::NoSink(sink.to_owned())),
             };
         }
@@ -146,7 +186,7 @@ impl Directory {
             running.iter().filter(|(_, e)| e.has_sink(sink)).collect();
         match with.as_slice() {
             [] => Err(Lookup::NoSink(sink.to_owned())),
-            [(_, e)] => Ok((*e).clone()),
+            [(p, e)] => Ok(((*p).clone(), (*e).clone())),
             many => Err(Lookup::Ambiguous(
                 sink.to_owned(),
                 many.iter().map(|(p, _)| (*p).clone()).collect(),

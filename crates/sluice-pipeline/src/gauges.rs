@@ -3,8 +3,8 @@
 //! recorded where things happen (the output, the sink loops, the SSE feeds).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_core::metric;
 use sluice_core::SinkStats;
@@ -14,10 +14,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::directory::{PipelineStatus, SinkStatus};
+
 pub struct Gauges {
     log: SharedLog,
     sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     status: watch::Receiver<SourceStatus>,
+    /// The slot as last queried: active, and bytes of WAL it retains past its confirmed
+    /// position.
+    slot: Mutex<Option<(bool, i64)>>,
+    /// Per sink, records delivered per second over the last sample (≥ 1 s), and the
+    /// sample it was measured from.
+    rates: Mutex<(Instant, Vec<u64>, Vec<f64>)>,
 }
 
 impl Gauges {
@@ -26,7 +34,64 @@ impl Gauges {
         sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
         status: watch::Receiver<SourceStatus>,
     ) -> Gauges {
-        Gauges { log, sinks, status }
+        let delivered = sinks
+            .iter()
+            .map(|(_, _, s)| s.delivered.load(Ordering::Relaxed))
+            .collect();
+        let rates = vec![0.0; sinks.len()];
+        Gauges {
+            log,
+            sinks,
+            status,
+            slot: Mutex::new(None),
+            rates: Mutex::new((Instant::now(), delivered, rates)),
+        }
+    }
+
+    /// Updates the per-sink rates once at least a second has passed since the last.
+    fn sample_rates(&self) {
+        let mut r = self.rates.lock().expect("rates lock");
+        let elapsed = r.0.elapsed().as_secs_f64();
+        if elapsed < 1.0 {
+            return;
+        }
+        for (i, (_, _, stats)) in self.sinks.iter().enumerate() {
+            let now = stats.delivered.load(Ordering::Relaxed);
+            r.2[i] = now.saturating_sub(r.1[i]) as f64 / elapsed;
+            r.1[i] = now;
+        }
+        r.0 = Instant::now();
+    }
+
+    /// The pipeline's state as the management API shows it (no row data).
+    pub fn status(&self) -> PipelineStatus {
+        let end = self.log.durable_end();
+        let source = self.status.borrow().clone();
+        let rates = self.rates.lock().expect("rates lock").2.clone();
+        let slot = *self.slot.lock().expect("slot lock");
+        PipelineStatus {
+            streaming: source.streaming,
+            confirmed_lsn: source.confirmed.to_string(),
+            reconnects: source.reconnects,
+            slot_active: slot.map(|s| s.0),
+            slot_lag_bytes: slot.map(|s| s.1),
+            log_bytes: self.log.bytes(),
+            log_records: end.saturating_sub(self.log.first()),
+            log_paused: self.log.paused(),
+            sinks: self
+                .sinks
+                .iter()
+                .zip(rates)
+                .map(|((name, cursor, stats), rate)| SinkStatus {
+                    name: name.clone(),
+                    lag_records: end.saturating_sub(cursor.position()),
+                    delivered: stats.delivered.load(Ordering::Relaxed),
+                    failures: stats.failures.load(Ordering::Relaxed),
+                    per_second: (rate * 10.0).round() / 10.0,
+                    shed: cursor.is_shed(),
+                })
+                .collect(),
+        }
     }
 
     /// A sink the disk budget shed, if any.
@@ -38,6 +103,7 @@ impl Gauges {
     }
 
     pub fn refresh(&self) {
+        self.sample_rates();
         let end = self.log.durable_end();
         metrics::gauge!(metric::LOG_BYTES.name).set(self.log.bytes() as f64);
         metrics::gauge!(metric::LOG_RECORDS.name).set(end.saturating_sub(self.log.first()) as f64);
@@ -97,6 +163,13 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                     Ok(rows) => {
                         if let Some(r) = rows.first() {
                             let active = r.first().cloned().flatten().as_deref() == Some("t");
+                            let lag = r
+                                .get(1)
+                                .cloned()
+                                .flatten()
+                                .and_then(|v| v.parse::<i64>().ok());
+                            *gauges.slot.lock().expect("slot lock") =
+                                Some((active, lag.unwrap_or(0)));
                             metrics::gauge!(metric::SLOT_ACTIVE.name).set(if active {
                                 1.0
                             } else {

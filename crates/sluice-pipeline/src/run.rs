@@ -347,7 +347,7 @@ fn publish(
     status: &tokio::sync::watch::Receiver<sluice_pg::SourceStatus>,
 ) {
     let (ready_status, ready_log, ready_stats) = (status.clone(), log.clone(), gauges.clone());
-    let refresh = gauges.clone();
+    let (refresh, status_of) = (gauges.clone(), gauges.clone());
     let stop = sinks.abort.child_token();
     let sse = std::mem::take(&mut sinks.sse)
         .into_iter()
@@ -373,6 +373,7 @@ fn publish(
                 Ok(())
             }),
             refresh: Arc::new(move || refresh.refresh()),
+            status: Arc::new(move || status_of.status()),
             stop,
         },
     );

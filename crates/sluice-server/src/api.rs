@@ -1,8 +1,10 @@
-//! What every data endpoint shares: the bearer-token check and the sink a path names, as
-//! extractors, and typed API errors answered as `{"error": "..."}` with their status.
+//! What every endpoint shares: who the caller is (its token and scope) and the sink a path
+//! names, as extractors, and typed API errors answered as `{"error": "..."}` with their
+//! status.
 //!
 //! Invariants: no handler runs for a request without an accepted token (when tokens are
-//! configured); error texts name what is wrong and what to do, never a token or a row.
+//! in force), nor for a token whose scope does not cover it; error texts name what is
+//! wrong and what to do, never a token or a row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{json, Value};
+use sluice_control::{ControlError, Scope, TokenInfo};
 use sluice_pipeline::{Endpoints, Lookup};
 
 use crate::AppState;
@@ -20,6 +23,10 @@ use crate::AppState;
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
+    /// The token is good but its scope does not cover this.
+    Forbidden(String),
+    /// A status, a message and more fields for the body (problems, findings).
+    Detailed(StatusCode, String, Value),
     BadRequest(String),
     NotFound(String),
     Conflict(String),
@@ -31,6 +38,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Detailed(s, _, _) => *s,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -42,8 +51,9 @@ impl ApiError {
     pub fn message(&self) -> &str {
         match self {
             ApiError::Unauthorized => {
-                "a bearer token is required: Authorization: Bearer <token> (one of [server] tokens)"
+                "a valid token is required: Authorization: Bearer <token> (or ?access_token=<token> for EventSource)"
             }
+            ApiError::Forbidden(m) | ApiError::Detailed(_, m, _) => m,
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
@@ -53,9 +63,27 @@ impl ApiError {
     }
 }
 
+/// A JSON response.
+pub(crate) fn reply(status: StatusCode, body: impl serde::Serialize) -> Response {
+    let mut text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut text = json!({ "error": self.message() }).to_string();
+        let mut body = json!({ "error": self.message() });
+        if let (ApiError::Detailed(_, _, Value::Object(extra)), Value::Object(b)) =
+            (&self, &mut body)
+        {
+            b.extend(extra.clone());
+        }
+        let mut text = body.to_string();
         text.push('\n');
         (
             self.status(),
@@ -75,25 +103,132 @@ impl From<Lookup> for ApiError {
     }
 }
 
-/// A request that carries an accepted token (or any request, with auth off).
-pub struct Authorized;
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            ControlError::Conflict(m) => ApiError::Conflict(m),
+            ControlError::Invalid(problems) => ApiError::Detailed(
+                StatusCode::BAD_REQUEST,
+                "the configuration is not valid: fix every problem listed".into(),
+                json!({ "problems": problems }),
+            ),
+            ControlError::Refused(findings) => ApiError::Detailed(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the checks against the source and the sinks failed: each failed finding has its fix".into(),
+                json!({ "findings": findings }),
+            ),
+            ControlError::Upstream(m) => ApiError::Detailed(StatusCode::BAD_GATEWAY, m, json!({})),
+            ControlError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
 
-impl FromRequestParts<Arc<AppState>> for Authorized {
+/// Who is calling.
+pub enum Caller {
+    /// Authentication is off, or the request carries one of `sluice run`'s configured
+    /// tokens (which may do everything that mode offers).
+    Open,
+    /// A token of `sluice server`.
+    Token(TokenInfo),
+}
+
+impl Caller {
+    fn scope_error(&self, needs: &str) -> ApiError {
+        let has = match self {
+            Caller::Open => "none".to_string(),
+            Caller::Token(t) => format!("{:?} ({})", t.name, scope_name(&t.scope)),
+        };
+        ApiError::Forbidden(format!(
+            "this needs {needs}; the token presented is {has}: use a token with that scope (POST /v1/tokens with an admin token creates one)"
+        ))
+    }
+
+    /// May read the management API.
+    pub fn may_read(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(t) if matches!(t.scope, Scope::Admin | Scope::Read) => Ok(()),
+            _ => Err(self.scope_error("an admin or read-only token")),
+        }
+    }
+
+    /// May change anything.
+    pub fn may_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(t) if t.scope == Scope::Admin => Ok(()),
+            _ => Err(self.scope_error("an admin token")),
+        }
+    }
+
+    /// May consume sink `sink` of `pipeline`.
+    pub fn may_consume(&self, pipeline: &str, sink: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(t) => match &t.scope {
+                Scope::Admin => Ok(()),
+                Scope::Consume {
+                    pipeline: p,
+                    sink: s,
+                } if p == pipeline && s == sink => Ok(()),
+                _ => Err(self.scope_error(&format!(
+                    "an admin token or one that consumes sink {sink:?} of pipeline {pipeline:?}"
+                ))),
+            },
+        }
+    }
+}
+
+pub fn scope_name(s: &Scope) -> String {
+    match s {
+        Scope::Admin => "admin".into(),
+        Scope::Read => "read".into(),
+        Scope::Consume { pipeline, sink } => format!("consume {pipeline}/{sink}"),
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer`, or the `access_token` query
+/// parameter (browsers' EventSource cannot set headers).
+fn presented(parts: &Parts) -> Option<String> {
+    if let Some(t) = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "access_token")
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        match state.authorized(&parts.headers) {
-            true => Ok(Authorized),
-            false => Err(ApiError::Unauthorized),
+        match &state.control {
+            Some(control) => presented(parts)
+                .and_then(|t| control.tokens.authenticate(&t))
+                .map(Caller::Token)
+                .ok_or(ApiError::Unauthorized),
+            None => match state.authorized(presented(parts).as_deref()) {
+                true => Ok(Caller::Open),
+                false => Err(ApiError::Unauthorized),
+            },
         }
     }
 }
 
 /// The sink a path names (`/v1/sinks/{name}` or `/v1/pipelines/{pipeline}/sinks/{name}`),
-/// in the running pipeline that serves it; authorized first.
+/// in the running pipeline that serves it; the caller may consume it.
 pub struct SinkRef {
     pub name: String,
     pub endpoints: Arc<Endpoints>,
@@ -106,7 +241,7 @@ impl FromRequestParts<Arc<AppState>> for SinkRef {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        Authorized::from_request_parts(parts, state).await?;
+        let caller = Caller::from_request_parts(parts, state).await?;
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -114,9 +249,10 @@ impl FromRequestParts<Arc<AppState>> for SinkRef {
             .get("name")
             .cloned()
             .ok_or_else(|| ApiError::BadRequest("no sink in the path".into()))?;
-        let endpoints = state
+        let (pipeline, endpoints) = state
             .directory
             .find(params.get("pipeline").map(String::as_str), &name)?;
+        caller.may_consume(&pipeline, &name)?;
         Ok(SinkRef { name, endpoints })
     }
 }

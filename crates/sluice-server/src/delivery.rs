@@ -31,18 +31,7 @@ use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored}
 use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
 
-use crate::api::{ApiError, SinkRef};
-
-fn reply(status: StatusCode, body: Value) -> Response {
-    let mut text = body.to_string();
-    text.push('\n');
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        text,
-    )
-        .into_response()
-}
+use crate::api::{reply, ApiError, SinkRef};
 
 fn control(sink: &SinkRef) -> Result<Control, ApiError> {
     sink.endpoints

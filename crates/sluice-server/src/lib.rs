@@ -14,17 +14,19 @@
 
 mod api;
 mod delivery;
+mod manage;
 mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_control::Handle;
 use sluice_pipeline::Directory;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -35,39 +37,32 @@ pub use sluice_pipeline::install_metrics;
 
 /// SHA-256 of a token, hex: the form `[server] tokens` holds.
 pub fn token_hash(token: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    sluice_control::tokens::hash(token)
 }
 
 pub(crate) struct AppState {
     directory: Arc<Directory>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
+    /// `sluice server`'s controller and tokens; `None` under `sluice run`, whose tokens
+    /// are the configuration's hashes in the directory.
+    control: Option<Handle>,
 }
 
 impl AppState {
-    /// Whether the request carries an accepted token.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// Whether `token` is accepted by `sluice run`'s configured hashes (or auth is off).
+    fn authorized(&self, token: Option<&str>) -> bool {
         let Some(hashes) = self.directory.tokens() else {
             return true;
         };
-        let Some(token) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(token) = token else {
             return false;
         };
         let h = token_hash(token.trim());
         // Compares every configured hash in full, whatever matches.
-        hashes.iter().fold(false, |ok, c| {
-            let same = c.len() == h.len()
-                && c.bytes()
-                    .zip(h.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            ok | same
-        })
+        hashes
+            .iter()
+            .fold(false, |ok, c| ok | sluice_control::tokens::same(c, &h))
     }
 }
 
@@ -96,10 +91,12 @@ fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
 }
 
 /// Binds `listen` (failing at once if it cannot) and serves the pipelines of `directory`
-/// until `cancel`. Returns the bound address and the serving future.
+/// until `cancel`; with `control` (`sluice server`), the management API and its tokens
+/// too. Returns the bound address and the serving future.
 pub async fn bind(
     listen: SocketAddr,
     directory: Arc<Directory>,
+    control: Option<Handle>,
     cancel: CancellationToken,
 ) -> Result<
     (
@@ -118,13 +115,14 @@ pub async fn bind(
         directory,
         metrics,
         shutdown: cancel.clone(),
+        control,
     });
-    let app = sink_routes(
+    let app = sink_routes(manage::routes(
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text)),
-    )
+    ))
     .with_state(state);
     info!(%addr, "server: listening");
     // Events are small writes: without NODELAY, Nagle's algorithm holds each one back

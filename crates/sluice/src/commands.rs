@@ -172,6 +172,16 @@ async fn start_server(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     directory.set_tokens(token_hashes(section));
     let listen: std::net::SocketAddr = section.listen.parse().context("server.listen")?;
+    start_http(listen, directory, None, stop).await
+}
+
+/// Binds `listen` and serves on a thread and runtime of its own until `stop`.
+pub(crate) async fn start_http(
+    listen: std::net::SocketAddr,
+    directory: Arc<Directory>,
+    control: Option<sluice_control::Handle>,
+    stop: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("sluice-http".into())
@@ -188,7 +198,7 @@ async fn start_server(
                 }
             };
             rt.block_on(async move {
-                match sluice_server::bind(listen, directory, stop).await {
+                match sluice_server::bind(listen, directory, control, stop).await {
                     Ok((_, serve)) => {
                         let _ = tx.send(Ok(()));
                         if let Err(e) = serve.await {
@@ -251,15 +261,7 @@ pub async fn run(paths: &[PathBuf], until: Option<sluice_core::Lsn>) -> anyhow::
         )));
         supervisor.start(config, ctx).map_err(anyhow::Error::msg)?;
     }
-    let signals = CancellationToken::new();
-    {
-        let s = signals.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("shutting down");
-            s.cancel();
-        });
-    }
+    let signals = on_signal();
     let mut worst = ExitCode::SUCCESS;
     let mut failure: Option<anyhow::Error> = None;
     loop {
@@ -362,6 +364,18 @@ async fn watch_config(
             }
         }
     }
+}
+
+/// A token cancelled at SIGINT or SIGTERM.
+pub(crate) fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        t.cancel();
+    });
+    token
 }
 
 async fn wait_for_signal() {

@@ -8,6 +8,7 @@
 mod commands;
 mod demo;
 mod operate;
+mod server;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,23 @@ enum Command {
         /// pg_recvlogical's --endpos: for catching up in batches and for benchmarks.
         #[arg(long, value_name = "LSN")]
         until_lsn: Option<sluice_core::Lsn>,
+    },
+    /// Run the server: any number of pipelines in one process and one data dir, managed
+    /// through the HTTP API (`/v1/pipelines`, `/v1/tokens`) and, optionally, a directory
+    /// of pipeline TOML files. The first start prints an admin token, once.
+    Server {
+        /// The server's data: its registry of pipelines, its tokens, each pipeline's log
+        /// and state.
+        #[arg(long, default_value = "./sluice-server-data", env = "SLUICE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A directory of pipeline TOML files (`*.toml`, one pipeline each), applied as
+        /// they change.
+        #[arg(long, env = "SLUICE_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+        /// Address of the HTTP API and every pipeline's endpoints (port 0: any free port,
+        /// written to <data-dir>/server.addr).
+        #[arg(long, default_value = "127.0.0.1:7878", env = "SLUICE_LISTEN")]
+        listen: std::net::SocketAddr,
     },
     /// Check the database and the configuration, and say how to fix what is wrong.
     Check {
@@ -152,6 +170,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config, until_lsn } => commands::run(&config, until_lsn).await,
+            Command::Server {
+                data_dir,
+                config_dir,
+                listen,
+            } => server::run(&data_dir, config_dir, listen).await,
             Command::Check { config } => commands::check(&config).await,
             Command::Teardown { config } => commands::teardown(&config).await,
             Command::Backfill {

@@ -1,0 +1,17 @@
+//! The control plane of `sluice server`: one process, one data dir, many pipelines.
+//!
+//! - [`registry`]: every pipeline the server runs, from the API or from a configuration
+//!   directory, kept in the data dir;
+//! - [`tokens`]: the API's tokens and their scopes, kept as hashes;
+//! - [`control`]: the loop that runs the registry's pipelines under one supervisor and
+//!   applies the API's requests, and the [`Handle`] the API calls it through.
+//!
+//! The HTTP side (routes, access checks, the OpenAPI document) is `sluice-server`'s.
+
+pub mod control;
+pub mod registry;
+pub mod tokens;
+
+pub use control::{ControlError, Controller, FindingView, Handle, PipelineView, RunState};
+pub use registry::{Entry, Origin, Registry};
+pub use tokens::{Scope, TokenError, TokenInfo, Tokens};

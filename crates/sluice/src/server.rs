@@ -1,0 +1,74 @@
+//! `sluice server`: the controller of `sluice-control` on this runtime, the HTTP server
+//! (with the management API) on its own, until a signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use sluice_control::{Controller, Tokens};
+use sluice_pipeline::Directory;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{on_signal, start_http};
+
+pub async fn run(
+    data_dir: &Path,
+    config_dir: Option<PathBuf>,
+    listen: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let _lock = lock(data_dir)?;
+    if let Some(dir) = &config_dir {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--config-dir {} is not a directory: create it, or leave the option out",
+            dir.display()
+        );
+    }
+    let (tokens, first) = Tokens::open(data_dir).map_err(anyhow::Error::msg)?;
+    if let Some(secret) = first {
+        // Shown once, on standard output only: it is stored as a hash.
+        println!("admin token (shown once; it is stored only as a hash): {secret}");
+    }
+    let directory = Directory::new();
+    let (controller, handle) = Controller::open(
+        data_dir,
+        config_dir,
+        directory.clone(),
+        std::sync::Arc::new(tokens),
+    )
+    .with_context(|| format!("cannot open the registry in {}", data_dir.display()))?;
+    let server_stop = CancellationToken::new();
+    let http = start_http(listen, directory.clone(), Some(handle), server_stop.clone()).await?;
+    if let Some(addr) = directory.server_addr() {
+        std::fs::write(data_dir.join("server.addr"), addr.to_string())
+            .context("cannot write server.addr in the data dir")?;
+    }
+    controller.run(on_signal()).await;
+    server_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || http.join()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One server per data dir: a second would run the same registry's pipelines.
+fn lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("server.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is touched.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        r == 0,
+        "another `sluice server` uses {} (it holds {}): stop it, or give this one its own --data-dir",
+        data_dir.display(),
+        path.display()
+    );
+    Ok(f)
+}

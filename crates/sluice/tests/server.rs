@@ -1,0 +1,489 @@
+//! `sluice server` end to end: pipelines created, paused, resumed and deleted through the
+//! management API and from a configuration directory, in one process against a real
+//! PostgreSQL; tokens and their scopes; the registry surviving a restart.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{read_records, terminate, wait_until, PgServer, WAIT};
+
+/// A running `sluice server` with its own data dir and configuration directory.
+struct Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Server {
+    fn new() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf")).unwrap();
+        let mut s = Server {
+            dir,
+            child: None,
+            starts: 0,
+        };
+        s.start();
+        s
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    fn start(&mut self) {
+        self.starts += 1;
+        let _ = std::fs::remove_file(self.data().join("server.addr"));
+        let out = std::fs::File::create(self.dir.path().join(format!("out-{}.txt", self.starts)))
+            .unwrap();
+        let err =
+            std::fs::File::create(self.dir.path().join(format!("server-{}.log", self.starts)))
+                .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .arg("server")
+                .arg("--data-dir")
+                .arg(self.data())
+                .arg("--config-dir")
+                .arg(self.conf())
+                .args(["--listen", "127.0.0.1:0"])
+                .env("SLUICE_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+
+    fn stdout(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("out-{n}.txt"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("server-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    fn addr(&self) -> String {
+        wait_until(WAIT, "the server to listen", || {
+            std::fs::read_to_string(self.data().join("server.addr")).ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// The admin token the first start printed.
+    fn admin_token(&self) -> String {
+        wait_until(WAIT, "the admin token", || {
+            let out = self.stdout(1);
+            out.lines()
+                .find_map(|l| {
+                    l.strip_prefix("admin token (shown once; it is stored only as a hash): ")
+                })
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        call(&self.addr(), method, path, token, body)
+    }
+
+    /// Waits until pipeline `name` is in `state`; returns its view.
+    fn wait_state(&self, token: &str, name: &str, state: &str) -> Value {
+        wait_until(WAIT, &format!("pipeline {name} to be {state}"), || {
+            let (code, v) = self.call("GET", &format!("/v1/pipelines/{name}"), Some(token), None);
+            (code == 200
+                && v["state"] == state
+                && (state != "running" || v["status"]["streaming"] == true))
+                .then_some(v)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP/1.0 request; the status and the JSON body (or the text as a string).
+fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    (code, v)
+}
+
+fn pipeline_json(pg: &PgServer, name: &str, table: &str, out: &Path) -> Value {
+    json!({
+        "pipeline": {"name": name},
+        "source": {
+            "url": pg.url_with_password("postgres", "hunter2", "postgres"),
+            "tables": [table],
+            "status_interval_secs": 1
+        },
+        "sinks": [{"name": "out", "type": "file", "path": out}]
+    })
+}
+
+/// Whether the slot exists, and whether it is active.
+fn slot(pg: &PgServer, slot: &str) -> Option<bool> {
+    let out = pg
+        .psql(&format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .unwrap();
+    match out.trim() {
+        "" => None,
+        a => Some(a == "t"),
+    }
+}
+
+fn wait_rows(path: &Path, n: usize, server: &Server) -> Vec<Value> {
+    wait_until(WAIT, &format!("{n} records in {}", path.display()), || {
+        let r = read_records(path);
+        (r.len() >= n).then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()))
+}
+
+#[test]
+fn the_server_runs_pipelines_from_the_api_and_from_files() {
+    let pg = PgServer::start().unwrap();
+    pg.psql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);",
+    )
+    .unwrap();
+    let mut server = Server::new();
+    let admin = server.admin_token();
+    let out_a = server.dir.path().join("a.jsonl");
+
+    // No token, a wrong one: refused before anything runs.
+    assert_eq!(server.call("GET", "/v1/pipelines", None, None).0, 401);
+    assert_eq!(
+        server
+            .call("GET", "/v1/pipelines", Some("sluice_wrong"), None)
+            .0,
+        401
+    );
+
+    // Bad input: 4xx with what is wrong, never a 500.
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), None);
+    assert_eq!(code, 400, "{v}");
+    let mut bad = pipeline_json(&pg, "pa", "public.a", &out_a);
+    bad["pipeline"]["data_dir"] = json!("/tmp/elsewhere");
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&bad));
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["problems"].to_string().contains("pipeline.data_dir"),
+        "{v}"
+    );
+    let missing = pipeline_json(&pg, "pm", "public.nope", &out_a);
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&missing));
+    assert_eq!(code, 422, "{v}");
+    let failed: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] == false)
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|f| f["fix"].is_string()),
+        "{v}"
+    );
+
+    // Created through the API: it streams.
+    let (code, v) = server.call(
+        "POST",
+        "/v1/pipelines",
+        Some(&admin),
+        Some(&pipeline_json(&pg, "pa", "public.a", &out_a)),
+    );
+    assert_eq!(code, 201, "{v}\n{}", server.logs());
+    assert_eq!(v["slot"], "sluice_pa");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/pipelines",
+        Some(&admin),
+        Some(&pipeline_json(&pg, "pa", "public.a", &out_a)),
+    );
+    assert_eq!(code, 409, "{v}");
+    server.wait_state(&admin, "pa", "running");
+    pg.psql("INSERT INTO a VALUES (1, 'one')").unwrap();
+    assert_eq!(wait_rows(&out_a, 1, &server)[0]["after"]["v"], "one");
+
+    // Its configuration comes back without the password.
+    let (_, v) = server.call("GET", "/v1/pipelines/pa", Some(&admin), None);
+    let text = v.to_string();
+    assert!(
+        !text.contains("hunter2") && text.contains("<redacted>"),
+        "{text}"
+    );
+
+    // A file in the configuration directory is a pipeline too.
+    let out_b = server.dir.path().join("b.jsonl");
+    let file_b = server.conf().join("pb.toml");
+    std::fs::write(
+        &file_b,
+        format!(
+            "[pipeline]\nname = \"pb\"\n[source]\nurl = {:?}\ntables = [\"public.b\"]\nstatus_interval_secs = 1\n[[sinks]]\nname = \"out\"\ntype = \"file\"\npath = {:?}\n",
+            pg.url("postgres", "postgres"),
+            out_b
+        ),
+    )
+    .unwrap();
+    let v = server.wait_state(&admin, "pb", "running");
+    assert_eq!(v["origin"]["kind"], "file", "{v}");
+    pg.psql("INSERT INTO b VALUES (1, 'bee')").unwrap();
+    assert_eq!(wait_rows(&out_b, 1, &server)[0]["after"]["v"], "bee");
+    let (code, v) = server.call("DELETE", "/v1/pipelines/pb", Some(&admin), None);
+    assert_eq!(code, 409, "a file's pipeline changes through its file: {v}");
+
+    // Pause releases the slot; changes wait in it and arrive on resume.
+    let (code, v) = server.call("POST", "/v1/pipelines/pa/pause", Some(&admin), None);
+    assert_eq!((code, v["state"].as_str()), (200, Some("paused")), "{v}");
+    wait_until(WAIT, "the slot to be released", || {
+        (slot(&pg, "sluice_pa") == Some(false)).then_some(())
+    })
+    .unwrap();
+    pg.psql("INSERT INTO a VALUES (2, 'two')").unwrap();
+    // A restart keeps the registry, the pause and the tokens, and prints no new token.
+    server.stop();
+    server.start();
+    server.wait_state(&admin, "pa", "paused");
+    server.wait_state(&admin, "pb", "running");
+    assert!(
+        !server.stdout(2).contains("admin token"),
+        "{}",
+        server.stdout(2)
+    );
+    assert_eq!(read_records(&out_a).len(), 1, "nothing flows while paused");
+    let (code, _) = server.call("POST", "/v1/pipelines/pa/resume", Some(&admin), None);
+    assert_eq!(code, 200);
+    assert_eq!(wait_rows(&out_a, 2, &server)[1]["after"]["v"], "two");
+
+    // A read-only token reads and changes nothing.
+    let (code, v) = server.call(
+        "POST",
+        "/v1/tokens",
+        Some(&admin),
+        Some(&json!({"name": "dashboard", "scope": {"kind": "read"}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let read = v["token"].as_str().unwrap().to_string();
+    let (code, v) = server.call("GET", "/v1/pipelines", Some(&read), None);
+    assert_eq!(code, 200);
+    assert_eq!(v["pipelines"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(
+        server
+            .call("POST", "/v1/pipelines/pa/pause", Some(&read), None)
+            .0,
+        403
+    );
+    assert_eq!(server.call("GET", "/v1/tokens", Some(&read), None).0, 403);
+    let (_, v) = server.call("GET", "/v1/tokens", Some(&admin), None);
+    assert!(
+        !v.to_string().contains(&read),
+        "tokens are listed without secrets: {v}"
+    );
+    assert!(!std::fs::read_to_string(server.data().join("tokens.json"))
+        .unwrap()
+        .contains(&read));
+    assert!(
+        !server.logs().contains(&read) && !server.logs().contains(&admin),
+        "tokens never logged"
+    );
+
+    // Delete: the slot and publication go, and the pipeline's data.
+    let (code, v) = server.call("DELETE", "/v1/pipelines/pa", Some(&admin), None);
+    assert_eq!(code, 200, "{v}\n{}", server.logs());
+    assert_eq!(slot(&pg, "sluice_pa"), None);
+    assert!(!server.data().join("pipelines/pa").exists());
+    assert_eq!(
+        server.call("GET", "/v1/pipelines/pa", Some(&admin), None).0,
+        404
+    );
+
+    // A removed file stops its pipeline and keeps its slot (a file can vanish by mistake).
+    std::fs::remove_file(&file_b).unwrap();
+    wait_until(WAIT, "pb to go", || {
+        (server.call("GET", "/v1/pipelines/pb", Some(&admin), None).0 == 404).then_some(())
+    })
+    .unwrap();
+    assert!(slot(&pg, "sluice_pb").is_some());
+    server.stop();
+}
+
+#[test]
+fn consume_tokens_open_one_sink_and_nothing_else() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let server = Server::new();
+    let admin = server.admin_token();
+    let config = json!({
+        "pipeline": {"name": "feeds"},
+        "source": {"url": pg.url("postgres", "postgres"), "tables": ["public.t"], "status_interval_secs": 1},
+        "sinks": [{"name": "feed", "type": "sse"}, {"name": "other", "type": "sse"}]
+    });
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
+    assert_eq!(code, 201, "{v}\n{}", server.logs());
+    server.wait_state(&admin, "feeds", "running");
+    let scope = |sink: &str| json!({"name": "web", "scope": {"kind": "consume", "pipeline": "feeds", "sink": sink}});
+    let (code, v) = server.call("POST", "/v1/tokens", Some(&admin), Some(&scope("nope")));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = server.call("POST", "/v1/tokens", Some(&admin), Some(&scope("feed")));
+    assert_eq!(code, 201, "{v}");
+    let consume = v["token"].as_str().unwrap().to_string();
+
+    // The management API is not the consumer's.
+    assert_eq!(
+        server.call("GET", "/v1/pipelines", Some(&consume), None).0,
+        403
+    );
+    let addr = server.addr();
+    let events = "/v1/pipelines/feeds/sinks/feed/events";
+    assert_eq!(
+        call(
+            &addr,
+            "GET",
+            &format!("/v1/pipelines/feeds/sinks/other/events?access_token={consume}"),
+            None,
+            None
+        )
+        .0,
+        403
+    );
+
+    // Its own sink, with the token as a query parameter (as a browser's EventSource sends it).
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {events}?access_token={consume} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    pg.psql("INSERT INTO t VALUES (7, 'seven')").unwrap();
+    let data = loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the stream ended\n{}",
+            server.logs()
+        );
+        if let Some(d) = line.strip_prefix("data: ") {
+            break serde_json::from_str::<Value>(d).unwrap();
+        }
+    };
+    assert_eq!(data["after"]["v"], "seven");
+
+    // Revoked: refused at once.
+    let (_, v) = server.call("GET", "/v1/tokens", Some(&admin), None);
+    let id = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "web")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        server
+            .call("DELETE", &format!("/v1/tokens/{id}"), Some(&admin), None)
+            .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &addr,
+            "GET",
+            &format!("{events}?access_token={consume}"),
+            None,
+            None
+        )
+        .0,
+        401
+    );
+    // The last admin token cannot be revoked.
+    let admin_id = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"]["kind"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        server
+            .call(
+                "DELETE",
+                &format!("/v1/tokens/{admin_id}"),
+                Some(&admin),
+                None
+            )
+            .0,
+        409
+    );
+}
