@@ -21,7 +21,22 @@ if [ "${1:-}" = "--tests" ]; then
     want+=("postgresql-${major:-15}-wal2json")
   fi
 fi
-[ ${#want[@]} -eq 0 ] && exit 0
+# The API fuzzer (schemathesis, from PyPI) in a virtualenv of its own, pinned.
+if [ "${1:-}" = "--tests" ]; then
+  tools=${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}
+  if ! "$tools/venv/bin/schemathesis" --version 2>/dev/null | grep -q 4.32.5; then
+    command -v python3 >/dev/null || want+=(python3)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
+    fuzzer=1
+  fi
+fi
+install_fuzzer() {
+  [ "${fuzzer:-0}" = 1 ] || return 0
+  echo "installing schemathesis into $tools/venv" >&2
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+}
+[ ${#want[@]} -eq 0 ] && { install_fuzzer; exit 0; }
 
 echo "installing: ${want[*]}" >&2
 sudo=""
@@ -30,3 +45,4 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 # The distribution's packages start a cluster of their own; Sluice never uses it.
 $sudo apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+install_fuzzer

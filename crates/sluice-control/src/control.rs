@@ -56,7 +56,7 @@ pub enum ControlError {
 }
 
 /// A check's result, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FindingView {
     pub ok: bool,
     pub what: String,
@@ -78,7 +78,7 @@ impl From<&Finding> for FindingView {
 }
 
 /// What a pipeline is doing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum RunState {
     Running,
@@ -96,7 +96,7 @@ pub enum RunState {
 }
 
 /// A pipeline as the API lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PipelineView {
     pub name: String,
     pub origin: Origin,
@@ -114,10 +114,11 @@ pub struct PipelineView {
     pub updated_ms: i64,
     /// The configuration with every secret redacted (in a single pipeline's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SinkView {
     pub name: String,
     #[serde(rename = "type")]

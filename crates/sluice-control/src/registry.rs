@@ -17,11 +17,14 @@ use sluice_pipeline::Config;
 
 /// Where an entry came from: the API, or a file of the configuration directory (which
 /// then owns it: the file's changes apply, and the API may not change or delete it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Origin {
     Api,
-    File { path: PathBuf },
+    File {
+        #[schema(value_type = String)]
+        path: PathBuf,
+    },
 }
 
 /// One registered pipeline.

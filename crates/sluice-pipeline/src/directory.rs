@@ -24,7 +24,7 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A running pipeline's state for the management API: positions, lags, rates; never row
 /// data.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PipelineStatus {
     /// Holding the slot and streaming.
     pub streaming: bool,
@@ -42,7 +42,7 @@ pub struct PipelineStatus {
     pub sinks: Vec<SinkStatus>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SinkStatus {
     pub name: String,
     /// Records in the log the sink has not acknowledged.

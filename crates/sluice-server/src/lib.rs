@@ -117,12 +117,24 @@ pub async fn bind(
         shutdown: cancel.clone(),
         control,
     });
-    let app = sink_routes(manage::routes(
+    let (managed, api) = manage::routes().split_for_parts();
+    let doc = manage::document(api);
+    let app = sink_routes(
         Router::new()
+            .merge(managed)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_text)),
-    ))
+            .route("/metrics", get(metrics_text))
+            .route(
+                "/v1/openapi.json",
+                get(move || async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }),
+            ),
+    )
     .with_state(state);
     info!(%addr, "server: listening");
     // Events are small writes: without NODELAY, Nagle's algorithm holds each one back

@@ -16,12 +16,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use sluice_control::{Handle, Scope};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_control::{FindingView, Handle, PipelineView, Scope};
 use tracing::info;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{reply, scope_name, ApiError, Caller};
 use crate::AppState;
@@ -60,25 +61,114 @@ fn name(n: &str) -> Result<&str, ApiError> {
     }
 }
 
-pub(crate) fn routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
-    router
-        .route("/v1/pipelines", get(list).post(create))
-        .route(
-            "/v1/pipelines/{pipeline}",
-            get(show).put(update).delete(delete),
-        )
-        .route("/v1/pipelines/{pipeline}/pause", post(pause))
-        .route("/v1/pipelines/{pipeline}/resume", post(resume))
-        .route("/v1/tokens", get(tokens).post(create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+/// Every management route, each documented by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, delete))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
+/// An error: what is wrong and what to do; with the configuration's problems (400) or
+/// the failed checks (422) when there are.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    findings: Option<Vec<FindingView>>,
+}
+
+/// A pipeline's configuration: the TOML file's sections as JSON (see the README's
+/// configuration reference). `pipeline.data_dir` and `server` are the server's and
+/// refused here.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // Documentation of the body; the body is parsed into the real config.
+struct PipelineConfig {
+    pipeline: PipelineName,
+    /// `url` (a PostgreSQL URL or key-value string), `tables` (`schema.table` or
+    /// `schema.*`) and the optional source settings.
+    #[schema(value_type = Object)]
+    source: Value,
+    /// Each sink: `name`, `type` and the type's own settings.
+    #[schema(value_type = Vec<Object>)]
+    sinks: Vec<Value>,
+    #[schema(value_type = Option<Object>)]
+    log: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct PipelineName {
+    /// 1-50 characters of a-z, 0-9 and _; names the slot and publication.
+    #[schema(pattern = "^[a-z0-9_]{1,50}$")]
+    name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct PipelineList {
+    pipelines: Vec<PipelineView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Deleted {
+    deleted: String,
+    /// What was dropped in PostgreSQL (the slot, the publication).
+    dropped: Vec<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct NewToken {
+    /// What or who it is for (1-200 characters).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    name: String,
+    scope: Scope,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TokenView {
+    id: String,
+    name: String,
+    scope: Scope,
+    scope_text: String,
+    created_ms: i64,
+    /// The secret: only in the answer that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    revoked: String,
+}
+
+#[utoipa::path(get, path = "/v1/pipelines", tag = "pipelines",
+    summary = "List pipelines with their state, slot lag and per-sink lag and throughput",
+    responses((status = 200, body = PipelineList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn list(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     caller.may_read()?;
     let all = control(&s)?.list().await?;
-    Ok(reply(StatusCode::OK, json!({ "pipelines": all })))
+    Ok(reply(StatusCode::OK, PipelineList { pipelines: all }))
 }
 
+#[utoipa::path(post, path = "/v1/pipelines", tag = "pipelines",
+    summary = "Create a pipeline: validated, checked against the source and sinks, then started",
+    request_body(content = PipelineConfig, content_type = "application/json"),
+    responses((status = 201, body = PipelineView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn create(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -91,6 +181,12 @@ async fn create(
     Ok(reply(StatusCode::CREATED, view))
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}", tag = "pipelines",
+    summary = "A pipeline: its configuration (secrets redacted) and status",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    responses((status = 200, body = PipelineView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn show(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -101,6 +197,14 @@ async fn show(
     Ok(reply(StatusCode::OK, view))
 }
 
+#[utoipa::path(put, path = "/v1/pipelines/{pipeline}", tag = "pipelines",
+    summary = "Replace a pipeline's configuration (tables added are backfilled; sinks added, changed or removed)",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    request_body(content = PipelineConfig, content_type = "application/json"),
+    responses((status = 200, body = PipelineView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn update(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -115,13 +219,21 @@ async fn update(
 }
 
 #[derive(Deserialize)]
-struct DeleteQuery {
+pub(crate) struct DeleteQuery {
     /// Keep the replication slot and publication (to re-create the pipeline later
     /// without losing changes, or to drop them by hand).
     #[serde(default)]
     keep_slot: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/pipelines/{pipeline}", tag = "pipelines",
+    summary = "Stop a pipeline, drop its slot and publication (unless keep_slot) and remove its data",
+    params(("pipeline" = String, Path, description = "The pipeline's name"),
+        ("keep_slot" = Option<bool>, Query, description = "Keep the slot and publication")),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn delete(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -134,12 +246,19 @@ async fn delete(
     let name = name(&pipeline)?;
     let dropped = control(&s)?.delete(name, q.keep_slot).await?;
     info!(pipeline = %name, "api: pipeline deleted");
-    Ok(reply(
-        StatusCode::OK,
-        json!({ "deleted": name, "dropped": dropped }),
-    ))
+    let deleted = Deleted {
+        deleted: name.to_string(),
+        dropped,
+    };
+    Ok(reply(StatusCode::OK, deleted))
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/pause", tag = "pipelines",
+    summary = "Stop a pipeline until resumed (kept across restarts); its slot holds the changes meanwhile",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    responses((status = 200, body = PipelineView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn pause(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -150,6 +269,12 @@ async fn pause(
     Ok(reply(StatusCode::OK, view))
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/resume", tag = "pipelines",
+    summary = "Start a paused pipeline again",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    responses((status = 200, body = PipelineView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn resume(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -160,16 +285,38 @@ async fn resume(
     Ok(reply(StatusCode::OK, view))
 }
 
-fn token_json(t: &sluice_control::TokenInfo) -> Value {
-    json!({ "id": t.id, "name": t.name, "scope": t.scope, "scope_text": scope_name(&t.scope), "created_ms": t.created_ms })
+fn token_view(t: &sluice_control::TokenInfo, token: Option<String>) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        scope: t.scope.clone(),
+        scope_text: scope_name(&t.scope),
+        created_ms: t.created_ms,
+        token,
+    }
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    summary = "List tokens (never their secrets)",
+    responses((status = 200, body = TokenList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn tokens(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     caller.may_admin()?;
-    let all: Vec<Value> = control(&s)?.tokens.list().iter().map(token_json).collect();
-    Ok(reply(StatusCode::OK, json!({ "tokens": all })))
+    let tokens = control(&s)?
+        .tokens
+        .list()
+        .iter()
+        .map(|t| token_view(t, None))
+        .collect();
+    Ok(reply(StatusCode::OK, TokenList { tokens }))
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    summary = "Create a token; its secret is in this answer only",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn create_token(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -214,11 +361,15 @@ async fn create_token(
         .create(&token_name, scope)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     info!(id = %info.id, scope = %scope_name(&info.scope), "api: token created");
-    let mut body = token_json(&info);
-    body["token"] = Value::String(secret);
-    Ok(reply(StatusCode::CREATED, body))
+    Ok(reply(StatusCode::CREATED, token_view(&info, Some(secret))))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    summary = "Revoke a token, effective at once (the last admin token cannot be revoked)",
+    params(("id" = String, Path, description = "The token's id (not its secret)")),
+    responses((status = 200, body = Revoked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn revoke_token(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -231,5 +382,27 @@ async fn revoke_token(
         sluice_control::TokenError::Io(_) => ApiError::Internal(e.to_string()),
     })?;
     info!(id = %gone.id, "api: token revoked");
-    Ok(reply(StatusCode::OK, json!({ "revoked": gone.id })))
+    Ok(reply(StatusCode::OK, Revoked { revoked: gone.id }))
+}
+
+/// The OpenAPI 3.1 document of `routes`: what the handlers declare, with the bearer
+/// scheme and the server's identity.
+pub(crate) fn document(mut api: utoipa::openapi::OpenApi) -> String {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    api.info.title = "Sluice management API".into();
+    api.info.description = Some(
+        "Pipelines, tokens and the sinks' consumer endpoints of `sluice server`. Every route takes `Authorization: Bearer <token>`; SSE also takes `?access_token=`.".into(),
+    );
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("A token of the server: admin, read or consume"))
+                .build(),
+        ),
+    );
+    api.to_json().unwrap_or_else(|_| "{}".into())
 }

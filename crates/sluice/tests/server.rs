@@ -487,3 +487,87 @@ fn consume_tokens_open_one_sink_and_nothing_else() {
         409
     );
 }
+
+/// The API fuzzer schemathesis (installed by `scripts/install-deps.sh --tests`).
+fn schemathesis() -> PathBuf {
+    let tools = std::env::var_os("SLUICE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/sluice-tools")
+        });
+    let bin = tools.join("venv/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `bash scripts/install-deps.sh --tests`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_fuzzer_driven_by_the_openapi_document_finds_no_server_error() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE f (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let server = Server::new();
+    let admin = server.admin_token();
+    let out = server.dir.path().join("f.jsonl");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/pipelines",
+        Some(&admin),
+        Some(&pipeline_json(&pg, "fz", "public.f", &out)),
+    );
+    assert_eq!(code, 201, "{v}");
+    let addr = server.addr();
+    // Every check but one: a schema-valid configuration may still be refused (its source
+    // must exist), which is what `positive_data_acceptance` counts as a failure.
+    let mut child = Command::new(schemathesis())
+        .args(["run", &format!("http://{addr}/v1/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {admin}")])
+        .args([
+            "--max-examples",
+            "50",
+            "--generation-deterministic",
+            "--workers",
+            "1",
+        ])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_until(Duration::from_secs(600), "the fuzzer to finish", || {
+        child.try_wait().unwrap()
+    })
+    .unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    });
+    let mut report = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    assert!(status.success(), "{report}\n{}", server.logs());
+    assert!(!server.logs().contains("panicked"), "{}", server.logs());
+    // Still serving. (Its stateful phase follows the API: it may delete the pipeline, or
+    // create an admin token and revoke this one.)
+    assert_eq!(server.call("GET", "/healthz", None, None).0, 200);
+}
