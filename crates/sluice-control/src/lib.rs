@@ -3,12 +3,15 @@
 //! - [`registry`]: every pipeline the server runs, from the API or from a configuration
 //!   directory, kept in the data dir;
 //! - [`tokens`]: the API's tokens and their scopes, kept as hashes;
+//! - [`probe`]: checks of a source or a sink before a pipeline exists, and the tables a
+//!   source offers;
 //! - [`control`]: the loop that runs the registry's pipelines under one supervisor and
 //!   applies the API's requests, and the [`Handle`] the API calls it through.
 //!
 //! The HTTP side (routes, access checks, the OpenAPI document) is `sluice-server`'s.
 
 pub mod control;
+pub mod probe;
 pub mod registry;
 pub mod tokens;
 

@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sluice_control::probe::{self, SourceRequest, TableInfo};
 use sluice_control::{FindingView, Handle, PipelineView, Scope};
 use tracing::info;
 use utoipa::ToSchema;
@@ -70,6 +71,9 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(resume))
         .routes(routes!(tokens, create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(test_source))
+        .routes(routes!(discover_source))
+        .routes(routes!(verify_sink))
 }
 
 /// An error: what is wrong and what to do; with the configuration's problems (400) or
@@ -405,4 +409,116 @@ pub(crate) fn document(mut api: utoipa::openapi::OpenApi) -> String {
         ),
     );
     api.to_json().unwrap_or_else(|_| "{}".into())
+}
+
+/// Parses a body into `T`, or a 400 saying what is wrong.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_value(object(body)?)
+        .map_err(|e| ApiError::BadRequest(format!("the body: {e}")))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Findings {
+    /// Whether every check passed (a failed one that is not `blocking` would let a
+    /// pipeline start and wait for it, e.g. a sink that is down).
+    ok: bool,
+    findings: Vec<FindingView>,
+}
+
+impl Findings {
+    fn of(findings: Vec<FindingView>) -> Findings {
+        Findings {
+            ok: findings.iter().all(|f| f.ok),
+            findings,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/sources/test", tag = "sources",
+    summary = "Run the source checks of `sluice check` (connection, wal_level, REPLICATION, free slots, tables) with their fixes",
+    request_body(content = SourceRequest, content_type = "application/json"),
+    responses((status = 200, body = Findings), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn test_source(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.may_admin()?;
+    control(&s)?;
+    let req: SourceRequest = parse(&body)?;
+    Ok(reply(
+        StatusCode::OK,
+        Findings::of(probe::test(&req).await?),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DiscoverRequest {
+    /// A PostgreSQL URL or key-value connection string.
+    url: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Tables {
+    tables: Vec<TableInfo>,
+}
+
+#[utoipa::path(post, path = "/v1/sources/discover", tag = "sources",
+    summary = "The tables a source offers: columns, primary key, replica identity, estimated rows, whether the role may read them",
+    request_body(content = DiscoverRequest, content_type = "application/json"),
+    responses((status = 200, body = Tables), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn discover_source(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.may_admin()?;
+    control(&s)?;
+    let req: DiscoverRequest = parse(&body)?;
+    let tables = probe::discover(&req.url).await?;
+    Ok(reply(StatusCode::OK, Tables { tables }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct VerifySink {
+    /// The sink as a pipeline would have it: `name`, `type` and its settings.
+    #[schema(value_type = Object)]
+    sink: Value,
+    /// The `schema.table`s it would take.
+    #[serde(default)]
+    tables: Vec<String>,
+    /// The source's database name (part of Redis keys).
+    #[serde(default)]
+    database: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/sinks/verify", tag = "sinks",
+    summary = "Check a sink before creating it: reachable, authenticated, writable (the check every start runs)",
+    request_body(content = VerifySink, content_type = "application/json"),
+    responses((status = 200, body = Findings), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn verify_sink(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.may_admin()?;
+    let handle = control(&s)?;
+    let req: VerifySink = parse(&body)?;
+    let base = handle.registry().data_dir("verify");
+    let findings = probe::verify_sink(
+        req.sink,
+        &req.tables,
+        req.database.as_deref().unwrap_or("postgres"),
+        &base,
+    )
+    .await?;
+    Ok(reply(StatusCode::OK, Findings::of(findings)))
 }

@@ -571,3 +571,122 @@ fn a_fuzzer_driven_by_the_openapi_document_finds_no_server_error() {
     // create an admin token and revoke this one.)
     assert_eq!(server.call("GET", "/healthz", None, None).0, 200);
 }
+
+#[test]
+fn sources_and_sinks_are_checked_before_a_pipeline_exists() {
+    let pg = PgServer::builder()
+        .hba("host all app 127.0.0.1/32 scram-sha-256")
+        .start()
+        .unwrap();
+    pg.psql(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE app LOGIN REPLICATION PASSWORD 'app-secret';
+         CREATE TABLE keyed (id int PRIMARY KEY, v text NOT NULL);
+         CREATE TABLE loose (v text);
+         ALTER TABLE loose REPLICA IDENTITY FULL;
+         GRANT SELECT ON keyed TO app;
+         INSERT INTO keyed SELECT g, 'x' FROM generate_series(1, 100) g; ANALYZE keyed;",
+    )
+    .unwrap();
+    let redis = sluice_testkit::RedisServer::start().unwrap();
+    let server = Server::new();
+    let admin = server.admin_token();
+
+    // Discovery: keys, identities, estimates, and what the role may read.
+    let url = pg.url_with_password("app", "app-secret", "postgres");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/sources/discover",
+        Some(&admin),
+        Some(&json!({ "url": url })),
+    );
+    assert_eq!(code, 200, "{v}");
+    let tables = v["tables"].as_array().unwrap();
+    let keyed = tables.iter().find(|t| t["table"] == "keyed").unwrap();
+    assert_eq!(keyed["primary_key"], true);
+    assert_eq!(keyed["readable"], true);
+    assert_eq!(keyed["estimated_rows"], 100);
+    assert_eq!(
+        keyed["columns"][0],
+        json!({"name": "id", "type": "integer", "nullable": false, "primary_key": true})
+    );
+    let loose = tables.iter().find(|t| t["table"] == "loose").unwrap();
+    assert_eq!(
+        (
+            loose["primary_key"].clone(),
+            loose["replica_identity"].clone(),
+            loose["readable"].clone()
+        ),
+        (json!(false), json!("full"), json!(false))
+    );
+    assert!(!v.to_string().contains("app-secret"));
+
+    // A wrong password: a failed check with its fix, never the password.
+    let wrong = pg.url_with_password("app", "not-it", "postgres");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/sources/test",
+        Some(&admin),
+        Some(&json!({ "url": wrong })),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    let failed = &v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["ok"] == false)
+        .unwrap()
+        .clone();
+    assert!(
+        failed["fix"].as_str().unwrap().contains("password"),
+        "{failed}"
+    );
+    assert!(!v.to_string().contains("not-it"));
+    // The role may not create the publication until it owns the table: said, with the fix.
+    let req = json!({ "url": url, "tables": ["public.keyed"] });
+    let (code, v) = server.call("POST", "/v1/sources/test", Some(&admin), Some(&req));
+    assert_eq!((code, v["ok"].clone()), (200, json!(false)), "{v}");
+    let failed: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert!(
+        failed[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE PUBLICATION"),
+        "{v}"
+    );
+    pg.psql("ALTER TABLE keyed OWNER TO app; GRANT CREATE ON DATABASE postgres TO app")
+        .unwrap();
+    let (code, v) = server.call("POST", "/v1/sources/test", Some(&admin), Some(&req));
+    assert_eq!((code, v["ok"].clone()), (200, json!(true)), "{v}");
+
+    // Sinks: a Redis that answers, one that does not.
+    let sink = |u: &str| json!({"sink": {"name": "cache", "type": "redis", "url": u}, "tables": ["public.keyed"]});
+    let (code, v) = server.call(
+        "POST",
+        "/v1/sinks/verify",
+        Some(&admin),
+        Some(&sink(&redis.url())),
+    );
+    assert_eq!((code, v["ok"].clone()), (200, json!(true)), "{v}");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/sinks/verify",
+        Some(&admin),
+        Some(&sink("redis://127.0.0.1:1")),
+    );
+    assert_eq!((code, v["ok"].clone()), (200, json!(false)), "{v}");
+    let (code, v) = server.call(
+        "POST",
+        "/v1/sinks/verify",
+        Some(&admin),
+        Some(&json!({"sink": {"name": "x", "type": "nope"}})),
+    );
+    assert_eq!(code, 400, "{v}");
+}
