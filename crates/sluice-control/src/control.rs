@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::access::Access;
 use crate::registry::{now_ms, redact, toml_to_value, Entry, Origin, Registry};
 use crate::tokens::Tokens;
 
@@ -155,6 +156,7 @@ pub struct Handle {
     tx: mpsc::Sender<Request>,
     registry: Arc<Registry>,
     pub tokens: Arc<Tokens>,
+    pub access: Arc<Access>,
 }
 
 impl Handle {
@@ -309,6 +311,7 @@ impl Controller {
         config_dir: Option<PathBuf>,
         directory: Arc<Directory>,
         tokens: Arc<Tokens>,
+        access: Arc<Access>,
     ) -> std::io::Result<(Controller, Handle)> {
         let registry = Arc::new(Registry::open(data_dir)?);
         let (tx, rx) = mpsc::channel(64);
@@ -332,6 +335,7 @@ impl Controller {
                 tx,
                 registry,
                 tokens,
+                access,
             },
         ))
     }

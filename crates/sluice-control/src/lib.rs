@@ -3,6 +3,7 @@
 //! - [`registry`]: every pipeline the server runs, from the API or from a configuration
 //!   directory, kept in the data dir;
 //! - [`tokens`]: the API's tokens and their scopes, kept as hashes;
+//! - [`access`]: the IP allow-lists for management and for consumers;
 //! - [`probe`]: checks of a source or a sink before a pipeline exists, and the tables a
 //!   source offers;
 //! - [`control`]: the loop that runs the registry's pipelines under one supervisor and
@@ -10,6 +11,7 @@
 //!
 //! The HTTP side (routes, access checks, the OpenAPI document) is `sluice-server`'s.
 
+pub mod access;
 pub mod control;
 pub mod probe;
 pub mod registry;

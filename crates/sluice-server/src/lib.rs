@@ -119,6 +119,7 @@ pub async fn bind(
     });
     let (managed, api) = manage::routes().split_for_parts();
     let doc = manage::document(api);
+    let allow = axum::middleware::from_fn_with_state(state.clone(), manage::allow_list);
     let app = sink_routes(
         Router::new()
             .merge(managed)
@@ -135,6 +136,7 @@ pub async fn bind(
                 }),
             ),
     )
+    .layer(allow)
     .with_state(state);
     info!(%addr, "server: listening");
     // Events are small writes: without NODELAY, Nagle's algorithm holds each one back
@@ -143,9 +145,13 @@ pub async fn bind(
         let _ = tcp.set_nodelay(true);
     });
     let serve = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
+        // The peer's address, for the allow-lists.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
     };
     Ok((addr, serve))
 }

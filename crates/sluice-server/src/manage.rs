@@ -13,13 +13,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sluice_control::access::{Access, AllowLists, Area};
 use sluice_control::probe::{self, SourceRequest, TableInfo};
 use sluice_control::{FindingView, Handle, PipelineView, Scope};
+use std::net::SocketAddr;
 use tracing::info;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -74,6 +77,43 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(test_source))
         .routes(routes!(discover_source))
         .routes(routes!(verify_sink))
+        .routes(routes!(get_access, put_access))
+}
+
+/// Which allow-list a path is under: the consumers' for a sink's data, management's for
+/// the rest of `/v1` and the metrics; none for health and the OpenAPI document.
+fn area_of(path: &str) -> Option<Area> {
+    match path {
+        "/healthz" | "/readyz" | "/v1/openapi.json" => None,
+        "/metrics" | "/v1/sinks/verify" => Some(Area::Management),
+        p if p.contains("/sinks/") => Some(Area::Consumers),
+        p if p.starts_with("/v1/") => Some(Area::Management),
+        _ => None,
+    }
+}
+
+/// Refuses a request from an address its area's allow-list does not hold (under
+/// `sluice server`; `sluice run` has no allow-lists).
+pub(crate) async fn allow_list(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let (Some(c), Some(area)) = (&s.control, area_of(req.uri().path())) {
+        if !c.access.allows(area, peer.ip()) {
+            let which = match area {
+                Area::Management => "management",
+                Area::Consumers => "consumers",
+            };
+            return ApiError::Forbidden(format!(
+                "address {} is not on the {which} allow-list: ask an admin to add it (PUT /v1/access)",
+                peer.ip()
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// An error: what is wrong and what to do; with the configuration's problems (400) or
@@ -521,4 +561,62 @@ async fn verify_sink(
     )
     .await?;
     Ok(reply(StatusCode::OK, Findings::of(findings)))
+}
+
+#[utoipa::path(get, path = "/v1/access", tag = "access",
+    summary = "The IP allow-lists (null: everyone)",
+    responses((status = 200, body = AllowLists), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_access(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    caller.may_read()?;
+    Ok(reply(StatusCode::OK, control(&s)?.access.lists()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AccessChange {
+    /// CIDR blocks or addresses that may manage; null: everyone.
+    management: Option<Vec<String>>,
+    /// CIDR blocks or addresses that may consume; null: everyone.
+    consumers: Option<Vec<String>>,
+    /// Apply even if it shuts out the address making the change.
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(put, path = "/v1/access", tag = "access",
+    summary = "Replace the IP allow-lists, effective at once; refused if it would shut out the caller, unless forced",
+    request_body(content = AccessChange, content_type = "application/json"),
+    responses((status = 200, body = AllowLists), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn put_access(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.may_admin()?;
+    let handle = control(&s)?;
+    let change: AccessChange = parse(&body)?;
+    let lists = AllowLists {
+        management: change.management,
+        consumers: change.consumers,
+    };
+    let invalid = |problems: Vec<String>| {
+        ApiError::Detailed(
+            StatusCode::BAD_REQUEST,
+            "the allow-lists are not valid: fix every problem listed".into(),
+            serde_json::json!({ "problems": problems }),
+        )
+    };
+    if !Access::would_allow(&lists, peer.ip()).map_err(invalid)? && !change.force {
+        return Err(ApiError::Conflict(format!(
+            "this management list would shut out your address {}: include it, or send force: true",
+            peer.ip()
+        )));
+    }
+    handle.access.set(lists.clone()).map_err(invalid)?;
+    info!("api: allow-lists changed");
+    Ok(reply(StatusCode::OK, lists))
 }

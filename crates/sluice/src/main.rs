@@ -65,6 +65,15 @@ enum Command {
         /// written to <data-dir>/server.addr).
         #[arg(long, default_value = "127.0.0.1:7878", env = "SLUICE_LISTEN")]
         listen: std::net::SocketAddr,
+        /// Addresses (CIDR blocks, comma-separated) that may use the management API and
+        /// metrics; replaces the list kept in the data dir. Default: as kept (everyone
+        /// until a list is set, also through PUT /v1/access).
+        #[arg(long, env = "SLUICE_ALLOW_MANAGEMENT", value_delimiter = ',')]
+        allow_management: Option<Vec<String>>,
+        /// Addresses (CIDR blocks, comma-separated) that may consume (SSE, pull, waiting
+        /// rooms); as --allow-management.
+        #[arg(long, env = "SLUICE_ALLOW_CONSUMERS", value_delimiter = ',')]
+        allow_consumers: Option<Vec<String>>,
     },
     /// Check the database and the configuration, and say how to fix what is wrong.
     Check {
@@ -174,7 +183,15 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 config_dir,
                 listen,
-            } => server::run(&data_dir, config_dir, listen).await,
+                allow_management,
+                allow_consumers,
+            } => {
+                let allow = sluice_control::access::AllowLists {
+                    management: allow_management,
+                    consumers: allow_consumers,
+                };
+                server::run(&data_dir, config_dir, listen, allow).await
+            }
             Command::Check { config } => commands::check(&config).await,
             Command::Teardown { config } => commands::teardown(&config).await,
             Command::Backfill {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use sluice_control::access::{Access, AllowLists};
 use sluice_control::{Controller, Tokens};
 use sluice_pipeline::Directory;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ pub async fn run(
     data_dir: &Path,
     config_dir: Option<PathBuf>,
     listen: SocketAddr,
+    allow: AllowLists,
 ) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
@@ -32,12 +34,23 @@ pub async fn run(
         // Shown once, on standard output only: it is stored as a hash.
         println!("admin token (shown once; it is stored only as a hash): {secret}");
     }
+    let access = Access::open(data_dir).map_err(anyhow::Error::msg)?;
+    if allow != AllowLists::default() {
+        // Flags given at start replace what the API set before.
+        let mut lists = access.lists();
+        lists.management = allow.management.or(lists.management);
+        lists.consumers = allow.consumers.or(lists.consumers);
+        access
+            .set(lists)
+            .map_err(|e| anyhow::anyhow!("--allow-*: {}", e.join("; ")))?;
+    }
     let directory = Directory::new();
     let (controller, handle) = Controller::open(
         data_dir,
         config_dir,
         directory.clone(),
         std::sync::Arc::new(tokens),
+        std::sync::Arc::new(access),
     )
     .with_context(|| format!("cannot open the registry in {}", data_dir.display()))?;
     let server_stop = CancellationToken::new();
