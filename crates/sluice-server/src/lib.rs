@@ -1,11 +1,14 @@
 //! The HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus text), Server-Sent
-//! Events at `GET /v1/sinks/{name}/events` for `type = "sse"` sinks, and the waiting
-//! room, dead letters and pull consumers of engine-driven sinks (`delivery.rs`).
+//! Events at `GET /v1/sinks/{name}/events` for `type = "sse"` sinks, the waiting room,
+//! dead letters and pull consumers of engine-driven sinks (`delivery.rs`), and under
+//! `sluice server` the management API (`manage.rs`) with `/v1/openapi.json`.
 //!
 //! Invariants:
-//! - Endpoints that serve row data require a bearer token whose SHA-256 is configured,
-//!   unless auth is off (which the config allows only on a loopback address). Health,
-//!   readiness and metrics carry no row data and need none.
+//! - Under `sluice run`, endpoints that serve row data require a bearer token whose
+//!   SHA-256 is configured, unless auth is off (which the config allows only on a
+//!   loopback address). Under `sluice server` every `/v1` route but the OpenAPI document
+//!   needs a token whose scope covers it, from an address the area's allow-list holds.
+//!   Health and readiness carry no row data and need none.
 //! - Every SSE client reads the log with its own reader: a slow client lags alone and is
 //!   disconnected once its buffer stays full, never slowing the pipeline or other clients.
 //! - An event's `id:` is its log offset; `Last-Event-ID: n` resumes at offset n + 1.

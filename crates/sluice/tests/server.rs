@@ -350,6 +350,31 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
         "tokens never logged"
     );
 
+    // An update that adds a table backfills it while the pipeline keeps streaming.
+    pg.psql(
+        "CREATE TABLE c (id int PRIMARY KEY, v text); INSERT INTO c VALUES (1, 'c1'), (2, 'c2');",
+    )
+    .unwrap();
+    let mut both = pipeline_json(&pg, "pa", "public.a", &out_a);
+    both["source"]["tables"] = json!(["public.a", "public.c"]);
+    let (code, v) = server.call("PUT", "/v1/pipelines/pa", Some(&admin), Some(&both));
+    assert_eq!(code, 200, "{v}\n{}", server.logs());
+    let (code, v) = server.call("PUT", "/v1/pipelines/pb", Some(&admin), Some(&both));
+    assert_eq!(code, 400, "a pipeline cannot be renamed: {v}");
+    wait_until(WAIT, "table c's rows", || {
+        let recs = read_records(&out_a);
+        (recs.iter().filter(|r| r["table"] == "c").count() >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    pg.psql("INSERT INTO a VALUES (3, 'three')").unwrap();
+    wait_until(WAIT, "a row after the update", || {
+        read_records(&out_a)
+            .iter()
+            .any(|r| r["after"]["v"] == "three")
+            .then_some(())
+    })
+    .unwrap();
+
     // Delete: the slot and publication go, and the pipeline's data.
     let (code, v) = server.call("DELETE", "/v1/pipelines/pa", Some(&admin), None);
     assert_eq!(code, 200, "{v}\n{}", server.logs());
