@@ -20,6 +20,8 @@ if [ "${1:-}" = "--tests" ]; then
   if [ -z "$major" ] || [ ! -e "/usr/lib/postgresql/$major/lib/wal2json.so" ]; then
     want+=("postgresql-${major:-15}-wal2json")
   fi
+  # The HTTPS test's client.
+  command -v curl >/dev/null || want+=(curl)
 fi
 # The API fuzzer (schemathesis, from PyPI) in a virtualenv of its own, pinned.
 if [ "${1:-}" = "--tests" ]; then

@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::access::Access;
 use crate::registry::{now_ms, redact, toml_to_value, Entry, Origin, Registry};
+use crate::sealed::SecretKeys;
 use crate::tokens::Tokens;
 
 /// Why a request was refused.
@@ -312,8 +313,9 @@ impl Controller {
         directory: Arc<Directory>,
         tokens: Arc<Tokens>,
         access: Arc<Access>,
+        keys: SecretKeys,
     ) -> std::io::Result<(Controller, Handle)> {
-        let registry = Arc::new(Registry::open(data_dir)?);
+        let registry = Arc::new(Registry::open(data_dir, keys)?);
         let (tx, rx) = mpsc::channel(64);
         let (entries, bad) = registry.load()?;
         for b in bad {

@@ -2,6 +2,8 @@
 //!
 //! - [`registry`]: every pipeline the server runs, from the API or from a configuration
 //!   directory, kept in the data dir;
+//! - [`sealed`]: the secrets of the registry's configurations, sealed at rest under the
+//!   server's secret key;
 //! - [`tokens`]: the API's tokens and their scopes, kept as hashes;
 //! - [`access`]: the IP allow-lists for management and for consumers;
 //! - [`probe`]: checks of a source or a sink before a pipeline exists, and the tables a
@@ -15,6 +17,7 @@ pub mod access;
 pub mod control;
 pub mod probe;
 pub mod registry;
+pub mod sealed;
 pub mod tokens;
 
 pub use control::{ControlError, Controller, FindingView, Handle, PipelineView, RunState};

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_pipeline::Config;
 
+use crate::sealed::SecretKeys;
+
 /// Where an entry came from: the API, or a file of the configuration directory (which
 /// then owns it: the file's changes apply, and the API may not change or delete it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -73,17 +75,20 @@ pub fn now_ms() -> i64 {
 pub struct Registry {
     root: PathBuf,
     dir: PathBuf,
+    /// Seal the secrets of what is written, open those of what is read.
+    keys: SecretKeys,
 }
 
 impl Registry {
     /// Opens (creating if needed) the registry of the server data dir `root`.
-    pub fn open(root: &Path) -> std::io::Result<Registry> {
+    pub fn open(root: &Path, keys: SecretKeys) -> std::io::Result<Registry> {
         let dir = root.join("registry");
         std::fs::create_dir_all(&dir)?;
         std::fs::create_dir_all(root.join("pipelines"))?;
         Ok(Registry {
             root: root.to_owned(),
             dir,
+            keys,
         })
     }
 
@@ -93,6 +98,8 @@ impl Registry {
     }
 
     /// Every entry; an unreadable one is reported by name and skipped, never guessed.
+    /// Entries whose secrets were sealed with the previous key are sealed again under
+    /// the current one (the step of a key rotation).
     pub fn load(&self) -> std::io::Result<(Vec<Entry>, Vec<String>)> {
         let (mut entries, mut bad) = (Vec::new(), Vec::new());
         for f in std::fs::read_dir(&self.dir)? {
@@ -103,8 +110,17 @@ impl Registry {
             match std::fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(e) => entries.push(e),
+                .and_then(|mut e| {
+                    let (config, old) = self.keys.open(&e.config)?;
+                    e.config = config;
+                    Ok((e, old))
+                }) {
+                Ok((e, old)) => {
+                    if old {
+                        self.put(&e)?;
+                    }
+                    entries.push(e)
+                }
                 Err(e) => bad.push(format!("{}: {e}", path.display())),
             }
         }
@@ -114,7 +130,14 @@ impl Registry {
 
     /// Writes `entry` whole, replacing the one of the same name.
     pub fn put(&self, entry: &Entry) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
+        let sealed = Entry {
+            config: self
+                .keys
+                .seal(&entry.config)
+                .map_err(std::io::Error::other)?,
+            ..entry.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&sealed).map_err(std::io::Error::other)?;
         write_whole(
             &self.dir.join(format!("{}.json", entry.name)),
             &bytes,
@@ -172,6 +195,16 @@ pub fn toml_to_value(text: &str) -> Result<Value, String> {
 /// The keys whose values are secrets, wherever they appear in a configuration.
 const SECRET_KEYS: &[&str] = &["password", "secret", "token", "tokens", "auth_token"];
 
+/// Whether the value of key `k` is a secret, wherever it appears.
+pub(crate) fn is_secret_key(k: &str) -> bool {
+    SECRET_KEYS.contains(&k) || k.ends_with("_secret") || k.ends_with("_password") || k == "headers"
+}
+
+/// Whether `s` holds a password (`scheme://user:password@`, `password=`).
+pub(crate) fn holds_password(s: &str) -> bool {
+    redact_url(s) != s
+}
+
 /// `value` with every secret replaced by `"<redacted>"`: passwords inside URLs (any
 /// string holding `scheme://user:password@`), and the values of secret keys.
 pub fn redact(value: &Value) -> Value {
@@ -179,11 +212,7 @@ pub fn redact(value: &Value) -> Value {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| {
-                    let secret = SECRET_KEYS.contains(&k.as_str())
-                        || k.ends_with("_secret")
-                        || k.ends_with("_password")
-                        || k == "headers";
-                    let v = if secret && !v.is_null() {
+                    let v = if is_secret_key(k) && !v.is_null() {
                         Value::String("<redacted>".into())
                     } else {
                         redact(v)
@@ -258,7 +287,7 @@ mod tests {
     #[test]
     fn refuses_data_dir_and_server_and_names_every_problem() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).unwrap();
+        let reg = Registry::open(dir.path(), SecretKeys::new([3; 32], None)).unwrap();
         let v = json!({
             "pipeline": {"name": "Bad Name", "data_dir": "/x"},
             "source": {"url": "postgres://u@h/db", "tables": ["public.t"]},
@@ -274,7 +303,7 @@ mod tests {
     #[test]
     fn entries_round_trip_and_the_data_dir_is_the_servers() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).unwrap();
+        let reg = Registry::open(dir.path(), SecretKeys::new([3; 32], None)).unwrap();
         let v = toml_to_value(
             "[pipeline]\nname = \"orders\"\n[source]\nurl = \"postgres://u@h/db\"\ntables = [\"public.t\"]\n[[sinks]]\nname = \"out\"\ntype = \"stdout\"\n",
         )

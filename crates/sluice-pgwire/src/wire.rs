@@ -52,6 +52,32 @@ pub struct Connection {
     target: String,
 }
 
+/// `sslmode=prefer` fell back to plain text: harmless on this machine, but passwords and
+/// rows cross the network readable to a remote host. Said once per target, not at every
+/// reconnect.
+fn warn_plain_text(host: &str, target: &str) {
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return;
+    }
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if warned.insert(target.to_owned()) {
+        tracing::warn!(
+            %target,
+            "postgres: the server does not accept TLS, so this connection is in plain text \
+             (sslmode=prefer); enable ssl on the server, or set sslmode=require to refuse plain text"
+        );
+    }
+}
+
 impl Connection {
     /// Connects to the first reachable host of `info`. With `replication`, the session is a
     /// logical walsender (`replication=database`).
@@ -125,7 +151,10 @@ impl Connection {
                                 })?;
                             Box::pin(tls)
                         }
-                        b'N' if info.sslmode == SslMode::Prefer => Box::pin(tcp),
+                        b'N' if info.sslmode == SslMode::Prefer => {
+                            warn_plain_text(h, &target);
+                            Box::pin(tcp)
+                        }
                         b'N' => {
                             return Err(PgError::Tls(format!(
                             "{target} does not accept TLS but sslmode requires it: enable ssl on \

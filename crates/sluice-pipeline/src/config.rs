@@ -97,6 +97,12 @@ pub struct ServerSection {
     /// Accepted tokens, stored hashed: `"sha256:<hex>"` (`sluice token` makes one).
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// HTTPS: the server's certificate chain and private key (PEM files, both or
+    /// neither), reloaded when they change.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -392,6 +398,8 @@ impl Config {
                     listen: default_listen(),
                     auth: Auth::Token,
                     tokens: Vec::new(),
+                    tls_cert: None,
+                    tls_key: None,
                 })
         })
     }

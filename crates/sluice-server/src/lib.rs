@@ -19,6 +19,7 @@ mod api;
 mod delivery;
 mod manage;
 mod sse;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,10 @@ use tracing::info;
 pub use api::ApiError;
 pub use delivery::parse_duration;
 pub use sluice_pipeline::install_metrics;
+pub use tls::TlsFiles;
+
+/// The server's serving future.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
 /// SHA-256 of a token, hex: the form `[server] tokens` holds.
 pub fn token_hash(token: &str) -> String {
@@ -94,20 +99,15 @@ fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
 }
 
 /// Binds `listen` (failing at once if it cannot) and serves the pipelines of `directory`
-/// until `cancel`; with `control` (`sluice server`), the management API and its tokens
-/// too. Returns the bound address and the serving future.
+/// until `cancel`, over HTTPS with `tls`; with `control` (`sluice server`), the
+/// management API and its tokens too. Returns the bound address and the serving future.
 pub async fn bind(
     listen: SocketAddr,
+    tls: Option<TlsFiles>,
     directory: Arc<Directory>,
     control: Option<Handle>,
     cancel: CancellationToken,
-) -> Result<
-    (
-        SocketAddr,
-        impl std::future::Future<Output = std::io::Result<()>>,
-    ),
-    String,
-> {
+) -> Result<(SocketAddr, Serving), String> {
     let metrics = install_metrics()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -141,20 +141,35 @@ pub async fn bind(
     )
     .layer(allow)
     .with_state(state);
-    info!(%addr, "server: listening");
-    // Events are small writes: without NODELAY, Nagle's algorithm holds each one back
-    // until the client's delayed ACK (tens of milliseconds).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = async move {
-        // The peer's address, for the allow-lists.
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    // The peer's address, for the allow-lists.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move { cancel.cancelled().await };
+    let serve: Serving = match tls {
+        Some(files) => {
+            // A tap that does nothing: through it, axum knows the peer's address
+            // (ConnectInfo), as for the plain listener. NODELAY is set before the handshake.
+            let listener =
+                axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, files)?, |_| {});
+            info!(%addr, "server: listening (HTTPS)");
+            Box::pin(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        }
+        None => {
+            // Events are small writes: without NODELAY, Nagle's algorithm holds each one
+            // back until the client's delayed ACK (tens of milliseconds).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            info!(%addr, "server: listening");
+            Box::pin(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        }
     };
     Ok((addr, serve))
 }

@@ -84,6 +84,10 @@ pub struct RedisConfig {
     /// Records per pipelined batch.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// For `rediss://`: a PEM file of the certificate authorities to trust instead of
+    /// the system's (a private CA, or the server's own self-signed certificate).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_key_template() -> String {
@@ -107,7 +111,7 @@ impl RedisConfig {
 
     /// Connects, authenticates, and proves the user may write keys and run scripts.
     async fn probe(&self) -> Result<(), Fault> {
-        let client = redis::Client::open(self.url.as_str()).map_err(classify)?;
+        let client = client(&self.url, self.ca_file.as_deref())?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CHECK_TIMEOUT))
             .set_response_timeout(Some(CHECK_TIMEOUT));
@@ -162,6 +166,12 @@ impl SinkSpec for RedisConfig {
                 "url must start with redis://, rediss:// or unix://",
             ));
         }
+        if self.ca_file.is_some() && !url.starts_with("rediss://") {
+            errs.push(finding_for(
+                name,
+                "ca_file is for TLS: use a rediss:// url, or leave ca_file out",
+            ));
+        }
     }
 
     async fn check(&self, _ctx: &Context<'_>) -> Vec<Finding> {
@@ -186,6 +196,7 @@ impl SinkSpec for RedisConfig {
         Ok(Built::Batches {
             sink: Box::new(RedisSink::new(RedisOptions {
                 url: self.url.clone(),
+                ca_file: self.ca_file.clone(),
                 prefix: self.prefix.clone(),
                 key_template: self.key_template.clone(),
                 format: self.format,
@@ -214,6 +225,25 @@ impl SinkSpec for RedisConfig {
     }
 }
 
+/// A client for `url`; over TLS, trusting the CAs of `ca_file` if given (read now, so a
+/// renewed CA file is taken at the next connection).
+fn client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, Fault> {
+    let Some(ca) = ca_file else {
+        return redis::Client::open(url).map_err(classify);
+    };
+    let root_cert = std::fs::read(ca).map_err(|e| {
+        Fault::definite(
+            format!("redis: cannot read ca_file {}: {e}", ca.display()),
+            "point ca_file at a readable PEM file of the CA that signed the server's certificate",
+        )
+    })?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(url, certs).map_err(classify)
+}
+
 /// The one classification of Redis errors. Credentials, permissions and a bad URL cannot
 /// pass by themselves: the sink stops with the fix. Everything else (a server down or
 /// restarting, a timeout, a failover) is retried.
@@ -240,6 +270,11 @@ pub fn classify(e: RedisError) -> Fault {
         ErrorKind::InvalidClientConfig => definite(
             "the url is not valid",
             "write it as redis://[user:password@]host:port[/db]",
+        ),
+        // rustls's verdict on the server's certificate: no retry changes it.
+        _ if e.to_string().contains("invalid peer certificate") => definite(
+            "the server's TLS certificate is not trusted (or not for this host name)",
+            "give the CA that signed it as the sink's ca_file, or connect by a name the certificate holds",
         ),
         _ => {
             // A failed pipeline lists every command's error: the first says enough.
@@ -273,6 +308,8 @@ pub enum Format {
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     pub url: String,
+    /// The CAs to trust for `rediss://` (default: the system's).
+    pub ca_file: Option<std::path::PathBuf>,
     pub prefix: String,
     pub key_template: String,
     pub format: Format,
@@ -487,7 +524,7 @@ impl RedisSink {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(self.options.url.as_str()).map_err(classify)?;
+        let client = client(&self.options.url, self.options.ca_file.as_deref())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(30)));
@@ -853,6 +890,7 @@ mod tests {
         assert!(check_template("{table}.{pk}.{pk}").is_err());
         let sink = RedisSink::new(RedisOptions {
             url: "redis://127.0.0.1/".into(),
+            ca_file: None,
             prefix: "c:".into(),
             key_template: DEFAULT_KEY_TEMPLATE.into(),
             format: Format::Json,

@@ -87,6 +87,7 @@ fn sink_at(url: String, format: Format) -> RedisSink {
 fn options(url: String, format: Format) -> RedisOptions {
     RedisOptions {
         url,
+        ca_file: None,
         prefix: "c:".into(),
         key_template: DEFAULT_KEY_TEMPLATE.into(),
         format,
@@ -392,6 +393,7 @@ async fn rows_expire_after_the_ttl_and_a_hash_leaves_null_columns_out() {
     for (format, prefix) in [(Format::Json, "j:"), (Format::Hash, "h:")] {
         let mut s = RedisSink::new(RedisOptions {
             url: redis.url(),
+            ca_file: None,
             prefix: prefix.into(),
             key_template: DEFAULT_KEY_TEMPLATE.into(),
             format,
@@ -518,5 +520,37 @@ async fn a_merge_reads_the_row_after_the_batch_still_in_flight_wrote_it() {
         v["big"].as_str().map(str::len),
         Some(2000),
         "merged, not left absent"
+    );
+}
+
+#[tokio::test]
+async fn rediss_delivers_over_tls_and_an_untrusted_certificate_is_definite() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = sluice_testkit::make_certs(dir.path(), "redis").unwrap();
+    let redis = RedisServer::start_tls(&certs.cert, &certs.key).unwrap();
+    let url = redis.tls_url().unwrap();
+    let one = batch(&[Change {
+        lsn: 100,
+        op: Op::Insert,
+        id: 1,
+        after: Some(r#"{"id":1,"v":"tls"}"#),
+        toast: &[],
+    }]);
+
+    // Trusting the server's CA: delivered, read back over the plain port.
+    let mut s = RedisSink::new(RedisOptions {
+        ca_file: Some(certs.ca.clone()),
+        ..options(url.clone(), Format::Json)
+    });
+    s.deliver(&one).await.unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.1"), r#"{"id":1,"v":"tls"}"#);
+
+    // The system's roots do not hold a private CA: no retry can help.
+    let mut s = sink_at(url, Format::Json);
+    let err = s.deliver(&one).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.fix.as_deref().unwrap_or("").contains("ca_file"),
+        "{err}"
     );
 }

@@ -39,8 +39,21 @@ impl Kind {
         }
     }
 
-    fn command(self, port: u16, dir: &Path) -> Command {
+    fn command(self, port: u16, dir: &Path, tls: Option<&Tls>) -> Command {
         let mut cmd = Command::new(self.program());
+        if let Some(t) = tls {
+            // Both ports: the plain one answers the readiness probe and redis-cli.
+            cmd.args([
+                "--tls-port",
+                &t.port.to_string(),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&t.cert)
+            .arg("--tls-key-file")
+            .arg(&t.key);
+        }
         match self {
             Kind::Redis => {
                 cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -86,16 +99,24 @@ impl Kind {
     }
 }
 
+/// A TLS port besides the plain one (Redis only).
+struct Tls {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
 /// A running server with its directory and log.
 struct Daemon {
     kind: Kind,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<Tls>,
 }
 
 impl Daemon {
-    fn start(kind: Kind) -> Result<Daemon> {
+    fn start(kind: Kind, tls: Option<Tls>) -> Result<Daemon> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sluice-{}-", kind.program()))
             .tempdir()
@@ -105,11 +126,15 @@ impl Daemon {
             port: 0,
             dir,
             child: None,
+            tls,
         };
         let mut last = None;
         // A port taken between free_port() and the server's bind: try another.
         for _ in 0..5 {
             d.port = free_port();
+            if let Some(t) = d.tls.as_mut() {
+                t.port = free_port();
+            }
             match d.spawn() {
                 Ok(()) => return Ok(d),
                 Err(e) => last = Some(e),
@@ -129,7 +154,7 @@ impl Daemon {
             .open(self.log_path())?;
         let child = self
             .kind
-            .command(self.port, self.dir.path())
+            .command(self.port, self.dir.path(), self.tls.as_ref())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -195,7 +220,24 @@ pub struct RedisServer(Daemon);
 
 impl RedisServer {
     pub fn start() -> Result<RedisServer> {
-        Daemon::start(Kind::Redis).map(RedisServer)
+        Daemon::start(Kind::Redis, None).map(RedisServer)
+    }
+
+    /// A server that also takes TLS connections with the PEM certificate and key given
+    /// ([`RedisServer::tls_url`]); its plain port stays open for inspection.
+    pub fn start_tls(cert: &Path, key: &Path) -> Result<RedisServer> {
+        let tls = Tls {
+            port: 0,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        };
+        Daemon::start(Kind::Redis, Some(tls)).map(RedisServer)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/` of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let t = self.0.tls.as_ref()?;
+        Some(format!("rediss://127.0.0.1:{}/", t.port))
     }
 
     pub fn port(&self) -> u16 {
@@ -243,7 +285,7 @@ pub struct NatsServer(Daemon);
 
 impl NatsServer {
     pub fn start() -> Result<NatsServer> {
-        Daemon::start(Kind::Nats).map(NatsServer)
+        Daemon::start(Kind::Nats, None).map(NatsServer)
     }
 
     pub fn port(&self) -> u16 {

@@ -10,9 +10,11 @@
 //! [`WebhookReceiver::start`] is a real HTTP receiver that fails, throttles and stalls
 //! on demand, and logs every request with its answer.
 
+mod certs;
 mod daemon;
 mod receiver;
 
+pub use certs::{make_certs, Certs};
 pub use daemon::{NatsServer, RedisServer};
 pub use receiver::{Behaviour, Received, WebhookReceiver};
 pub use sluice_pgtemp::{free_port, pg_bin, pg_bindir, wait_until, PgServer, PgServerBuilder};

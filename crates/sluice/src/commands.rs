@@ -172,12 +172,27 @@ async fn start_server(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     directory.set_tokens(token_hashes(section));
     let listen: std::net::SocketAddr = section.listen.parse().context("server.listen")?;
-    start_http(listen, directory, None, stop).await
+    let tls = tls_files(section.tls_cert.clone(), section.tls_key.clone())
+        .map_err(|e| anyhow::anyhow!("[server] {e}"))?;
+    start_http(listen, tls, directory, None, stop).await
+}
+
+/// Certificate and key come as a pair.
+pub(crate) fn tls_files(
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+) -> Result<Option<sluice_server::TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(sluice_server::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        _ => Err("tls_cert and tls_key go together: give both for HTTPS, or neither".into()),
+    }
 }
 
 /// Binds `listen` and serves on a thread and runtime of its own until `stop`.
 pub(crate) async fn start_http(
     listen: std::net::SocketAddr,
+    tls: Option<sluice_server::TlsFiles>,
     directory: Arc<Directory>,
     control: Option<sluice_control::Handle>,
     stop: CancellationToken,
@@ -198,7 +213,7 @@ pub(crate) async fn start_http(
                 }
             };
             rt.block_on(async move {
-                match sluice_server::bind(listen, directory, control, stop).await {
+                match sluice_server::bind(listen, tls, directory, control, stop).await {
                     Ok((_, serve)) => {
                         let _ = tx.send(Ok(()));
                         if let Err(e) = serve.await {

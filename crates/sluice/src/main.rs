@@ -74,6 +74,21 @@ enum Command {
         /// rooms); as --allow-management.
         #[arg(long, env = "SLUICE_ALLOW_CONSUMERS", value_delimiter = ',')]
         allow_consumers: Option<Vec<String>>,
+        /// HTTPS: the server's certificate chain (PEM), reloaded when the file changes.
+        #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// HTTPS: the certificate's private key (PEM), reloaded when the file changes.
+        #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The key that seals the secrets of pipeline configurations in the data dir
+        /// (base64 of 32 bytes). Default: <data-dir>/secret.key, made at first start;
+        /// SLUICE_SECRET_KEY gives the key itself instead of a file.
+        #[arg(long, env = "SLUICE_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+        /// While rotating the secret key: the previous key, whose secrets are sealed
+        /// again under the new key at start (or SLUICE_PREVIOUS_SECRET_KEY).
+        #[arg(long, env = "SLUICE_PREVIOUS_SECRET_KEY_FILE")]
+        previous_secret_key_file: Option<PathBuf>,
     },
     /// Check the database and the configuration, and say how to fix what is wrong.
     Check {
@@ -185,12 +200,21 @@ fn main() -> std::process::ExitCode {
                 listen,
                 allow_management,
                 allow_consumers,
+                tls_cert,
+                tls_key,
+                secret_key_file,
+                previous_secret_key_file,
             } => {
+                let keys = sluice_control::sealed::KeySources {
+                    file: secret_key_file,
+                    previous_file: previous_secret_key_file,
+                };
                 let allow = sluice_control::access::AllowLists {
                     management: allow_management,
                     consumers: allow_consumers,
                 };
-                server::run(&data_dir, config_dir, listen, allow).await
+                let tls = commands::tls_files(tls_cert, tls_key).map_err(anyhow::Error::msg)?;
+                server::run(&data_dir, config_dir, listen, tls, allow, keys).await
             }
             Command::Check { config } => commands::check(&config).await,
             Command::Teardown { config } => commands::teardown(&config).await,

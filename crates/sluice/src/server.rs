@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use sluice_control::access::{Access, AllowLists};
+use sluice_control::sealed::{KeySources, SecretKeys};
 use sluice_control::{Controller, Tokens};
 use sluice_pipeline::Directory;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,9 @@ pub async fn run(
     data_dir: &Path,
     config_dir: Option<PathBuf>,
     listen: SocketAddr,
+    tls: Option<sluice_server::TlsFiles>,
     allow: AllowLists,
+    keys: KeySources,
 ) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
@@ -44,6 +47,13 @@ pub async fn run(
             .set(lists)
             .map_err(|e| anyhow::anyhow!("--allow-*: {}", e.join("; ")))?;
     }
+    let (keys, made) = SecretKeys::load(data_dir, &keys).map_err(anyhow::Error::msg)?;
+    if made {
+        tracing::warn!(
+            file = %data_dir.join("secret.key").display(),
+            "made a secret key for the secrets of pipeline configurations; it sits beside the data it protects: move it elsewhere and pass --secret-key-file (or SLUICE_SECRET_KEY), so that a copy of the data dir alone reveals no password"
+        );
+    }
     let directory = Directory::new();
     let (controller, handle) = Controller::open(
         data_dir,
@@ -51,10 +61,18 @@ pub async fn run(
         directory.clone(),
         std::sync::Arc::new(tokens),
         std::sync::Arc::new(access),
+        keys,
     )
     .with_context(|| format!("cannot open the registry in {}", data_dir.display()))?;
     let server_stop = CancellationToken::new();
-    let http = start_http(listen, directory.clone(), Some(handle), server_stop.clone()).await?;
+    let http = start_http(
+        listen,
+        tls,
+        directory.clone(),
+        Some(handle),
+        server_stop.clone(),
+    )
+    .await?;
     if let Some(addr) = directory.server_addr() {
         std::fs::write(data_dir.join("server.addr"), addr.to_string())
             .context("cannot write server.addr in the data dir")?;

@@ -18,16 +18,23 @@ struct Server {
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
+    /// Further arguments to `sluice server`.
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Server {
     fn new() -> Server {
+        Server::with_args(Vec::new())
+    }
+
+    fn with_args(args: Vec<std::ffi::OsString>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("conf")).unwrap();
         let mut s = Server {
             dir,
             child: None,
             starts: 0,
+            args,
         };
         s.start();
         s
@@ -57,6 +64,7 @@ impl Server {
                 .arg("--config-dir")
                 .arg(self.conf())
                 .args(["--listen", "127.0.0.1:0"])
+                .args(&self.args)
                 .env("SLUICE_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -275,6 +283,12 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
         !text.contains("hunter2") && text.contains("<redacted>"),
         "{text}"
     );
+    // On disk, the registry holds it sealed under the server's key.
+    let stored = std::fs::read_to_string(server.data().join("registry/pa.json")).unwrap();
+    assert!(
+        !stored.contains("hunter2") && stored.contains("sluice-sealed:v1:"),
+        "{stored}"
+    );
 
     // A file in the configuration directory is a pipeline too.
     let out_b = server.dir.path().join("b.jsonl");
@@ -304,9 +318,32 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
     .unwrap();
     pg.psql("INSERT INTO a VALUES (2, 'two')").unwrap();
     // A restart keeps the registry, the pause and the tokens, and prints no new token.
+    // It also rotates the secret key: the old key opens the registry's secrets once, and
+    // they are sealed again under the new one.
     server.stop();
+    let old_key = server.dir.path().join("old.key");
+    std::fs::rename(server.data().join("secret.key"), &old_key).unwrap();
+    let new_key = server.dir.path().join("new.key");
+    std::fs::write(&new_key, "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\n").unwrap();
+    let sealed_before = std::fs::read_to_string(server.data().join("registry/pa.json")).unwrap();
+    server.args = vec![
+        "--secret-key-file".into(),
+        new_key.clone().into(),
+        "--previous-secret-key-file".into(),
+        old_key.into(),
+    ];
     server.start();
     server.wait_state(&admin, "pa", "paused");
+    let sealed_after = std::fs::read_to_string(server.data().join("registry/pa.json")).unwrap();
+    assert_ne!(
+        sealed_before, sealed_after,
+        "sealed again under the new key"
+    );
+    assert!(!sealed_after.contains("hunter2"), "{sealed_after}");
+    assert!(
+        !server.data().join("secret.key").exists(),
+        "no key was made"
+    );
     server.wait_state(&admin, "pb", "running");
     assert!(
         !server.stdout(2).contains("admin token"),
@@ -774,4 +811,104 @@ fn sources_and_sinks_are_checked_before_a_pipeline_exists() {
         Some(&json!({"sink": {"name": "x", "type": "nope"}})),
     );
     assert_eq!(code, 400, "{v}");
+}
+
+/// One request by curl, trusting only `ca`: the status and body, or curl's error.
+fn curl(ca: &Path, url: &str, token: &str) -> Result<(u16, String), String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    Ok((code.parse().unwrap(), body.to_string()))
+}
+
+#[test]
+fn https_serves_the_api_and_takes_a_new_certificate_without_a_restart() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let one = sluice_testkit::make_certs(certs.path(), "one").unwrap();
+    let two = sluice_testkit::make_certs(certs.path(), "two").unwrap();
+    let (cert_one, key_one, ca_one) = (one.cert, one.key, one.ca);
+    let (cert_two, key_two, ca_two) = (two.cert, two.key, two.ca);
+    let (cert, key) = (
+        certs.path().join("server.crt"),
+        certs.path().join("server.key"),
+    );
+    std::fs::copy(&cert_one, &cert).unwrap();
+    std::fs::copy(&key_one, &key).unwrap();
+    let server = Server::with_args(vec![
+        "--tls-cert".into(),
+        cert.clone().into(),
+        "--tls-key".into(),
+        key.clone().into(),
+    ]);
+    let admin = server.admin_token();
+    let base = format!("https://{}", server.addr());
+
+    assert_eq!(
+        curl(&ca_one, &format!("{base}/healthz"), &admin),
+        Ok((200, "ok\n".into()))
+    );
+    // Plain HTTP gets no answer from an HTTPS listener.
+    let plain = curl(
+        &ca_one,
+        &format!("http://{}/healthz", server.addr()),
+        &admin,
+    );
+    assert!(plain.is_err(), "{plain:?}");
+
+    // A pipeline runs while the certificate changes under the server.
+    let out = server.dir.path().join("t.jsonl");
+    std::fs::write(
+        server.conf().join("pt.toml"),
+        format!(
+            "[pipeline]\nname = \"pt\"\n[source]\nurl = {:?}\ntables = [\"public.t\"]\nstatus_interval_secs = 1\n[[sinks]]\nname = \"out\"\ntype = \"file\"\npath = {:?}\n",
+            pg.url("postgres", "postgres"),
+            out
+        ),
+    )
+    .unwrap();
+    wait_until(WAIT, "pipeline pt to stream, over HTTPS", || {
+        let (code, body) = curl(&ca_one, &format!("{base}/v1/pipelines/pt"), &admin).ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["status"]["streaming"] == true).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    pg.psql("INSERT INTO t VALUES (1, 'before')").unwrap();
+    wait_rows(&out, 1, &server);
+
+    // The new pair replaces the old one, key first: until both are in place the server
+    // keeps the certificate it has.
+    std::fs::copy(&key_two, &key).unwrap();
+    std::fs::copy(&cert_two, &cert).unwrap();
+    wait_until(WAIT, "the new certificate to be served", || {
+        curl(&ca_two, &format!("{base}/healthz"), &admin).ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    let old = curl(&ca_one, &format!("{base}/healthz"), &admin);
+    assert!(old.is_err(), "the old certificate is still served: {old:?}");
+
+    // The pipeline never stopped.
+    pg.psql("INSERT INTO t VALUES (2, 'after')").unwrap();
+    assert_eq!(wait_rows(&out, 2, &server)[1]["after"]["v"], "after");
+    let logs = server.logs();
+    assert_eq!(logs.matches("pipeline started").count(), 1, "{logs}");
+    assert!(logs.contains("TLS certificate reloaded"), "{logs}");
+    assert!(!logs.contains(&admin), "the token was logged");
 }

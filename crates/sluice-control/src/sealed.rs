@@ -1,0 +1,289 @@
+//! Secrets at rest: the registry keeps every secret of a configuration (passwords in
+//! URLs, webhook secrets, headers, tokens) sealed with AES-256-GCM under the server's
+//! secret key; everything else stays readable JSON.
+//!
+//! Invariants:
+//! - A sealed value is a string `sluice-sealed:v1:<base64 of nonce ‖ ciphertext ‖ tag>`
+//!   whose plaintext is the JSON of the original value, so any value (a string, a table
+//!   of headers) seals and opens to itself.
+//! - Every seal draws a fresh random 96-bit nonce from the system's generator.
+//! - Opening tries the current key, then the previous one (during a rotation); a value
+//!   neither key opens is an error that says which key is missing, never a guess.
+//! - Which values are secret is decided by the same rules as redaction
+//!   ([`crate::registry::redact`]), so what the API hides is what the disk seals.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::Value;
+
+use crate::registry::{holds_password, is_secret_key};
+
+const PREFIX: &str = "sluice-sealed:v1:";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Where the keys come from: the environment first, then the files.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// `--secret-key-file`; default `<data-dir>/secret.key`, created at first start.
+    pub file: Option<PathBuf>,
+    /// `--previous-secret-key-file`: the key being rotated away from.
+    pub previous_file: Option<PathBuf>,
+}
+
+/// The server's secret key, and during a rotation the previous one.
+pub struct SecretKeys {
+    current: LessSafeKey,
+    previous: Option<LessSafeKey>,
+    rng: SystemRandom,
+}
+
+/// `SLUICE_SECRET_KEY`: the key itself (base64 of 32 bytes), instead of a file.
+pub const KEY_ENV: &str = "SLUICE_SECRET_KEY";
+/// `SLUICE_PREVIOUS_SECRET_KEY`: the previous key itself, instead of a file.
+pub const PREVIOUS_KEY_ENV: &str = "SLUICE_PREVIOUS_SECRET_KEY";
+
+impl SecretKeys {
+    /// Loads the keys for the server data dir `data_dir`. Without a key in the
+    /// environment or a named file, `<data_dir>/secret.key` is used, and made (0600)
+    /// if it does not exist; the returned flag says a key was made.
+    pub fn load(data_dir: &Path, sources: &KeySources) -> Result<(SecretKeys, bool), String> {
+        let mut made = false;
+        let current = match std::env::var(KEY_ENV) {
+            Ok(text) => parse(&text).map_err(|e| format!("{KEY_ENV}: {e}"))?,
+            Err(_) => {
+                let path = sources
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("secret.key"));
+                if sources.file.is_none() && !path.exists() {
+                    make_key_file(&path)?;
+                    made = true;
+                }
+                read_key_file(&path)?
+            }
+        };
+        let previous = match std::env::var(PREVIOUS_KEY_ENV) {
+            Ok(text) => Some(parse(&text).map_err(|e| format!("{PREVIOUS_KEY_ENV}: {e}"))?),
+            Err(_) => match &sources.previous_file {
+                Some(p) => Some(read_key_file(p)?),
+                None => None,
+            },
+        };
+        Ok((SecretKeys::new(current, previous), made))
+    }
+
+    pub fn new(current: [u8; 32], previous: Option<[u8; 32]>) -> SecretKeys {
+        let key = |k: [u8; 32]| {
+            // 32 bytes is AES-256's key length: this cannot fail.
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte key"))
+        };
+        SecretKeys {
+            current: key(current),
+            previous: previous.map(key),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// `value` with each secret sealed under the current key.
+    pub fn seal(&self, value: &Value) -> Result<Value, String> {
+        Ok(match value {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(k) && !v.is_null() && !is_sealed(v) {
+                            self.seal_one(v)?
+                        } else {
+                            self.seal(v)?
+                        };
+                        Ok((k.clone(), v))
+                    })
+                    .collect::<Result<_, String>>()?,
+            ),
+            Value::Array(a) => {
+                Value::Array(a.iter().map(|v| self.seal(v)).collect::<Result<_, _>>()?)
+            }
+            Value::String(s) if holds_password(s) => self.seal_one(value)?,
+            v => v.clone(),
+        })
+    }
+
+    fn seal_one(&self, value: &Value) -> Result<Value, String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| "the system's random generator failed".to_string())?;
+        let mut data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.current
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+            .map_err(|_| "cannot seal a secret".to_string())?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(Value::String(format!("{PREFIX}{}", B64.encode(out))))
+    }
+
+    /// `value` with every sealed secret opened; the flag says the previous key was
+    /// needed (the value should be sealed again under the current one).
+    pub fn open(&self, value: &Value) -> Result<(Value, bool), String> {
+        let mut old = false;
+        let v = self.open_into(value, &mut old)?;
+        Ok((v, old))
+    }
+
+    fn open_into(&self, value: &Value, old: &mut bool) -> Result<Value, String> {
+        Ok(match value {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.open_into(v, old)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|v| self.open_into(v, old))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::String(s) => match s.strip_prefix(PREFIX) {
+                Some(sealed) => self.open_one(sealed, old)?,
+                None => value.clone(),
+            },
+            v => v.clone(),
+        })
+    }
+
+    fn open_one(&self, sealed: &str, old: &mut bool) -> Result<Value, String> {
+        let bytes = B64
+            .decode(sealed)
+            .map_err(|_| "a sealed secret is damaged (not base64)".to_string())?;
+        if bytes.len() < NONCE_LEN {
+            return Err("a sealed secret is damaged (too short)".into());
+        }
+        let (nonce, data) = bytes.split_at(NONCE_LEN);
+        let attempt = |key: &LessSafeKey| {
+            let mut data = data.to_vec();
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let plain = key.open_in_place(nonce, Aad::empty(), &mut data).ok()?;
+            serde_json::from_slice::<Value>(plain).ok()
+        };
+        if let Some(v) = attempt(&self.current) {
+            return Ok(v);
+        }
+        if let Some(v) = self.previous.as_ref().and_then(attempt) {
+            *old = true;
+            return Ok(v);
+        }
+        Err(format!(
+            "a secret was sealed with another key than the server's: start the server with the key it was sealed with ({KEY_ENV} or --secret-key-file), or give that key as --previous-secret-key-file while rotating"
+        ))
+    }
+}
+
+fn is_sealed(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.starts_with(PREFIX))
+}
+
+/// A key's text form: base64 of 32 bytes.
+fn parse(text: &str) -> Result<[u8; 32], String> {
+    B64.decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            "a secret key is the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)".into()
+        })
+}
+
+fn read_key_file(path: &Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the secret key file {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn make_key_file(path: &Path) -> Result<(), String> {
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| "the system's random generator failed".to_string())?;
+    crate::registry::write_whole(path, format!("{}\n", B64.encode(key)).as_bytes(), 0o600)
+        .map_err(|e| format!("cannot write the secret key file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Value {
+        json!({
+            "pipeline": {"name": "p"},
+            "source": {"url": "postgres://app:s3cret@db/app", "tables": ["public.t"]},
+            "sinks": [
+                {"name": "c", "type": "redis", "url": "rediss://:pw@cache:6380"},
+                {"name": "w", "type": "webhook", "url": "https://hooks.example/x", "secret": "abc",
+                 "headers": {"X-Key": "k"}}
+            ]
+        })
+    }
+
+    #[test]
+    fn secrets_are_sealed_and_open_to_themselves() {
+        let keys = SecretKeys::new([7; 32], None);
+        let sealed = keys.seal(&config()).unwrap();
+        let text = sealed.to_string();
+        for secret in ["s3cret", "pw@", "\"abc\"", "X-Key"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        // What is not secret stays readable.
+        assert!(text.contains("https://hooks.example/x"), "{text}");
+        assert!(text.contains("public.t"), "{text}");
+        // Sealing twice gives different text (fresh nonces) and opens the same.
+        assert_ne!(keys.seal(&config()).unwrap(), sealed);
+        assert_eq!(keys.open(&sealed).unwrap(), (config(), false));
+        // Sealing what is sealed leaves it be.
+        assert_eq!(keys.seal(&sealed).unwrap(), sealed);
+    }
+
+    #[test]
+    fn a_rotation_opens_with_the_previous_key_and_a_wrong_key_is_an_error() {
+        let old = SecretKeys::new([1; 32], None);
+        let sealed = old.seal(&config()).unwrap();
+        let wrong = SecretKeys::new([2; 32], None);
+        let e = wrong.open(&sealed).unwrap_err();
+        assert!(e.contains("--previous-secret-key-file"), "{e}");
+        let rotating = SecretKeys::new([2; 32], Some([1; 32]));
+        assert_eq!(rotating.open(&sealed).unwrap(), (config(), true));
+        // Sealed again under the new key, the old key is no longer needed.
+        let resealed = rotating.seal(&config()).unwrap();
+        assert_eq!(wrong.open(&resealed).unwrap(), (config(), false));
+        // A damaged value is an error, not a panic.
+        let mut text = resealed.to_string();
+        text = text.replacen(PREFIX, &format!("{PREFIX}AAAA"), 1);
+        let damaged: Value = serde_json::from_str(&text).unwrap();
+        assert!(wrong.open(&damaged).is_err());
+    }
+
+    #[test]
+    fn a_key_file_is_made_once_and_a_bad_key_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, made) = SecretKeys::load(dir.path(), &KeySources::default()).unwrap();
+        assert!(made);
+        let mode = std::fs::metadata(dir.path().join("secret.key"))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap();
+        assert_eq!(mode, 0o600);
+        let (_, made) = SecretKeys::load(dir.path(), &KeySources::default()).unwrap();
+        assert!(!made);
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, "short").unwrap();
+        let e = SecretKeys::load(
+            dir.path(),
+            &KeySources {
+                file: Some(bad),
+                previous_file: None,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("openssl rand -base64 32"), "{e}");
+    }
+}
