@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::access::Access;
+use crate::audit::Audit;
 use crate::registry::{now_ms, redact, toml_to_value, Entry, Origin, Registry};
 use crate::sealed::SecretKeys;
 use crate::tokens::Tokens;
@@ -158,6 +159,7 @@ pub struct Handle {
     registry: Arc<Registry>,
     pub tokens: Arc<Tokens>,
     pub access: Arc<Access>,
+    pub audit: Arc<Audit>,
 }
 
 impl Handle {
@@ -338,6 +340,7 @@ impl Controller {
                 registry,
                 tokens,
                 access,
+                audit: Arc::new(Audit::open(data_dir)?),
             },
         ))
     }

@@ -6,6 +6,7 @@
 //!   server's secret key;
 //! - [`tokens`]: the API's tokens and their scopes, kept as hashes;
 //! - [`access`]: the IP allow-lists for management and for consumers;
+//! - [`audit`]: the log of management actions;
 //! - [`probe`]: checks of a source or a sink before a pipeline exists, and the tables a
 //!   source offers;
 //! - [`control`]: the loop that runs the registry's pipelines under one supervisor and
@@ -14,6 +15,7 @@
 //! The HTTP side (routes, access checks, the OpenAPI document) is `sluice-server`'s.
 
 pub mod access;
+pub mod audit;
 pub mod control;
 pub mod probe;
 pub mod registry;

@@ -190,16 +190,15 @@ pub fn scope_name(s: &Scope) -> String {
 
 /// The token a request carries: `Authorization: Bearer`, or the `access_token` query
 /// parameter (browsers' EventSource cannot set headers).
-fn presented(parts: &Parts) -> Option<String> {
-    if let Some(t) = parts
-        .headers
+pub(crate) fn presented(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(t) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
         return Some(t.trim().to_string());
     }
-    parts.uri.query().and_then(|q| {
+    uri.query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "access_token")
@@ -215,11 +214,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         match &state.control {
-            Some(control) => presented(parts)
+            Some(control) => presented(&parts.headers, &parts.uri)
                 .and_then(|t| control.tokens.authenticate(&t))
                 .map(Caller::Token)
                 .ok_or(ApiError::Unauthorized),
-            None => match state.authorized(presented(parts).as_deref()) {
+            None => match state.authorized(presented(&parts.headers, &parts.uri).as_deref()) {
                 true => Ok(Caller::Open),
                 false => Err(ApiError::Unauthorized),
             },

@@ -16,6 +16,7 @@
 //!   [`Directory`] per request, so a pipeline restarting drops only its own clients.
 
 mod api;
+mod audit;
 mod delivery;
 mod manage;
 mod sse;
@@ -123,6 +124,7 @@ pub async fn bind(
     let (managed, api) = manage::routes().split_for_parts();
     let doc = manage::document(api);
     let allow = axum::middleware::from_fn_with_state(state.clone(), manage::allow_list);
+    let audit = axum::middleware::from_fn_with_state(state.clone(), audit::record);
     let app = sink_routes(
         Router::new()
             .merge(managed)
@@ -140,6 +142,8 @@ pub async fn bind(
             ),
     )
     .layer(allow)
+    // Outside the allow-list, so refused addresses are recorded too.
+    .layer(audit)
     .with_state(state);
     // The peer's address, for the allow-lists.
     let app = app.into_make_service_with_connect_info::<SocketAddr>();

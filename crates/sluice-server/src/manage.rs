@@ -29,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::{reply, scope_name, ApiError, Caller};
+use crate::audit::AuditTarget;
 use crate::AppState;
 
 fn control(state: &AppState) -> Result<&Handle, ApiError> {
@@ -78,6 +79,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(discover_source))
         .routes(routes!(verify_sink))
         .routes(routes!(get_access, put_access))
+        .routes(routes!(crate::audit::audit_log))
 }
 
 /// Which allow-list a path is under: the consumers' for a sink's data, management's for
@@ -222,7 +224,10 @@ async fn create(
     let value = object(&body)?;
     let view = control(&s)?.put(value, None).await?;
     info!(pipeline = %view.name, "api: pipeline created");
-    Ok(reply(StatusCode::CREATED, view))
+    let target = AuditTarget(view.name.clone());
+    let mut res = reply(StatusCode::CREATED, view);
+    res.extensions_mut().insert(target);
+    Ok(res)
 }
 
 #[utoipa::path(get, path = "/v1/pipelines/{pipeline}", tag = "pipelines",
@@ -405,7 +410,9 @@ async fn create_token(
         .create(&token_name, scope)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     info!(id = %info.id, scope = %scope_name(&info.scope), "api: token created");
-    Ok(reply(StatusCode::CREATED, token_view(&info, Some(secret))))
+    let mut res = reply(StatusCode::CREATED, token_view(&info, Some(secret)));
+    res.extensions_mut().insert(AuditTarget(info.id.clone()));
+    Ok(res)
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",

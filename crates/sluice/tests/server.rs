@@ -387,6 +387,59 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
         "tokens never logged"
     );
 
+    // The audit log has each action with its token's id, also the refused one.
+    assert_eq!(server.call("GET", "/v1/audit", Some(&read), None).0, 403);
+    let (code, v) = server.call("GET", "/v1/audit?limit=1000", Some(&admin), None);
+    assert_eq!(code, 200, "{v}");
+    let events = v["events"].as_array().unwrap();
+    let (_, tokens) = server.call("GET", "/v1/tokens", Some(&admin), None);
+    let id_of = |name: &str| {
+        tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["id"].clone())
+            .unwrap()
+    };
+    let has = |action: &str, target: &str, status: u16, token: &Value| {
+        events.iter().any(|e| {
+            e["action"] == action
+                && e["target"] == target
+                && e["status"] == status
+                && &e["token"] == token
+        })
+    };
+    let admin_id = id_of("admin (created at first start)");
+    assert!(has("POST /v1/pipelines", "pa", 201, &admin_id), "{v}");
+    assert!(
+        has("POST /v1/pipelines/{pipeline}/pause", "pa", 200, &admin_id),
+        "{v}"
+    );
+    assert!(
+        has(
+            "POST /v1/pipelines/{pipeline}/pause",
+            "pa",
+            403,
+            &id_of("dashboard")
+        ),
+        "{v}"
+    );
+    assert!(
+        has(
+            "POST /v1/tokens",
+            id_of("dashboard").as_str().unwrap(),
+            201,
+            &admin_id
+        ),
+        "{v}"
+    );
+    let text = v.to_string();
+    assert!(
+        !text.contains(&read) && !text.contains(&admin) && !text.contains("hunter2"),
+        "{text}"
+    );
+
     // An update that adds a table backfills it while the pipeline keeps streaming.
     pg.psql(
         "CREATE TABLE c (id int PRIMARY KEY, v text); INSERT INTO c VALUES (1, 'c1'), (2, 'c2');",
