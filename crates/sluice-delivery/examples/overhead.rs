@@ -110,6 +110,7 @@ fn main() {
         let t = Instant::now();
         let engine = tokio::spawn(sluice_delivery::run(
             EngineConfig {
+                pipeline: "p".into(),
                 name: "bench".into(),
                 policy: Policy { concurrency: 256, batch, ..Policy::default() },
                 items: ItemOptions::default(),

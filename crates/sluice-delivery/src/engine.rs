@@ -45,6 +45,8 @@ const PAGE: usize = 1000;
 /// What an engine runs with.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The pipeline's name (a label of the sink's metrics).
+    pub pipeline: String,
     pub name: String,
     pub policy: Policy,
     pub items: ItemOptions,
@@ -213,15 +215,17 @@ pub async fn run<T: Target>(
     mut commands: mpsc::Receiver<Command>,
     until: Until,
 ) -> Result<(), DeliveryError> {
-    let name = config.name.clone();
-    let label = || name.clone();
+    let labels = [
+        ("pipeline", config.pipeline.clone()),
+        ("sink", config.name.clone()),
+    ];
     let m = Metrics {
-        latency: metrics::histogram!(sluice_core::metric::SINK_LATENCY.name, "sink" => label()),
-        delivered: metrics::counter!(sluice_core::metric::SINK_DELIVERED.name, "sink" => label()),
-        failures: metrics::counter!(sluice_core::metric::SINK_FAILURES.name, "sink" => label()),
-        retries: metrics::counter!(sluice_core::metric::DELIVERY_RETRIES.name, "sink" => label()),
-        parked: metrics::gauge!(sluice_core::metric::DELIVERY_PARKED_KEYS.name, "sink" => label()),
-        in_flight: metrics::gauge!(sluice_core::metric::DELIVERY_IN_FLIGHT.name, "sink" => label()),
+        latency: metrics::histogram!(sluice_core::metric::SINK_LATENCY.name, &labels),
+        delivered: metrics::counter!(sluice_core::metric::SINK_DELIVERED.name, &labels),
+        failures: metrics::counter!(sluice_core::metric::SINK_FAILURES.name, &labels),
+        retries: metrics::counter!(sluice_core::metric::DELIVERY_RETRIES.name, &labels),
+        parked: metrics::gauge!(sluice_core::metric::DELIVERY_PARKED_KEYS.name, &labels),
+        in_flight: metrics::gauge!(sluice_core::metric::DELIVERY_IN_FLIGHT.name, &labels),
     };
     let tokens = config.policy.rate_limit.map(|r| r.max(1.0)).unwrap_or(0.0);
     let mut e = Engine {

@@ -73,6 +73,8 @@ pub struct Watch {
 
 /// What the cleaner does.
 pub struct Cleaner {
+    /// The pipeline's name (the `pipeline` label of the cleaner's metric).
+    pub pipeline: String,
     /// The outbox tables whose finished rows are deleted, as (schema, table).
     pub tables: Vec<(String, String)>,
     /// Every sink with a cursor (all but SSE).
@@ -121,11 +123,12 @@ pub async fn clean(
     mut deleter: impl RowDeleter,
     stop: CancellationToken,
 ) -> Result<(), DeliveryError> {
+    let deleted = metrics::counter!(sluice_core::metric::OUTBOX_DELETED.name, "pipeline" => cleaner.pipeline.clone());
     let mut c = State {
         cleaner,
         state,
         stores: HashMap::new(),
-        deleted: metrics::counter!(sluice_core::metric::OUTBOX_DELETED.name),
+        deleted,
         keyless: BTreeSet::new(),
     };
     for w in &c.cleaner.watches {

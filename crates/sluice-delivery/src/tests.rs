@@ -233,6 +233,7 @@ impl Bench {
         let consumer = Consumer::open(&shared, cursor.clone(), Box::new(|_, _, _| true)).unwrap();
         let task = tokio::spawn(run(
             EngineConfig {
+                pipeline: "p".into(),
                 name: "hook".into(),
                 policy,
                 items: ItemOptions::default(),
@@ -710,6 +711,7 @@ async fn outbox_rows_go_after_every_sink_and_a_failing_delete_does_not_hold_the_
     let state = RedbState::open(b.log.cursors().clone()).unwrap();
     let task = tokio::spawn(clean(
         Cleaner {
+            pipeline: "p".into(),
             tables,
             watches: vec![Watch {
                 cursor: sink.clone(),

@@ -17,6 +17,8 @@ use tracing::debug;
 use crate::directory::{PipelineStatus, SinkStatus};
 
 pub struct Gauges {
+    /// The pipeline's name: every series here carries it as the `pipeline` label.
+    pipeline: String,
     log: SharedLog,
     sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     status: watch::Receiver<SourceStatus>,
@@ -30,6 +32,7 @@ pub struct Gauges {
 
 impl Gauges {
     pub fn new(
+        pipeline: String,
         log: SharedLog,
         sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
         status: watch::Receiver<SourceStatus>,
@@ -40,6 +43,7 @@ impl Gauges {
             .collect();
         let rates = vec![0.0; sinks.len()];
         Gauges {
+            pipeline,
             log,
             sinks,
             status,
@@ -105,16 +109,23 @@ impl Gauges {
     pub fn refresh(&self) {
         self.sample_rates();
         let end = self.log.durable_end();
-        metrics::gauge!(metric::LOG_BYTES.name).set(self.log.bytes() as f64);
-        metrics::gauge!(metric::LOG_RECORDS.name).set(end.saturating_sub(self.log.first()) as f64);
-        metrics::gauge!(metric::LOG_PAUSED.name).set(if self.log.paused() { 1.0 } else { 0.0 });
+        let p = || ("pipeline", self.pipeline.clone());
+        metrics::gauge!(metric::LOG_BYTES.name, &[p()]).set(self.log.bytes() as f64);
+        metrics::gauge!(metric::LOG_RECORDS.name, &[p()])
+            .set(end.saturating_sub(self.log.first()) as f64);
+        metrics::gauge!(metric::LOG_PAUSED.name, &[p()]).set(if self.log.paused() {
+            1.0
+        } else {
+            0.0
+        });
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         for (name, cursor, stats) in &self.sinks {
             let lag = end.saturating_sub(cursor.position());
-            metrics::gauge!(metric::SINK_LAG_RECORDS.name, "sink" => name.clone()).set(lag as f64);
+            let labels = [p(), ("sink", name.clone())];
+            metrics::gauge!(metric::SINK_LAG_RECORDS.name, &labels).set(lag as f64);
             // Behind: how old the last delivered change is; caught up: nothing waits.
             let last = stats.last_commit_ts.load(Ordering::Relaxed);
             let secs = if lag > 0 && last > 0 {
@@ -122,14 +133,21 @@ impl Gauges {
             } else {
                 0.0
             };
-            metrics::gauge!(metric::SINK_LAG_SECONDS.name, "sink" => name.clone()).set(secs);
-            metrics::gauge!(metric::SINK_SHED.name, "sink" => name.clone())
-                .set(if cursor.is_shed() { 1.0 } else { 0.0 });
+            metrics::gauge!(metric::SINK_LAG_SECONDS.name, &labels).set(secs);
+            metrics::gauge!(metric::SINK_SHED.name, &labels).set(if cursor.is_shed() {
+                1.0
+            } else {
+                0.0
+            });
         }
         let s = self.status.borrow().clone();
-        metrics::counter!(metric::SOURCE_RECONNECTS.name).absolute(s.reconnects);
-        metrics::gauge!(metric::SOURCE_STREAMING.name).set(if s.streaming { 1.0 } else { 0.0 });
-        metrics::gauge!(metric::SOURCE_CONFIRMED_LSN.name).set(s.confirmed.0 as f64);
+        metrics::counter!(metric::SOURCE_RECONNECTS.name, &[p()]).absolute(s.reconnects);
+        metrics::gauge!(metric::SOURCE_STREAMING.name, &[p()]).set(if s.streaming {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(metric::SOURCE_CONFIRMED_LSN.name, &[p()]).set(s.confirmed.0 as f64);
         if let Some(rss) = resident_bytes() {
             metrics::gauge!(metric::RESIDENT_MEMORY.name).set(rss as f64);
         }
@@ -170,7 +188,8 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                                 .and_then(|v| v.parse::<i64>().ok());
                             *gauges.slot.lock().expect("slot lock") =
                                 Some((active, lag.unwrap_or(0)));
-                            metrics::gauge!(metric::SLOT_ACTIVE.name).set(if active {
+                            let p = [("pipeline", gauges.pipeline.clone())];
+                            metrics::gauge!(metric::SLOT_ACTIVE.name, &p).set(if active {
                                 1.0
                             } else {
                                 0.0
@@ -181,7 +200,7 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                                 .flatten()
                                 .and_then(|v| v.parse::<f64>().ok())
                             {
-                                metrics::gauge!(metric::SLOT_LAG_BYTES.name).set(lag);
+                                metrics::gauge!(metric::SLOT_LAG_BYTES.name, &p).set(lag);
                             }
                         }
                     }

@@ -42,12 +42,15 @@ pub struct LogOutput {
     in_log: Option<ChangeId>,
     changes: HashMap<String, [Option<metrics::Counter>; 6]>,
     key: String,
+    /// The `pipeline` label of the change counters.
+    pipeline: String,
 }
 
 impl LogOutput {
     /// Starts the log's writer thread; `in_log` is the id of the last change (not a read)
     /// the log holds.
     pub fn start(
+        pipeline: &str,
         log: &SharedLog,
         writer: Box<dyn LogWriter>,
         in_log: Option<ChangeId>,
@@ -103,6 +106,7 @@ impl LogOutput {
             in_log,
             changes: HashMap::new(),
             key: String::new(),
+            pipeline: pipeline.to_owned(),
         })
     }
 
@@ -132,7 +136,7 @@ impl LogOutput {
         };
         counters[slot]
             .get_or_insert_with(|| {
-                metrics::counter!(metric::CHANGES.name, "table" => self.key.clone(), "op" => record.op.as_str())
+                metrics::counter!(metric::CHANGES.name, "pipeline" => self.pipeline.clone(), "table" => self.key.clone(), "op" => record.op.as_str())
             })
             .increment(1);
     }

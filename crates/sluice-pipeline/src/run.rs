@@ -238,7 +238,7 @@ pub async fn run(
         last_change,
         held,
     } = open_log(config, &data_dir)?;
-    let output = LogOutput::start(&log, writer, last_change)?;
+    let output = LogOutput::start(&config.pipeline.name, &log, writer, last_change)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
     let mut sinks = Sinks::start(
         config,
@@ -265,6 +265,7 @@ pub async fn run(
     let committer = spawn_committer(log.clone(), sinks.abort.clone());
     let (worker, status) = SourceWorker::new(source_config, output)?;
     let gauges = Arc::new(Gauges::new(
+        config.pipeline.name.clone(),
         log.clone(),
         sinks.stats.clone(),
         status.clone(),

@@ -157,8 +157,14 @@ impl Sinks {
                 self.watches.push(watch(&cursor, &filter, None));
                 let mut consumer = Consumer::open(log, cursor, filter.keep())?;
                 consumer.max_records = max_records;
-                let fut =
-                    sluice_sinks::run(name.clone(), sink, consumer, stats, self.until.clone());
+                let fut = sluice_sinks::run(
+                    start.pipeline.to_owned(),
+                    name.clone(),
+                    sink,
+                    consumer,
+                    stats,
+                    self.until.clone(),
+                );
                 spawn_sink(&name, fut, start.failure, start.cancel)?
             }
             Built::Engine {
@@ -182,6 +188,7 @@ impl Sinks {
                     Some((store.clone(), items.clone())),
                 ));
                 let engine = sluice_delivery::EngineConfig {
+                    pipeline: start.pipeline.to_owned(),
                     name: name.clone(),
                     policy: events.delivery.policy(batch),
                     items,
@@ -268,6 +275,7 @@ impl Sinks {
             .collect();
         let consumer = Consumer::open(log, cursor, sluice_delivery::outbox_rows(&tables))?;
         let cleaner = sluice_delivery::Cleaner {
+            pipeline: config.pipeline.name.clone(),
             tables,
             watches: std::mem::take(&mut self.watches),
         };

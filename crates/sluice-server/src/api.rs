@@ -229,6 +229,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 /// The sink a path names (`/v1/sinks/{name}` or `/v1/pipelines/{pipeline}/sinks/{name}`),
 /// in the running pipeline that serves it; the caller may consume it.
 pub struct SinkRef {
+    /// The pipeline serving it.
+    pub pipeline: String,
     pub name: String,
     pub endpoints: Arc<Endpoints>,
 }
@@ -252,6 +254,10 @@ impl FromRequestParts<Arc<AppState>> for SinkRef {
             .directory
             .find(params.get("pipeline").map(String::as_str), &name)?;
         caller.may_consume(&pipeline, &name)?;
-        Ok(SinkRef { name, endpoints })
+        Ok(SinkRef {
+            pipeline,
+            name,
+            endpoints,
+        })
     }
 }

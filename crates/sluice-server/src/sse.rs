@@ -66,7 +66,7 @@ pub(crate) async fn events(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let (name, endpoints) = (target.name, target.endpoints);
+    let (pipeline, name, endpoints) = (target.pipeline, target.name, target.endpoints);
     let Some(feed) = endpoints.sse.get(&name).cloned() else {
         return (
             StatusCode::NOT_FOUND,
@@ -123,13 +123,15 @@ pub(crate) async fn events(
     // A reader to start with: it says now whether the position is still in the log.
     match log.reader(from) {
         Ok(reader) => {
+            let labels = [("pipeline", pipeline), ("sink", name.clone())];
             let client = Client {
                 sink: name.clone(),
+                clients: metrics::gauge!(metric::SSE_CLIENTS.name, &labels),
                 filter,
                 timeout: feed.options.slow_client_timeout,
                 next: from,
                 tx,
-                sent: metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone()),
+                sent: metrics::counter!(metric::SINK_DELIVERED.name, &labels),
             };
             let stop = [state.shutdown.clone(), endpoints.stop.clone()];
             tokio::spawn(client.run(stop, feed, reader));
@@ -168,6 +170,8 @@ enum End {
 /// behind them.
 struct Client {
     sink: String,
+    /// The sink's connected-clients gauge.
+    clients: metrics::Gauge,
     filter: Filter,
     timeout: Duration,
     /// The position of the first record not yet sent (or skipped by the filter).
@@ -183,7 +187,7 @@ impl Client {
         feed: Arc<SseFeed>,
         first: Box<dyn LogRead>,
     ) {
-        let clients = metrics::gauge!(metric::SSE_CLIENTS.name, "sink" => self.sink.clone());
+        let clients = self.clients.clone();
         clients.increment(1.0);
         let (mut rx, shared_from) = feed.subscribe();
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);

@@ -440,6 +440,11 @@ impl RedisSink {
             "{}sluice:applied:{}.{}.{}",
             options.prefix, options.db, options.pipeline, options.sink
         );
+        let incomplete = metrics::counter!(
+            metric::REDIS_INCOMPLETE_ROWS.name,
+            "pipeline" => options.pipeline.clone(),
+            "sink" => options.sink.clone()
+        );
         let mut sink = RedisSink {
             options,
             conn: None,
@@ -448,7 +453,7 @@ impl RedisSink {
             legacy: None,
             writer: None,
             patterns: Vec::new(),
-            incomplete: metrics::counter!(metric::REDIS_INCOMPLETE_ROWS.name),
+            incomplete,
         };
         for (schema, table) in sink.options.tables.clone() {
             sink.pattern(&schema, &table);

@@ -110,6 +110,7 @@ type Started = (InFlight, RecordBatch);
 /// failure to start one) rewinds the consumer to the cursor and starts again from there
 /// after a backoff: the sink's contract is that nothing started after a failure applies.
 pub async fn run<S: Sink>(
+    pipeline: String,
     name: String,
     mut sink: S,
     mut consumer: Consumer,
@@ -120,9 +121,9 @@ pub async fn run<S: Sink>(
         |e: LogError| Fault::fatal(format!("sink {name:?}: the log failed")).caused_by(e);
     let cursor = consumer.cursor().clone();
     let counters = Counters {
-        latency: metrics::histogram!(metric::SINK_LATENCY.name, "sink" => name.clone()),
-        delivered: metrics::counter!(metric::SINK_DELIVERED.name, "sink" => name.clone()),
-        failures: metrics::counter!(metric::SINK_FAILURES.name, "sink" => name.clone()),
+        latency: metrics::histogram!(metric::SINK_LATENCY.name, "pipeline" => pipeline.clone(), "sink" => name.clone()),
+        delivered: metrics::counter!(metric::SINK_DELIVERED.name, "pipeline" => pipeline.clone(), "sink" => name.clone()),
+        failures: metrics::counter!(metric::SINK_FAILURES.name, "pipeline" => pipeline.clone(), "sink" => name.clone()),
         name: name.clone(),
         stats,
     };

@@ -403,22 +403,22 @@ fn metrics_parse_and_move_when_changes_flow() {
     let (code, text) = get_text(&addr, "/metrics");
     assert_eq!(code, 200);
     let before = parse_prometheus(&text);
-    let changes = "sluice_changes_total{table=\"public.e\",op=\"insert\"}";
+    let changes = "sluice_changes_total{pipeline=\"metrics\",table=\"public.e\",op=\"insert\"}";
     assert_eq!(metric(&before, changes), Some(10.0), "{text}");
     for name in [
-        "sluice_log_bytes",
-        "sluice_log_records",
-        "sluice_sink_lag_records{sink=\"out\"}",
-        "sluice_sink_lag_seconds{sink=\"out\"}",
-        "sluice_source_reconnects_total",
+        "sluice_log_bytes{pipeline=\"metrics\"}",
+        "sluice_log_records{pipeline=\"metrics\"}",
+        "sluice_sink_lag_records{pipeline=\"metrics\",sink=\"out\"}",
+        "sluice_sink_lag_seconds{pipeline=\"metrics\",sink=\"out\"}",
+        "sluice_source_reconnects_total{pipeline=\"metrics\"}",
         "process_resident_memory_bytes",
     ] {
         assert!(metric(&before, name).is_some(), "{name} missing:\n{text}");
     }
     assert!(
-        before
-            .iter()
-            .any(|(s, _)| s.starts_with("sluice_sink_delivery_latency_seconds_bucket{sink=\"out\"")),
+        before.iter().any(|(s, _)| s.starts_with(
+            "sluice_sink_delivery_latency_seconds_bucket{pipeline=\"metrics\",sink=\"out\""
+        )),
         "{text}"
     );
     pg.psql("INSERT INTO public.e SELECT g, 'a' FROM generate_series(11, 30) g")
@@ -427,9 +427,19 @@ fn metrics_parse_and_move_when_changes_flow() {
     wait_until(WAIT, "metrics to move", || {
         let after = parse_prometheus(&get_text(&addr, "/metrics").1);
         let moved = metric(&after, changes) == Some(30.0)
-            && metric(&after, "sluice_sink_delivered_records_total{sink=\"out\"}") >= Some(30.0)
-            && metric(&after, "sluice_replication_slot_active") == Some(1.0)
-            && metric(&after, "sluice_replication_slot_lag_bytes").is_some();
+            && metric(
+                &after,
+                "sluice_sink_delivered_records_total{pipeline=\"metrics\",sink=\"out\"}",
+            ) >= Some(30.0)
+            && metric(
+                &after,
+                "sluice_replication_slot_active{pipeline=\"metrics\"}",
+            ) == Some(1.0)
+            && metric(
+                &after,
+                "sluice_replication_slot_lag_bytes{pipeline=\"metrics\"}",
+            )
+            .is_some();
         moved.then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", get_text(&addr, "/metrics").1));

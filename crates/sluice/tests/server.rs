@@ -306,6 +306,20 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
     assert_eq!(v["origin"]["kind"], "file", "{v}");
     pg.psql("INSERT INTO b VALUES (1, 'bee')").unwrap();
     assert_eq!(wait_rows(&out_b, 1, &server)[0]["after"]["v"], "bee");
+    // Metrics are one series per pipeline.
+    wait_until(WAIT, "each pipeline's series", || {
+        let (_, text) = server.call("GET", "/metrics", None, None);
+        let text = text.as_str()?.to_owned();
+        ["pa", "pb"]
+            .iter()
+            .all(|p| {
+                text.contains(&format!(
+                    "sluice_sink_delivered_records_total{{pipeline=\"{p}\",sink=\"out\"}}"
+                )) && text.contains(&format!("sluice_log_bytes{{pipeline=\"{p}\"}}"))
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{:?}", server.call("GET", "/metrics", None, None)));
     let (code, v) = server.call("DELETE", "/v1/pipelines/pb", Some(&admin), None);
     assert_eq!(code, 409, "a file's pipeline changes through its file: {v}");
 
