@@ -40,6 +40,23 @@ pub struct PipelineStatus {
     /// The log is at its disk budget and the source waits.
     pub log_paused: bool,
     pub sinks: Vec<SinkStatus>,
+    /// Tables being copied in this run (the initial snapshot, or backfills), with those
+    /// finished since it started.
+    pub copies: Vec<CopyStatus>,
+}
+
+/// One table's snapshot or backfill.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CopyStatus {
+    pub table: String,
+    /// `snapshot` (part of the initial copy) or `backfill` (while streaming).
+    pub kind: &'static str,
+    pub rows: u64,
+    /// The planner's estimate of the table's rows (0: unknown).
+    pub estimated_rows: u64,
+    pub ranges_done: usize,
+    pub ranges: usize,
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

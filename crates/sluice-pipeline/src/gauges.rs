@@ -14,12 +14,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::directory::{PipelineStatus, SinkStatus};
+use crate::directory::{CopyStatus, PipelineStatus, SinkStatus};
 
 pub struct Gauges {
     /// The pipeline's name: every series here carries it as the `pipeline` label.
     pipeline: String,
     log: SharedLog,
+    /// The tables being copied.
+    copies: Arc<sluice_pg::snapshot::Progress>,
     sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     status: watch::Receiver<SourceStatus>,
     /// The slot as last queried: active, and bytes of WAL it retains past its confirmed
@@ -34,6 +36,7 @@ impl Gauges {
     pub fn new(
         pipeline: String,
         log: SharedLog,
+        copies: Arc<sluice_pg::snapshot::Progress>,
         sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
         status: watch::Receiver<SourceStatus>,
     ) -> Gauges {
@@ -45,6 +48,7 @@ impl Gauges {
         Gauges {
             pipeline,
             log,
+            copies,
             sinks,
             status,
             slot: Mutex::new(None),
@@ -93,6 +97,23 @@ impl Gauges {
                     failures: stats.failures.load(Ordering::Relaxed),
                     per_second: (rate * 10.0).round() / 10.0,
                     shed: cursor.is_shed(),
+                })
+                .collect(),
+            copies: self
+                .copies
+                .tables()
+                .into_iter()
+                .map(|t| CopyStatus {
+                    table: t.table,
+                    kind: match t.kind {
+                        sluice_pg::snapshot::PlanKind::Initial => "snapshot",
+                        sluice_pg::snapshot::PlanKind::Backfill => "backfill",
+                    },
+                    rows: t.rows,
+                    estimated_rows: t.est_rows,
+                    ranges_done: t.ranges_done,
+                    ranges: t.ranges,
+                    finished: t.finished,
                 })
                 .collect(),
         }

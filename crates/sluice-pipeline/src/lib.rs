@@ -24,7 +24,9 @@ mod supervisor;
 mod telemetry;
 
 pub use config::Config;
-pub use directory::{Directory, Endpoints, Lookup, PipelineStatus, Readiness, SinkStatus};
+pub use directory::{
+    CopyStatus, Directory, Endpoints, Lookup, PipelineStatus, Readiness, SinkStatus,
+};
 pub use run::{data_dir, run, Outcome, RunContext, SHUTDOWN_DEADLINE};
 pub use supervisor::{Ended, Supervisor};
 pub use telemetry::install_metrics;

@@ -267,6 +267,7 @@ pub async fn run(
     let gauges = Arc::new(Gauges::new(
         config.pipeline.name.clone(),
         log.clone(),
+        progress.clone(),
         sinks.stats.clone(),
         status.clone(),
     ));

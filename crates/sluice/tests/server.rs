@@ -470,6 +470,26 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
         (recs.iter().filter(|r| r["table"] == "c").count() >= 2).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    // Its progress is in the pipeline's status.
+    wait_until(WAIT, "the backfill's progress", || {
+        let (_, v) = server.call("GET", "/v1/pipelines/pa", Some(&admin), None);
+        v["status"]["copies"]
+            .as_array()?
+            .iter()
+            .any(|c| {
+                c["table"] == "public.c"
+                    && c["kind"] == "backfill"
+                    && c["rows"] == 2
+                    && c["finished"] == true
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{:?}",
+            server.call("GET", "/v1/pipelines/pa", Some(&admin), None)
+        )
+    });
     pg.psql("INSERT INTO a VALUES (3, 'three')").unwrap();
     wait_until(WAIT, "a row after the update", || {
         read_records(&out_a)
