@@ -153,6 +153,11 @@ impl Caller {
         }
     }
 
+    /// Holds a read-only token.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Caller::Token(t) if t.scope == Scope::Read)
+    }
+
     /// May change anything.
     pub fn may_admin(&self) -> Result<(), ApiError> {
         match self {
@@ -233,6 +238,9 @@ pub struct SinkRef {
     pub pipeline: String,
     pub name: String,
     pub endpoints: Arc<Endpoints>,
+    /// Whether the caller may see row values: a read-only token may look at a sink's
+    /// waiting room and dead letters, with the records' values hidden.
+    pub reveal: bool,
 }
 
 impl FromRequestParts<Arc<AppState>> for SinkRef {
@@ -253,11 +261,22 @@ impl FromRequestParts<Arc<AppState>> for SinkRef {
         let (pipeline, endpoints) = state
             .directory
             .find(params.get("pipeline").map(String::as_str), &name)?;
-        caller.may_consume(&pipeline, &name)?;
+        let reveal = match caller.may_consume(&pipeline, &name) {
+            Ok(()) => true,
+            Err(_)
+                if caller.is_read_only()
+                    && parts.method == axum::http::Method::GET
+                    && !parts.uri.path().ends_with("/events") =>
+            {
+                false
+            }
+            Err(e) => return Err(e),
+        };
         Ok(SinkRef {
             pipeline,
             name,
             endpoints,
+            reveal,
         })
     }
 }

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Invariants: every endpoint needs the bearer token (records are row data; the
-//! [`SinkRef`] extractor checks it before a handler runs); state
+//! [`SinkRef`] extractor checks it before a handler runs), and a read-only token sees
+//! keys, reasons and attempts but never a record's values; state
 //! changes go through the engine that owns the sink (its command channel), never to the
 //! store directly, so they are ordered with deliveries.
 
@@ -32,6 +33,7 @@ use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
 
 use crate::api::{reply, ApiError, SinkRef};
+use crate::manage::ErrorBody;
 
 fn control(sink: &SinkRef) -> Result<Control, ApiError> {
     sink.endpoints
@@ -66,7 +68,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-fn record_json(s: &Stored) -> Value {
+/// A held record as the API shows it; without `reveal`, its values are left out.
+fn record_json(s: &Stored, reveal: bool) -> Value {
+    let record = match reveal {
+        true => serde_json::from_slice::<Value>(&s.item.json).unwrap_or(Value::Null),
+        false => Value::Null,
+    };
     json!({
         "position": Position(s.item.offset).token(),
         "id": s.item.id.to_string(),
@@ -76,7 +83,8 @@ fn record_json(s: &Stored) -> Value {
         "attempts": s.attempts,
         "last_error": s.last_error,
         "at_micros": s.at_micros,
-        "record": serde_json::from_slice::<Value>(&s.item.json).unwrap_or(Value::Null),
+        "record": record,
+        "values_hidden": !reveal,
     })
 }
 
@@ -94,6 +102,11 @@ async fn read_store(
     }
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked", tag = "consumers",
+    summary = "The waiting room: parked and delayed keys with reason, attempts and last error",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
     read_store(sink, |store| {
         let mut keys = Vec::new();
@@ -114,6 +127,11 @@ pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
     .await
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked/records", tag = "consumers",
+    summary = "A parked key's held records, in order (values hidden from read-only tokens)",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("key" = String, Query, description = "The key, as `parked` lists it"), ("limit" = Option<usize>, Query, description = "At most this many (default 100)")),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn parked_records(
     sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
@@ -122,11 +140,31 @@ pub(crate) async fn parked_records(
         return Err(ApiError::BadRequest("key=... is required".into()));
     };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    let reveal = sink.reveal;
     read_store(sink, move |store| {
         let list = store.waiting(&key, 0, limit)?;
-        Ok(json!({ "records": list.iter().map(record_json).collect::<Vec<_>>() }))
+        let records: Vec<Value> = list.iter().map(|s| record_json(s, reveal)).collect();
+        Ok(json!({ "records": records }))
     })
     .await
+}
+
+/// What to act on (documentation of the body; it is parsed by `choose`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Choice {
+    keys: Option<Vec<String>>,
+    positions: Option<Vec<String>>,
+    all: Option<bool>,
+}
+
+/// Records by id (documentation of the body).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Ids {
+    ids: Vec<String>,
+    /// For nack: wait this long before offering them again (e.g. 5s).
+    delay: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -192,6 +230,12 @@ fn selection(c: &Choose) -> Selection {
     }
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked/redrive", tag = "consumers",
+    summary = "Retry parked keys now, in order",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    request_body(content = Choice, content_type = "application/json"),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn redrive(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     act(sink, &body, "redriven", |c| {
         Box::new(move |tx| Command::Redrive(selection(&c), tx))
@@ -199,6 +243,12 @@ pub(crate) async fn redrive(sink: SinkRef, body: Bytes) -> Result<Response, ApiE
     .await
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked/skip", tag = "consumers",
+    summary = "Skip parked keys: their held records become dead letters",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    request_body(content = Choice, content_type = "application/json"),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn skip(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     act(sink, &body, "skipped", |c| {
         Box::new(move |tx| Command::Skip(selection(&c), tx))
@@ -206,6 +256,11 @@ pub(crate) async fn skip(sink: SinkRef, body: Bytes) -> Result<Response, ApiErro
     .await
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/dead", tag = "consumers",
+    summary = "Dead letters from a position (values hidden from read-only tokens)",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("from" = Option<String>, Query, description = "A position as `dead` lists them"), ("limit" = Option<usize>, Query, description = "At most this many (default 100)")),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn dead(
     sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
@@ -221,13 +276,21 @@ pub(crate) async fn dead(
         }
     };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    let reveal = sink.reveal;
     read_store(sink, move |store| {
         let list = store.dead(from, limit)?;
-        Ok(json!({ "dead_letters": list.iter().map(record_json).collect::<Vec<_>>() }))
+        let dead: Vec<Value> = list.iter().map(|s| record_json(s, reveal)).collect();
+        Ok(json!({ "dead_letters": dead }))
     })
     .await
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/dead/redrive", tag = "consumers",
+    summary = "Deliver dead letters again",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    request_body(content = Choice, content_type = "application/json"),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn redrive_dead(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     act(sink, &body, "redriven", |c| {
         Box::new(move |tx| Command::RedriveDead((!c.all).then(|| c.offsets.clone()), tx))
@@ -235,6 +298,11 @@ pub(crate) async fn redrive_dead(sink: SinkRef, body: Bytes) -> Result<Response,
     .await
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/receive", tag = "consumers",
+    summary = "Pull consumers: take up to `max` records, hidden from others for `visibility`",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("max" = Option<usize>, Query, description = "1-10000 (default 10)"), ("visibility" = Option<String>, Query, description = "e.g. 30s"), ("wait" = Option<String>, Query, description = "Long poll, up to 60s")),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn receive(
     sink: SinkRef,
     Query(q): Query<HashMap<String, String>>,
@@ -311,10 +379,22 @@ fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> 
     ))
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/ack", tag = "consumers",
+    summary = "Pull consumers: acknowledge records by id",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    request_body(content = Ids, content_type = "application/json"),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn ack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     answer(sink, &body, true)
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/nack", tag = "consumers",
+    summary = "Pull consumers: give records back, after an optional delay",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
+    request_body(content = Ids, content_type = "application/json"),
+    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn nack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     answer(sink, &body, false)
 }

@@ -75,8 +75,9 @@ impl AppState {
     }
 }
 
-/// Every sink route, under `/v1/sinks/{name}` and, to tell apart sinks of the same name
-/// in several pipelines, under `/v1/pipelines/{pipeline}/sinks/{name}`.
+/// Every sink route under `/v1/sinks/{name}`, the short form when one pipeline has a
+/// sink of that name (the routes under `/v1/pipelines/{pipeline}/sinks/{name}`, which tell
+/// apart sinks of the same name in several pipelines, are documented in `manage.rs`).
 fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     let routes: [(&str, MethodRouter<Arc<AppState>>); 10] = [
         ("events", get(sse::events)),
@@ -91,11 +92,7 @@ fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
         ("nack", post(delivery::nack)),
     ];
     routes.into_iter().fold(router, |r, (path, handler)| {
-        r.route(&format!("/v1/sinks/{{name}}/{path}"), handler.clone())
-            .route(
-                &format!("/v1/pipelines/{{pipeline}}/sinks/{{name}}/{path}"),
-                handler,
-            )
+        r.route(&format!("/v1/sinks/{{name}}/{path}"), handler)
     })
 }
 

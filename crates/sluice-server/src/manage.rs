@@ -80,6 +80,16 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(verify_sink))
         .routes(routes!(get_access, put_access))
         .routes(routes!(crate::audit::audit_log))
+        .routes(routes!(crate::sse::events))
+        .routes(routes!(crate::delivery::parked))
+        .routes(routes!(crate::delivery::parked_records))
+        .routes(routes!(crate::delivery::redrive))
+        .routes(routes!(crate::delivery::skip))
+        .routes(routes!(crate::delivery::dead))
+        .routes(routes!(crate::delivery::redrive_dead))
+        .routes(routes!(crate::delivery::receive))
+        .routes(routes!(crate::delivery::ack))
+        .routes(routes!(crate::delivery::nack))
 }
 
 /// Which allow-list a path is under: the consumers' for a sink's data, management's for

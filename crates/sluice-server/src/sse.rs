@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::SinkRef;
+use crate::manage::ErrorBody;
 use crate::AppState;
 
 /// An empty list serves every table.
@@ -60,6 +61,14 @@ impl Filter {
     }
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/events", tag = "consumers",
+    summary = "Server-Sent Events of an SSE sink; resume with Last-Event-ID",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("from" = Option<String>, Query, description = "`earliest`, `latest` or a position"),
+        ("tables" = Option<String>, Query, description = "Only these tables (comma-separated schema.table)"),
+        ("ops" = Option<String>, Query, description = "Only these operations (comma-separated insert, update, delete, truncate)"),
+        ("access_token" = Option<String>, Query, description = "The token, for EventSource")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     target: SinkRef,

@@ -999,3 +999,128 @@ fn https_serves_the_api_and_takes_a_new_certificate_without_a_restart() {
     assert!(logs.contains("TLS certificate reloaded"), "{logs}");
     assert!(!logs.contains(&admin), "the token was logged");
 }
+
+/// Every route of the OpenAPI document with its parameters filled in: (method, path).
+fn documented_routes(server: &Server) -> Vec<(String, String)> {
+    let (code, doc) = server.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let path = path
+            .replace("{pipeline}", "hooks")
+            .replace("{name}", "hook")
+            .replace("{id}", "nosuchtoken");
+        for method in ops.as_object().unwrap().keys() {
+            out.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    assert!(out.len() > 20, "{out:?}");
+    out
+}
+
+#[test]
+fn every_route_enforces_its_scope_and_read_tokens_see_no_values() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let rx = sluice_testkit::WebhookReceiver::start(3).unwrap();
+    rx.set(sluice_testkit::Behaviour {
+        fail_matching: vec!["\"id\":1".into()],
+        ..Default::default()
+    });
+    let server = Server::new();
+    let admin = server.admin_token();
+    let config = json!({
+        "pipeline": {"name": "hooks"},
+        "source": {"url": pg.url("postgres", "postgres"), "tables": ["public.t"], "status_interval_secs": 1},
+        "sinks": [{"name": "hook", "type": "webhook", "url": format!("{}/hook", rx.url()),
+                   "secret": "whsec-do-not-show",
+                   "delivery": {"max_attempts": 2, "retry_initial_ms": 10, "retry_max_ms": 50}}]
+    });
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
+    assert_eq!(code, 201, "{v}\n{}", server.logs());
+    server.wait_state(&admin, "hooks", "running");
+    let token = |scope: Value| {
+        let (code, v) = server.call(
+            "POST",
+            "/v1/tokens",
+            Some(&admin),
+            Some(&json!({"name": "t", "scope": scope})),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    };
+    let read = token(json!({"kind": "read"}));
+    let consume = token(json!({"kind": "consume", "pipeline": "hooks", "sink": "hook"}));
+
+    // Without a token, every route but the document itself is refused; a consume token
+    // reaches only its sink's routes; a read token changes nothing.
+    for (method, path) in documented_routes(&server) {
+        let open = path == "/v1/openapi.json";
+        let (code, v) = server.call(&method, &path, None, None);
+        assert_eq!(
+            code == 401,
+            !open,
+            "{method} {path} without a token: {code} {v}"
+        );
+        let mine = path.starts_with("/v1/pipelines/hooks/sinks/hook/");
+        let (code, v) = server.call(&method, &path, Some(&consume), None);
+        assert!(
+            open || mine || code == 403,
+            "{method} {path} with a consume token: {code} {v}"
+        );
+        if method != "GET" {
+            let (code, v) = server.call(&method, &path, Some(&read), Some(&json!({})));
+            assert_eq!(code, 403, "{method} {path} with a read token: {v}");
+        }
+    }
+
+    // A parked key: its records' values are shown to its consumer and the admin, hidden
+    // from a read token.
+    pg.psql("INSERT INTO t VALUES (1, 'private-value')")
+        .unwrap();
+    let records = "/v1/pipelines/hooks/sinks/hook/parked/records?key=public.t:%7B%22id%22:1%7D";
+    let shown = wait_until(WAIT, "the key to park", || {
+        let (code, v) = server.call("GET", records, Some(&consume), None);
+        (code == 200 && !v["records"].as_array()?.is_empty()).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    assert!(shown.to_string().contains("private-value"), "{shown}");
+    let (code, hidden) = server.call("GET", records, Some(&read), None);
+    assert_eq!(code, 200, "{hidden}");
+    assert_eq!(hidden["records"][0]["values_hidden"], true, "{hidden}");
+    assert!(!hidden.to_string().contains("private-value"), "{hidden}");
+    let (code, parked) = server.call(
+        "GET",
+        "/v1/pipelines/hooks/sinks/hook/parked",
+        Some(&read),
+        None,
+    );
+    assert_eq!(
+        (code, parked["keys"][0]["state"].as_str()),
+        (200, Some("parked")),
+        "{parked}"
+    );
+    // Reading events is consuming: not for a read token.
+    assert_eq!(
+        server
+            .call(
+                "GET",
+                "/v1/pipelines/hooks/sinks/hook/events",
+                Some(&read),
+                None
+            )
+            .0,
+        403
+    );
+    let logs = server.logs();
+    for secret in [
+        "private-value",
+        "whsec-do-not-show",
+        &read,
+        &consume,
+        &admin,
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+}
