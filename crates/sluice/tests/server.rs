@@ -80,6 +80,14 @@ impl Server {
         }
     }
 
+    /// SIGKILL: nothing is flushed or confirmed.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn stdout(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("out-{n}.txt"))).unwrap_or_default()
     }
@@ -1123,4 +1131,110 @@ fn every_route_enforces_its_scope_and_read_tokens_see_no_values() {
     ] {
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
+}
+
+/// The distinct `id`s of table `table` in a file sink's output.
+fn ids(path: &Path, table: &str) -> std::collections::BTreeSet<i64> {
+    read_records(path)
+        .iter()
+        .filter(|r| r["table"] == table)
+        .filter_map(|r| r["after"]["id"].as_i64())
+        .collect()
+}
+
+#[test]
+fn pipelines_are_independent_and_a_kill_9_of_the_server_loses_nothing() {
+    let (pg1, pg2) = (PgServer::start().unwrap(), PgServer::start().unwrap());
+    for pg in [&pg1, &pg2] {
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            .unwrap();
+    }
+    let mut server = Server::new();
+    let admin = server.admin_token();
+    // Two pipelines on the same table of one source, a third on another source.
+    let outs = server.dir.path().to_owned();
+    let out = |n: &str| outs.join(format!("{n}.jsonl"));
+    for (name, pg) in [("one", &pg1), ("two", &pg1), ("three", &pg2)] {
+        let mut config = pipeline_json(pg, name, "public.t", &out(name));
+        config["source"]["url"] = json!(pg.url("postgres", "postgres"));
+        let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
+        assert_eq!(code, 201, "{v}\n{}", server.logs());
+    }
+    for name in ["one", "two", "three"] {
+        server.wait_state(&admin, name, "running");
+    }
+    assert_eq!(slot(&pg1, "sluice_one"), Some(true));
+    assert_eq!(slot(&pg1, "sluice_two"), Some(true));
+    assert_eq!(slot(&pg2, "sluice_three"), Some(true));
+
+    // Rows keep coming into both sources while the server is killed twice.
+    const ROWS: i64 = 3000;
+    let urls = [
+        pg1.url("postgres", "postgres"),
+        pg2.url("postgres", "postgres"),
+    ];
+    let writer = std::thread::spawn(move || {
+        for from in (1..=ROWS).step_by(100) {
+            for url in &urls {
+                let out = Command::new(sluice_testkit::pg_bin("psql"))
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
+                    .arg(format!(
+                        "INSERT INTO t SELECT g, 'r' || g FROM generate_series({from}, {}) g",
+                        from + 99
+                    ))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    for round in 0..2 {
+        wait_until(WAIT, "some rows to arrive", || {
+            (ids(&out("three"), "t").len() as i64 > (round + 1) * 400).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+        server.kill9();
+        server.start();
+    }
+    writer.join().unwrap();
+    let all: std::collections::BTreeSet<i64> = (1..=ROWS).collect();
+    for name in ["one", "two", "three"] {
+        wait_until(WAIT, &format!("every row in {name}"), || {
+            (ids(&out(name), "t") == all).then_some(())
+        })
+        .unwrap_or_else(|e| {
+            let got = ids(&out(name), "t");
+            let missing: Vec<_> = all.difference(&got).take(10).collect();
+            panic!("{e}: {name} misses {missing:?}\n{}", server.logs())
+        });
+    }
+
+    // A stopped source is reported by its pipeline alone; the others keep delivering.
+    pg2.stop().unwrap();
+    let v = wait_until(WAIT, "pipeline three to report its source down", || {
+        let (code, v) = server.call("GET", "/v1/pipelines/three", Some(&admin), None);
+        (code == 200 && v["status"]["streaming"] == false).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    assert_eq!(v["state"], "running", "it retries, it has not failed: {v}");
+    pg1.psql("INSERT INTO t VALUES (100000, 'while two is down')")
+        .unwrap();
+    for name in ["one", "two"] {
+        wait_until(WAIT, &format!("{name} to go on"), || {
+            ids(&out(name), "t").contains(&100000).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    }
+    let (_, v) = server.call("GET", "/v1/pipelines/one", Some(&admin), None);
+    assert_eq!(v["status"]["streaming"], true, "{v}");
+    pg2.start_again().unwrap();
+    pg2.psql("INSERT INTO t VALUES (100001, 'back')").unwrap();
+    wait_until(WAIT, "three to resume", || {
+        ids(&out("three"), "t").contains(&100001).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    // Neither pipeline on the first source saw the other source's row.
+    assert!(!ids(&out("one"), "t").contains(&100001));
+    server.stop();
 }
