@@ -50,10 +50,18 @@ metrics! {
         "1 while the source holds the lock and streams.";
     SOURCE_CONFIRMED_LSN = "sluice_source_confirmed_lsn", Gauge,
         "The flush LSN last confirmed to PostgreSQL.";
+    HEARTBEAT_AGE = "sluice_source_heartbeat_age_seconds", Gauge,
+        "Seconds since the pipeline's last heartbeat came through the stream.";
+    HEARTBEAT_LATENCY = "sluice_source_heartbeat_latency_seconds", Gauge,
+        "From the last heartbeat's write to its arrival through the stream.";
     SLOT_ACTIVE = "sluice_replication_slot_active", Gauge,
         "1 while the replication slot is in use.";
     SLOT_LAG_BYTES = "sluice_replication_slot_lag_bytes", Gauge,
         "WAL bytes between the server's end and the slot's confirmed position.";
+    SLOT_RETAINED_BYTES = "sluice_replication_slot_retained_bytes", Gauge,
+        "WAL bytes the slot keeps on the server (from its restart position).";
+    SLOT_LOST = "sluice_replication_slot_lost", Gauge,
+        "1 when the slot is gone or invalidated (wal_status lost).";
     RESIDENT_MEMORY = "process_resident_memory_bytes", Gauge, "Resident memory of the process.";
     DELIVERY_RETRIES = "sluice_delivery_retries_total", Counter,
         "Delivery attempts of the engine that will be retried.";

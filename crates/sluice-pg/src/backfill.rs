@@ -120,6 +120,9 @@ struct Window {
 
 /// Shared by the source, which sees the watermarks in the stream, and the backfill worker.
 pub struct Watermarks {
+    pipeline: String,
+    /// Where this pipeline's heartbeats are noted as they come through.
+    arrivals: Arc<crate::heartbeat::Arrivals>,
     prefix: String,
     command_prefix: String,
     /// Whether any window is registered: the source's hot path checks only this.
@@ -146,6 +149,8 @@ struct RecentXids {
 impl Watermarks {
     pub fn new(pipeline: &str) -> Watermarks {
         Watermarks {
+            pipeline: pipeline.to_owned(),
+            arrivals: Arc::default(),
             prefix: watermark_prefix(pipeline),
             command_prefix: command_prefix(pipeline),
             active: AtomicBool::new(false),
@@ -154,6 +159,12 @@ impl Watermarks {
             last_xid: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
         }
+    }
+
+    /// Notes heartbeats in `arrivals`.
+    pub fn with_arrivals(mut self, arrivals: Arc<crate::heartbeat::Arrivals>) -> Watermarks {
+        self.arrivals = arrivals;
+        self
     }
 
     /// Notes the transaction of a record the source delivers (records of one transaction
@@ -200,6 +211,11 @@ impl Watermarks {
         if let Some(m) = &r.message {
             if m.prefix == self.prefix {
                 return self.watermark(r, &m.content);
+            }
+            if &*m.prefix == crate::heartbeat::PREFIX {
+                // Anyone's heartbeat is internal; only ours measures freshness.
+                self.arrivals.observe(&self.pipeline, &m.content);
+                return Seen::Drop;
             }
             if m.prefix == self.command_prefix {
                 return match serde_json::from_slice::<Command>(&m.content) {

@@ -7,6 +7,7 @@
 pub mod backfill;
 pub mod catalog;
 pub mod changes;
+pub mod heartbeat;
 pub mod copy_binary;
 pub mod initial;
 mod output;

@@ -58,4 +58,6 @@ pub struct SourceStatus {
     pub streaming: bool,
     pub confirmed: Lsn,
     pub reconnects: u64,
+    /// The error that ended the last session, as logged (no row data).
+    pub last_error: Option<String>,
 }

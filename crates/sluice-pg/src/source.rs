@@ -71,6 +71,11 @@ pub struct SourceConfig {
     /// The pipeline state file (snapshot and backfill progress).
     pub state_path: std::path::PathBuf,
     pub progress: Arc<Progress>,
+    /// This pipeline's heartbeats as they come through the stream.
+    pub arrivals: Arc<crate::heartbeat::Arrivals>,
+    /// How long to keep reconnecting after transient errors before giving up with the
+    /// last one (`None`: for ever).
+    pub reconnect_for: Option<Duration>,
 }
 
 /// A failure that stops the source.
@@ -147,7 +152,8 @@ impl<O: Output> SourceWorker<O> {
         // Fail early if the spill directory cannot exist; it is emptied only under the lock.
         std::fs::create_dir_all(&config.spill_dir)?;
         let (status, rx) = watch::channel(SourceStatus::default());
-        let marks = Arc::new(Watermarks::new(&config.pipeline));
+        let marks =
+            Arc::new(Watermarks::new(&config.pipeline).with_arrivals(config.arrivals.clone()));
         Ok((
             SourceWorker {
                 config,
@@ -178,6 +184,8 @@ impl<O: Output> SourceWorker<O> {
     async fn run_sessions(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
         let cancel = cancel.clone();
         let mut backoff = RECONNECT.start();
+        // When the current run of failed attempts began.
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             match self.session(&cancel).await {
                 Ok(()) => return Ok(()),
@@ -186,10 +194,23 @@ impl<O: Output> SourceWorker<O> {
                     // next attempt starts from the shortest wait again.
                     if self.status.borrow().streaming {
                         backoff.reset();
+                        failing_since = None;
+                    }
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if let Some(limit) = self.config.reconnect_for {
+                        if since.elapsed() >= limit {
+                            self.status.send_modify(|s| s.streaming = false);
+                            return Err(PgError::Definite(format!(
+                                "gave up after {} s of reconnecting ([source] reconnect_for_secs); the last error: {e}",
+                                limit.as_secs()
+                            ))
+                            .into());
+                        }
                     }
                     self.status.send_modify(|s| {
                         s.streaming = false;
                         s.reconnects += 1;
+                        s.last_error = Some(e.to_string());
                     });
                     if let Some(a) = self.assembler.as_mut() {
                         a.reset();
@@ -205,7 +226,10 @@ impl<O: Output> SourceWorker<O> {
                     }
                 }
                 Err(e) => {
-                    self.status.send_modify(|s| s.streaming = false);
+                    self.status.send_modify(|s| {
+                        s.streaming = false;
+                        s.last_error = Some(e.to_string());
+                    });
                     if cancel.is_cancelled() {
                         return Ok(());
                     }
@@ -234,6 +258,7 @@ impl<O: Output> SourceWorker<O> {
                 asm.keep_messages_only(vec![
                     backfill::watermark_prefix(&cfg.pipeline),
                     backfill::command_prefix(&cfg.pipeline),
+                    crate::heartbeat::PREFIX.to_owned(),
                 ]);
             }
             self.assembler = Some(asm);

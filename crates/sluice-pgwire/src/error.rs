@@ -93,9 +93,9 @@ impl From<PgError> for sluice_core::Fault {
 /// SQLSTATE insufficient_privilege.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
-/// Classes by SQLSTATE: connection problems, shutdowns, resource exhaustion and an object
-/// (a slot) held by another process can pass; privileges, missing objects and bad
-/// configuration cannot.
+/// Classes by SQLSTATE: connection problems, shutdowns, resource exhaustion, an object
+/// (a slot) held by another process and the server's internal and I/O errors can pass;
+/// privileges, missing objects and bad configuration cannot.
 fn server_error_class(code: &str) -> ErrorClass {
     match code {
         // object_in_use (slot active elsewhere), lock_not_available
@@ -107,6 +107,9 @@ fn server_error_class(code: &str) -> ErrorClass {
         c if c.starts_with("08") => ErrorClass::Transient,
         // serialization / deadlock
         "40001" | "40P01" => ErrorClass::Transient,
+        // internal_error (e.g. in the walsender's reorder buffer), system_error, io_error,
+        // query_canceled: a new session starts afresh from the slot.
+        "XX000" | "58000" | "58030" | "57014" => ErrorClass::Transient,
         _ => ErrorClass::Definite,
     }
 }

@@ -457,7 +457,12 @@ impl Connection {
                         self.params
                             .insert(body.name()?.to_owned(), body.value()?.to_owned());
                     }
-                    Some(backend::Message::NoticeResponse(_)) | None => {}
+                    Some(backend::Message::NoticeResponse(body)) => {
+                        // Every message Sluice does not act on is said, with its type.
+                        let e = error_fields(body.fields());
+                        tracing::warn!(message_type = "NoticeResponse", notice = %e, "postgres: notice during replication");
+                    }
+                    None => {}
                     Some(_) => {
                         tracing::warn!(tag = %(tag as char), "skipping unexpected message during replication");
                     }
@@ -575,6 +580,11 @@ fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, PgError> {
 }
 
 fn server_error(body: &backend::ErrorResponseBody) -> PgError {
+    error_fields(body.fields())
+}
+
+/// An error or notice's fields as a server error (the notice's severity says which).
+fn error_fields(mut fields: backend::ErrorFields<'_>) -> PgError {
     let mut e = ServerError {
         severity: String::new(),
         code: String::new(),
@@ -582,7 +592,6 @@ fn server_error(body: &backend::ErrorResponseBody) -> PgError {
         detail: None,
         hint: None,
     };
-    let mut fields = body.fields();
     while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
         let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
         match f.type_() {

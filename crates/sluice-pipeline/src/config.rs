@@ -159,6 +159,21 @@ pub struct SourceSection {
     /// Seconds between standby status updates when nothing else triggers one.
     #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
+    /// Seconds between heartbeats written to the source database (0: none): turn it on
+    /// when the captured tables can stay idle while the server's other databases write,
+    /// so the slot keeps advancing and freshness is measured end to end.
+    #[serde(default)]
+    pub heartbeat_secs: u64,
+    /// After a lost connection or a server error that can pass, keep reconnecting (with
+    /// backoff) for this many seconds, then stop with the error so an orchestrator can
+    /// act (0, the default: keep reconnecting; each attempt is logged and counted).
+    #[serde(default)]
+    pub reconnect_for_secs: u64,
+    /// Write heartbeats into this table (`schema.table` with `pipeline text PRIMARY KEY,
+    /// at timestamptz`) instead of as logical messages, where the server needs a table
+    /// write (e.g. a managed server that denies `pg_logical_emit_message`).
+    #[serde(default)]
+    pub heartbeat_table: Option<String>,
     /// `"initial"` (default): copy the tables' existing rows when the pipeline starts for
     /// the first time, and backfill a table added later while the others stream.
     /// `"never"`: stream changes only.
@@ -293,6 +308,11 @@ impl Config {
         }
         if self.source.status_interval_secs == 0 {
             errs.push("source.status_interval_secs must be at least 1".into());
+        }
+        if self.source.heartbeat_table.is_some() && self.source.heartbeat_secs == 0 {
+            errs.push(
+                "source.heartbeat_table needs source.heartbeat_secs: how often to write it".into(),
+            );
         }
         if self.sinks.is_empty() {
             errs.push("no [[sinks]]: add one, e.g. [[sinks]] name = \"changes\" type = \"file\" path = \"changes.jsonl\"".into());

@@ -31,14 +31,27 @@ pub struct PipelineStatus {
     /// The position confirmed to PostgreSQL.
     pub confirmed_lsn: String,
     pub reconnects: u64,
+    /// The error that ended the source's last session (it reconnects unless the error
+    /// cannot pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// As last queried (every 5 s); `None` before the first answer.
     pub slot_active: Option<bool>,
     /// WAL the slot holds past its confirmed position.
     pub slot_lag_bytes: Option<i64>,
+    /// WAL the slot keeps on the server's disk, from its restart position.
+    pub slot_retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved`, `lost` (PostgreSQL 13+), or `missing` when
+    /// the slot is gone.
+    pub slot_wal_status: Option<String>,
     pub log_bytes: u64,
     pub log_records: u64,
     /// The log is at its disk budget and the source waits.
     pub log_paused: bool,
+    /// Seconds since this pipeline's last heartbeat came through the stream (with
+    /// `heartbeat_secs`; absent before the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_secs: Option<f64>,
     pub sinks: Vec<SinkStatus>,
     /// Tables being copied in this run (the initial snapshot, or backfills), with those
     /// finished since it started.

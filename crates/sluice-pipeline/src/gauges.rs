@@ -22,11 +22,13 @@ pub struct Gauges {
     log: SharedLog,
     /// The tables being copied.
     copies: Arc<sluice_pg::snapshot::Progress>,
+    /// This pipeline's heartbeats as they come through.
+    heartbeats: Arc<sluice_pg::heartbeat::Arrivals>,
     sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     status: watch::Receiver<SourceStatus>,
     /// The slot as last queried: active, and bytes of WAL it retains past its confirmed
     /// position.
-    slot: Mutex<Option<(bool, i64)>>,
+    slot: Mutex<Option<SlotView>>,
     /// Per sink, records delivered per second over the last sample (≥ 1 s), and the
     /// sample it was measured from.
     rates: Mutex<(Instant, Vec<u64>, Vec<f64>)>,
@@ -37,6 +39,7 @@ impl Gauges {
         pipeline: String,
         log: SharedLog,
         copies: Arc<sluice_pg::snapshot::Progress>,
+        heartbeats: Arc<sluice_pg::heartbeat::Arrivals>,
         sinks: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
         status: watch::Receiver<SourceStatus>,
     ) -> Gauges {
@@ -49,6 +52,7 @@ impl Gauges {
             pipeline,
             log,
             copies,
+            heartbeats,
             sinks,
             status,
             slot: Mutex::new(None),
@@ -76,16 +80,24 @@ impl Gauges {
         let end = self.log.durable_end();
         let source = self.status.borrow().clone();
         let rates = self.rates.lock().expect("rates lock").2.clone();
-        let slot = *self.slot.lock().expect("slot lock");
+        let slot = self.slot.lock().expect("slot lock").clone();
         PipelineStatus {
             streaming: source.streaming,
             confirmed_lsn: source.confirmed.to_string(),
             reconnects: source.reconnects,
-            slot_active: slot.map(|s| s.0),
-            slot_lag_bytes: slot.map(|s| s.1),
+            last_error: source.last_error.clone(),
+            slot_active: slot.as_ref().map(|s| s.active),
+            slot_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
+            slot_retained_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
+            slot_wal_status: match &slot {
+                Some(s) if !s.exists => Some("missing".into()),
+                Some(s) => s.wal_status.clone(),
+                None => None,
+            },
             log_bytes: self.log.bytes(),
             log_records: end.saturating_sub(self.log.first()),
             log_paused: self.log.paused(),
+            heartbeat_age_secs: self.heartbeats.age_and_latency().map(|(a, _)| a),
             sinks: self
                 .sinks
                 .iter()
@@ -169,6 +181,10 @@ impl Gauges {
             0.0
         });
         metrics::gauge!(metric::SOURCE_CONFIRMED_LSN.name, &[p()]).set(s.confirmed.0 as f64);
+        if let Some((age, took)) = self.heartbeats.age_and_latency() {
+            metrics::gauge!(metric::HEARTBEAT_AGE.name, &[p()]).set(age);
+            metrics::gauge!(metric::HEARTBEAT_LATENCY.name, &[p()]).set(took);
+        }
         if let Some(rss) = resident_bytes() {
             metrics::gauge!(metric::RESIDENT_MEMORY.name).set(rss as f64);
         }
@@ -183,12 +199,44 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
-/// Refreshes the gauges every second and the slot's lag every five, until `stop`.
+/// The slot as last queried.
+#[derive(Debug, Clone, Default)]
+pub struct SlotView {
+    /// Whether it exists at all.
+    pub exists: bool,
+    pub active: bool,
+    /// WAL between the server's end and the slot's confirmed position.
+    pub lag_bytes: Option<i64>,
+    /// WAL the slot keeps on the server's disk (from its restart position).
+    pub retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+}
+
+impl SlotView {
+    fn parse(rows: &[Vec<Option<String>>]) -> SlotView {
+        let Some(r) = rows.first() else {
+            return SlotView::default();
+        };
+        let col = |i: usize| r.get(i).cloned().flatten();
+        SlotView {
+            exists: true,
+            active: col(0).as_deref() == Some("t"),
+            lag_bytes: col(1).and_then(|v| v.parse().ok()),
+            retained_bytes: col(3).and_then(|v| v.parse().ok()),
+            wal_status: col(2),
+        }
+    }
+}
+
+/// Refreshes the gauges every second and the slot's state every five, until `stop`.
 pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: CancellationToken) {
     let mut conn: Option<Connection> = None;
     let mut tick = 0u64;
+    // wal_status through to_jsonb: the column exists from PostgreSQL 13 on only.
     let sql = format!(
-        "SELECT active, pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
+        "SELECT active, pg_current_wal_lsn() - confirmed_flush_lsn, to_jsonb(s) ->> 'wal_status', \
+         pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots s WHERE slot_name = {}",
         sluice_pg::wire::quote_literal(&slot)
     );
     loop {
@@ -200,30 +248,19 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
             if let Some(c) = conn.as_mut() {
                 match c.query(&sql).await {
                     Ok(rows) => {
-                        if let Some(r) = rows.first() {
-                            let active = r.first().cloned().flatten().as_deref() == Some("t");
-                            let lag = r
-                                .get(1)
-                                .cloned()
-                                .flatten()
-                                .and_then(|v| v.parse::<i64>().ok());
-                            *gauges.slot.lock().expect("slot lock") =
-                                Some((active, lag.unwrap_or(0)));
-                            let p = [("pipeline", gauges.pipeline.clone())];
-                            metrics::gauge!(metric::SLOT_ACTIVE.name, &p).set(if active {
-                                1.0
-                            } else {
-                                0.0
-                            });
-                            if let Some(lag) = r
-                                .get(1)
-                                .cloned()
-                                .flatten()
-                                .and_then(|v| v.parse::<f64>().ok())
-                            {
-                                metrics::gauge!(metric::SLOT_LAG_BYTES.name, &p).set(lag);
-                            }
+                        let view = SlotView::parse(&rows);
+                        let p = [("pipeline", gauges.pipeline.clone())];
+                        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+                        metrics::gauge!(metric::SLOT_ACTIVE.name, &p).set(flag(view.active));
+                        let lost = !view.exists || view.wal_status.as_deref() == Some("lost");
+                        metrics::gauge!(metric::SLOT_LOST.name, &p).set(flag(lost));
+                        if let Some(lag) = view.lag_bytes {
+                            metrics::gauge!(metric::SLOT_LAG_BYTES.name, &p).set(lag as f64);
                         }
+                        if let Some(kept) = view.retained_bytes {
+                            metrics::gauge!(metric::SLOT_RETAINED_BYTES.name, &p).set(kept as f64);
+                        }
+                        *gauges.slot.lock().expect("slot lock") = Some(view);
                     }
                     Err(e) => {
                         debug!(error = %e, "metrics: slot query failed; reconnecting");

@@ -153,6 +153,7 @@ fn source_config(
     prepared: &Prepared,
     data_dir: &Path,
     progress: Arc<sluice_pg::snapshot::Progress>,
+    arrivals: Arc<sluice_pg::heartbeat::Arrivals>,
 ) -> SourceConfig {
     let spec = &prepared.spec;
     SourceConfig {
@@ -185,6 +186,9 @@ fn source_config(
         chunk_rows: config.source.chunk_rows,
         state_path: data_dir.join("state.redb"),
         progress,
+        arrivals,
+        reconnect_for: (config.source.reconnect_for_secs > 0)
+            .then(|| Duration::from_secs(config.source.reconnect_for_secs)),
     }
 }
 
@@ -260,14 +264,31 @@ pub async fn run(
         .await?;
     let cleaner = sinks.start_cleaner(config, &log, &state, &spec.conninfo, &failure, &cancel)?;
     let progress = Arc::new(sluice_pg::snapshot::Progress::default());
-    let source_config = source_config(config, &prepared, &data_dir, progress.clone());
+    let arrivals = Arc::new(sluice_pg::heartbeat::Arrivals::default());
+    let source_config = source_config(
+        config,
+        &prepared,
+        &data_dir,
+        progress.clone(),
+        arrivals.clone(),
+    );
     prepared.conn.close().await;
     let committer = spawn_committer(log.clone(), sinks.abort.clone());
     let (worker, status) = SourceWorker::new(source_config, output)?;
+    if config.source.heartbeat_secs > 0 {
+        let beat = sluice_pg::heartbeat::Heartbeat {
+            conninfo: spec.conninfo.clone(),
+            pipeline: config.pipeline.name.clone(),
+            every: Duration::from_secs(config.source.heartbeat_secs),
+            table: config.source.heartbeat_table.clone(),
+        };
+        tokio::spawn(beat.run(sinks.abort.clone()));
+    }
     let gauges = Arc::new(Gauges::new(
         config.pipeline.name.clone(),
         log.clone(),
         progress.clone(),
+        arrivals,
         sinks.stats.clone(),
         status.clone(),
     ));
