@@ -7,8 +7,8 @@
 pub mod backfill;
 pub mod catalog;
 pub mod changes;
-pub mod heartbeat;
 pub mod copy_binary;
+pub mod heartbeat;
 pub mod initial;
 mod output;
 pub mod pgoutput;
