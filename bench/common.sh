@@ -29,6 +29,8 @@ url = "$URL"
 tables = ["public.$3"]
 publication = "$2"
 status_interval_secs = 1
+# The slots are made by the script, not by Sluice: accept them.
+on_unknown_slot = "adopt"
 TOML
 }
 

@@ -61,7 +61,7 @@ api() { curl -sS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: app
 
 # A pipeline $1 on table public.$2 into file $3 (more [source] JSON in $4).
 pipeline_json() {
-  printf '{"pipeline":{"name":"%s"},"source":{"url":"%s","tables":["public.%s"],"snapshot":"never","status_interval_secs":1%s},"sinks":[{"name":"out","type":"file","path":"%s"}]}' \
+  printf '{"pipeline":{"name":"%s"},"source":{"url":"%s","tables":["public.%s"],"snapshot":"never","on_unknown_slot":"adopt","status_interval_secs":1%s},"sinks":[{"name":"out","type":"file","path":"%s"}]}' \
     "$1" "$URL" "$2" "${4:-}" "$3"
 }
 

@@ -37,7 +37,7 @@ use crate::wire::{quote_literal, Connection};
 
 #[path = "source_copies.rs"]
 mod copies;
-use copies::{clear_plans, definite, route, META_KNOWN};
+use copies::{clear_plans, definite, route, META_CREATING, META_KNOWN};
 
 /// Waits between reconnects.
 const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(30));
@@ -76,6 +76,29 @@ pub struct SourceConfig {
     /// How long to keep reconnecting after transient errors before giving up with the
     /// last one (`None`: for ever).
     pub reconnect_for: Option<Duration>,
+    pub on_slot_lost: SlotLost,
+    pub on_unknown_slot: UnknownSlot,
+}
+
+/// What to do when the slot this pipeline used is gone or invalidated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotLost {
+    /// Stop with the error: nothing is guessed.
+    #[default]
+    Stop,
+    /// Make the slot again and copy every table again, the sinks' tables reset first.
+    Resnapshot,
+}
+
+/// What to do with an existing slot the pipeline's state has no record of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSlot {
+    #[default]
+    Stop,
+    /// Accept the gap: stream from the slot's confirmed position.
+    Adopt,
 }
 
 /// A failure that stops the source.
@@ -271,14 +294,50 @@ impl<O: Output> SourceWorker<O> {
         let state = self.state.clone().expect("opened above");
         let slot_row = catalog
             .query(&format!(
-                "SELECT plugin, database, active_pid, confirmed_flush_lsn FROM pg_replication_slots \
-                 WHERE slot_name = {}",
+                "SELECT plugin, database, active_pid, confirmed_flush_lsn, to_jsonb(s) ->> 'wal_status' \
+                 FROM pg_replication_slots s WHERE slot_name = {}",
                 quote_literal(&cfg.slot)
             ))
             .await?;
+        // The slot this data dir streamed from, or was making when it stopped.
+        let used = state
+            .get::<Vec<(String, String)>>(META_KNOWN)
+            .map_err(definite)?
+            .is_some();
+        let known = used
+            || state
+                .get::<String>(META_CREATING)
+                .map_err(definite)?
+                .is_some_and(|s| s == cfg.slot);
+        let lost = match slot_row.first() {
+            None => used,
+            Some(row) => row.get(4).cloned().flatten().as_deref() == Some("lost"),
+        };
+        let mut cfg = cfg;
+        let slot_row = if lost {
+            self.slot_lost(&cfg, &state, &mut catalog, !slot_row.is_empty())
+                .await?;
+            // Resnapshot: the slot is gone now and every table is copied again.
+            cfg.snapshot_tables = cfg.tables.clone();
+            Vec::new()
+        } else {
+            slot_row
+        };
+        if !slot_row.is_empty() && !known && cfg.on_unknown_slot == UnknownSlot::Stop {
+            return Err(PgError::Definite(format!(
+                "replication slot {:?} exists, but this data dir has no record of it: another \
+                 instance may have read it past changes that never reached this one's sinks, \
+                 and those would be lost. Choose one: run this instance on the data dir the \
+                 slot was used with; or drop the slot (`sluice teardown`) and start again with \
+                 a full snapshot; or accept the gap with [source] on_unknown_slot = \"adopt\"",
+                cfg.slot
+            ))
+            .into());
+        }
         let mut repl = Connection::connect(&cfg.conninfo, true).await?;
         let mut confirmed = match slot_row.first() {
             None if cfg.snapshot_tables.is_empty() => {
+                state.put(META_CREATING, &cfg.slot).map_err(definite)?;
                 let at = replication::create_slot(&mut repl, &cfg.slot).await?;
                 info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
                 clear_plans(&state)?;

@@ -33,6 +33,8 @@ struct InitialMeta {
 
 pub(super) const META_INITIAL: &str = "meta/initial";
 pub(super) const META_KNOWN: &str = "meta/known_tables";
+/// The slot this data dir is making (written before the slot is created).
+pub(super) const META_CREATING: &str = "meta/creating_slot";
 
 impl<O: Output> SourceWorker<O> {
     /// Creates the slot with an exported snapshot and copies the snapshot tables under
@@ -45,6 +47,9 @@ impl<O: Output> SourceWorker<O> {
         repl: &mut Connection,
         cancel: &CancellationToken,
     ) -> Result<Option<Lsn>, SourceError> {
+        // Recorded first: a crash right after the slot is made must not leave a slot this
+        // data dir has no record of.
+        state.put(META_CREATING, &cfg.slot).map_err(definite)?;
         let (at, snapshot_name) = replication::create_slot_exporting(repl, &cfg.slot).await?;
         info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
         // Plans of an earlier slot mean nothing for this one.
@@ -231,6 +236,87 @@ pub(super) fn route<O: Output>(
             requests.push(req);
             false
         }
+    }
+}
+
+impl<O: Output> SourceWorker<O> {
+    /// The pipeline's slot is gone (dropped) or invalidated (`exists`, wal_status lost):
+    /// changes since it was last read are lost. Stops with that, or (`resnapshot`) drops
+    /// what is left of the slot, forgets the state's plans, and puts a truncate of every
+    /// table in the log, so sinks that keep state (a cache) start empty before the tables
+    /// are copied again.
+    pub(super) async fn slot_lost(
+        &mut self,
+        cfg: &SourceConfig,
+        state: &PipelineState,
+        catalog: &mut Connection,
+        exists: bool,
+    ) -> Result<(), SourceError> {
+        let what = if exists {
+            "was invalidated (wal_status lost: PostgreSQL removed WAL it still needed, \
+             e.g. past max_slot_wal_keep_size)"
+        } else {
+            "was dropped (by someone, or by this pipeline's max_slot_lag_bytes)"
+        };
+        if cfg.on_slot_lost == super::SlotLost::Stop {
+            return Err(PgError::Definite(format!(
+                "replication slot {:?} {what}: the changes since this pipeline last read it are \
+                 gone, and its sinks miss them. Choose one: [source] on_slot_lost = \"resnapshot\" \
+                 (copy every table again, the sinks' tables reset first), or `sluice teardown` \
+                 and start over",
+                cfg.slot
+            ))
+            .into());
+        }
+        warn!(slot = %cfg.slot, "source: the replication slot {what}; resnapshotting: every table is reset in the sinks and copied again");
+        if exists {
+            catalog
+                .execute(&format!(
+                    "SELECT pg_drop_replication_slot({})",
+                    crate::wire::quote_literal(&cfg.slot)
+                ))
+                .await?;
+        }
+        clear_plans(state)?;
+        for key in [META_KNOWN, META_INITIAL, META_CREATING] {
+            state.remove(key).map_err(definite)?;
+        }
+        let now = catalog.query("SELECT pg_current_wal_lsn()").await?;
+        let at: Lsn = now
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| PgError::Protocol("pg_current_wal_lsn() gave no LSN".into()))?;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        for (n, (schema, table)) in cfg.tables.iter().enumerate() {
+            self.output.push(&ChangeRecord {
+                id: sluice_core::ChangeId {
+                    commit_lsn: at,
+                    ordinal: n as u64 + 1,
+                },
+                op: sluice_core::Op::Truncate,
+                schema: schema.as_str().into(),
+                table: table.as_str().into(),
+                key: None,
+                before: None,
+                after: None,
+                unchanged_toast: Vec::new(),
+                lsn: at,
+                commit_lsn: at,
+                commit_ts_micros: ts,
+                xid: 0,
+                message: None,
+                old_key: None,
+            });
+        }
+        self.output
+            .hand_off(Some(at))
+            .await
+            .map_err(SourceError::Output)?;
+        Ok(())
     }
 }
 

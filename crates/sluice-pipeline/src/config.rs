@@ -169,6 +169,22 @@ pub struct SourceSection {
     /// act (0, the default: keep reconnecting; each attempt is logged and counted).
     #[serde(default)]
     pub reconnect_for_secs: u64,
+    /// What to do when the pipeline's slot was dropped or invalidated while it was away
+    /// (changes in between are gone): `"stop"` (default) or `"resnapshot"` (make the
+    /// slot again, reset the sinks' tables and copy every table again).
+    #[serde(default)]
+    pub on_slot_lost: SlotLost,
+    /// What to do with an existing slot this data dir has no record of (a standby with an
+    /// empty data dir, a slot made by hand): `"stop"` (default: the slot may have been
+    /// read past changes that never reached this instance's sinks) or `"adopt"` (accept
+    /// that gap and stream from the slot's position).
+    #[serde(default)]
+    pub on_unknown_slot: UnknownSlot,
+    /// Drop the slot to protect the database when the WAL it retains passes this many
+    /// bytes while the pipeline cannot make progress (its log is full and waits); the
+    /// next start then resnapshots or stops per `on_slot_lost`. 0 (default): never.
+    #[serde(default)]
+    pub max_slot_lag_bytes: u64,
     /// Write heartbeats into this table (`schema.table` with `pipeline text PRIMARY KEY,
     /// at timestamptz`) instead of as logical messages, where the server needs a table
     /// write (e.g. a managed server that denies `pg_logical_emit_message`).
@@ -191,6 +207,8 @@ pub struct SourceSection {
     #[serde(default)]
     pub table: BTreeMap<String, TableOptions>,
 }
+
+pub use sluice_pg::source::{SlotLost, UnknownSlot};
 
 /// Whether a table's existing rows are copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -230,7 +230,14 @@ impl SlotView {
 }
 
 /// Refreshes the gauges every second and the slot's state every five, until `stop`.
-pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: CancellationToken) {
+/// With `max_retained`, also the point of no return: see [`protect_database`].
+pub async fn watch(
+    gauges: Arc<Gauges>,
+    conninfo: ConnInfo,
+    slot: String,
+    max_retained: Option<u64>,
+    stop: CancellationToken,
+) {
     let mut conn: Option<Connection> = None;
     let mut tick = 0u64;
     // wal_status through to_jsonb: the column exists from PostgreSQL 13 on only.
@@ -260,7 +267,14 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
                         if let Some(kept) = view.retained_bytes {
                             metrics::gauge!(metric::SLOT_RETAINED_BYTES.name, &p).set(kept as f64);
                         }
+                        let over = match (max_retained, view.retained_bytes) {
+                            (Some(max), Some(kept)) => kept > 0 && kept as u64 > max,
+                            _ => false,
+                        };
                         *gauges.slot.lock().expect("slot lock") = Some(view);
+                        if over && !gauges.progressing() {
+                            protect_database(c, &slot, max_retained.unwrap_or(0)).await;
+                        }
                     }
                     Err(e) => {
                         debug!(error = %e, "metrics: slot query failed; reconnecting");
@@ -278,5 +292,49 @@ pub async fn watch(gauges: Arc<Gauges>, conninfo: ConnInfo, slot: String, stop: 
     }
     if let Some(c) = conn {
         c.close().await;
+    }
+}
+
+impl Gauges {
+    /// Whether the pipeline can move its slot: its source streams and its log takes more.
+    fn progressing(&self) -> bool {
+        self.status.borrow().streaming && !self.log.paused()
+    }
+}
+
+/// The point of no return: the slot retains more WAL than allowed while the pipeline
+/// cannot make progress, so it is dropped before the database's disk fills. The
+/// walsender holding it is ended first; the source, reconnecting, finds its slot gone and
+/// acts per `on_slot_lost` (stop, or resnapshot). A failed attempt is retried at the
+/// next check.
+async fn protect_database(conn: &mut Connection, slot: &str, max: u64) {
+    let name = sluice_pg::wire::quote_literal(slot);
+    // The source reconnects after a short backoff: end its walsender, then try to drop
+    // the slot every few milliseconds (for up to 2 s), so the drop lands in the moment
+    // between the walsender's exit and the source's next connection.
+    let sql = format!(
+        "DO $$ BEGIN \
+           PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = {name} AND active_pid IS NOT NULL; \
+           FOR i IN 1..400 LOOP \
+             BEGIN \
+               PERFORM pg_drop_replication_slot({name}); \
+               RETURN; \
+             EXCEPTION WHEN object_in_use THEN \
+               PERFORM pg_sleep(0.005); \
+             END; \
+           END LOOP; \
+           RAISE EXCEPTION 'the slot stayed in use'; \
+         END $$"
+    );
+    match conn.simple_query(&sql).await {
+        Ok(_) => tracing::error!(
+            slot,
+            max_slot_lag_bytes = max,
+            "dropped the replication slot to protect the database: it retained more WAL than \
+             max_slot_lag_bytes while the pipeline could not make progress; the changes since \
+             are lost to this pipeline, which resnapshots or stops per [source] on_slot_lost"
+        ),
+        Err(e) => debug!(error = %e, "could not drop the slot yet; trying again"),
     }
 }

@@ -189,6 +189,8 @@ fn source_config(
         arrivals,
         reconnect_for: (config.source.reconnect_for_secs > 0)
             .then(|| Duration::from_secs(config.source.reconnect_for_secs)),
+        on_slot_lost: config.source.on_slot_lost,
+        on_unknown_slot: config.source.on_unknown_slot,
     }
 }
 
@@ -296,6 +298,7 @@ pub async fn run(
         gauges.clone(),
         spec.conninfo.clone(),
         spec.slot.clone(),
+        (config.source.max_slot_lag_bytes > 0).then_some(config.source.max_slot_lag_bytes),
         sinks.abort.clone(),
     ));
     publish(config, ctx, &data_dir, &log, &mut sinks, &gauges, &status);
@@ -430,7 +433,12 @@ async fn shutdown(
 ) -> Result<Stopped, Fault> {
     let result = tokio::select! {
         r = &mut source => r,
-        _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut source).await {
+        _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+            // A source waiting on a full log would not see the stop: the writer takes what
+            // it is handed from now on, past the budget, so the source can finish.
+            log.closing();
+            (&mut source).await
+        }).await {
             Ok(r) => r,
             Err(_) => {
                 error!("shutdown deadline passed; stopping with work unconfirmed (it will be sent again)");

@@ -530,7 +530,10 @@ impl RedisSink {
             return Ok(c.clone());
         }
         let client = client(&self.options.url, self.options.ca_file.as_deref())?;
+        // The batch loop retries with its own backoff and sees a stop between attempts;
+        // the manager's own retries would hold one attempt for ten seconds or more.
         let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         let conn = client

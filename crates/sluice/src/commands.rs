@@ -57,6 +57,14 @@ pub async fn teardown(path: &Path) -> anyhow::Result<ExitCode> {
     for d in dropped {
         println!("dropped {d}");
     }
+    // The source's state describes the slot: without it, the next start begins afresh
+    // (a new slot and snapshot) instead of reporting the slot as lost.
+    let state = sluice_pipeline::data_dir(&config, base_dir(path))?.join("state.redb");
+    match std::fs::remove_file(&state) {
+        Ok(()) => println!("removed {} (the next start begins afresh)", state.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot remove {}: {e}", state.display()),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -108,7 +108,13 @@ enum Command {
         #[arg(long = "where", value_name = "CONDITION")]
         filter: Option<String>,
     },
-    /// Drop the pipeline's replication slot and publication (nothing else).
+    /// The pipeline's slot as PostgreSQL sees it (active, wal_status, retained WAL, lag),
+    /// and whether this data dir knows it.
+    Status {
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Drop the pipeline's replication slot and publication, and forget its source state.
     Teardown {
         #[arg(short, long, default_value = "sluice.toml")]
         config: PathBuf,
@@ -218,6 +224,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Check { config } => commands::check(&config).await,
             Command::Teardown { config } => commands::teardown(&config).await,
+            Command::Status { config } => operate::status(&config).await,
             Command::Backfill {
                 config,
                 table,

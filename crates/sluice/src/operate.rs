@@ -187,3 +187,42 @@ pub async fn waiting_room(
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `sluice status`: the slot as PostgreSQL sees it, one `key: value` line each. The
+/// running instance's own view (reconnects, the last error, heartbeats) is in its
+/// metrics and, under `sluice server`, its API status.
+pub async fn status(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load_valid(path).map_err(anyhow::Error::msg)?;
+    let info = ConnInfo::parse(&config.source.url)?;
+    let mut conn = Connection::connect(&info, false).await?;
+    let slot = config.slot();
+    let rows = conn
+        .query(&format!(
+            "SELECT active, active_pid, to_jsonb(s) ->> 'wal_status', confirmed_flush_lsn, \
+             pg_current_wal_lsn() - confirmed_flush_lsn, pg_current_wal_lsn() - restart_lsn \
+             FROM pg_replication_slots s WHERE slot_name = {}",
+            sluice_pg::wire::quote_literal(&slot)
+        ))
+        .await?;
+    conn.close().await;
+    println!("pipeline: {}", config.pipeline.name);
+    println!("slot: {slot}");
+    let Some(r) = rows.first() else {
+        println!("slot_exists: false");
+        println!("note: a first start makes the slot; if this pipeline ran before, its slot was dropped and `sluice run` acts per [source] on_slot_lost");
+        return Ok(ExitCode::from(1));
+    };
+    let col = |i: usize| r.get(i).cloned().flatten().unwrap_or_else(|| "-".into());
+    println!("slot_exists: true");
+    println!("active: {}", col(0) == "t");
+    println!("active_pid: {}", col(1));
+    println!("wal_status: {}", col(2));
+    println!("confirmed_lsn: {}", col(3));
+    println!("lag_bytes: {}", col(4));
+    println!("retained_bytes: {}", col(5));
+    if col(2) == "lost" {
+        println!("note: the slot was invalidated (max_slot_wal_keep_size); `sluice run` acts per [source] on_slot_lost");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

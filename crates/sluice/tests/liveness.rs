@@ -172,3 +172,227 @@ fn reconnecting_gives_up_after_reconnect_for_secs_with_the_last_error() {
     );
     p.stop();
 }
+
+/// Runs `sluice run` to its exit (bounded); its output.
+fn run_to_exit(p: &Pipeline) -> (Option<i32>, String) {
+    let out = p.command("run");
+    (out.status.code(), output_text(&out))
+}
+
+/// The ids of table t cached in Redis.
+fn cached(redis: &sluice_testkit::RedisServer) -> Vec<i64> {
+    let keys = redis.cli(&["KEYS", "c:postgres.public.t.*"]).unwrap();
+    let mut ids: Vec<i64> = keys
+        .lines()
+        .filter_map(|k| k.rsplit('.').next()?.parse().ok())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn set_policy(p: &Pipeline, from: &str, to: &str) {
+    let c = std::fs::read_to_string(&p.config_path).unwrap();
+    assert!(c.contains(from));
+    std::fs::write(&p.config_path, c.replace(from, to)).unwrap();
+}
+
+#[test]
+fn a_lost_slot_stops_by_default_and_a_resnapshot_leaves_the_cache_equal_to_the_table() {
+    // A slot more than 16 MB behind is invalidated at the next checkpoint.
+    let pg = PgServer::builder()
+        .setting("max_slot_wal_keep_size", "16MB")
+        .start()
+        .unwrap();
+    let redis = sluice_testkit::RedisServer::start().unwrap();
+    pg.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE filler (v text);
+         INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g",
+    )
+    .unwrap();
+    let mut p = Pipeline::new(&pg, "lost", &["public.t"], "on_slot_lost = \"stop\"");
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"cache\"\ntype = \"redis\"\nurl = {:?}\nprefix = \"c:\"\n",
+        redis.url()
+    ));
+    p.start();
+    p.wait_streaming(&pg);
+    wait_until(WAIT, "the snapshot in Redis", || {
+        (cached(&redis) == (1..=10).collect::<Vec<_>>()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    p.stop();
+
+    // Dropped while the pipeline was away: by default it stops and says what to do.
+    pg.psql("SELECT pg_drop_replication_slot('sluice_lost')")
+        .unwrap();
+    let status = p.command("status");
+    assert_eq!(status.status.code(), Some(1), "{}", output_text(&status));
+    assert!(output_text(&status).contains("slot_exists: false"));
+    let (code, text) = run_to_exit(&p);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("was dropped"), "{text}");
+    assert!(text.contains("on_slot_lost = \"resnapshot\""), "{text}");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0",
+        "nothing guessed: no slot made"
+    );
+
+    // Resnapshot: rows deleted meanwhile leave the cache too.
+    pg.psql("DELETE FROM t WHERE id <= 5; INSERT INTO t VALUES (11, 'new')")
+        .unwrap();
+    set_policy(
+        &p,
+        "on_slot_lost = \"stop\"",
+        "on_slot_lost = \"resnapshot\"",
+    );
+    p.start();
+    wait_until(WAIT, "the cache to equal the table", || {
+        (cached(&redis) == (6..=11).collect::<Vec<_>>()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", cached(&redis), p.logs()));
+    p.wait_streaming(&pg);
+    p.stop();
+
+    // Invalidated by max_slot_wal_keep_size while the pipeline was away.
+    pg.psql("DELETE FROM t WHERE id = 6").unwrap();
+    for _ in 0..3 {
+        pg.psql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 10000)")
+            .unwrap();
+        pg.psql("SELECT pg_switch_wal(); CHECKPOINT").unwrap();
+    }
+    wait_until(WAIT, "the slot to be invalidated", || {
+        (pg.psql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'sluice_lost'")
+            .ok()?
+            == "lost")
+            .then_some(())
+    })
+    .unwrap();
+    let status = output_text(&p.command("status"));
+    assert!(status.contains("wal_status: lost"), "{status}");
+    p.start();
+    wait_until(WAIT, "the cache to equal the table again", || {
+        (cached(&redis) == (7..=11).collect::<Vec<_>>()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", cached(&redis), p.logs()));
+    assert!(p.log_contains("was invalidated"), "{}", p.logs());
+    pg.psql("INSERT INTO t VALUES (12, 'streamed')").unwrap();
+    wait_until(WAIT, "streaming after the resnapshot", || {
+        cached(&redis).contains(&12).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    p.stop();
+}
+
+#[test]
+fn a_second_instance_with_an_empty_data_dir_refuses_a_slot_it_has_no_record_of() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let mut first = Pipeline::new(&pg, "twin", &["public.t"], "");
+    first.start();
+    first.wait_streaming(&pg);
+    pg.psql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g")
+        .unwrap();
+    first.wait_records(1000);
+    first.kill9();
+    // The same pipeline on another machine: its own, empty data dir.
+    let second = Pipeline::new(&pg, "twin", &["public.t"], "");
+    let (code, text) = run_to_exit(&second);
+    assert_ne!(code, Some(0), "{text}");
+    for needle in [
+        "has no record of it",
+        "run this instance on the data dir",
+        "sluice teardown",
+        "on_unknown_slot = \"adopt\"",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    assert!(second.records().is_empty(), "nothing was delivered");
+    // The first one's data dir takes it back without a word.
+    first.start();
+    first.wait_streaming(&pg);
+    first.stop();
+}
+
+#[test]
+fn the_point_of_no_return_drops_the_slot_at_the_threshold_and_never_before() {
+    let pg = PgServer::start().unwrap();
+    let mut redis = sluice_testkit::RedisServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE filler (v text)")
+        .unwrap();
+    let mut p = Pipeline::new(
+        &pg,
+        "guard",
+        &["public.t"],
+        "max_slot_lag_bytes = 40000000\nsnapshot = \"never\"",
+    );
+    // A cache that is down holds its cursor; the small log fills and the source waits.
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"cache\"\ntype = \"redis\"\nurl = {:?}\n\
+         [log]\nmax_bytes = 2097152\nsegment_bytes = 262144\non_full = \"pause_source\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\n",
+        redis.url()
+    ));
+    redis.kill();
+    p.start();
+    p.wait_streaming(&pg);
+    let addr = p.server_addr();
+    let gauge = |name: &str| -> Option<f64> {
+        let text = metrics(&addr);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{pipeline=\"guard\"}}")))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    pg.psql("INSERT INTO t SELECT g, repeat('v', 500) FROM generate_series(1, 10000) g")
+        .unwrap();
+    wait_until(WAIT, "the log to fill", || {
+        (gauge("sluice_log_paused")? == 1.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+
+    // Below the threshold: the slot stays, however long it is watched.
+    pg.psql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 10000)")
+        .unwrap();
+    let below = pg.psql("SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = 'sluice_guard'").unwrap();
+    let below: f64 = below.trim().parse().unwrap();
+    assert!(below < 40e6, "{below}");
+    wait_until(WAIT, "the retained WAL to be measured", || {
+        (gauge("sluice_replication_slot_retained_bytes")? >= below).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sluice_guard'")
+            .unwrap(),
+        "1"
+    );
+
+    // Past it: dropped, and said in the log and the metrics.
+    pg.psql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 40000)")
+        .unwrap();
+    wait_until(WAIT, "the slot to be dropped", || {
+        (pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sluice_guard'")
+            .ok()?
+            == "0")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert!(
+        p.log_contains("dropped the replication slot to protect the database"),
+        "{}",
+        p.logs()
+    );
+    wait_until(WAIT, "the metrics to say so", || {
+        (gauge("sluice_replication_slot_lost")? == 1.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", metrics(&addr)));
+    // (A clean stop waits out the sinks' drain deadline: the cache is still down.)
+    p.kill9();
+    // The next start acts per on_slot_lost: "stop" here.
+    redis.start_again().unwrap();
+    let (code, text) = run_to_exit(&p);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("was dropped"), "{text}");
+}
