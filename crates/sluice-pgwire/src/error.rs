@@ -113,3 +113,20 @@ fn server_error_class(code: &str) -> ErrorClass {
         _ => ErrorClass::Definite,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_can_pass_reconnect_and_the_others_stop() {
+        for code in ["XX000", "58030", "57P01", "55006", "08006", "53300"] {
+            assert_eq!(server_error_class(code), ErrorClass::Transient, "{code}");
+        }
+        // undefined_object (slot or publication missing), insufficient_privilege,
+        // invalid_password, object_not_in_prerequisite_state (an invalidated slot).
+        for code in ["42704", "42501", "28P01", "55000"] {
+            assert_eq!(server_error_class(code), ErrorClass::Definite, "{code}");
+        }
+    }
+}

@@ -42,6 +42,19 @@ fn an_idle_slot_follows_the_other_databases_writes_with_and_without_heartbeats()
     let url = pg.url("postgres", "app");
     let mut plain = Pipeline::with_url(&url, "plain", &["public.t"], "");
     let mut beating = Pipeline::with_url(&url, "beating", &["public.t"], "heartbeat_secs = 1");
+    // Where a table write is needed instead of a message.
+    pg.psql_db(
+        "app",
+        "CREATE TABLE sluice_heartbeat (pipeline text PRIMARY KEY, at timestamptz)",
+    )
+    .unwrap();
+    let mut tabled = Pipeline::with_url(
+        &url,
+        "tabled",
+        &["public.t"],
+        "heartbeat_secs = 1\nheartbeat_table = \"public.sluice_heartbeat\"",
+    );
+    tabled.start();
     beating.add_config("[server]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\n");
     plain.start();
     beating.start();
@@ -90,8 +103,22 @@ fn an_idle_slot_follows_the_other_databases_writes_with_and_without_heartbeats()
         "a heartbeat reached the sink: {records:?}"
     );
     assert_eq!(plain.wait_records(1).len(), 1);
+    // The table's row moves at each beat.
+    let at = || {
+        pg.psql_db(
+            "app",
+            "SELECT at FROM sluice_heartbeat WHERE pipeline = 'tabled'",
+        )
+        .ok()
+        .filter(|a| !a.trim().is_empty())
+    };
+    let first = wait_until(WAIT, "a heartbeat row", at)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tabled.logs()));
+    wait_until(WAIT, "the next beat", || at().filter(|a| *a != first))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tabled.logs()));
     plain.stop();
     beating.stop();
+    tabled.stop();
 }
 
 #[test]
