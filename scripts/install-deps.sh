@@ -20,13 +20,17 @@ if [ "${1:-}" = "--tests" ]; then
   if [ -z "$major" ] || [ ! -e "/usr/lib/postgresql/$major/lib/wal2json.so" ]; then
     want+=("postgresql-${major:-15}-wal2json")
   fi
-  # The HTTPS test's client.
+  # The HTTPS test's client; the console's browser (driven by Playwright, which uses
+  # this Chromium and downloads none).
   command -v curl >/dev/null || want+=(curl)
+  command -v chromium >/dev/null || want+=(chromium)
 fi
-# The API fuzzer (schemathesis, from PyPI) in a virtualenv of its own, pinned.
+# The API fuzzer (schemathesis) and the console tests' browser driver (Playwright), from
+# PyPI, in a virtualenv of their own, pinned.
 if [ "${1:-}" = "--tests" ]; then
   tools=${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}
-  if ! "$tools/venv/bin/schemathesis" --version 2>/dev/null | grep -q 4.32.5; then
+  if ! "$tools/venv/bin/schemathesis" --version 2>/dev/null | grep -q 4.32.5 \
+     || ! "$tools/venv/bin/python" -c 'import playwright' 2>/dev/null; then
     command -v python3 >/dev/null || want+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
     fuzzer=1
@@ -34,9 +38,9 @@ if [ "${1:-}" = "--tests" ]; then
 fi
 install_fuzzer() {
   [ "${fuzzer:-0}" = 1 ] || return 0
-  echo "installing schemathesis into $tools/venv" >&2
+  echo "installing schemathesis and playwright into $tools/venv" >&2
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5 playwright==1.65.3
 }
 [ ${#want[@]} -eq 0 ] && { install_fuzzer; exit 0; }
 

@@ -17,6 +17,7 @@
 
 mod api;
 mod audit;
+mod console;
 mod delivery;
 mod manage;
 mod sse;
@@ -126,6 +127,8 @@ pub async fn bind(
         Router::new()
             .merge(managed)
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/", get(console::index))
+            .route("/console/{file}", get(console::asset))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
             .route(

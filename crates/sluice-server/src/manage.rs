@@ -32,7 +32,7 @@ use crate::api::{reply, scope_name, ApiError, Caller};
 use crate::audit::AuditTarget;
 use crate::AppState;
 
-fn control(state: &AppState) -> Result<&Handle, ApiError> {
+pub(crate) fn control(state: &AppState) -> Result<&Handle, ApiError> {
     state.control.as_ref().ok_or_else(|| {
         ApiError::NotFound(
             "the management API is served by `sluice server`; `sluice run` is configured by its files".into(),
@@ -80,6 +80,9 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(verify_sink))
         .routes(routes!(get_access, put_access))
         .routes(routes!(crate::audit::audit_log))
+        .routes(routes!(crate::console::whoami))
+        .routes(routes!(crate::console::stream_pipelines))
+        .routes(routes!(crate::console::stream_pipeline))
         .routes(routes!(crate::sse::events))
         .routes(routes!(crate::delivery::parked))
         .routes(routes!(crate::delivery::parked_records))
@@ -97,7 +100,8 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
 fn area_of(path: &str) -> Option<Area> {
     match path {
         "/healthz" | "/readyz" | "/v1/openapi.json" => None,
-        "/metrics" | "/v1/sinks/verify" => Some(Area::Management),
+        "/metrics" | "/v1/sinks/verify" | "/" => Some(Area::Management),
+        p if p.starts_with("/console/") => Some(Area::Management),
         p if p.contains("/sinks/") => Some(Area::Consumers),
         p if p.starts_with("/v1/") => Some(Area::Management),
         _ => None,

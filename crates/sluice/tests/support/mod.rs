@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod recovery;
+pub mod server;
 pub mod vals;
 pub mod workload;
 pub use sluice_testkit::{wait_until, PgServer};

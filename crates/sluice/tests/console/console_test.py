@@ -1,0 +1,193 @@
+"""The web console in a real Chromium against a real `sluice server` (started by
+crates/sluice/tests/console.rs, which passes what it made in the environment).
+
+Each check waits for what it expects with Playwright's bounded auto-waiting; a failure
+exits non-zero with the check's name and saves a screenshot beside the others.
+"""
+
+import os
+import subprocess
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE = os.environ["SLUICE_URL"]
+ADMIN = os.environ["SLUICE_ADMIN_TOKEN"]
+READ = os.environ["SLUICE_READ_TOKEN"]
+PG_URL = os.environ["SLUICE_PG_URL"]
+PSQL = os.environ["SLUICE_PSQL"]
+SHOTS = os.environ["SLUICE_SCREENSHOTS"]
+CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+PG_PORT = os.environ["SLUICE_PG_PORT"]
+REDIS_URL = os.environ["SLUICE_REDIS_URL"]
+REDIS_PORT = os.environ["SLUICE_REDIS_PORT"]
+TIMEOUT_MS = 30_000
+
+
+def psql(sql):
+    subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", PG_URL, "-c", sql], check=True)
+
+
+def sign_in(page, token):
+    page.goto(BASE + "/")
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def wrong_token_is_explained_next_to_the_field(page):
+    sign_in(page, "not-a-token")
+    expect(page.locator("#token-error")).to_contain_text("not valid")
+    expect(page.get_by_label("Token")).to_have_attribute("aria-invalid", "true")
+
+
+def the_list_updates_live_as_rows_arrive(page):
+    sign_in(page, ADMIN)
+    row = page.locator("tr[data-pipeline=shop]")
+    expect(row).to_contain_text("running")
+    # Rows flow while the page stays open: its throughput moves without a reload.
+    for n in range(5):
+        psql(f"INSERT INTO orders SELECT g, 'o' FROM generate_series({n * 200 + 1}, {n * 200 + 200}) g")
+        page.wait_for_timeout(300)
+    expect(row.locator(".throughput")).not_to_have_text("0/s")
+    page.screenshot(path=os.path.join(SHOTS, "console-pipelines.png"), full_page=True)
+
+
+def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
+    sign_in(page, ADMIN)
+    page.get_by_role("link", name="shop").click()
+    expect(page.get_by_role("heading", name="shop")).to_be_visible()
+    expect(page.get_by_text("sluice_shop", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".heading .badge")).to_have_text("paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".heading .badge")).to_have_text("running")
+    # Live figures once the source streams again.
+    expect(page.locator("dd").nth(4)).not_to_have_text("–")
+    page.screenshot(path=os.path.join(SHOTS, "console-pipeline.png"), full_page=True)
+    # The delete dialog names what it drops; cancelled here.
+    page.get_by_role("button", name="Delete…").click()
+    expect(page.get_by_role("dialog")).to_contain_text("drops replication slot sluice_shop and publication sluice_shop")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+
+def a_read_only_token_sees_no_write_controls(page):
+    sign_in(page, READ)
+    expect(page.locator("tr[data-pipeline=shop]")).to_be_visible()
+    expect(page.get_by_role("link", name="New pipeline")).to_have_count(0)
+    page.get_by_role("link", name="shop").click()
+    expect(page.get_by_role("heading", name="shop")).to_be_visible()
+    for name in ["Pause", "Resume", "Delete…"]:
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+
+
+def an_admin_makes_a_read_only_token_in_settings(page):
+    sign_in(page, ADMIN)
+    page.get_by_role("link", name="Settings").click()
+    page.get_by_label("What it is for").fill("wallboard")
+    page.get_by_label("Scope").select_option("read")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.get_by_text("Token for wallboard (shown once; keep it now):")).to_be_visible()
+    secret = page.locator("code.secret").inner_text().strip()
+    assert secret.startswith("sluice_"), secret
+    expect(page.get_by_role("cell", name="wallboard", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name="POST /v1/tokens").first).to_be_visible()
+    page.screenshot(path=os.path.join(SHOTS, "console-settings.png"), full_page=True)
+    # The new token signs in, and as read-only it is offered no revoke buttons.
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, secret)
+    page.get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", name="Tokens")).to_be_visible()
+    expect(page.get_by_role("button", name="Create token")).to_have_count(0)
+    expect(page.get_by_role("heading", name="Audit log")).to_have_count(0)
+
+
+def redis_get(key):
+    out = subprocess.run(["redis-cli", "-p", REDIS_PORT, "--raw", "GET", key], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def the_wizard_creates_a_pipeline_into_redis(page):
+    sign_in(page, ADMIN)
+    page.get_by_role("navigation").get_by_role("link", name="New pipeline").click()
+    page.get_by_label("Host").fill("127.0.0.1")
+    page.get_by_label("Port").fill(PG_PORT)
+    page.get_by_label("Database").fill("postgres")
+    page.get_by_label("User").fill("shopper")
+    # A wrong password: the fix is shown next to the field.
+    page.get_by_label("Password").fill("not-it")
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.locator("#src-password-error")).to_contain_text("refused this user and password")
+    expect(page.get_by_label("Password")).to_have_attribute("aria-invalid", "true")
+    page.screenshot(path=os.path.join(SHOTS, "console-wizard-source.png"), full_page=True)
+    page.get_by_label("Password").fill("shop-secret")
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.locator("#src-password-error")).to_have_text("")
+    page.get_by_label("public.orders").check()
+    # A Redis sink, verified against the real server; tables without a key are then
+    # shown but not selectable, with the reason.
+    page.get_by_label("Sink name").fill("cache")
+    page.get_by_label("Type").select_option("redis")
+    page.get_by_label("Redis URL").fill(REDIS_URL)
+    page.get_by_role("button", name="Add sink").click()
+    expect(page.get_by_text("cache (redis)")).to_be_visible()
+    expect(page.get_by_label("public.notes")).to_be_disabled()
+    expect(page.get_by_text("Not selectable: no primary key: a Redis sink keys rows by it.")).to_be_visible()
+    expect(page.get_by_label("public.orders")).to_be_checked()
+    page.get_by_label("Pipeline name").fill("cached")
+    page.get_by_role("button", name="Review").click()
+    review = page.locator("pre.review")
+    expect(review).to_contain_text('"public.orders"')
+    assert "shop-secret" not in review.inner_text()
+    page.screenshot(path=os.path.join(SHOTS, "console-wizard-review.png"), full_page=True)
+    page.get_by_role("button", name="Create pipeline").click()
+    expect(page.get_by_role("heading", name="cached")).to_be_visible()
+    expect(page.locator(".heading .badge")).to_have_text("running")
+    # A row inserted in PostgreSQL arrives in Redis, and in the page's figures.
+    psql("INSERT INTO orders VALUES (9001, 'from the wizard')")
+    deadline = 60
+    while deadline > 0 and not redis_get("postgres.public.orders.9001"):
+        page.wait_for_timeout(250)
+        deadline -= 0.25
+    assert "from the wizard" in redis_get("postgres.public.orders.9001")
+    expect(page.locator("tbody tr").filter(has_text="cache").locator("td").nth(3)).not_to_have_text("0")
+
+
+CHECKS = [
+    wrong_token_is_explained_next_to_the_field,
+    the_list_updates_live_as_rows_arrive,
+    an_admin_pauses_and_resumes_from_the_pipeline_page,
+    a_read_only_token_sees_no_write_controls,
+    an_admin_makes_a_read_only_token_in_settings,
+    the_wizard_creates_a_pipeline_into_redis,
+]
+
+
+def main():
+    failed = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for check in CHECKS:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            try:
+                check(page)
+                if errors:
+                    raise AssertionError(f"errors in the page: {errors}")
+                print(f"ok: {check.__name__}")
+            except Exception as e:  # one failed check does not hide the others
+                failed.append(check.__name__)
+                print(f"FAILED: {check.__name__}: {e}", file=sys.stderr)
+                page.screenshot(path=os.path.join(SHOTS, f"failed-{check.__name__}.png"))
+            context.close()
+        browser.close()
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
