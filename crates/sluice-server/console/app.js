@@ -8,7 +8,7 @@
 // - Live data arrives over one EventSource per page, closed when the page changes.
 // - Text from the API is put in the page as text (textContent), never as HTML.
 
-const state = { token: sessionStorage.getItem("sluice.token"), me: null, live: null };
+const state = { token: sessionStorage.getItem("sluice.token"), me: null, live: null, poll: null };
 
 // ---------------------------------------------------------------------------------
 // The API
@@ -96,6 +96,7 @@ function render(...nodes) {
 
 function stopLive() {
   if (state.live) { state.live.close(); state.live = null; }
+  if (state.poll) { clearInterval(state.poll); state.poll = null; }
 }
 
 /// An EventSource on a management stream; `on` gets each event's JSON.
@@ -225,7 +226,10 @@ function pipelineView(name) {
     const byName = new Map((s?.sinks || []).map((k) => [k.name, k]));
     sinks.replaceChildren(...p.sinks.map((k) => {
       const st = byName.get(k.name);
-      return el("tr", {}, el("th", { scope: "row", text: k.name }), el("td", { text: k.type }),
+      const waiting = k.type === "webhook" || k.type === "pull";
+      return el("tr", {}, el("th", { scope: "row" }, waiting
+        ? el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}/sinks/${encodeURIComponent(k.name)}`, text: k.name, title: "Its waiting room and dead letters" })
+        : k.name), el("td", { text: k.type }),
         el("td", { text: st ? String(st.lag_records) : "–" }), el("td", { text: st ? rate(st.per_second) : "–" }),
         el("td", { text: st ? String(st.delivered) : "–" }), el("td", { text: st ? String(st.failures) : "–" }));
     }));
@@ -457,6 +461,129 @@ function wizardView() {
 }
 
 // ---------------------------------------------------------------------------------
+// Consumers: a token for one SSE or pull sink, its URL and snippets
+
+function consumersView() {
+  const out = el("div", { "aria-live": "polite" });
+  const form = el("form", { class: "card inline" });
+  render(el("h1", { text: "Consumers" }),
+    el("p", { class: "muted", text: "A consumer gets a token that reads one SSE or pull sink and nothing else. Its secret is shown once." }),
+    form, out);
+  api("GET", "/v1/pipelines").then(({ pipelines }) => {
+    const choices = pipelines.flatMap((p) => p.sinks.filter((k) => k.type === "sse" || k.type === "pull").map((k) => ({ p, k })));
+    if (!choices.length) {
+      form.replaceChildren(el("p", { text: "No pipeline has an SSE or pull sink yet: add one to a pipeline first." }));
+      return;
+    }
+    const sink = el("select", { id: "consumer-sink" }, choices.map((c, i) => el("option", { value: i, text: `${c.p.name} / ${c.k.name} (${c.k.type})` })));
+    const tables = el("fieldset", {}, el("legend", { text: "Tables (none checked: all)" }));
+    const name = field("consumer-name", "Consumer name", { required: true, maxlength: 200 });
+    const drawTables = () => {
+      const c = choices[Number(sink.value)];
+      tables.replaceChildren(el("legend", { text: "Tables (none checked: all the sink takes)" }),
+        ...c.p.tables.map((t) => el("div", {}, el("input", { type: "checkbox", id: `ct-${t}`, value: t }), el("label", { for: `ct-${t}`, text: ` ${t}` }))));
+    };
+    sink.addEventListener("change", drawTables);
+    drawTables();
+    form.replaceChildren(el("label", { for: "consumer-sink", text: "Sink" }), sink, tables, name.wrap(),
+      el("button", { type: "submit", text: "Create consumer" }));
+    form.onsubmit = async (ev) => {
+      ev.preventDefault();
+      name.clear();
+      const c = choices[Number(sink.value)];
+      const picked = [...tables.querySelectorAll("input:checked")].map((i) => i.value);
+      let t;
+      try {
+        t = await api("POST", "/v1/tokens", { name: name.input.value, scope: { kind: "consume", pipeline: c.p.name, sink: c.k.name } });
+      } catch (e) { name.fail(e.message); return; }
+      out.replaceChildren(consumerCard(c.p.name, c.k, picked, t));
+    };
+  }, (e) => render(errorBox(e)));
+}
+
+function consumerCard(pipeline, sink, tables, t) {
+  const base = `${location.origin}/v1/pipelines/${encodeURIComponent(pipeline)}/sinks/${encodeURIComponent(sink.name)}`;
+  const filter = tables.length ? `tables=${tables.map(encodeURIComponent).join(",")}` : "";
+  const snippets = sink.type === "sse" ? {
+    curl: `curl -sSN -H 'Authorization: Bearer ${t.token}' '${base}/events${filter ? `?${filter}` : ""}'`,
+    JavaScript: `const events = new EventSource("${base}/events?${filter ? `${filter}&` : ""}access_token=${t.token}");\nevents.onmessage = (m) => console.log(JSON.parse(m.data));`,
+    Python: `import requests\nwith requests.get("${base}/events", params={${filter ? `"tables": "${tables.join(",")}"` : ""}},\n                  headers={"Authorization": "Bearer ${t.token}"}, stream=True) as r:\n    for line in r.iter_lines():\n        if line.startswith(b"data: "):\n            print(line[6:].decode())`,
+  } : {
+    curl: `curl -X POST -H 'Authorization: Bearer ${t.token}' '${base}/receive?max=100&wait=10s'\n# then acknowledge: curl -X POST -H 'Authorization: Bearer ${t.token}' -d '{"ids": ["<id>"]}' '${base}/ack'`,
+    Python: `import requests\nauth = {"Authorization": "Bearer ${t.token}"}\nbatch = requests.post("${base}/receive", params={"max": 100, "wait": "10s"}, headers=auth).json()\nrequests.post("${base}/ack", json={"ids": [r["id"] for r in batch["records"]]}, headers=auth)`,
+  };
+  return el("div", { class: "card" },
+    el("h2", { text: `Consumer ${t.name}` }),
+    el("p", { text: "Its token (shown once; keep it now):" }), el("code", { class: "secret", text: t.token }),
+    el("p", { text: "URL:" }), el("code", { class: "secret url", text: sink.type === "sse" ? `${base}/events${filter ? `?${filter}` : ""}` : `${base}/receive` }),
+    ...Object.entries(snippets).flatMap(([lang, code]) => {
+      const pre = el("pre", { class: "review snippet", "data-lang": lang, text: code });
+      return [el("div", { class: "heading" }, el("h3", { text: lang }),
+        el("button", { type: "button", class: "link", text: `Copy ${lang}`, onclick: () => navigator.clipboard?.writeText(code).then(() => toast("Copied."), () => toast("Select the text to copy it.")) })), pre];
+    }));
+}
+
+// ---------------------------------------------------------------------------------
+// A sink's waiting room and dead letters
+
+function waitingView(pipeline, sink) {
+  const base = `/v1/pipelines/${encodeURIComponent(pipeline)}/sinks/${encodeURIComponent(sink)}`;
+  const keys = el("tbody");
+  const dead = el("tbody");
+  const records = el("div", { "aria-live": "polite" });
+  const errors = el("div", { "aria-live": "polite" });
+  const bulk = el("div", { class: "actions" });
+  render(el("p", {}, el("a", { href: `#/pipelines/${encodeURIComponent(pipeline)}`, text: `← ${pipeline}` })),
+    el("h1", { text: `Waiting room of ${sink}` }), errors,
+    el("div", { class: "scroll" }, el("table", { class: "grid" },
+      el("caption", { class: "sr-only", text: "Parked and delayed keys" }),
+      el("thead", {}, el("tr", {}, ["", "Key", "State", "Reason", "Attempts", "Last error", "Records", ""].map((h) => el("th", { scope: "col", text: h })))),
+      keys)), bulk, records,
+    el("h2", { text: "Dead letters" }),
+    el("div", { class: "scroll" }, el("table", { class: "grid" },
+      el("thead", {}, el("tr", {}, ["Position", "Key", "Reason", "Attempts", "Last error"].map((h) => el("th", { scope: "col", text: h })))),
+      dead)));
+  const act = async (what, body) => {
+    try {
+      const r = await api("POST", `${base}/parked/${what}`, body);
+      toast(what === "redrive" ? `Redriven: ${r.redriven}.` : `Skipped: ${r.skipped}.`);
+      load();
+    } catch (e) { errors.replaceChildren(errorBox(e)); }
+  };
+  const showRecords = async (key) => {
+    try {
+      const r = await api("GET", `${base}/parked/records?key=${encodeURIComponent(key)}`);
+      records.replaceChildren(el("h2", { text: `Records held for ${key}` }),
+        el("ol", {}, r.records.map((x) => el("li", {}, el("code", { text: x.values_hidden ? `${x.id} (values hidden from a read-only token)` : JSON.stringify(x.record) })))));
+    } catch (e) { records.replaceChildren(errorBox(e)); }
+  };
+  const load = async () => {
+    try {
+      const r = await api("GET", `${base}/parked`);
+      keys.replaceChildren(...r.keys.map((k, i) => el("tr", {},
+        el("td", {}, can.admin() ? el("input", { type: "checkbox", class: "pick", value: k.key, "aria-label": `Select ${k.key}` }) : null),
+        el("th", { scope: "row" }, el("code", { text: k.key })), el("td", { text: k.state }), el("td", { text: k.reason || "" }),
+        el("td", { text: String(k.attempts) }), el("td", { text: k.last_error || "" }), el("td", { text: String(k.records) }),
+        el("td", {}, el("button", { type: "button", class: "link", text: "Records", "aria-label": `Records of ${k.key}`, onclick: () => showRecords(k.key) }),
+          can.admin() ? [" ", el("button", { type: "button", text: "Redrive", "aria-label": `Redrive ${k.key}`, onclick: () => act("redrive", { keys: [k.key] }) }),
+            " ", el("button", { type: "button", class: "danger", text: "Skip", "aria-label": `Skip ${k.key}`, onclick: () => act("skip", { keys: [k.key] }) })] : null))));
+      if (!r.keys.length) keys.replaceChildren(el("tr", {}, el("td", { colspan: 8, text: "Nothing is waiting." })));
+      const picked = () => [...keys.querySelectorAll(".pick:checked")].map((b) => b.value);
+      bulk.replaceChildren(...(can.admin() && r.keys.length ? [
+        el("button", { type: "button", text: "Redrive selected", onclick: () => act("redrive", { keys: picked() }) }),
+        el("button", { type: "button", class: "danger", text: "Skip selected", onclick: () => act("skip", { keys: picked() }) })] : []));
+      const d = await api("GET", `${base}/dead`);
+      dead.replaceChildren(...(d.dead_letters.length ? d.dead_letters.map((x) => el("tr", {},
+        el("td", {}, el("code", { text: x.position })), el("td", {}, el("code", { text: x.key })), el("td", { text: x.reason }),
+        el("td", { text: String(x.attempts) }), el("td", { text: x.last_error || "" }))) : [el("tr", {}, el("td", { colspan: 5, text: "No dead letters." }))]));
+    } catch (e) { errors.replaceChildren(errorBox(e)); }
+  };
+  load();
+  // The waiting room has no stream: it is read again every few seconds while shown.
+  state.poll = setInterval(load, 3000);
+}
+
+// ---------------------------------------------------------------------------------
 // Settings: tokens, allow-lists, the audit log
 
 function settingsView() {
@@ -549,6 +676,9 @@ async function route() {
   const m = hash.match(/^\/pipelines\/([^/]+)$/);
   if (m) return pipelineView(decodeURIComponent(m[1]));
   if (hash === "/settings") return settingsView();
+  if (hash === "/consumers" && can.admin()) return consumersView();
+  const w = hash.match(/^\/pipelines\/([^/]+)\/sinks\/([^/]+)$/);
+  if (w) return waitingView(decodeURIComponent(w[1]), decodeURIComponent(w[2]));
   if (hash === "/new" && can.admin()) return wizardView();
   return listView();
 }

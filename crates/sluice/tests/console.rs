@@ -20,22 +20,38 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
         .unwrap();
     pg.psql(
         "CREATE TABLE orders (id int PRIMARY KEY, v text); CREATE TABLE notes (v text);
+         CREATE TABLE tickets (id int PRIMARY KEY, v int NOT NULL);
          SET password_encryption = 'scram-sha-256';
          CREATE ROLE shopper LOGIN SUPERUSER REPLICATION PASSWORD 'shop-secret';",
     )
     .unwrap();
     let redis = sluice_testkit::RedisServer::start().unwrap();
+    // A webhook receiver that refuses ticket 42 until the browser has seen it parked.
+    let rx = std::sync::Arc::new(sluice_testkit::WebhookReceiver::start(5).unwrap());
+    rx.set(sluice_testkit::Behaviour {
+        fail_matching: vec!["\"key\":{\"id\":42}".into()],
+        ..Default::default()
+    });
     let server = Server::new();
     let admin = server.admin_token();
     let out = server.dir.path().join("orders.jsonl");
     let config = json!({
         "pipeline": {"name": "shop"},
         "source": {"url": pg.url("postgres", "postgres"), "tables": ["public.orders"], "status_interval_secs": 1},
-        "sinks": [{"name": "out", "type": "file", "path": out}]
+        "sinks": [{"name": "out", "type": "file", "path": out}, {"name": "feed", "type": "sse"}]
     });
     let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
     assert_eq!(code, 201, "{v}\n{}", server.logs());
     server.wait_state(&admin, "shop", "running");
+    let hooks = json!({
+        "pipeline": {"name": "hooks"},
+        "source": {"url": pg.url("postgres", "postgres"), "tables": ["public.tickets"], "status_interval_secs": 1},
+        "sinks": [{"name": "hook", "type": "webhook", "url": format!("{}/hook", rx.url()), "secret": "s3",
+                   "delivery": {"max_attempts": 2, "retry_initial_ms": 10, "retry_max_ms": 50}}]
+    });
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&hooks));
+    assert_eq!(code, 201, "{v}\n{}", server.logs());
+    server.wait_state(&admin, "hooks", "running");
     let (code, v) = server.call(
         "POST",
         "/v1/tokens",
@@ -51,6 +67,21 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
         _ => server.dir.path().join("screenshots"),
     };
     std::fs::create_dir_all(&shots).unwrap();
+    // The browser asks for the receiver to heal by making this file.
+    let heal = server.dir.path().join("heal");
+    let healer = {
+        let (heal, rx) = (heal.clone(), rx.clone());
+        std::thread::spawn(move || {
+            let healed = wait_until(Duration::from_secs(300), "the browser to ask", || {
+                heal.exists().then_some(())
+            });
+            if healed.is_ok() {
+                rx.set(sluice_testkit::Behaviour::default());
+                // Said back by removing the file.
+                let _ = std::fs::remove_file(&heal);
+            }
+        })
+    };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console/console_test.py");
     let mut child = Command::new(tool("python"))
         .arg(&script)
@@ -63,6 +94,7 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
         .env("SLUICE_REDIS_URL", redis.url())
         .env("SLUICE_REDIS_PORT", redis.port().to_string())
         .env("SLUICE_SCREENSHOTS", &shots)
+        .env("SLUICE_HEAL_FILE", &heal)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -90,5 +122,15 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
         text.contains("ok: a_read_only_token_sees_no_write_controls"),
         "{text}"
     );
+    // Ticket 42's records, redriven from the waiting-room page, arrived in order.
+    healer.join().unwrap();
+    let got: Vec<i64> = rx
+        .accepted()
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+        .filter(|b| b["key"]["id"] == 42)
+        .map(|b| b["after"]["v"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3], "{text}");
     assert!(!server.logs().contains(&admin), "the token was logged");
 }
