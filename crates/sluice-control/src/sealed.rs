@@ -75,6 +75,16 @@ impl SecretKeys {
         Ok((SecretKeys::new(current, previous), made))
     }
 
+    /// A fresh random key kept nowhere: for a server whose data dir is thrown away
+    /// with it (the demo).
+    pub fn ephemeral() -> Result<SecretKeys, String> {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| "the system's random generator failed".to_string())?;
+        Ok(SecretKeys::new(key, None))
+    }
+
     pub fn new(current: [u8; 32], previous: Option<[u8; 32]>) -> SecretKeys {
         let key = |k: [u8; 32]| {
             // 32 bytes is AES-256's key length: this cannot fail.

@@ -1,14 +1,14 @@
-//! `sluice demo`: the whole path on a throw-away PostgreSQL. Starts a private server
-//! (`sluice-pgtemp`, as the tests do), creates `public.orders`, writes to it twice a second, and streams the
-//! changes to standard output until Ctrl-C or `--seconds`. Everything is removed at exit.
+//! `sluice demo`: the whole path on a throw-away PostgreSQL. Starts a private PostgreSQL
+//! (`sluice-pgtemp`, as the tests do), creates `public.orders`, writes to it twice a
+//! second, and runs a `sluice server` with the console and a demo pipeline that streams the
+//! changes to standard output and to an SSE feed, until Ctrl-C or `--seconds`. Everything
+//! is removed at exit.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use sluice_pg::{ConnInfo, Connection};
 use tokio_util::sync::CancellationToken;
-
-use sluice_pipeline::{Config, Directory, Outcome, RunContext};
 
 pub async fn run(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     eprintln!("sluice demo: starting a throw-away PostgreSQL (wal_level=logical) ...");
@@ -26,26 +26,51 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     )?;
     let url = pg.url("postgres", "postgres");
     let dir = tempfile::tempdir()?;
-    let config = Config::parse(&format!(
-        r#"
-[pipeline]
-name = "demo"
-data_dir = "{data}"
-[source]
-url = "{url}"
-tables = ["public.orders"]
-[[sinks]]
-name = "console"
-type = "stdout"
-"#,
-        data = dir.path().join("data").display()
-    ))?;
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?;
-    eprintln!("sluice demo: PostgreSQL on port {}; writing to public.orders; changes follow as JSON lines (Ctrl-C stops)", pg.port());
 
+    // A server of its own, as `sluice server` runs, with the console; its data and key
+    // go with the demo.
+    // Each attempt on a data dir of its own: a first start makes the admin token.
+    let open = |listen: &str, sub: &str| {
+        let listen = listen.parse().expect("a literal address");
+        let data = dir.path().join(sub);
+        async move {
+            let keys =
+                sluice_control::sealed::SecretKeys::ephemeral().map_err(anyhow::Error::msg)?;
+            crate::server::start(&data, None, listen, None, Default::default(), keys).await
+        }
+    };
+    // The usual port if it is free, any port if not.
+    let started = match open("127.0.0.1:7878", "server").await {
+        Ok(s) => s,
+        Err(_) => open("127.0.0.1:0", "server-any-port").await?,
+    };
+    // The controller runs while the pipeline is created through it.
+    let (handle, addr, token) = (
+        started.handle.clone(),
+        started.addr,
+        started.first_token.clone(),
+    );
     let cancel = CancellationToken::new();
+    let server = tokio::spawn(started.run(cancel.clone()));
+    let pipeline = serde_json::json!({
+        "pipeline": {"name": "demo"},
+        "source": {"url": url, "tables": ["public.orders"]},
+        "sinks": [{"name": "console", "type": "stdout"}, {"name": "feed", "type": "sse"}]
+    });
+    if let Err(e) = handle.put(pipeline, None).await {
+        cancel.cancel();
+        let _ = server.await;
+        anyhow::bail!("cannot create the demo pipeline: {e}");
+    }
+    let addr = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+    eprintln!(
+        "sluice demo: PostgreSQL on port {}; writing to public.orders; changes follow as JSON lines (Ctrl-C stops)",
+        pg.port()
+    );
+    if let Some(token) = &token {
+        eprintln!("sluice demo: the console is at http://{addr}/ ; sign in with {token}");
+    }
+
     let stop = cancel.clone();
     tokio::spawn(async move {
         match seconds {
@@ -60,23 +85,10 @@ type = "stdout"
         stop.cancel();
     });
     let writer = tokio::spawn(write_orders(ConnInfo::parse(&url)?, cancel.clone()));
-    let ctx = RunContext {
-        base_dir: dir.path().to_owned(),
-        until: None,
-        directory: Directory::new(),
-    };
-    let result = sluice_pipeline::run(&config, &ctx, cancel.clone()).await;
-    cancel.cancel();
+    let _ = server.await;
     let _ = writer.await;
     drop(pg);
-    match result? {
-        Outcome::Done => Ok(ExitCode::SUCCESS),
-        Outcome::Refused(findings) => {
-            eprint!("{}", sluice_pipeline::preflight::render(&findings));
-            Ok(ExitCode::from(2))
-        }
-        Outcome::Abandoned => Ok(ExitCode::FAILURE),
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A small order-processing workload: new orders, status changes, the odd cancellation.
