@@ -183,6 +183,11 @@ impl Handle {
         value: Value,
         update: Option<&str>,
     ) -> Result<PipelineView, ControlError> {
+        // An update may carry the redacted secrets a read gave: keep the stored ones.
+        let value = match update.and_then(|n| self.registry.get(n)) {
+            Some(stored) => crate::registry::restore_secrets(&value, &stored.config),
+            None => value,
+        };
         let config = self
             .registry
             .config(&value)
@@ -254,6 +259,13 @@ impl Handle {
             .forget_pipeline(name)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(dropped)
+    }
+
+    /// The stored source URL of pipeline `name`, secrets and all: for server-side use
+    /// only (discovering its tables), never for an answer.
+    pub fn source_url(&self, name: &str) -> Option<String> {
+        let e = self.registry.get(name)?;
+        e.config.pointer("/source/url")?.as_str().map(str::to_owned)
     }
 
     pub async fn list(&self) -> Result<Vec<PipelineView>, ControlError> {

@@ -145,6 +145,14 @@ impl Registry {
         )
     }
 
+    /// One entry, secrets opened; `None` if there is none (or it cannot be read).
+    pub fn get(&self, name: &str) -> Option<Entry> {
+        let bytes = std::fs::read(self.dir.join(format!("{name}.json"))).ok()?;
+        let mut e: Entry = serde_json::from_slice(&bytes).ok()?;
+        e.config = self.keys.open(&e.config).ok()?.0;
+        Some(e)
+    }
+
     /// Removes a pipeline's entry (its data is the caller's to remove).
     pub fn remove(&self, name: &str) -> std::io::Result<()> {
         match std::fs::remove_file(self.dir.join(format!("{name}.json"))) {
@@ -227,6 +235,39 @@ pub fn redact(value: &Value) -> Value {
     }
 }
 
+/// `new` with every value that is `old`'s redacted form (as an API answer showed it)
+/// put back to `old`'s: an update sent back with `"<redacted>"` keeps the stored
+/// secrets, and a secret given anew replaces them.
+pub fn restore_secrets(new: &Value, old: &Value) -> Value {
+    if &redact(old) == new {
+        return old.clone();
+    }
+    match (new, old) {
+        (Value::Object(n), Value::Object(o)) => Value::Object(
+            n.iter()
+                .map(|(k, v)| {
+                    let v = match o.get(k) {
+                        Some(ov) if is_secret_key(k) && v == "<redacted>" => ov.clone(),
+                        Some(ov) => restore_secrets(v, ov),
+                        None => v.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        (Value::Array(n), Value::Array(o)) => Value::Array(
+            n.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    o.get(i)
+                        .map_or_else(|| v.clone(), |ov| restore_secrets(v, ov))
+                })
+                .collect(),
+        ),
+        _ => new.clone(),
+    }
+}
+
 /// A URL's password (`scheme://user:password@host`) and `password=` parameters replaced.
 fn redact_url(s: &str) -> String {
     let mut out = s.to_string();
@@ -282,6 +323,23 @@ mod tests {
         );
         assert!(r.contains("https://hooks.example/x"), "{r}");
         assert!(r.contains("user=app"), "{r}");
+    }
+
+    #[test]
+    fn an_update_with_redacted_secrets_keeps_the_stored_ones() {
+        let old = json!({
+            "source": {"url": "postgres://app:s3cret@db/app", "tables": ["public.a"]},
+            "sinks": [{"name": "w", "type": "webhook", "url": "https://x/", "secret": "abc"}]
+        });
+        let mut sent = redact(&old);
+        sent["source"]["tables"] = json!(["public.a", "public.b"]);
+        let back = restore_secrets(&sent, &old);
+        assert_eq!(back["source"]["url"], "postgres://app:s3cret@db/app");
+        assert_eq!(back["sinks"][0]["secret"], "abc");
+        assert_eq!(back["source"]["tables"], json!(["public.a", "public.b"]));
+        // A new secret replaces the old one.
+        sent["sinks"][0]["secret"] = json!("new");
+        assert_eq!(restore_secrets(&sent, &old)["sinks"][0]["secret"], "new");
     }
 
     #[test]

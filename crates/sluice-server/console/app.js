@@ -187,15 +187,21 @@ function pipelineView(name) {
   const copies = el("section", { "aria-labelledby": "copies-h" });
   const sinks = el("tbody");
   const actions = el("div", { class: "actions" });
+  const adder = el("div", { "aria-live": "polite" });
   const errors = el("div");
+  const chartBox = el("div", { class: "charts" });
   render(head, errors, facts, copies,
+    el("section", { "aria-labelledby": "charts-h" }, el("h2", { id: "charts-h", text: "Lag and throughput, last hour" }), chartBox),
     el("section", { "aria-labelledby": "sinks-h" }, el("h2", { id: "sinks-h", text: "Sinks" }),
       el("div", { class: "scroll" }, el("table", { class: "grid" },
         el("thead", {}, el("tr", {}, ["Sink", "Type", "Records behind", "Throughput", "Delivered", "Failures"].map((h) => el("th", { scope: "col", text: h })))),
         sinks))),
-    actions);
+    actions, adder);
+  const charts = sinkCharts(chartBox);
+  api("GET", `/v1/pipelines/${encodeURIComponent(name)}/history`).then((h) => charts.history(h), () => {});
   const fill = (p) => {
     const s = p.status;
+    charts.live(s);
     head.replaceChildren(el("h1", { text: p.name }), stateBadge(p));
     errors.replaceChildren(
       p.error ? el("div", { class: "error", role: "alert" }, el("p", { text: p.error })) : "",
@@ -238,6 +244,7 @@ function pipelineView(name) {
         p.state === "paused"
           ? el("button", { type: "button", text: "Resume", onclick: () => act("POST", `/v1/pipelines/${p.name}/resume`, "Resumed.") })
           : el("button", { type: "button", text: "Pause", onclick: () => act("POST", `/v1/pipelines/${p.name}/pause`, "Paused: the slot keeps the changes meanwhile.") }),
+        el("button", { type: "button", text: "Add tables…", onclick: () => addTables(p, adder) }),
         el("button", { type: "button", class: "danger", text: "Delete…", onclick: () => confirmDelete(p) }));
     } else if (can.admin()) {
       actions.replaceChildren(el("p", { class: "muted", text: `This pipeline comes from ${p.origin.path}: change it there.` }));
@@ -251,6 +258,76 @@ function pipelineView(name) {
   const load = () => api("GET", `/v1/pipelines/${encodeURIComponent(name)}`).then(fill, (e) => render(errorBox(e)));
   load();
   live(`/v1/stream/pipelines/${encodeURIComponent(name)}`, "pipeline", fill);
+}
+
+/// Tables of the source not captured yet, to add (each is backfilled while the others
+/// stream).
+async function addTables(p, box) {
+  box.replaceChildren(el("p", { class: "muted", text: "Looking at the source's tables…" }));
+  let found;
+  try { found = await api("GET", `/v1/pipelines/${encodeURIComponent(p.name)}/tables`); } catch (e) { box.replaceChildren(errorBox(e)); return; }
+  const redis = p.sinks.some((k) => k.type === "redis");
+  const fresh = found.tables.filter((t) => !p.tables.includes(`${t.schema}.${t.table}`));
+  if (!fresh.length) { box.replaceChildren(el("p", { text: "Every table of the source is captured already." })); return; }
+  const items = fresh.map((t) => {
+    const name = `${t.schema}.${t.table}`;
+    const why = !t.readable ? "the role may not read it" : (redis && !t.primary_key ? "no primary key: a Redis sink keys rows by it" : null);
+    return el("li", {}, el("input", { type: "checkbox", id: `add-${name}`, value: name, disabled: !!why }),
+      el("label", { for: `add-${name}`, text: ` ${name}` }), why ? el("span", { class: "muted", text: ` (not selectable: ${why})` }) : null);
+  });
+  const out = el("div");
+  box.replaceChildren(el("div", { class: "card inline" }, el("h2", { text: "Add tables" }), el("ul", { class: "plain" }, items),
+    el("button", { type: "button", text: "Add and backfill", onclick: async () => {
+      const picked = [...box.querySelectorAll("input:checked")].map((i) => i.value);
+      if (!picked.length) { out.replaceChildren(el("p", { class: "field-error", text: "Choose at least one table." })); return; }
+      const config = JSON.parse(JSON.stringify(p.config));
+      config.source.tables = [...config.source.tables, ...picked];
+      try {
+        await api("PUT", `/v1/pipelines/${encodeURIComponent(p.name)}`, config);
+        box.replaceChildren();
+        toast(`Added ${picked.join(", ")}: backfilling while the others stream.`);
+      } catch (e) { out.replaceChildren(errorBox(e)); }
+    } }), out));
+}
+
+/// One chart per sink: records behind and records per second over the last hour, from
+/// the server's history, then extended by each live update.
+function sinkCharts(box) {
+  const charts = new Map();
+  const css = getComputedStyle(document.documentElement);
+  const color = (v) => css.getPropertyValue(v).trim();
+  const HOUR = 3600;
+  const make = (name) => {
+    const caption = el("figcaption", { class: "muted" });
+    const area = el("div", { class: "chart-area" });
+    const fig = el("figure", { class: "chart", "aria-label": `Lag and throughput of sink ${name} over the last hour` }, el("h3", { text: name }), area, caption);
+    box.append(fig);
+    const data = [[], [], []];
+    const plot = new uPlot({
+      width: Math.max(280, Math.min(box.clientWidth || 600, 1100)),
+      height: 200,
+      series: [{}, { label: "records behind", stroke: color("--accent"), scale: "lag", width: 2 },
+        { label: "records/s", stroke: color("--ok"), scale: "rate", width: 2 }],
+      axes: [{ stroke: color("--muted") }, { scale: "lag", stroke: color("--muted") },
+        { scale: "rate", side: 1, stroke: color("--muted"), grid: { show: false } }],
+    }, data, area);
+    const c = { plot, data, caption };
+    charts.set(name, c);
+    return c;
+  };
+  const add = (name, t, lag, rate) => {
+    const c = charts.get(name) || make(name);
+    const [xs, ls, rs] = c.data;
+    if (xs.length && t <= xs[xs.length - 1]) return;
+    xs.push(t); ls.push(lag); rs.push(rate);
+    while (xs.length && xs[0] < t - HOUR) { xs.shift(); ls.shift(); rs.shift(); }
+    c.plot.setData(c.data);
+    c.caption.textContent = `Now: ${lag} records behind, ${rate.toFixed(1)} records/s.`;
+  };
+  return {
+    history(h) { for (const s of h.samples) for (const [name, [lag, rate]] of Object.entries(s.sinks)) add(name, s.time_ms / 1000, lag, rate); },
+    live(status) { const t = Date.now() / 1000; for (const k of status?.sinks || []) add(k.name, t, k.lag_records, k.per_second); },
+  };
 }
 
 function confirmDelete(p) {
@@ -592,6 +669,11 @@ function settingsView() {
   const errors = el("div");
   const lists = el("div");
   const newToken = el("div", { "aria-live": "polite" });
+  const tlsBox = el("div");
+  api("GET", "/v1/server").then((i) => tlsBox.replaceChildren(el("p", {
+    text: i.tls ? `HTTPS with the certificate in ${i.tls_cert} (reloaded when the file changes). Sluice ${i.version}.`
+      : `Plain HTTP: start the server with --tls-cert and --tls-key to serve HTTPS. Sluice ${i.version}.`,
+  })), (e) => tlsBox.replaceChildren(errorBox(e)));
   const sections = [
     el("h1", { text: "Settings" }), errors,
     el("section", { "aria-labelledby": "tokens-h" }, el("h2", { id: "tokens-h", text: "Tokens" }),
@@ -600,6 +682,7 @@ function settingsView() {
         tokens)),
       can.admin() ? tokenForm(newToken, () => loadTokens()) : null, newToken),
     el("section", { "aria-labelledby": "access-h" }, el("h2", { id: "access-h", text: "IP allow-lists" }), lists),
+    el("section", { "aria-labelledby": "tls-h" }, el("h2", { id: "tls-h", text: "TLS" }), tlsBox),
   ];
   if (can.admin()) {
     sections.push(el("section", { "aria-labelledby": "audit-h" }, el("h2", { id: "audit-h", text: "Audit log" }),

@@ -9,6 +9,8 @@
 //! - The pages are served with a content security policy that allows only this origin, so
 //!   no script or style from elsewhere can run in them.
 //! - A stream sends its first view at once, then one a second, and ends with the server.
+//! - The history behind the charts is sampled every [`SAMPLE_EVERY`] for [`SAMPLES`]
+//!   samples (an hour), in memory: it starts again with the server.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,6 +30,9 @@ use crate::AppState;
 const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
 const APP_CSS: &str = include_str!("../console/app.css");
+/// uPlot (MIT), the charts; vendored by `scripts/vendor-console.sh`.
+const UPLOT_JS: &str = include_str!("../console/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../console/vendor/uPlot.min.css");
 
 /// How often a stream sends the current view.
 const EVERY: Duration = Duration::from_secs(1);
@@ -64,6 +69,8 @@ pub(crate) async fn asset(State(s): State<Arc<AppState>>, Path(file): Path<Strin
     match (s.control.is_some(), file.as_str()) {
         (true, "app.js") => page("text/javascript; charset=utf-8", APP_JS),
         (true, "app.css") => page("text/css; charset=utf-8", APP_CSS),
+        (true, "uPlot.iife.min.js") => page("text/javascript; charset=utf-8", UPLOT_JS),
+        (true, "uPlot.min.css") => page("text/css; charset=utf-8", UPLOT_CSS),
         _ => (StatusCode::NOT_FOUND, "no such file\n").into_response(),
     }
 }
@@ -194,4 +201,133 @@ pub(crate) async fn stream_pipeline(
         let (handle, name) = (handle.clone(), name.clone());
         async move { Ok(handle.get(&name).await?) }
     }))
+}
+
+/// How often each pipeline's sinks are sampled for the charts.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// Samples kept per pipeline: an hour's worth.
+const SAMPLES: usize = 360;
+
+/// One sample of a pipeline's sinks.
+#[derive(Clone, Serialize, ToSchema)]
+pub(crate) struct Sample {
+    /// Milliseconds since the Unix epoch.
+    time_ms: i64,
+    /// Per sink: records behind, and records delivered per second.
+    #[schema(value_type = Object)]
+    sinks: std::collections::BTreeMap<String, (u64, f64)>,
+}
+
+/// The last hour of every pipeline's samples.
+#[derive(Default)]
+pub(crate) struct History(
+    std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Sample>>>,
+);
+
+impl History {
+    fn record(&self, views: &[sluice_control::PipelineView]) {
+        let now = sluice_control::registry::now_ms();
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Deleted pipelines leave with their history.
+        all.retain(|name, _| views.iter().any(|v| &v.name == name));
+        for v in views {
+            let Some(status) = &v.status else { continue };
+            let sample = Sample {
+                time_ms: now,
+                sinks: status
+                    .sinks
+                    .iter()
+                    .map(|k| (k.name.clone(), (k.lag_records, k.per_second)))
+                    .collect(),
+            };
+            let q = all.entry(v.name.clone()).or_default();
+            if q.len() == SAMPLES {
+                q.pop_front();
+            }
+            q.push_back(sample);
+        }
+    }
+
+    fn of(&self, name: &str) -> Vec<Sample> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(name)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Samples every pipeline until the server stops.
+pub(crate) async fn sample(s: Arc<AppState>) {
+    let Some(handle) = s.control.clone() else {
+        return;
+    };
+    loop {
+        if let Ok(views) = handle.list().await {
+            s.history.record(&views);
+        }
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HistoryView {
+    /// Seconds between samples.
+    interval_secs: u64,
+    /// Oldest first, at most an hour's worth.
+    samples: Vec<Sample>,
+}
+
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/history", tag = "pipelines",
+    summary = "The last hour of each sink's lag and throughput, sampled every 10 s (for charts)",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    responses((status = 200, body = HistoryView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn history(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.may_read()?;
+    crate::manage::control(&s)?.get(&name).await?;
+    Ok(reply(
+        StatusCode::OK,
+        HistoryView {
+            interval_secs: SAMPLE_EVERY.as_secs(),
+            samples: s.history.of(&name),
+        },
+    ))
+}
+
+/// What the console's settings show of the server itself.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ServerInfo {
+    version: &'static str,
+    /// Serving HTTPS.
+    tls: bool,
+    /// The certificate file (reloaded when it changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/server", tag = "access",
+    summary = "The server: its version and whether it serves HTTPS (with which certificate file)",
+    responses((status = 200, body = ServerInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn server_info(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.may_read()?;
+    Ok(reply(
+        StatusCode::OK,
+        ServerInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            tls: s.tls_cert.is_some(),
+            tls_cert: s.tls_cert.as_ref().map(|p| p.display().to_string()),
+        },
+    ))
 }

@@ -57,6 +57,10 @@ pub(crate) struct AppState {
     /// `sluice server`'s controller and tokens; `None` under `sluice run`, whose tokens
     /// are the configuration's hashes in the directory.
     control: Option<Handle>,
+    /// The last hour of each pipeline's sink figures, for the console's charts.
+    history: console::History,
+    /// The certificate file, when serving HTTPS.
+    tls_cert: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -118,7 +122,10 @@ pub async fn bind(
         metrics,
         shutdown: cancel.clone(),
         control,
+        history: Default::default(),
+        tls_cert: tls.as_ref().map(|t| t.cert.clone()),
     });
+    tokio::spawn(console::sample(state.clone()));
     let (managed, api) = manage::routes().split_for_parts();
     let doc = manage::document(api);
     let allow = axum::middleware::from_fn_with_state(state.clone(), manage::allow_list);

@@ -77,12 +77,15 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(revoke_token))
         .routes(routes!(test_source))
         .routes(routes!(discover_source))
+        .routes(routes!(pipeline_tables))
         .routes(routes!(verify_sink))
         .routes(routes!(get_access, put_access))
         .routes(routes!(crate::audit::audit_log))
         .routes(routes!(crate::console::whoami))
         .routes(routes!(crate::console::stream_pipelines))
         .routes(routes!(crate::console::stream_pipeline))
+        .routes(routes!(crate::console::history))
+        .routes(routes!(crate::console::server_info))
         .routes(routes!(crate::sse::events))
         .routes(routes!(crate::delivery::parked))
         .routes(routes!(crate::delivery::parked_records))
@@ -542,6 +545,26 @@ async fn discover_source(
     control(&s)?;
     let req: DiscoverRequest = parse(&body)?;
     let tables = probe::discover(&req.url).await?;
+    Ok(reply(StatusCode::OK, Tables { tables }))
+}
+
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/tables", tag = "pipelines",
+    summary = "The tables the pipeline's source offers (as /v1/sources/discover, with the stored credentials)",
+    params(("pipeline" = String, Path, description = "The pipeline's name")),
+    responses((status = 200, body = Tables), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn pipeline_tables(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    Path(pipeline): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.may_admin()?;
+    let handle = control(&s)?;
+    let url = handle
+        .source_url(name(&pipeline)?)
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline named {pipeline:?}")))?;
+    let tables = probe::discover(&url).await?;
     Ok(reply(StatusCode::OK, Tables { tables }))
 }
 

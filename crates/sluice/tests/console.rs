@@ -21,6 +21,7 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
     pg.psql(
         "CREATE TABLE orders (id int PRIMARY KEY, v text); CREATE TABLE notes (v text);
          CREATE TABLE tickets (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE extras (id int PRIMARY KEY, v text); INSERT INTO extras VALUES (1, 'a'), (2, 'b'), (3, 'c');
          SET password_encryption = 'scram-sha-256';
          CREATE ROLE shopper LOGIN SUPERUSER REPLICATION PASSWORD 'shop-secret';",
     )

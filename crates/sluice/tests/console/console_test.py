@@ -60,6 +60,13 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     page.get_by_role("link", name="shop").click()
     expect(page.get_by_role("heading", name="shop")).to_be_visible()
     expect(page.get_by_text("sluice_shop", exact=True)).to_be_visible()
+    expect(page.locator("figure.chart canvas").first).to_be_visible()
+    expect(page.locator("figure.chart figcaption").first).to_contain_text("records behind")
+    # A table added from the page is backfilled, its progress shown.
+    page.get_by_role("button", name="Add tables…").click()
+    page.get_by_label("public.extras").check()
+    page.get_by_role("button", name="Add and backfill").click()
+    expect(page.get_by_label("public.extras (backfill): 3 rows, done")).to_be_visible()
     page.get_by_role("button", name="Pause").click()
     expect(page.locator(".heading .badge")).to_have_text("paused")
     page.get_by_role("button", name="Resume").click()
@@ -95,6 +102,7 @@ def an_admin_makes_a_read_only_token_in_settings(page):
     assert secret.startswith("sluice_"), secret
     expect(page.get_by_role("cell", name="wallboard", exact=True)).to_be_visible()
     expect(page.get_by_role("cell", name="POST /v1/tokens").first).to_be_visible()
+    expect(page.get_by_text("Plain HTTP: start the server with --tls-cert")).to_be_visible()
     page.screenshot(path=os.path.join(SHOTS, "console-settings.png"), full_page=True)
     # The new token signs in, and as read-only it is offered no revoke buttons.
     page.get_by_role("button", name="Sign out").click()
@@ -214,6 +222,29 @@ def a_parked_key_is_redriven_from_the_waiting_room_in_order(page):
     expect(page.get_by_text("Nothing is waiting.")).to_be_visible()
 
 
+def the_console_fits_a_phone_in_the_dark_and_works_from_the_keyboard(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    page.goto(BASE + "/")
+    # Keyboard only: the token field has the focus; Enter signs in.
+    page.keyboard.type(ADMIN)
+    page.keyboard.press("Enter")
+    expect(page.locator("tr[data-pipeline=shop]")).to_be_visible()
+    bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg == "rgb(17, 19, 24)", bg
+    # Nothing but the table's own scroller is wider than the screen.
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, overflow
+    # Tab reaches the pipeline's link and Enter opens it.
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "shop":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="shop")).to_be_visible()
+    page.screenshot(path=os.path.join(SHOTS, "console-phone-dark.png"), full_page=True)
+
+
 CHECKS = [
     wrong_token_is_explained_next_to_the_field,
     the_list_updates_live_as_rows_arrive,
@@ -223,6 +254,7 @@ CHECKS = [
     the_wizard_creates_a_pipeline_into_redis,
     events_reach_the_snippet_of_a_new_sse_consumer,
     a_parked_key_is_redriven_from_the_waiting_room_in_order,
+    the_console_fits_a_phone_in_the_dark_and_works_from_the_keyboard,
 ]
 
 
