@@ -700,13 +700,10 @@ function settingsView() {
       } }) : null))));
   }, (e) => tokens.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: e.status === 403 ? "Only an admin token lists tokens." : e.message }))));
   loadTokens();
-  api("GET", "/v1/access").then((a) => {
-    const show = (l) => (l === null ? "everyone" : l.join(", "));
-    lists.replaceChildren(el("dl", { class: "facts" },
-      el("dt", { text: "Management (API, console, metrics)" }), el("dd", { text: show(a.management) }),
-      el("dt", { text: "Consumers (SSE, pull, waiting rooms)" }), el("dd", { text: show(a.consumers) })),
-      el("p", { class: "muted", text: "Change them with PUT /v1/access or the --allow-management and --allow-consumers flags." }));
-  }, (e) => lists.replaceChildren(errorBox(e)));
+  api("GET", "/v1/access").then((a) => lists.replaceChildren(can.admin() ? accessForm(a) : el("dl", { class: "facts" },
+    el("dt", { text: "Management (API, console, metrics)" }), el("dd", { text: a.management === null ? "everyone" : a.management.join(", ") }),
+    el("dt", { text: "Consumers (SSE, pull, waiting rooms)" }), el("dd", { text: a.consumers === null ? "everyone" : a.consumers.join(", ") }))),
+  (e) => lists.replaceChildren(errorBox(e)));
   if (can.admin()) {
     api("GET", "/v1/audit?limit=200").then((v) => {
       audit.replaceChildren(...v.events.map((e) => el("tr", {},
@@ -714,6 +711,37 @@ function settingsView() {
         el("td", { text: e.from }), el("td", { text: e.action }), el("td", { text: e.target || "" }), el("td", { text: String(e.status) }))));
     }, (e) => audit.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: e.message }))));
   }
+}
+
+/// The allow-lists, one CIDR block or address per line (empty: everyone), effective at
+/// the next request.
+function accessForm(a) {
+  const area = (id, label, list) => {
+    const t = el("textarea", { id, rows: 3, "aria-describedby": `${id}-help ${id}-error`, spellcheck: "false" });
+    t.value = list === null ? "" : list.join("\n");
+    return { t, node: el("div", { class: "field" }, el("label", { for: id, text: label }), t,
+      el("p", { id: `${id}-help`, class: "muted", text: "One CIDR block or address per line; empty: everyone." }),
+      el("p", { id: `${id}-error`, class: "field-error", role: "alert" })) };
+  };
+  const m = area("allow-management", "Management (API, console, metrics)", a.management);
+  const c = area("allow-consumers", "Consumers (SSE, pull, waiting rooms)", a.consumers);
+  const force = el("input", { type: "checkbox", id: "allow-force" });
+  const parse = (t) => { const l = t.value.split(/[\s,]+/).filter(Boolean); return l.length ? l : null; };
+  return el("form", { class: "card inline", onsubmit: async (ev) => {
+    ev.preventDefault();
+    for (const f of [m, c]) { f.node.querySelector(".field-error").textContent = ""; f.t.removeAttribute("aria-invalid"); }
+    try {
+      await api("PUT", "/v1/access", { management: parse(m.t), consumers: parse(c.t), force: force.checked });
+      toast("Allow-lists saved: they apply from the next request.");
+    } catch (e) {
+      // A refusal names the list it concerns; the management list when it would shut you out.
+      const which = /consumer/i.test(e.message) && !/management/i.test(e.message) ? c : m;
+      which.node.querySelector(".field-error").textContent = e.message;
+      which.t.setAttribute("aria-invalid", "true");
+    }
+  } }, m.node, c.node,
+  el("p", {}, force, el("label", { for: "allow-force", text: " Apply even if it shuts out this browser's address" })),
+  el("button", { type: "submit", text: "Save allow-lists" }));
 }
 
 /// A form that makes an admin or read-only token and shows its secret once.

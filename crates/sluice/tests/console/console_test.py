@@ -41,6 +41,7 @@ def wrong_token_is_explained_next_to_the_field(page):
     sign_in(page, "not-a-token")
     expect(page.locator("#token-error")).to_contain_text("not valid")
     expect(page.get_by_label("Token")).to_have_attribute("aria-invalid", "true")
+    page.screenshot(path=os.path.join(SHOTS, "console-signin.png"), full_page=True)
 
 
 def the_list_updates_live_as_rows_arrive(page):
@@ -103,6 +104,14 @@ def an_admin_makes_a_read_only_token_in_settings(page):
     expect(page.get_by_role("cell", name="wallboard", exact=True)).to_be_visible()
     expect(page.get_by_role("cell", name="POST /v1/tokens").first).to_be_visible()
     expect(page.get_by_text("Plain HTTP: start the server with --tls-cert")).to_be_visible()
+    # An allow-list that would shut this browser out is refused, said beside the list.
+    page.get_by_label("Management (API, console, metrics)").fill("10.0.0.0/8")
+    page.get_by_role("button", name="Save allow-lists").click()
+    expect(page.locator("#allow-management-error")).to_contain_text("would shut out your address")
+    page.get_by_label("Management (API, console, metrics)").fill("127.0.0.0/8\n::1")
+    page.get_by_role("button", name="Save allow-lists").click()
+    expect(page.get_by_text("Allow-lists saved")).to_be_visible()
+    expect(page.locator("#allow-management-error")).to_have_text("")
     page.screenshot(path=os.path.join(SHOTS, "console-settings.png"), full_page=True)
     # The new token signs in, and as read-only it is offered no revoke buttons.
     page.get_by_role("button", name="Sign out").click()
