@@ -53,14 +53,7 @@ fn the_console_signs_in_shows_pipelines_live_and_offers_only_what_the_token_may_
     let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&hooks));
     assert_eq!(code, 201, "{v}\n{}", server.logs());
     server.wait_state(&admin, "hooks", "running");
-    let (code, v) = server.call(
-        "POST",
-        "/v1/tokens",
-        Some(&admin),
-        Some(&json!({"name": "dashboard", "scope": {"kind": "read"}})),
-    );
-    assert_eq!(code, 201, "{v}");
-    let read = v["token"].as_str().unwrap().to_string();
+    let read = server.token(&admin, "dashboard", json!({"kind": "read"}));
 
     // Screenshots go to docs/ when asked (SLUICE_SCREENSHOTS=docs), else beside the test.
     let shots = match std::env::var("SLUICE_SCREENSHOTS").as_deref() {

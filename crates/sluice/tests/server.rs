@@ -206,14 +206,7 @@ fn the_server_runs_pipelines_from_the_api_and_from_files() {
     assert_eq!(wait_rows(&out_a, 2, &server)[1]["after"]["v"], "two");
 
     // A read-only token reads and changes nothing.
-    let (code, v) = server.call(
-        "POST",
-        "/v1/tokens",
-        Some(&admin),
-        Some(&json!({"name": "dashboard", "scope": {"kind": "read"}})),
-    );
-    assert_eq!(code, 201, "{v}");
-    let read = v["token"].as_str().unwrap().to_string();
+    let read = server.token(&admin, "dashboard", json!({"kind": "read"}));
     let (code, v) = server.call("GET", "/v1/pipelines", Some(&read), None);
     assert_eq!(code, 200);
     assert_eq!(v["pipelines"].as_array().unwrap().len(), 2, "{v}");
@@ -864,16 +857,7 @@ fn every_route_enforces_its_scope_and_read_tokens_see_no_values() {
     let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
     assert_eq!(code, 201, "{v}\n{}", server.logs());
     server.wait_state(&admin, "hooks", "running");
-    let token = |scope: Value| {
-        let (code, v) = server.call(
-            "POST",
-            "/v1/tokens",
-            Some(&admin),
-            Some(&json!({"name": "t", "scope": scope})),
-        );
-        assert_eq!(code, 201, "{v}");
-        v["token"].as_str().unwrap().to_string()
-    };
+    let token = |scope: Value| server.token(&admin, "t", scope);
     let read = token(json!({"kind": "read"}));
     let consume = token(json!({"kind": "consume", "pipeline": "hooks", "sink": "hook"}));
 

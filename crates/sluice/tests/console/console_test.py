@@ -286,7 +286,12 @@ def main():
             except Exception as e:  # one failed check does not hide the others
                 failed.append(check.__name__)
                 print(f"FAILED: {check.__name__}: {e}", file=sys.stderr)
-                page.screenshot(path=os.path.join(SHOTS, f"failed-{check.__name__}.png"))
+                # What the page said, for a failure seen only in CI's log.
+                try:
+                    print(f"the page read:\n{page.inner_text('body')[:3000]}", file=sys.stderr)
+                    page.screenshot(path=os.path.join(SHOTS, f"failed-{check.__name__}.png"))
+                except Exception as again:  # a page that is gone says so, and the run goes on
+                    print(f"(the page could not be read: {again})", file=sys.stderr)
             context.close()
         browser.close()
     if failed:

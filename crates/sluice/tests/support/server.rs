@@ -130,6 +130,18 @@ impl Server {
         call(&self.addr(), method, path, token, body)
     }
 
+    /// A new token of `scope` (as the API takes it), made with `admin`; its secret.
+    pub fn token(&self, admin: &str, name: &str, scope: Value) -> String {
+        let (code, v) = self.call(
+            "POST",
+            "/v1/tokens",
+            Some(admin),
+            Some(&serde_json::json!({"name": name, "scope": scope})),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
     /// Waits until pipeline `name` is in `state`; returns its view.
     pub fn wait_state(&self, token: &str, name: &str, state: &str) -> Value {
         wait_until(WAIT, &format!("pipeline {name} to be {state}"), || {
