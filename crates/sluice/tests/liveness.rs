@@ -131,20 +131,7 @@ fn a_walsender_killed_under_load_heals_without_loss() {
     p.wait_streaming(&pg);
     const ROWS: i64 = 4000;
     let url = pg.url("postgres", "postgres");
-    let writer = std::thread::spawn(move || {
-        for from in (1..=ROWS).step_by(100) {
-            let out = std::process::Command::new(sluice_testkit::pg_bin("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c"])
-                .arg(format!(
-                    "INSERT INTO t SELECT g, 'v' FROM generate_series({from}, {}) g",
-                    from + 99
-                ))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
+    let writer = insert_batches(vec![url], ROWS);
     for round in 1..=2 {
         wait_until(WAIT, "rows to flow", || {
             (p.records().len() >= round * 1000).then_some(())

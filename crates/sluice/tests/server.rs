@@ -974,22 +974,7 @@ fn pipelines_are_independent_and_a_kill_9_of_the_server_loses_nothing() {
         pg1.url("postgres", "postgres"),
         pg2.url("postgres", "postgres"),
     ];
-    let writer = std::thread::spawn(move || {
-        for from in (1..=ROWS).step_by(100) {
-            for url in &urls {
-                let out = Command::new(sluice_testkit::pg_bin("psql"))
-                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
-                    .arg(format!(
-                        "INSERT INTO t SELECT g, 'r' || g FROM generate_series({from}, {}) g",
-                        from + 99
-                    ))
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{out:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let writer = support::insert_batches(urls.to_vec(), ROWS);
     for round in 0..2 {
         wait_until(WAIT, "some rows to arrive", || {
             (ids(&out("three"), "t").len() as i64 > (round + 1) * 400).then_some(())

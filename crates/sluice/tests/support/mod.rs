@@ -377,3 +377,26 @@ pub fn replay(records: &[Value]) -> std::collections::BTreeMap<String, Value> {
     }
     state
 }
+
+/// Inserts ids 1..=`rows` into `public.t (id, v)` of each of `urls`, 100 rows per
+/// transaction, on a thread of its own (each batch by psql, so a server restart between
+/// batches is no error of the writer's).
+pub fn insert_batches(urls: Vec<String>, rows: i64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for from in (1..=rows).step_by(100) {
+            for url in &urls {
+                let out = Command::new(sluice_testkit::pg_bin("psql"))
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
+                    .arg(format!(
+                        "INSERT INTO t SELECT g, 'r' || g FROM generate_series({from}, {}) g",
+                        (from + 99).min(rows)
+                    ))
+                    .output()
+                    .expect("run psql");
+                assert!(out.status.success(), "{out:?}");
+            }
+            // Spread over a moment, so that what the test does meanwhile lands mid-stream.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
