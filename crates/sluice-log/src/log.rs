@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub closing: std::sync::atomic::AtomicBool,
     /// The id of the last streamed change in the log when it was opened.
     pub last_change: Option<ChangeId>,
+    /// Where the readers are, for dropping the pages they have all passed.
+    pub reads: crate::pagecache::ReadMarks,
 }
 
 /// A handle on the log; cheap to clone.
@@ -209,6 +211,7 @@ impl Log {
                 paused: Default::default(),
                 closing: Default::default(),
                 last_change,
+                reads: Default::default(),
             }),
         };
         info!(dir = %dir.display(), first = log.first(), next, "log: opened");

@@ -102,6 +102,17 @@ pub struct Reader {
     file: Option<BufReader<File>>,
     /// First offset of the segment after the open one (where to switch files).
     segment_end: Option<u64>,
+    /// This reader's slot in the log's read marks.
+    mark: usize,
+    /// The open segment's base offset, and the bytes of it consumed.
+    segment: u64,
+    consumed: u64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.log.inner.reads.release(self.mark);
+    }
 }
 
 impl Reader {
@@ -118,6 +129,9 @@ impl Reader {
             next: from,
             file: None,
             segment_end: None,
+            mark: log.inner.reads.register(),
+            segment: 0,
+            consumed: 0,
         })
     }
 
@@ -156,6 +170,12 @@ impl Reader {
             read += 1;
         }
         batch.next = self.next;
+        if read > 0 {
+            if let Some(f) = &self.file {
+                let marks = &self.log.inner.reads;
+                marks.advance(self.mark, self.segment, self.consumed, f.get_ref());
+            }
+        }
         Ok(())
     }
 
@@ -181,13 +201,17 @@ impl Reader {
         // Skip to the offset: only the frame headers are read.
         let mut at = seg.base;
         let mut header = [0u8; FRAME_HEADER];
+        let mut consumed = 0;
         while at < offset {
             r.read_exact(&mut header)
                 .map_err(|e| self.damaged(offset, e))?;
             let n = u32::from_le_bytes(header[0..4].try_into().expect("4")) as i64;
             r.seek_relative(n).map_err(io)?;
+            consumed += FRAME_HEADER as u64 + n as u64;
             at += 1;
         }
+        self.segment = seg.base;
+        self.consumed = consumed;
         self.segment_end = {
             let segs = self.log.inner.segments.lock().expect("segments lock");
             segs.iter().find(|s| s.base > seg.base).map(|s| s.base)
@@ -249,6 +273,7 @@ impl Reader {
             }
         };
         self.next += 1;
+        self.consumed += (FRAME_HEADER + n) as u64;
         if !keep(head.op, head.schema, head.table) {
             batch.buf.truncate(at);
             return Ok(());
