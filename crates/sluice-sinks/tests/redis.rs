@@ -150,6 +150,36 @@ async fn an_older_change_never_overwrites_a_newer_one() {
 }
 
 #[tokio::test]
+async fn writes_and_deletes_of_one_batch_apply_in_their_order() {
+    // Whole-row writes are gathered into MSET runs; a delete between them must still fall
+    // between them, and a key written twice in a run ends with its later value.
+    let redis = RedisServer::start().unwrap();
+    let mut s = sink(&redis, Format::Json);
+    let change = |lsn, op, id, after| Change {
+        lsn,
+        op,
+        id,
+        after,
+        toast: &[],
+    };
+    s.deliver(&batch(&[
+        change(100, Op::Insert, 1, Some(r#"{"id":1,"v":"a"}"#)),
+        change(110, Op::Insert, 2, Some(r#"{"id":2,"v":"a"}"#)),
+        change(120, Op::Update, 1, Some(r#"{"id":1,"v":"b"}"#)),
+        change(130, Op::Delete, 2, None),
+        change(140, Op::Insert, 3, Some(r#"{"id":3,"v":"a"}"#)),
+        change(150, Op::Delete, 3, None),
+        change(160, Op::Insert, 2, Some(r#"{"id":2,"v":"c"}"#)),
+        change(170, Op::Update, 1, Some(r#"{"id":1,"v":"d"}"#)),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(get(&redis, "c:shop.public.t.1"), r#"{"id":1,"v":"d"}"#);
+    assert_eq!(get(&redis, "c:shop.public.t.2"), r#"{"id":2,"v":"c"}"#);
+    assert_eq!(get(&redis, "c:shop.public.t.3"), "");
+}
+
+#[tokio::test]
 async fn unchanged_toast_columns_are_merged_not_lost() {
     let redis = RedisServer::start().unwrap();
     for format in [Format::Json, Format::Hash] {
