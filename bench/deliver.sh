@@ -93,7 +93,10 @@ latency() {
   rm -rf "$WORK/lat"; config lat bench_lat_pub bench_lat "$sink"
   "$SLUICE" run -c "$WORK/lat/sluice.toml" 2>"$WORK/lat/log" &
   pid=$!
-  until grep -q "source: streaming" "$WORK/lat/log"; do sleep 0.05; done
+  until grep -q "source: streaming" "$WORK/lat/log"; do
+    kill -0 "$pid" 2>/dev/null || { echo "sluice stopped before streaming:" >&2; tail -n 5 "$WORK/lat/log" >&2; exit 1; }
+    sleep 0.05
+  done
   addr=$(grep -o 'addr=[0-9.:]*' "$WORK/lat/log" | head -n 1 | cut -d= -f2)
   # Warm-up: the first changes after a slot starts wait for the walsender's caches.
   pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -T 2 -f "$WORK/lat.sql" postgres >/dev/null 2>&1
@@ -110,7 +113,10 @@ latency() {
     python3 bench/deliver_latency.py redis "$REDIS_PORT" "b:postgres.public.bench_lat." "$n" $((LAT_SECONDS + 60)) > "$WORK/lat.out" 2>"$WORK/lat.err" &
   fi
   tail_pid=$!
-  until grep -q ready "$WORK/lat.err" 2>/dev/null; do sleep 0.05; done
+  until grep -q ready "$WORK/lat.err" 2>/dev/null; do
+    kill -0 "$tail_pid" 2>/dev/null || { echo "the receiver stopped:" >&2; cat "$WORK/lat.err" >&2; exit 1; }
+    sleep 0.05
+  done
   pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -t $((n / per / 4)) -f "$WORK/lat.sql" postgres \
     > "$WORK/pgbench.out" 2>&1 || true
   wait $tail_pid || true

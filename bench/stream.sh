@@ -86,11 +86,16 @@ for spec in 1000:1 10000:10; do
   rate=${spec%:*}; per=${spec#*:}
   echo "INSERT INTO bench_single (payload, n, ts) SELECT rpad(md5(random()::text), 200, 'x'), g, clock_timestamp() FROM generate_series(1, $per) g;" > "$WORK/lat.sql"
   q "TRUNCATE bench_single"
+  # A fresh data dir each time: the last run's slot was dropped, and its state would
+  # (rightly) report it lost.
+  rm -rf "$WORK/lat"
   config lat bench_single_pub bench_single
-  rm -f "$WORK/lat/changes.jsonl"
   "$SLUICE" run -c "$WORK/lat/sluice.toml" 2>"$WORK/lat/log" &
   pid=$!
-  until [ "$(q "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_lat'")" = t ]; do sleep 0.05; done
+  until [ "$(q "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_lat'")" = t ]; do
+    kill -0 "$pid" 2>/dev/null || { echo "sluice stopped before streaming:" >&2; tail -n 5 "$WORK/lat/log" >&2; exit 1; }
+    sleep 0.05
+  done
   # Warm-up: the first changes after a slot starts wait for the walsender's caches.
   pgbench -h "$BASE" -p "$PORT" -U postgres -n -c 4 -j 2 -R $((rate / per)) -T 2 -f "$WORK/lat.sql" postgres >/dev/null 2>&1
   warm=$(wc -l < "$WORK/lat/changes.jsonl")
