@@ -419,17 +419,22 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// Keys in one `MSET`: far below Redis's limit of arguments per command, and large
+/// enough that a run costs Redis one dispatch per thousands of rows.
+const MSET_PAIRS: usize = 4096;
+
 /// The writes of a batch not yet sent: one `MULTI`/`EXEC`, ended by the high-water mark.
 ///
 /// Consecutive whole-row writes without a TTL are gathered into one `MSET`: each command
 /// costs Redis its parsing and dispatch and costs redis-rs its encoding, and a backlog
 /// drains 13-15% faster this way (BENCHMARKS.md). Order is kept: any other command
 /// closes the run first, and within a run a repeated key ends with its last value, as
-/// with `SET`s in turn.
+/// with `SET`s in turn. A run holds at most [`MSET_PAIRS`] keys, so no `batch` setting
+/// makes a command longer than Redis accepts (1,048,576 arguments).
 struct Tx {
     pipe: redis::Pipeline,
-    /// The open `MSET` run, if any.
-    mset: Option<redis::Cmd>,
+    /// The open `MSET` run, if any, and the keys in it.
+    mset: Option<(redis::Cmd, usize)>,
     /// The last record whose writes are queued.
     last: Option<Applied>,
 }
@@ -448,17 +453,19 @@ impl Tx {
     /// The pipeline, for a command that is not part of an `MSET` run (the run so far is
     /// queued first).
     fn pipe(&mut self) -> &mut redis::Pipeline {
-        if let Some(run) = self.mset.take() {
+        if let Some((run, _)) = self.mset.take() {
             self.pipe.add_command(run).ignore();
         }
         &mut self.pipe
     }
 
     fn mset(&mut self, key: &str, value: &str) {
-        self.mset
-            .get_or_insert_with(|| redis::cmd("MSET"))
-            .arg(key)
-            .arg(value);
+        if self.mset.as_ref().is_some_and(|(_, n)| *n >= MSET_PAIRS) {
+            self.pipe();
+        }
+        let (run, n) = self.mset.get_or_insert_with(|| (redis::cmd("MSET"), 0));
+        run.arg(key).arg(value);
+        *n += 1;
     }
 
     /// Everything queued, as one pipeline.
@@ -929,6 +936,30 @@ impl Sink for RedisSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_run_of_writes_is_split_into_bounded_msets_in_order() {
+        let mut tx = Tx::new();
+        let rows = 2 * MSET_PAIRS + 3;
+        for i in 0..rows {
+            tx.mset(&format!("k{i}"), "v");
+        }
+        tx.pipe().cmd("DEL").arg("k0").ignore();
+        let pipe = tx.into_pipe();
+        let cmds: Vec<_> = pipe.cmd_iter().collect();
+        let sizes: Vec<usize> = cmds.iter().map(|c| c.args_iter().len()).collect();
+        // Three MSETs (name + key/value pairs) in order, then the DEL.
+        assert_eq!(
+            sizes,
+            vec![1 + 2 * MSET_PAIRS, 1 + 2 * MSET_PAIRS, 1 + 2 * 3, 2]
+        );
+        let first_key = |c: &redis::Cmd| match c.args_iter().nth(1) {
+            Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        assert_eq!(first_key(cmds[1]), format!("k{MSET_PAIRS}"));
+        assert_eq!(first_key(cmds[2]), format!("k{}", 2 * MSET_PAIRS));
+    }
 
     #[test]
     fn templates_are_checked_and_filled() {
