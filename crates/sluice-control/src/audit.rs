@@ -8,37 +8,67 @@
 //!   a torn last line after a crash is skipped when reading, never an error.
 //! - The file is bounded: past [`MAX_BYTES`] it becomes `audit.jsonl.1` (replacing the
 //!   one before) and a new file starts, so the log keeps between one and two files' worth.
+//! - Requests refused without an accepted token (anyone who can reach the port can send
+//!   them) never push real actions out: they are counted per address and minute, at
+//!   most [`MAX_ADDRESSES`] addresses a minute (the rest counted together), and the counts
+//!   go to a file of their own, `refusals.jsonl`, bounded the same way.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-/// Size past which the file is rotated.
+/// Size past which a file is rotated.
 pub const MAX_BYTES: u64 = 8 << 20;
+/// Addresses whose refusals are counted apart in one minute; the rest share one count.
+pub const MAX_ADDRESSES: usize = 256;
+/// The span over which refusals from one address are counted as one event.
+pub const REFUSAL_WINDOW_MS: i64 = 60_000;
+/// The address under which refusals beyond [`MAX_ADDRESSES`] are counted.
+pub const OTHER_ADDRESSES: &str = "other";
 
 /// One management action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (for counted refusals: the first of them).
     pub time_ms: i64,
     /// The id of the token used (absent when none was accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// The caller's address.
+    /// The caller's address (`other` for refusals counted together).
     pub from: String,
-    /// The method and route, e.g. `POST /v1/pipelines/{pipeline}/pause`.
+    /// The method and route, e.g. `POST /v1/pipelines/{pipeline}/pause` (for counted
+    /// refusals: the first one's).
     pub action: String,
     /// What it acted on: the pipeline, token or sink the path or the answer names.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
     /// The HTTP status of the answer.
     pub status: u16,
+    /// For refusals without a token: how many came from this address in the minute
+    /// from `time_ms` (they are recorded as one event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The audit log of a server's data dir.
 pub struct Audit {
+    actions: Journal,
+    refusals: Journal,
+    tally: Mutex<Tally>,
+}
+
+/// Refusals of the current window, by address.
+#[derive(Default)]
+struct Tally {
+    started_ms: i64,
+    by_address: HashMap<String, AuditEvent>,
+}
+
+/// One bounded file of events (and the one rotated out before it).
+struct Journal {
     path: PathBuf,
     file: Mutex<std::fs::File>,
 }
@@ -50,36 +80,40 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     opts.open(path)
 }
 
-impl Audit {
-    pub fn open(data_dir: &Path) -> std::io::Result<Audit> {
-        let path = data_dir.join("audit.jsonl");
+impl Journal {
+    fn open(path: PathBuf) -> std::io::Result<Journal> {
         let mut file = open_append(&path)?;
         // A line torn by a crash is ended, so the next event starts a line of its own.
         let text = std::fs::read(&path)?;
         if text.last().is_some_and(|&b| b != b'\n') {
             file.write_all(b"\n")?;
         }
-        Ok(Audit {
+        Ok(Journal {
             file: Mutex::new(file),
             path,
         })
     }
 
-    /// Appends `event` and syncs it.
-    pub fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+    fn append(&self, events: &[AuditEvent]) -> std::io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut lines, e).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if file.metadata()?.len() + line.len() as u64 > MAX_BYTES {
+        if file.metadata()?.len() + lines.len() as u64 > MAX_BYTES {
             std::fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
             *file = open_append(&self.path)?;
         }
-        file.write_all(&line)?;
+        file.write_all(&lines)?;
         file.sync_data()
     }
 
     /// The latest `limit` events, newest first.
-    pub fn recent(&self, limit: usize) -> std::io::Result<Vec<AuditEvent>> {
+    fn recent(&self, limit: usize) -> std::io::Result<Vec<AuditEvent>> {
         // Held so no rotation happens between the two reads.
         let _file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(limit.min(1024));
@@ -102,6 +136,77 @@ impl Audit {
     }
 }
 
+impl Audit {
+    pub fn open(data_dir: &Path) -> std::io::Result<Audit> {
+        Ok(Audit {
+            actions: Journal::open(data_dir.join("audit.jsonl"))?,
+            refusals: Journal::open(data_dir.join("refusals.jsonl"))?,
+            tally: Mutex::default(),
+        })
+    }
+
+    /// Appends `event` and syncs it.
+    pub fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
+        self.actions.append(std::slice::from_ref(event))
+    }
+
+    /// Counts a request refused without an accepted token. A window that is over is
+    /// written first.
+    pub fn refused(&self, event: AuditEvent) -> std::io::Result<()> {
+        self.flush_refusals(event.time_ms)?;
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        if tally.by_address.is_empty() {
+            tally.started_ms = event.time_ms;
+        }
+        let from = if tally.by_address.len() < MAX_ADDRESSES
+            || tally.by_address.contains_key(&event.from)
+        {
+            event.from.clone()
+        } else {
+            OTHER_ADDRESSES.to_owned()
+        };
+        let counted = tally.by_address.entry(from.clone()).or_insert(AuditEvent {
+            from,
+            count: Some(0),
+            ..event
+        });
+        counted.count = Some(counted.count.unwrap_or(0) + 1);
+        Ok(())
+    }
+
+    /// Writes the counts of a window that ended before `now_ms`.
+    pub fn flush_refusals(&self, now_ms: i64) -> std::io::Result<()> {
+        let done: Vec<AuditEvent> = {
+            let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+            if tally.by_address.is_empty() || now_ms - tally.started_ms < REFUSAL_WINDOW_MS {
+                return Ok(());
+            }
+            let mut done: Vec<AuditEvent> = tally.by_address.drain().map(|(_, e)| e).collect();
+            done.sort_by_key(|e| e.time_ms);
+            done
+        };
+        self.refusals.append(&done)
+    }
+
+    /// The latest `limit` events, actions and counted refusals (those of the current
+    /// window included), newest first.
+    pub fn recent(&self, limit: usize) -> std::io::Result<Vec<AuditEvent>> {
+        let mut out = self.actions.recent(limit)?;
+        out.extend(self.refusals.recent(limit)?);
+        out.extend(
+            self.tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_address
+                .values()
+                .cloned(),
+        );
+        out.sort_by_key(|e| std::cmp::Reverse(e.time_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +219,7 @@ mod tests {
             action: "POST /v1/pipelines".into(),
             target: format!("p{n}"),
             status: 201,
+            count: None,
         }
     }
 
@@ -147,5 +253,50 @@ mod tests {
         let audit = Audit::open(dir.path()).unwrap();
         audit.record(&event(3)).unwrap();
         assert_eq!(audit.recent(2).unwrap(), vec![event(3), event(9)]);
+    }
+
+    #[test]
+    fn refusals_without_a_token_are_counted_apart_and_never_push_actions_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        audit.record(&event(1)).unwrap();
+        let refusal = |from: String, time_ms: i64| AuditEvent {
+            time_ms,
+            token: None,
+            from,
+            action: "POST /v1/pipelines".into(),
+            target: String::new(),
+            status: 401,
+            count: None,
+        };
+        // A flood from more addresses than are counted apart, within one minute.
+        for n in 0..(MAX_ADDRESSES as i64 + 50) {
+            for _ in 0..20 {
+                audit
+                    .refused(refusal(format!("10.0.{}.{}", n / 250, n % 250), 1000 + n))
+                    .unwrap();
+            }
+        }
+        // The minute is over: one event per address, the rest counted together.
+        audit
+            .refused(refusal("10.9.9.9".into(), 1000 + REFUSAL_WINDOW_MS))
+            .unwrap();
+        let written = std::fs::read_to_string(dir.path().join("refusals.jsonl")).unwrap();
+        assert_eq!(written.lines().count(), MAX_ADDRESSES + 1);
+        let other: AuditEvent = written
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap())
+            .find(|e| e.from == OTHER_ADDRESSES)
+            .unwrap();
+        assert_eq!(other.count, Some(50 * 20));
+        // The action is still there, and the file of actions holds only it.
+        let actions = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert_eq!(actions.lines().count(), 1);
+        let all = audit.recent(10_000).unwrap();
+        assert!(all.contains(&event(1)));
+        // The current window's count is shown before it is written.
+        assert!(all
+            .iter()
+            .any(|e| e.from == "10.9.9.9" && e.count == Some(1)));
     }
 }

@@ -15,7 +15,7 @@
 //! - Deleting drops the slot and publication first: if that fails the pipeline stays
 //!   registered (paused), so a retry can finish it; nothing is left half-deleted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use sluice_core::Finding;
 use sluice_pg::{catalog, ConnInfo, Connection};
 use sluice_pipeline::{
     preflight, Config, Directory, Ended, Outcome, PipelineStatus, RunContext, Supervisor,
-    SHUTDOWN_DEADLINE,
+    Undelivered, SHUTDOWN_DEADLINE,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -81,8 +81,7 @@ impl From<&Finding> for FindingView {
 }
 
 /// What a pipeline is doing.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case", tag = "state")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
     Running,
     Paused,
@@ -98,13 +97,47 @@ pub enum RunState {
     Stopped,
 }
 
-/// A pipeline as the API lists it.
+/// The name of a [`RunState`], as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Running,
+    Paused,
+    Failed,
+    Refused,
+    Stopped,
+}
+
+impl RunState {
+    pub fn name(&self) -> StateName {
+        match self {
+            RunState::Running => StateName::Running,
+            RunState::Paused => StateName::Paused,
+            RunState::Failed { .. } => StateName::Failed,
+            RunState::Refused { .. } => StateName::Refused,
+            RunState::Stopped => StateName::Stopped,
+        }
+    }
+}
+
+/// A pipeline as the API lists it. One plain object (no union), so that client
+/// generators give it one typed model: `state` names what it is doing, `error` and
+/// `findings` say why when it failed or was refused.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PipelineView {
     pub name: String,
     pub origin: Origin,
-    #[serde(flatten)]
-    pub state: RunState,
+    pub state: StateName,
+    /// Why it failed (`state` = `failed`), with what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The checks that refused it (`state` = `refused`), with their fixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<FindingView>>,
+    /// What its sinks had not delivered when it last stopped (paused, stopped): it is in
+    /// the log and goes out when the pipeline runs again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undelivered: Vec<Undelivered>,
     pub slot: String,
     pub publication: String,
     pub tables: Vec<String>,
@@ -312,10 +345,35 @@ pub struct Controller {
     supervisor: Supervisor,
     entries: BTreeMap<String, Entry>,
     states: HashMap<String, RunState>,
+    /// What each stopped pipeline's sinks left in its log.
+    left: HashMap<String, Vec<Undelivered>>,
     /// Pipelines being stopped on purpose (their end is not a failure).
-    stopping: std::collections::HashSet<String>,
+    stopping: HashMap<String, Stopping>,
     config_dir: Option<PathBuf>,
     rx: mpsc::Receiver<Request>,
+}
+
+/// A pipeline being stopped on purpose. The loop does not wait for the stop (a sink that
+/// cannot make progress would hold every other request up): who asked waits here, and
+/// later requests for the same pipeline queue behind it, to be handled in order once it
+/// has stopped.
+#[derive(Default)]
+struct Stopping {
+    waiters: Vec<Waiter>,
+    queued: VecDeque<Request>,
+}
+
+/// Who waits for a pipeline's stop, and what they are answered once it has stopped (and,
+/// unless paused, started again).
+enum Waiter {
+    View {
+        reply: Reply<PipelineView>,
+        with_config: bool,
+    },
+    Retired {
+        reply: Reply<Config>,
+        config: Box<Config>,
+    },
 }
 
 impl Controller {
@@ -341,7 +399,8 @@ impl Controller {
             directory,
             entries: entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
             states: HashMap::new(),
-            stopping: Default::default(),
+            left: HashMap::new(),
+            stopping: HashMap::new(),
             config_dir,
             rx,
         };
@@ -414,23 +473,60 @@ impl Controller {
         }
     }
 
-    async fn halt(&mut self, name: &str) {
-        if self.supervisor.is_running(name) {
-            self.stopping.insert(name.to_string());
-            let ended = self.supervisor.stop(name).await;
-            for e in ended {
-                self.ended(e);
+    /// Stops `name` if it runs and starts it again (unless paused, or gone) once it has
+    /// stopped; `waiter` is answered then. Returns at once: the stop's end arrives in
+    /// [`Self::ended`].
+    fn restart(&mut self, name: &str, waiter: Option<Waiter>) {
+        if self.supervisor.cancel(name) {
+            let stopping = self.stopping.entry(name.to_string()).or_default();
+            stopping.waiters.extend(waiter);
+            return;
+        }
+        self.launch(name);
+        if let Some(w) = waiter {
+            self.answer(name, w);
+        }
+    }
+
+    fn answer(&self, name: &str, waiter: Waiter) {
+        match waiter {
+            Waiter::View { reply, with_config } => {
+                let view = self
+                    .view(name, with_config)
+                    .ok_or_else(|| ControlError::NotFound(name.to_string()));
+                let _ = reply.send(view);
             }
-            self.stopping.remove(name);
+            Waiter::Retired { reply, config } => {
+                let _ = reply.send(Ok(*config));
+            }
         }
     }
 
     fn ended(&mut self, (name, result): Ended) {
-        if self.stopping.contains(&name) {
+        if let Some(stopping) = self.stopping.remove(&name) {
+            match &result {
+                Ok(Outcome::Done(left)) => {
+                    self.left.insert(name.clone(), left.clone());
+                }
+                Ok(_) => {}
+                Err(e) => warn!(pipeline = %name, error = %e, "pipeline stopped with an error"),
+            }
+            self.launch(&name);
+            for w in stopping.waiters {
+                self.answer(&name, w);
+            }
+            // Requests that came during the stop, in order; one that stops the pipeline
+            // again queues the rest behind its own stop.
+            for req in stopping.queued {
+                self.handle(req);
+            }
             return;
         }
         let state = match result {
-            Ok(Outcome::Done) => RunState::Stopped,
+            Ok(Outcome::Done(left)) => {
+                self.left.insert(name.clone(), left);
+                RunState::Stopped
+            }
             Ok(Outcome::Refused(findings)) => {
                 warn!(pipeline = %name, "pipeline refused by its checks");
                 RunState::Refused {
@@ -472,10 +568,22 @@ impl Controller {
             ),
             None => Default::default(),
         };
+        let state = self.states.get(name).cloned().unwrap_or(RunState::Stopped);
+        let (error, findings) = match &state {
+            RunState::Failed { error } => (Some(error.clone()), None),
+            RunState::Refused { findings } => (None, Some(findings.clone())),
+            _ => (None, None),
+        };
         Some(PipelineView {
             name: name.to_string(),
             origin: entry.origin.clone(),
-            state: self.states.get(name).cloned().unwrap_or(RunState::Stopped),
+            state: state.name(),
+            error,
+            findings,
+            undelivered: match state {
+                RunState::Running => Vec::new(),
+                _ => self.left.get(name).cloned().unwrap_or_default(),
+            },
             slot,
             publication,
             tables,
@@ -506,52 +614,56 @@ impl Controller {
         }
     }
 
-    async fn handle(&mut self, req: Request) {
+    /// The pipeline a changing request is about.
+    fn target(req: &Request) -> Option<&str> {
+        match req {
+            Request::Put { entry, .. } => Some(&entry.name),
+            Request::SetPaused { name, .. }
+            | Request::Retire { name, .. }
+            | Request::Forget { name, .. } => Some(name),
+            Request::View { .. } => None,
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        if let Some(stopping) = Self::target(&req).and_then(|n| self.stopping.get_mut(n)) {
+            stopping.queued.push_back(req);
+            return;
+        }
         match req {
             Request::Put {
-                mut entry,
+                entry,
                 update,
                 reply,
-            } => {
-                let name = entry.name.clone();
-                let r = match (self.entries.get(&name), update) {
-                    (Some(_), false) => Err(ControlError::Conflict(format!(
-                        "a pipeline named {name:?} exists: update it (PUT /v1/pipelines/{name}) or choose another name"
-                    ))),
-                    (None, true) => Err(ControlError::NotFound(name.clone())),
-                    (Some(old), true) if Self::file_owned(old).is_some() => {
-                        Err(Self::file_owned(old).expect("checked"))
-                    }
-                    (old, _) => {
-                        if let Some(old) = old {
-                            entry.created_ms = old.created_ms;
-                            entry.paused = old.paused;
-                        }
-                        match self.save(&entry) {
-                            Ok(()) => {
-                                self.entries.insert(name.clone(), entry);
-                                self.halt(&name).await;
-                                self.launch(&name);
-                                Ok(self.view(&name, true).expect("just put"))
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                };
-                let _ = reply.send(r);
-            }
+            } => self.put(entry, update, reply),
             Request::SetPaused {
                 name,
                 paused,
                 reply,
-            } => {
-                let r = self.set_paused(&name, paused).await;
-                let _ = reply.send(r);
-            }
-            Request::Retire { name, reply } => {
-                let r = self.retire(&name).await;
-                let _ = reply.send(r);
-            }
+            } => match self.set_paused(&name, paused) {
+                Ok(()) => self.restart(
+                    &name,
+                    Some(Waiter::View {
+                        reply,
+                        with_config: false,
+                    }),
+                ),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::Retire { name, reply } => match self.retire(&name) {
+                Ok(config) => self.restart(
+                    &name,
+                    Some(Waiter::Retired {
+                        reply,
+                        config: Box::new(config),
+                    }),
+                ),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Request::Forget { name, reply } => {
                 let r = self.forget(&name);
                 let _ = reply.send(r);
@@ -570,7 +682,41 @@ impl Controller {
         }
     }
 
-    async fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ControlError> {
+    /// Registers `entry` (new, or in place of the one of its name) and restarts it.
+    fn put(&mut self, mut entry: Entry, update: bool, reply: Reply<PipelineView>) {
+        let name = entry.name.clone();
+        let refused = match (self.entries.get(&name), update) {
+            (Some(_), false) => Some(ControlError::Conflict(format!(
+                "a pipeline named {name:?} exists: update it (PUT /v1/pipelines/{name}) or choose another name"
+            ))),
+            (None, true) => Some(ControlError::NotFound(name.clone())),
+            (Some(old), true) => Self::file_owned(old),
+            (None, false) => None,
+        };
+        if let Some(e) = refused {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if let Some(old) = self.entries.get(&name) {
+            entry.created_ms = old.created_ms;
+            entry.paused = old.paused;
+        }
+        if let Err(e) = self.save(&entry) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        self.entries.insert(name.clone(), entry);
+        self.restart(
+            &name,
+            Some(Waiter::View {
+                reply,
+                with_config: true,
+            }),
+        );
+    }
+
+    /// Records `paused` in the registry; the caller restarts the pipeline.
+    fn set_paused(&mut self, name: &str, paused: bool) -> Result<(), ControlError> {
         let mut entry = self
             .entries
             .get(name)
@@ -580,12 +726,12 @@ impl Controller {
         entry.updated_ms = now_ms();
         self.save(&entry)?;
         self.entries.insert(name.to_string(), entry);
-        self.halt(name).await;
-        self.launch(name);
-        Ok(self.view(name, false).expect("present"))
+        Ok(())
     }
 
-    async fn retire(&mut self, name: &str) -> Result<Config, ControlError> {
+    /// Marks a pipeline paused ahead of its deletion; answers its configuration. The
+    /// caller stops it.
+    fn retire(&mut self, name: &str) -> Result<Config, ControlError> {
         let entry = self
             .entries
             .get(name)
@@ -597,7 +743,7 @@ impl Controller {
             .registry
             .config(&entry.config)
             .map_err(ControlError::Invalid)?;
-        self.set_paused(name, true).await?;
+        self.set_paused(name, true)?;
         Ok(config)
     }
 
@@ -607,6 +753,7 @@ impl Controller {
         })?;
         self.entries.remove(name);
         self.states.remove(name);
+        self.left.remove(name);
         let dir = self.registry.data_dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -620,7 +767,7 @@ impl Controller {
     /// Brings the file-defined pipelines in line with the configuration directory: new
     /// files start, changed ones restart with their change, removed ones stop (their slot
     /// and data are kept; `sluice teardown` drops the slot).
-    async fn sync_files(&mut self) {
+    fn sync_files(&mut self) {
         let Some(dir) = self.config_dir.clone() else {
             return;
         };
@@ -689,8 +836,7 @@ impl Controller {
             }
             info!(file = %path.display(), pipeline = %name, "config file applied");
             self.entries.insert(name.clone(), entry);
-            self.halt(&name).await;
-            self.launch(&name);
+            self.restart(&name, None);
         }
         let gone: Vec<String> = self
             .entries
@@ -700,7 +846,10 @@ impl Controller {
             .collect();
         for name in gone {
             info!(pipeline = %name, "its config file is gone: stopping it (its slot and data are kept; `sluice teardown` drops the slot)");
-            self.halt(&name).await;
+            // Stopped without a start after it: the entry is gone by then.
+            if self.supervisor.cancel(&name) {
+                self.stopping.entry(name.clone()).or_default();
+            }
             if let Err(e) = self.registry.remove(&name) {
                 error!(pipeline = %name, error = %e, "cannot remove the registry entry");
                 continue;
@@ -713,7 +862,7 @@ impl Controller {
     /// Runs until `stop`: starts every registered pipeline that is not paused, then
     /// serves requests, watches the configuration directory and records how runs end.
     pub async fn run(mut self, stop: CancellationToken) {
-        self.sync_files().await;
+        self.sync_files();
         for name in self.entries.keys().cloned().collect::<Vec<_>>() {
             if !self.supervisor.is_running(&name) {
                 self.launch(&name);
@@ -725,9 +874,12 @@ impl Controller {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                Some(req) = self.rx.recv() => self.handle(req).await,
+                Some(req) = self.rx.recv() => self.handle(req),
                 Some(ended) = self.supervisor.next() => self.ended(ended),
-                _ = tick.tick() => self.sync_files().await,
+                _ = tick.tick() => {
+                    self.supervisor.abort_overdue();
+                    self.sync_files();
+                }
             }
         }
         for (name, result) in self.supervisor.shutdown(SHUTDOWN_DEADLINE * 2).await {

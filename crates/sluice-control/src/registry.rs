@@ -64,12 +64,7 @@ pub(crate) fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resu
     std::fs::File::open(dir)?.sync_all()
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use sluice_core::time::now_ms;
 
 /// The registry directory of a server's data dir.
 pub struct Registry {

@@ -17,7 +17,7 @@ pub mod metric;
 mod record;
 mod stats;
 mod tables;
-mod time;
+pub mod time;
 
 pub use backoff::{Backoff, Retrying};
 pub use check::Finding;

@@ -4,6 +4,23 @@
 /// Microseconds between 1970-01-01 and 2000-01-01.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
+/// The wall clock in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    now_micros() / 1000
+}
+
+/// The wall clock in microseconds since 2000-01-01, PostgreSQL's epoch.
+pub fn pg_now_micros() -> i64 {
+    now_micros() - PG_EPOCH_OFFSET_MICROS
+}
+
 /// Converts PostgreSQL-epoch microseconds to Unix-epoch microseconds (saturating).
 pub fn pg_epoch_to_unix_micros(pg_micros: i64) -> i64 {
     pg_micros.saturating_add(PG_EPOCH_OFFSET_MICROS)

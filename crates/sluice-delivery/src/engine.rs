@@ -63,10 +63,7 @@ struct Clock {
 
 impl Clock {
     fn new() -> Clock {
-        let wall0 = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let wall0 = sluice_core::time::now_micros();
         Clock {
             wall0,
             inst0: Instant::now(),

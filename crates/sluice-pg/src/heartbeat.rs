@@ -64,12 +64,7 @@ impl Arrivals {
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use sluice_core::time::now_micros;
 
 /// Where heartbeats are written.
 #[derive(Debug, Clone)]

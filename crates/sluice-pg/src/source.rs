@@ -138,6 +138,66 @@ impl From<std::io::Error> for SourceError {
     }
 }
 
+/// Frames read in one turn before the status update and the stop check get a turn.
+const FRAMES_PER_TURN: usize = 8192;
+
+/// The slot a session streams from, as decided at its start.
+struct OpenSlot {
+    /// The configuration, with every table to copy again after a resnapshot.
+    cfg: SourceConfig,
+    /// Its confirmed position.
+    confirmed: Lsn,
+    /// It existed before this session (rather than made now): the log was filled from it.
+    existed: bool,
+}
+
+/// Where one session's stream is.
+struct Stream {
+    /// The furthest WAL position received.
+    received: Lsn,
+    /// The server's WAL end from its last keepalive.
+    server_end: Lsn,
+    /// The end of a transaction received whole and not yet handed to the log.
+    pending_commit: Option<Lsn>,
+    /// The end of the last transaction handed to the log.
+    handed: Lsn,
+    /// The position last confirmed to the server.
+    confirmed: Lsn,
+    /// The server asked for a status update, or the interval passed.
+    send_status: bool,
+    /// Once a stop is asked for: when to stop even inside a transaction.
+    stop_by: Option<tokio::time::Instant>,
+    tick: tokio::time::Interval,
+}
+
+impl Stream {
+    fn new(from: Lsn, status_interval: Duration) -> Stream {
+        let mut tick = tokio::time::interval(status_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Stream {
+            received: from,
+            server_end: Lsn::ZERO,
+            pending_commit: None,
+            handed: Lsn::ZERO,
+            confirmed: from,
+            send_status: false,
+            stop_by: None,
+            tick,
+        }
+    }
+}
+
+/// The refusal of an existing slot this data dir has no record of.
+fn unknown_slot(slot: &str) -> PgError {
+    PgError::Definite(format!(
+        "replication slot {slot:?} exists, but this data dir has no record of it: another \
+         instance may have read it past changes that never reached this one's sinks, \
+         and those would be lost. Choose one: run this instance on the data dir the \
+         slot was used with; or drop the slot (`sluice teardown`) and start again with \
+         a full snapshot; or accept the gap with [source] on_unknown_slot = \"adopt\""
+    ))
+}
+
 /// The worker that owns the replication connection.
 pub struct SourceWorker<O: Output> {
     config: SourceConfig,
@@ -262,21 +322,64 @@ impl<O: Output> SourceWorker<O> {
         }
     }
 
+    /// One session: under the lock, decide the slot's life, start the stream where the
+    /// log ends, then stream until cancelled or the connection fails.
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
         let cfg = self.config.clone();
         let mut catalog = Connection::connect(&cfg.conninfo, false).await?;
         if !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
             return Ok(());
         }
+        let state = self.prepare(&cfg)?;
+        let mut repl = Connection::connect(&cfg.conninfo, true).await?;
+        let Some(slot) = self
+            .open_slot(cfg, &state, &mut catalog, &mut repl, cancel)
+            .await?
+        else {
+            // Cancelled during the initial copy: what was not copied is backfilled later.
+            return Ok(());
+        };
+        self.start_backfills(&slot.cfg, &state, cancel)?;
+        let from = self.start_stream(&mut repl, &slot).await?;
+        let mut stream = Stream::new(from, slot.cfg.status_interval);
+        loop {
+            let busy = self
+                .read_frames(&mut repl, &mut catalog, &mut stream)
+                .await?;
+            self.hand_off_ready(&mut stream, busy).await?;
+            self.confirm(&mut repl, &mut stream).await?;
+            if cancel.is_cancelled() && self.ready_to_stop(&mut stream) {
+                return self
+                    .drain(&mut repl, stream.received, stream.confirmed, stream.handed)
+                    .await;
+            }
+            if busy {
+                continue;
+            }
+            let stop_by = stream.stop_by;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if stop_by.is_none() => {}
+                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)),
+                    if stop_by.is_some() => {}
+                _ = self.output.durable().changed() => {}
+                _ = stream.tick.tick() => stream.send_status = true,
+                r = repl.fill_buffer() => r?,
+            }
+        }
+    }
+
+    /// Set-up once the lock is held: the assembler (which empties the spill directory)
+    /// and the pipeline state.
+    fn prepare(&mut self, cfg: &SourceConfig) -> Result<Arc<PipelineState>, SourceError> {
         if self.assembler.is_none() {
-            let asm =
+            let mut asm =
                 Assembler::new(cfg.exclusions.clone(), cfg.spill_dir.clone()).map_err(|e| {
                     PgError::Definite(format!(
                         "cannot prepare the spill directory {}: {e}",
                         cfg.spill_dir.display()
                     ))
                 })?;
-            let mut asm = asm;
             if !cfg.messages {
                 asm.keep_messages_only(vec![
                     backfill::watermark_prefix(&cfg.pipeline),
@@ -287,12 +390,25 @@ impl<O: Output> SourceWorker<O> {
             self.assembler = Some(asm);
         }
         if self.state.is_none() {
-            let state = PipelineState::open(&cfg.state_path)
-                .map_err(|e| PgError::Definite(e.to_string()))?;
+            let state = PipelineState::open(&cfg.state_path).map_err(definite)?;
             self.state = Some(Arc::new(state));
         }
-        let state = self.state.clone().expect("opened above");
-        let slot_row = catalog
+        Ok(self.state.clone().expect("opened above"))
+    }
+
+    /// The slot's life, decided here and only here: the state's record of the slot
+    /// against what PostgreSQL shows. Creates it (copying the tables first where asked),
+    /// acts on a lost or unknown slot, or checks the existing one. `None`: cancelled
+    /// during the initial copy.
+    async fn open_slot(
+        &mut self,
+        mut cfg: SourceConfig,
+        state: &Arc<PipelineState>,
+        catalog: &mut Connection,
+        repl: &mut Connection,
+        cancel: &CancellationToken,
+    ) -> Result<Option<OpenSlot>, SourceError> {
+        let mut slot_row = catalog
             .query(&format!(
                 "SELECT plugin, database, active_pid, confirmed_flush_lsn, to_jsonb(s) ->> 'wal_status' \
                  FROM pg_replication_slots s WHERE slot_name = {}",
@@ -313,65 +429,71 @@ impl<O: Output> SourceWorker<O> {
             None => used,
             Some(row) => row.get(4).cloned().flatten().as_deref() == Some("lost"),
         };
-        let mut cfg = cfg;
-        let slot_row = if lost {
-            self.slot_lost(&cfg, &state, &mut catalog, !slot_row.is_empty())
+        if lost {
+            self.slot_lost(&cfg, state, catalog, !slot_row.is_empty())
                 .await?;
             // Resnapshot: the slot is gone now and every table is copied again.
             cfg.snapshot_tables = cfg.tables.clone();
-            Vec::new()
-        } else {
-            slot_row
+            slot_row.clear();
+        }
+        let Some(row) = slot_row.first() else {
+            let confirmed = if cfg.snapshot_tables.is_empty() {
+                state.put(META_CREATING, &cfg.slot).map_err(definite)?;
+                let at = replication::create_slot(repl, &cfg.slot).await?;
+                info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
+                clear_plans(state)?;
+                state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+                at
+            } else {
+                match self
+                    .initial_snapshot(&cfg, state, catalog, repl, cancel)
+                    .await?
+                {
+                    Some(at) => at,
+                    None => return Ok(None),
+                }
+            };
+            return Ok(Some(OpenSlot {
+                cfg,
+                confirmed,
+                existed: false,
+            }));
         };
-        if !slot_row.is_empty() && !known && cfg.on_unknown_slot == UnknownSlot::Stop {
+        if !known && cfg.on_unknown_slot == UnknownSlot::Stop {
+            return Err(unknown_slot(&cfg.slot).into());
+        }
+        let plugin = row.first().cloned().flatten().unwrap_or_default();
+        let db = row.get(1).cloned().flatten().unwrap_or_default();
+        if plugin != "pgoutput" || db != cfg.conninfo.dbname {
             return Err(PgError::Definite(format!(
-                "replication slot {:?} exists, but this data dir has no record of it: another \
-                 instance may have read it past changes that never reached this one's sinks, \
-                 and those would be lost. Choose one: run this instance on the data dir the \
-                 slot was used with; or drop the slot (`sluice teardown`) and start again with \
-                 a full snapshot; or accept the gap with [source] on_unknown_slot = \"adopt\"",
-                cfg.slot
+                "replication slot {:?} exists for plugin {plugin:?} in database {db:?}; Sluice \
+                 needs pgoutput in {:?}: drop it (SELECT pg_drop_replication_slot('{}')) or \
+                 rename the pipeline",
+                cfg.slot, cfg.conninfo.dbname, cfg.slot
             ))
             .into());
         }
-        let mut repl = Connection::connect(&cfg.conninfo, true).await?;
-        let mut confirmed = match slot_row.first() {
-            None if cfg.snapshot_tables.is_empty() => {
-                state.put(META_CREATING, &cfg.slot).map_err(definite)?;
-                let at = replication::create_slot(&mut repl, &cfg.slot).await?;
-                info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
-                clear_plans(&state)?;
-                state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
-                at
-            }
-            None => match self
-                .initial_snapshot(&cfg, &state, &mut catalog, &mut repl, cancel)
-                .await?
-            {
-                Some(at) => at,
-                // Cancelled: the ranges not copied yet are backfilled after the restart.
-                None => return Ok(()),
-            },
-            Some(row) => {
-                let plugin = row.first().cloned().flatten().unwrap_or_default();
-                let db = row.get(1).cloned().flatten().unwrap_or_default();
-                if plugin != "pgoutput" || db != cfg.conninfo.dbname {
-                    return Err(PgError::Definite(format!(
-                        "replication slot {:?} exists for plugin {plugin:?} in database {db:?}; Sluice \
-                         needs pgoutput in {:?}: drop it (SELECT pg_drop_replication_slot('{}')) or \
-                         rename the pipeline",
-                        cfg.slot, cfg.conninfo.dbname, cfg.slot
-                    ))
-                    .into());
-                }
-                self.added_tables(&cfg, &state, &mut catalog).await?;
-                row.get(3)
-                    .cloned()
-                    .flatten()
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or_default()
-            }
-        };
+        let confirmed = row
+            .get(3)
+            .cloned()
+            .flatten()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_default();
+        self.added_tables(&cfg, state, catalog).await?;
+        Ok(Some(OpenSlot {
+            cfg,
+            confirmed,
+            existed: true,
+        }))
+    }
+
+    /// Starts the backfill worker once per run.
+    fn start_backfills(
+        &mut self,
+        cfg: &SourceConfig,
+        state: &Arc<PipelineState>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
         if self.backfill.is_none() {
             let stop = cancel.child_token();
             let worker = BackfillWorker {
@@ -385,144 +507,165 @@ impl<O: Output> SourceWorker<O> {
             };
             self.backfill = Some((worker.spawn(stop.clone())?, stop));
         }
+        Ok(())
+    }
+
+    /// Sends START_REPLICATION from where the log ends. Returns the position confirmed
+    /// from the start: the slot's, or the log's durable end when that is later.
+    async fn start_stream(
+        &mut self,
+        repl: &mut Connection,
+        slot: &OpenSlot,
+    ) -> Result<Lsn, SourceError> {
+        let cfg = &slot.cfg;
+        // The server resends from the slot's confirmed position, which it persists lazily
+        // (a restart can move it back): asking for the log's end keeps what the log holds
+        // from coming again. Only for the slot the log was filled from.
+        let from = if slot.existed {
+            slot.confirmed.max(*self.output.durable().borrow())
+        } else {
+            slot.confirmed
+        };
+        let version = repl.server_version_num();
         let proto_version = cfg
             .proto_version
-            .unwrap_or(if repl.server_version_num() >= 140000 {
-                2
-            } else {
-                1
-            });
+            .unwrap_or(if version >= 140000 { 2 } else { 1 });
         let opts = StartOptions {
             slot: cfg.slot.clone(),
             publication: cfg.publication.clone(),
             proto_version,
             // Watermarks and backfill requests travel as messages; other messages are
             // dropped unless the pipeline delivers them.
-            messages: cfg.messages || repl.server_version_num() >= 140000,
+            messages: cfg.messages || version >= 140000,
             // A streamed message carries the top-level xid, so one written in a rolled-back
             // savepoint could not be dropped: with messages on, PostgreSQL assembles
             // transactions itself (spilling to its disk) and sends them at commit.
             streaming: !cfg.messages,
+            from,
         };
-        replication::start_replication(&mut repl, &opts).await?;
+        replication::start_replication(repl, &opts).await?;
         let streaming = proto_version >= 2 && opts.streaming;
-        info!(slot = %cfg.slot, from = %confirmed, proto_version, streaming, "source: streaming");
+        info!(slot = %cfg.slot, from = %from, proto_version, streaming, "source: streaming");
         self.status.send_modify(|s| {
             s.streaming = true;
-            s.confirmed = confirmed;
+            s.confirmed = from;
         });
+        Ok(from)
+    }
 
-        let mut received = confirmed;
-        let mut server_end = Lsn::ZERO;
-        let mut pending_commit: Option<Lsn> = None;
-        let mut handed = Lsn::ZERO;
-        let mut send_status = false;
-        let mut stop_by: Option<tokio::time::Instant> = None;
-        let mut tick = tokio::time::interval(cfg.status_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Work through what is buffered, in bounded batches so that status updates
-            // still go out while the stream is saturated.
-            let mut frames = 0;
-            while frames < 8192 {
-                let Some(m) = repl.try_read_copy()? else {
-                    // Buffer exhausted: only when the socket has nothing either is the
-                    // stream idle, the moment to hand off a commit (group commit); in a
-                    // backlog, hand-offs happen by size instead.
-                    if repl.fill_buffer_now()? {
-                        continue;
+    /// Works through what is buffered, in bounded batches so that status updates still
+    /// go out while the stream is saturated. Returns whether the bound was reached.
+    async fn read_frames(
+        &mut self,
+        repl: &mut Connection,
+        catalog: &mut Connection,
+        stream: &mut Stream,
+    ) -> Result<bool, SourceError> {
+        let mut frames = 0;
+        while frames < FRAMES_PER_TURN {
+            let Some(m) = repl.try_read_copy()? else {
+                // Buffer exhausted: only when the socket has nothing either is the stream
+                // idle, the moment to hand off a commit (group commit); in a backlog,
+                // hand-offs happen by size instead.
+                if repl.fill_buffer_now()? {
+                    continue;
+                }
+                break;
+            };
+            frames += 1;
+            match replication::parse_stream_message(m)? {
+                StreamMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    data,
+                } => {
+                    stream.received = stream.received.max(wal_end);
+                    if let Some(c) = self.message(catalog, wal_start, &data).await? {
+                        stream.pending_commit = Some(c);
                     }
-                    break;
-                };
-                frames += 1;
-                match replication::parse_stream_message(m)? {
-                    StreamMessage::XLogData {
-                        wal_start,
-                        wal_end,
-                        data,
-                    } => {
-                        received = received.max(wal_end);
-                        if let Some(c) = self.message(&mut catalog, wal_start, &data).await? {
-                            pending_commit = Some(c);
-                        }
-                        if self.output.wants_hand_off() {
-                            let c = pending_commit.take();
-                            self.output.hand_off(c).await.map_err(SourceError::Output)?;
-                            handed = handed.max(c.unwrap_or_default());
-                        }
-                    }
-                    StreamMessage::Keepalive { wal_end, reply } => {
-                        received = received.max(wal_end);
-                        server_end = server_end.max(wal_end);
-                        send_status |= reply;
-                    }
-                    StreamMessage::Unknown(tag) => {
-                        warn!(tag = %(tag as char), "source: skipping unknown replication message");
-                    }
-                    StreamMessage::End => {
-                        return Err(PgError::Protocol(
-                            "the server ended the replication stream".into(),
-                        )
-                        .into())
+                    if self.output.wants_hand_off() {
+                        self.hand_off(stream).await?;
                     }
                 }
-            }
-            let busy = frames == 8192;
-            // Records of a transaction still arriving wait for more (or for the size
-            // limit); a record outside any (a non-transactional message) goes at once.
-            let loose = !busy && self.output.has_pending() && !self.assembler().in_transaction();
-            if pending_commit.is_some() || loose {
-                let c = pending_commit.take();
-                self.output.hand_off(c).await.map_err(SourceError::Output)?;
-                handed = handed.max(c.unwrap_or_default());
-            }
-
-            let durable = *self.output.durable().borrow_and_update();
-            let mut next = confirmed.max(durable);
-            let quiet = !self.assembler().in_transaction()
-                && !self.output.has_pending()
-                && durable >= handed;
-            if quiet {
-                // Nothing received is in flight: follow the server so idle or filtered
-                // streams do not hold WAL back.
-                next = next.max(server_end);
-            }
-            if next > confirmed || send_status {
-                confirmed = next;
-                replication::send_status(&mut repl, received, confirmed, confirmed, false).await?;
-                self.status.send_modify(|s| s.confirmed = confirmed);
-                debug!(confirmed = %confirmed, "source: status update");
-                send_status = false;
-            }
-            if cancel.is_cancelled() {
-                // Part of a transaction already in the output would be sent again after
-                // the restart: receive the rest of it first, within a bound.
-                let deadline = *stop_by.get_or_insert_with(|| {
-                    if self.uncommitted {
-                        info!("source: stopping after the transaction in flight");
-                    }
-                    tokio::time::Instant::now() + FINISH_TRANSACTION
-                });
-                if !self.uncommitted || tokio::time::Instant::now() >= deadline {
-                    if self.uncommitted {
-                        warn!("source: stopping inside a transaction; it will be sent again");
-                    }
-                    return self.drain(&mut repl, received, confirmed, handed).await;
+                StreamMessage::Keepalive { wal_end, reply } => {
+                    stream.received = stream.received.max(wal_end);
+                    stream.server_end = stream.server_end.max(wal_end);
+                    stream.send_status |= reply;
                 }
-            }
-            if busy {
-                continue;
-            }
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled(), if stop_by.is_none() => {}
-                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)),
-                    if stop_by.is_some() => {}
-                _ = self.output.durable().changed() => {}
-                _ = tick.tick() => send_status = true,
-                r = repl.fill_buffer() => r?,
+                StreamMessage::Unknown(tag) => {
+                    warn!(tag = %(tag as char), "source: skipping unknown replication message");
+                }
+                StreamMessage::End => {
+                    return Err(
+                        PgError::Protocol("the server ended the replication stream".into()).into(),
+                    )
+                }
             }
         }
+        Ok(frames == FRAMES_PER_TURN)
+    }
+
+    /// Hands the output's buffer to the log with the commit it completes, if any.
+    async fn hand_off(&mut self, stream: &mut Stream) -> Result<(), SourceError> {
+        let c = stream.pending_commit.take();
+        self.output.hand_off(c).await.map_err(SourceError::Output)?;
+        stream.handed = stream.handed.max(c.unwrap_or_default());
+        Ok(())
+    }
+
+    /// After a turn of reading: a commit goes to the log now; records of a transaction
+    /// still arriving wait for more (or for the size limit); a record outside any (a
+    /// non-transactional message) goes at once.
+    async fn hand_off_ready(&mut self, stream: &mut Stream, busy: bool) -> Result<(), SourceError> {
+        let loose = !busy && self.output.has_pending() && !self.assembler().in_transaction();
+        if stream.pending_commit.is_some() || loose {
+            self.hand_off(stream).await?;
+        }
+        Ok(())
+    }
+
+    /// The status update: the durable position, or the server's end when nothing
+    /// received is in flight (so idle or filtered streams do not hold WAL back).
+    async fn confirm(
+        &mut self,
+        repl: &mut Connection,
+        stream: &mut Stream,
+    ) -> Result<(), SourceError> {
+        let durable = *self.output.durable().borrow_and_update();
+        let mut next = stream.confirmed.max(durable);
+        let quiet = !self.assembler().in_transaction()
+            && !self.output.has_pending()
+            && durable >= stream.handed;
+        if quiet {
+            next = next.max(stream.server_end);
+        }
+        if next > stream.confirmed || stream.send_status {
+            stream.confirmed = next;
+            replication::send_status(repl, stream.received, next, next, false).await?;
+            self.status.send_modify(|s| s.confirmed = next);
+            debug!(confirmed = %next, "source: status update");
+            stream.send_status = false;
+        }
+        Ok(())
+    }
+
+    /// On a stop: part of a transaction already in the output would be sent again after
+    /// the restart, so the rest of it is received first, within a bound.
+    fn ready_to_stop(&self, stream: &mut Stream) -> bool {
+        let deadline = *stream.stop_by.get_or_insert_with(|| {
+            if self.uncommitted {
+                info!("source: stopping after the transaction in flight");
+            }
+            tokio::time::Instant::now() + FINISH_TRANSACTION
+        });
+        if !self.uncommitted {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!("source: stopping inside a transaction; it will be sent again");
+            return true;
+        }
+        false
     }
 
     fn assembler(&self) -> &Assembler {

@@ -287,10 +287,7 @@ impl<O: Output> SourceWorker<O> {
             .and_then(|r| r.first().cloned().flatten())
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| PgError::Protocol("pg_current_wal_lsn() gave no LSN".into()))?;
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let ts = sluice_core::time::now_micros();
         for (n, (schema, table)) in cfg.tables.iter().enumerate() {
             self.output.push(&ChangeRecord {
                 id: sluice_core::ChangeId {

@@ -65,18 +65,33 @@ pub fn wait_until<T>(
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener we
-/// closed). Another process may take it before you bind it; servers started by this crate
-/// retry with a new port when that happens.
+/// A TCP port on 127.0.0.1 that was free a moment ago, below 32768: the kernel hands
+/// ports above that to outgoing connections, which could take a server's port while a
+/// test has it stopped for a restart. Another process may still take it before you bind
+/// it; servers started by this crate retry with a new port when that happens.
 ///
 /// # Panics
 ///
-/// If 127.0.0.1 cannot be bound at all (no loopback interface).
+/// If no port of the range can be bound (no loopback interface).
 pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind a TCP socket on 127.0.0.1")
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    // Spread over the range by process, time and call, so parallel tests rarely collide.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    for _ in 0..(HIGH - LOW) {
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LOW + (seed.wrapping_add(n.wrapping_mul(7_919)) % (HIGH - LOW));
+        let port = port as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {HIGH}")
 }
 
 #[cfg(test)]

@@ -86,16 +86,20 @@ pub struct StartOptions {
     pub messages: bool,
     /// Stream in-progress transactions (protocol 2 only).
     pub streaming: bool,
+    /// Where to start: transactions that committed before it are not sent. The server
+    /// starts from the slot's confirmed position when that is later (`Lsn::ZERO`: always).
+    pub from: Lsn,
 }
 
-/// Starts streaming from the slot's confirmed position.
+/// Starts streaming from `opts.from` or the slot's confirmed position, whichever is later.
 pub async fn start_replication(conn: &mut Connection, opts: &StartOptions) -> Result<(), PgError> {
     // publication_names is a string holding a list of identifiers; the replication
     // command scanner knows only plain '' literals.
     let publications = quote_ident(&opts.publication).replace('\'', "''");
     let mut sql = format!(
-        "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '{}', publication_names '{publications}'",
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names '{publications}'",
         quote_ident(&opts.slot),
+        opts.from,
         opts.proto_version,
     );
     if opts.messages {
@@ -179,9 +183,5 @@ pub async fn send_status(
 
 /// Microseconds since 2000-01-01, PostgreSQL's epoch.
 pub fn pg_now_micros() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    unix - 946_684_800_000_000
+    sluice_core::time::pg_now_micros()
 }

@@ -151,10 +151,7 @@ impl Gauges {
         } else {
             0.0
         });
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now = sluice_core::time::now_micros();
         for (name, cursor, stats) in &self.sinks {
             let lag = end.saturating_sub(cursor.position());
             let labels = [p(), ("sink", name.clone())];
@@ -272,8 +269,13 @@ pub async fn watch(
                             _ => false,
                         };
                         *gauges.slot.lock().expect("slot lock") = Some(view);
-                        if over && !gauges.progressing() {
-                            protect_database(c, &slot, max_retained.unwrap_or(0)).await;
+                        if over
+                            && !gauges.progressing()
+                            && protect_database(c, &slot, max_retained.unwrap_or(0)).await
+                        {
+                            // Said at once: the pipeline stops as soon as its source
+                            // finds the slot gone.
+                            metrics::gauge!(metric::SLOT_LOST.name, &p).set(1.0);
                         }
                     }
                     Err(e) => {
@@ -307,7 +309,7 @@ impl Gauges {
 /// walsender holding it is ended first; the source, reconnecting, finds its slot gone and
 /// acts per `on_slot_lost` (stop, or resnapshot). A failed attempt is retried at the
 /// next check.
-async fn protect_database(conn: &mut Connection, slot: &str, max: u64) {
+async fn protect_database(conn: &mut Connection, slot: &str, max: u64) -> bool {
     let name = sluice_pg::wire::quote_literal(slot);
     // The source reconnects after a short backoff: end its walsender, then try to drop
     // the slot every few milliseconds (for up to 2 s), so the drop lands in the moment
@@ -328,13 +330,19 @@ async fn protect_database(conn: &mut Connection, slot: &str, max: u64) {
          END $$"
     );
     match conn.simple_query(&sql).await {
-        Ok(_) => tracing::error!(
-            slot,
-            max_slot_lag_bytes = max,
-            "dropped the replication slot to protect the database: it retained more WAL than \
-             max_slot_lag_bytes while the pipeline could not make progress; the changes since \
-             are lost to this pipeline, which resnapshots or stops per [source] on_slot_lost"
-        ),
-        Err(e) => debug!(error = %e, "could not drop the slot yet; trying again"),
+        Ok(_) => {
+            tracing::error!(
+                slot,
+                max_slot_lag_bytes = max,
+                "dropped the replication slot to protect the database: it retained more WAL than \
+                 max_slot_lag_bytes while the pipeline could not make progress; the changes since \
+                 are lost to this pipeline, which resnapshots or stops per [source] on_slot_lost"
+            );
+            true
+        }
+        Err(e) => {
+            debug!(error = %e, "could not drop the slot yet; trying again");
+            false
+        }
     }
 }

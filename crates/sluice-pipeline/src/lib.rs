@@ -28,5 +28,6 @@ pub use directory::{
     CopyStatus, Directory, Endpoints, Lookup, PipelineStatus, Readiness, SinkStatus,
 };
 pub use run::{data_dir, run, Outcome, RunContext, SHUTDOWN_DEADLINE};
+pub use sinks::Undelivered;
 pub use supervisor::{Ended, Supervisor};
 pub use telemetry::install_metrics;

@@ -5,9 +5,11 @@
 //! slow). The writer syncs each group before it publishes the group's last commit LSN as
 //! durable, so the LSN confirmed to PostgreSQL never covers a record that is not on disk.
 //!
-//! After a restart the slot resends from its confirmed position, which may be behind the
-//! log. Every change up to the last change in the log (by id: commit LSN, then ordinal)
-//! is skipped: transactions arrive in commit order and ordinals are the same when a
+//! After a restart, and after every reconnect within a run, the server may resend from
+//! the slot's confirmed position, which may be behind the log (PostgreSQL writes the
+//! slot's position to disk lazily, so a server restart can move it back). The source asks
+//! to start at the log's durable end, and every change up to the last change in the log
+//! or handed to its writer (by id: commit LSN, then ordinal) is skipped: transactions arrive in commit order and ordinals are the same when a
 //! transaction is sent again, so those are in the log already, and a transaction the log
 //! holds only the beginning of (a crash between two hand-offs of a large one) goes on
 //! where it stopped. No transaction is logged twice. Rows of a backfill in the last
@@ -38,8 +40,11 @@ pub struct LogOutput {
     durable: watch::Receiver<Lsn>,
     writer: Option<std::thread::JoinHandle<Result<(), sluice_log::LogError>>>,
     spare: mpsc::Receiver<Vec<u8>>,
-    /// The last change in the log when it was opened: changes up to it are there already.
+    /// The last change in the log when it was opened, or handed to its writer since:
+    /// changes up to it are there already (or will be, or the run fails).
     in_log: Option<ChangeId>,
+    /// The last change (not a read) in `buf`: it joins `in_log` once handed off.
+    buffered_last: Option<ChangeId>,
     changes: HashMap<String, [Option<metrics::Counter>; 6]>,
     key: String,
     /// The `pipeline` label of the change counters.
@@ -104,6 +109,7 @@ impl LogOutput {
             writer: Some(writer),
             spare,
             in_log,
+            buffered_last: None,
             changes: HashMap::new(),
             key: String::new(),
             pipeline: pipeline.to_owned(),
@@ -156,6 +162,9 @@ impl Output for LogOutput {
             return;
         }
         self.count_change(record);
+        if record.op != Op::Read {
+            self.buffered_last = Some(record.id);
+        }
         let start = self.framing.begin(&mut self.buf, &RecordHead::of(record));
         record.write_json(&mut self.buf);
         self.framing.finish(&mut self.buf, start);
@@ -173,6 +182,7 @@ impl Output for LogOutput {
     fn discard_pending(&mut self) {
         self.buf.clear();
         self.count = 0;
+        self.buffered_last = None;
     }
 
     async fn hand_off(
@@ -197,6 +207,10 @@ impl Output for LogOutput {
                 _ => "the log writer stopped".to_string(),
             };
             return Err(err.into());
+        }
+        // Handed to the writer: a resend after a reconnect skips it.
+        if let Some(id) = self.buffered_last.take() {
+            self.in_log = Some(self.in_log.map_or(id, |l| l.max(id)));
         }
         Ok(())
     }

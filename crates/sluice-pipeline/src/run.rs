@@ -26,7 +26,7 @@ use crate::gauges::Gauges;
 use crate::lock::DataDirLock;
 use crate::output::LogOutput;
 use crate::preflight;
-use crate::sinks::{self, Sinks};
+use crate::sinks::{self, Sinks, Undelivered};
 
 /// How long shutdown may take before the run ends anyway.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
@@ -34,8 +34,9 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 /// How a run ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stopped as asked (cancelled, or `until` reached).
-    Done,
+    /// Stopped as asked (cancelled, or `until` reached), with what the sinks had not
+    /// delivered when they stopped (it stays in the log).
+    Done(Vec<Undelivered>),
     /// Preflight failed: nothing was started. The findings say what to fix.
     Refused(Vec<Finding>),
     /// The shutdown deadline passed with work unconfirmed (it is sent again next time).
@@ -233,7 +234,7 @@ pub async fn run(
     let data_dir = data_dir(config, base)?;
     let Some(_lock) = DataDirLock::acquire(&data_dir, &cancel).await? else {
         prepared.conn.close().await;
-        return Ok(Outcome::Done);
+        return Ok(Outcome::Done(Vec::new()));
     };
     let _metrics = crate::telemetry::install_metrics().map_err(Fault::fatal)?;
     let Backend {
@@ -336,7 +337,7 @@ pub async fn run(
         return Err(f);
     }
     match closed {
-        Stopped::Clean => Ok(Outcome::Done),
+        Stopped::Clean(left) => Ok(Outcome::Done(left)),
         Stopped::Abandoned => Ok(Outcome::Abandoned),
         Stopped::Source(e) => {
             let hint = if e.class() == ErrorClass::Definite {
@@ -415,7 +416,7 @@ fn publish(
 
 /// How the source ended.
 enum Stopped {
-    Clean,
+    Clean(Vec<Undelivered>),
     Abandoned,
     Source(sluice_pg::SourceError),
 }
@@ -449,18 +450,22 @@ async fn shutdown(
     };
     let source_result = result.map_err(|e| Fault::fatal("the source task failed").caused_by(e))?;
     // Stop taking changes, then let the sinks deliver what the log holds.
-    let closed = match source_result {
+    let clean = match source_result {
         Ok(output) => {
             log.closing();
             tokio::task::spawn_blocking(move || output.close())
                 .await
                 .map_err(|e| Fault::fatal("the log writer failed").caused_by(e))??;
-            Stopped::Clean
+            Ok(())
         }
-        Err(e) => Stopped::Source(e),
+        Err(e) => Err(e),
     };
     let abort = sinks.abort.clone();
-    sinks.drain(SHUTDOWN_DEADLINE).await;
+    let left = sinks.drain(SHUTDOWN_DEADLINE, log).await;
+    let closed = match clean {
+        Ok(()) => Stopped::Clean(left),
+        Err(e) => Stopped::Source(e),
+    };
     abort.cancel();
     if let Some(t) = cleaner {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use sluice_core::{Fault, Lsn, SinkStats};
 use sluice_delivery::{Control, ItemOptions, SharedState, Store};
@@ -289,19 +290,71 @@ impl Sinks {
         Ok(Some(spawn_sink("outbox-cleaner", fut, failure, cancel)?))
     }
 
-    /// Lets every sink deliver what the log holds, bounded by `deadline`.
-    pub async fn drain(self, deadline: std::time::Duration) {
+    /// Lets every sink deliver what the log holds, bounded by `deadline`, and for as long
+    /// as they make progress: once no cursor has moved for [`STALLED`] (nobody reads a
+    /// pull sink, a server is down) the drain ends, since what is left is safe in the log
+    /// and a stop must not wait on a sink that cannot move. Returns what each sink left.
+    pub async fn drain(self, deadline: Duration, log: &SharedLog) -> Vec<Undelivered> {
         self.until.drain.cancel();
+        let cursors: Vec<(String, Arc<Cursor>)> = self
+            .stats
+            .iter()
+            .map(|(name, cursor, _)| (name.clone(), cursor.clone()))
+            .collect();
         let threads = self.threads;
-        let joined = tokio::task::spawn_blocking(move || {
+        let mut joined = tokio::task::spawn_blocking(move || {
             threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
         });
-        // The sinks' own deadline starts now: a clean stop delivers a backlog of a few
-        // seconds' worth rather than leaving it for the next start.
-        if tokio::time::timeout(deadline, joined).await.is_err() {
-            warn!("sinks did not deliver everything before the shutdown deadline; they resume from their cursors");
+        let positions = || {
+            cursors
+                .iter()
+                .map(|(_, c)| c.position())
+                .collect::<Vec<_>>()
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        let (mut last, mut moved_at) = (positions(), tokio::time::Instant::now());
+        let finished = loop {
+            tokio::select! {
+                _ = &mut joined => break true,
+                _ = tokio::time::sleep(STALL_CHECK) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let at = positions();
+            if at != last {
+                (last, moved_at) = (at, now);
+            } else if now - moved_at >= STALLED || now >= until {
+                break false;
+            }
+        };
+        let end = log.durable_end();
+        let left: Vec<Undelivered> = cursors
+            .iter()
+            .map(|(sink, c)| Undelivered {
+                sink: sink.clone(),
+                records: end.saturating_sub(c.position()),
+            })
+            .filter(|u| u.records > 0)
+            .collect();
+        if !finished {
+            for u in &left {
+                warn!(sink = %u.sink, records = u.records, "sink: stopped with records undelivered; they stay in the log and are delivered from its cursor at the next start");
+            }
         }
+        left
     }
+}
+
+/// How often a drain looks at the cursors.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+/// A drain ends once no cursor has moved for this long.
+pub const STALLED: Duration = Duration::from_secs(1);
+
+/// Records a sink had not delivered when its pipeline stopped: they are in the log and
+/// go out from the sink's cursor at the next start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Undelivered {
+    pub sink: String,
+    pub records: u64,
 }
 
 fn context<'a>(start: &Start<'a>, tables: &'a [String], reset: Option<Lsn>) -> Context<'a> {

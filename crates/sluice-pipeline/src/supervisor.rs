@@ -30,6 +30,8 @@ struct Running {
     cancel: CancellationToken,
     abort: AbortHandle,
     config: Config,
+    /// Once asked to stop: when it is aborted if it has not ended.
+    stop_by: Option<tokio::time::Instant>,
 }
 
 /// Runs pipelines until told to stop.
@@ -86,9 +88,37 @@ impl Supervisor {
                 cancel,
                 abort,
                 config,
+                stop_by: None,
             },
         );
         Ok(())
+    }
+
+    /// Asks a pipeline to stop and returns at once; its end comes through [`Self::next`]
+    /// like any other. `false` if it does not run.
+    pub fn cancel(&mut self, name: &str) -> bool {
+        let Some(r) = self.running.get_mut(name) else {
+            return false;
+        };
+        self.directory.unconfigure(name);
+        r.cancel.cancel();
+        // The run's own deadlines cover the source and the drain; this one is the last
+        // word, for a run stuck elsewhere.
+        r.stop_by
+            .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_DEADLINE * 3);
+        true
+    }
+
+    /// Aborts the runs asked to stop that are past their deadline; their ends come
+    /// through [`Self::next`] as abandoned.
+    pub fn abort_overdue(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (name, r) in &self.running {
+            if r.stop_by.is_some_and(|t| t <= now) && !r.abort.is_finished() {
+                error!(pipeline = %name, "pipeline did not stop within its deadline; aborting it");
+                r.abort.abort();
+            }
+        }
     }
 
     /// Stops a pipeline and waits (bounded) for its run to end. Other pipelines' ends
@@ -143,21 +173,23 @@ impl Supervisor {
                     self.directory.withdraw(&name);
                     return Some((name, result));
                 }
-                // Aborted by `stop` (already removed) or panicked: find which by elimination.
+                // Aborted (by `stop`, already removed, or past its deadline) or panicked.
                 Err(e) => {
-                    let gone: Vec<String> = self
+                    let name = self
                         .running
                         .iter()
-                        .filter(|(_, r)| r.abort.is_finished())
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for name in gone {
+                        .find(|(_, r)| r.abort.id() == e.id())
+                        .map(|(n, _)| n.clone());
+                    if let Some(name) = name {
                         self.running.remove(&name);
                         self.directory.unconfigure(&name);
                         self.directory.withdraw(&name);
-                        if e.is_panic() {
-                            return Some((name, Err(Fault::fatal("the pipeline task panicked"))));
-                        }
+                        let result = if e.is_panic() {
+                            Err(Fault::fatal("the pipeline task panicked"))
+                        } else {
+                            Ok(Outcome::Abandoned)
+                        };
+                        return Some((name, result));
                     }
                 }
             }

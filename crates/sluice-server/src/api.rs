@@ -13,9 +13,10 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
-use sluice_control::{ControlError, Scope, TokenInfo};
+use serde::Serialize;
+use sluice_control::{ControlError, FindingView, Scope, TokenInfo};
 use sluice_pipeline::{Endpoints, Lookup};
+use utoipa::ToSchema;
 
 use crate::AppState;
 
@@ -25,11 +26,18 @@ pub enum ApiError {
     Unauthorized,
     /// The token is good but its scope does not cover this.
     Forbidden(String),
-    /// A status, a message and more fields for the body (problems, findings).
-    Detailed(StatusCode, String, Value),
     BadRequest(String),
+    /// A body with problems, each naming the setting and what to change.
+    Invalid {
+        error: String,
+        problems: Vec<String>,
+    },
+    /// The checks against the source and the sinks failed: each finding has its fix.
+    Refused(Vec<FindingView>),
     NotFound(String),
     Conflict(String),
+    /// A server the request needs could not be reached or answered with an error.
+    Upstream(String),
     Unavailable(String),
     Internal(String),
 }
@@ -39,10 +47,11 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Detailed(s, _, _) => *s,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,12 +62,56 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "a valid token is required: Authorization: Bearer <token> (or ?access_token=<token> for EventSource)"
             }
-            ApiError::Forbidden(m) | ApiError::Detailed(_, m, _) => m,
-            ApiError::BadRequest(m)
+            ApiError::Refused(_) => {
+                "the checks against the source and the sinks failed: each failed finding has its fix"
+            }
+            ApiError::Invalid { error: m, .. }
+            | ApiError::Forbidden(m)
+            | ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Upstream(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m,
+        }
+    }
+
+    /// The answer's body, as the API document describes it.
+    fn body(self) -> ErrorBody {
+        let error = self.message().to_owned();
+        match self {
+            ApiError::Invalid { problems, .. } => ErrorBody {
+                error,
+                problems: Some(problems),
+                findings: None,
+            },
+            ApiError::Refused(findings) => ErrorBody {
+                error,
+                problems: None,
+                findings: Some(findings),
+            },
+            _ => ErrorBody::new(error),
+        }
+    }
+}
+
+/// Every error answer of the API: what is wrong and what to do; with the problems of a
+/// body (400) or the failed checks (422) when there are.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<FindingView>>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            problems: None,
+            findings: None,
         }
     }
 }
@@ -77,22 +130,55 @@ pub(crate) fn reply(status: StatusCode, body: impl serde::Serialize) -> Response
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message() });
-        if let (ApiError::Detailed(_, _, Value::Object(extra)), Value::Object(b)) =
-            (&self, &mut body)
-        {
-            b.extend(extra.clone());
-        }
-        let mut text = body.to_string();
-        text.push('\n');
-        (
-            self.status(),
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            text,
-        )
-            .into_response()
+        let status = self.status();
+        reply(status, self.body())
     }
 }
+
+/// Answers the framework's own refusals (a body over the size limit, an unknown route
+/// or method, a malformed header) in the API's error body, like every other error: a
+/// client reads one shape. Answers that are JSON already pass untouched.
+pub(crate) async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = req.uri().path().starts_with("/v1/");
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api || !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than {} MiB: send a smaller one",
+            BODY_LIMIT >> 20
+        ),
+        StatusCode::NOT_FOUND => "no such route: see /v1/openapi.json for the routes".into(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "this route does not take that method: see /v1/openapi.json".into()
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "send the body as application/json".into(),
+        s => format!(
+            "the request was refused ({}): see /v1/openapi.json for what each route takes",
+            s.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let mut out = reply(status, ErrorBody::new(error));
+    // Keep what tells a client how to go on (Allow, WWW-Authenticate, Retry-After).
+    for (k, v) in res.headers() {
+        if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The largest request body taken (axum's default).
+pub(crate) const BODY_LIMIT: usize = 2 << 20;
 
 impl From<Lookup> for ApiError {
     fn from(l: Lookup) -> ApiError {
@@ -108,17 +194,12 @@ impl From<ControlError> for ApiError {
         match e {
             ControlError::NotFound(_) => ApiError::NotFound(e.to_string()),
             ControlError::Conflict(m) => ApiError::Conflict(m),
-            ControlError::Invalid(problems) => ApiError::Detailed(
-                StatusCode::BAD_REQUEST,
-                "the configuration is not valid: fix every problem listed".into(),
-                json!({ "problems": problems }),
-            ),
-            ControlError::Refused(findings) => ApiError::Detailed(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "the checks against the source and the sinks failed: each failed finding has its fix".into(),
-                json!({ "findings": findings }),
-            ),
-            ControlError::Upstream(m) => ApiError::Detailed(StatusCode::BAD_GATEWAY, m, json!({})),
+            ControlError::Invalid(problems) => ApiError::Invalid {
+                error: "the configuration is not valid: fix every problem listed".into(),
+                problems,
+            },
+            ControlError::Refused(findings) => ApiError::Refused(findings),
+            ControlError::Upstream(m) => ApiError::Upstream(m),
             ControlError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -4,7 +4,9 @@
 //!
 //! Invariants:
 //! - An action is recorded whatever its answer, refusals (401, 403) included, and after
-//!   the answer is known; reading the log is not itself recorded.
+//!   the answer is known; reading the log is not itself recorded. Refusals of requests
+//!   without an accepted token are counted per address and minute (see
+//!   `sluice_control::audit`).
 //! - A token appears by id only; the request body and query (which may carry a token)
 //!   are never recorded.
 //! - Consumers' traffic (pull receive, ack, nack) is data, not management: not recorded.
@@ -21,8 +23,7 @@ use sluice_control::audit::AuditEvent;
 use tracing::warn;
 use utoipa::ToSchema;
 
-use crate::api::{presented, reply, ApiError, Caller};
-use crate::manage::ErrorBody;
+use crate::api::{presented, reply, ApiError, Caller, ErrorBody};
 use crate::AppState;
 
 /// What a handler acted on when its path does not say (a pipeline or token it created).
@@ -65,20 +66,57 @@ pub(crate) async fn record(
             .map(|r| params_of(r, &path))
             .unwrap_or_default(),
     };
+    let status = res.status();
     let event = AuditEvent {
-        time_ms: sluice_control::registry::now_ms(),
+        time_ms: sluice_core::time::now_ms(),
         token,
         from: peer.ip().to_string(),
         action: format!("{method} {}", route.as_deref().unwrap_or(&path)),
         target,
-        status: res.status().as_u16(),
+        status: status.as_u16(),
+        count: None,
     };
     let audit = control.audit.clone();
-    let written = tokio::task::spawn_blocking(move || audit.record(&event)).await;
+    // Anyone who can reach the port can be refused: those are counted, not written one
+    // by one, so they cannot push real actions out of the log.
+    let anonymous_refusal =
+        event.token.is_none() && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    let written = tokio::task::spawn_blocking(move || {
+        if anonymous_refusal {
+            audit.refused(event)
+        } else {
+            audit.record(&event)
+        }
+    })
+    .await;
     if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
         warn!(error = %e, "audit: cannot append to the audit log");
     }
     res
+}
+
+/// Writes each minute's counts of refusals once the minute is over, until the server
+/// stops.
+pub(crate) async fn flush_refusals(s: Arc<AppState>) {
+    let Some(control) = s.control.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        // At the stop, the minute in progress is written too.
+        let now = tokio::select! {
+            _ = s.shutdown.cancelled() => i64::MAX,
+            _ = tick.tick() => sluice_core::time::now_ms(),
+        };
+        let audit = control.audit.clone();
+        let written = tokio::task::spawn_blocking(move || audit.flush_refusals(now)).await;
+        if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+            warn!(error = %e, "audit: cannot append to the refusals log");
+        }
+        if now == i64::MAX {
+            return;
+        }
+    }
 }
 
 /// The values of a route's parameters in `path`, joined by `/` (`pa/out` for

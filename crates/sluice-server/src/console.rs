@@ -23,8 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::{reply, scope_name, ApiError, Caller};
-use crate::manage::ErrorBody;
+use crate::api::{reply, scope_name, ApiError, Caller, ErrorBody};
 use crate::AppState;
 
 const INDEX: &str = include_str!("../console/index.html");

@@ -32,8 +32,7 @@ use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored}
 use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
 
-use crate::api::{reply, ApiError, SinkRef};
-use crate::manage::ErrorBody;
+use crate::api::{reply, ApiError, ErrorBody, SinkRef};
 
 fn control(sink: &SinkRef) -> Result<Control, ApiError> {
     sink.endpoints
@@ -65,8 +64,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // Checked: a huge finite value does not fit a Duration (from_secs_f64 would panic).
+    Duration::try_from_secs_f64(secs).ok()
 }
+
+/// The longest visibility a pull consumer may ask for: a lease longer than a day is a
+/// mistake, and a bound keeps deadline arithmetic far from overflow.
+const MAX_VISIBILITY: Duration = Duration::from_secs(24 * 3600);
 
 /// A held record as the API shows it; without `reveal`, its values are left out.
 fn record_json(s: &Stored, reveal: bool) -> Value {
@@ -300,7 +304,7 @@ pub(crate) async fn redrive_dead(sink: SinkRef, body: Bytes) -> Result<Response,
 
 #[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/receive", tag = "consumers",
     summary = "Pull consumers: take up to `max` records, hidden from others for `visibility`",
-    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("max" = Option<usize>, Query, description = "1-10000 (default 10)"), ("visibility" = Option<String>, Query, description = "e.g. 30s"), ("wait" = Option<String>, Query, description = "Long poll, up to 60s")),
+    params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("max" = Option<usize>, Query, description = "1-10000 (default 10)"), ("visibility" = Option<String>, Query, description = "e.g. 30s; at most 24h"), ("wait" = Option<String>, Query, description = "Long poll, up to 60s")),
     responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn receive(
@@ -313,16 +317,20 @@ pub(crate) async fn receive(
         .and_then(|m| m.parse::<usize>().ok())
         .unwrap_or(10)
         .clamp(1, 10_000);
-    let dur = |k: &str, d: Duration| -> Result<Duration, ApiError> {
+    let dur = |k: &str, d: Duration, max: Duration| -> Result<Duration, ApiError> {
         match q.get(k) {
             None => Ok(d),
-            Some(v) => parse_duration(v).ok_or_else(|| {
-                ApiError::BadRequest(format!("{k}={v:?}: use a duration like 30s, 500ms or 2m"))
+            Some(v) => parse_duration(v).filter(|d| *d <= max).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{k}: use a duration like 30s, 500ms or 2m, at most {}s",
+                    max.as_secs()
+                ))
             }),
         }
     };
-    let visibility = dur("visibility", Duration::from_secs(30))?.max(Duration::from_millis(10));
-    let wait = dur("wait", Duration::ZERO)?.min(Duration::from_secs(60));
+    let visibility =
+        dur("visibility", Duration::from_secs(30), MAX_VISIBILITY)?.max(Duration::from_millis(10));
+    let wait = dur("wait", Duration::ZERO, MAX_VISIBILITY)?.min(Duration::from_secs(60));
     let items = queue.receive(max, visibility, wait).await;
     let mut body = Vec::with_capacity(items.iter().map(|i| i.json.len() + 1).sum::<usize>() + 16);
     body.extend_from_slice(b"{\"records\":[");
@@ -409,6 +417,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        // Too large for a Duration, or not a number: refused, never a panic.
+        assert_eq!(parse_duration("99999999999999999999999"), None);
+        assert_eq!(parse_duration("1e400"), None);
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("NaN"), None);
         assert_eq!(parse_duration("5 days"), None);
         assert_eq!(parse_duration("-1s"), None);
     }

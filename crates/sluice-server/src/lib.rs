@@ -126,6 +126,7 @@ pub async fn bind(
         tls_cert: tls.as_ref().map(|t| t.cert.clone()),
     });
     tokio::spawn(console::sample(state.clone()));
+    tokio::spawn(audit::flush_refusals(state.clone()));
     let (managed, api) = manage::routes().split_for_parts();
     let doc = manage::document(api);
     let allow = axum::middleware::from_fn_with_state(state.clone(), manage::allow_list);
@@ -151,6 +152,9 @@ pub async fn bind(
     .layer(allow)
     // Outside the allow-list, so refused addresses are recorded too.
     .layer(audit)
+    .layer(axum::extract::DefaultBodyLimit::max(api::BODY_LIMIT))
+    // Outermost: whatever refuses a request, the answer is the API's error body.
+    .layer(axum::middleware::from_fn(api::json_errors))
     .with_state(state);
     // The peer's address, for the allow-lists.
     let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{reply, scope_name, ApiError, Caller};
+use crate::api::{reply, scope_name, ApiError, Caller, ErrorBody};
 use crate::audit::AuditTarget;
 use crate::AppState;
 
@@ -133,17 +133,6 @@ pub(crate) async fn allow_list(
         }
     }
     next.run(req).await
-}
-
-/// An error: what is wrong and what to do; with the configuration's problems (400) or
-/// the failed checks (422) when there are.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct ErrorBody {
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    problems: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    findings: Option<Vec<FindingView>>,
 }
 
 /// A pipeline's configuration: the TOML file's sections as JSON (see the README's
@@ -647,12 +636,9 @@ async fn put_access(
         management: change.management,
         consumers: change.consumers,
     };
-    let invalid = |problems: Vec<String>| {
-        ApiError::Detailed(
-            StatusCode::BAD_REQUEST,
-            "the allow-lists are not valid: fix every problem listed".into(),
-            serde_json::json!({ "problems": problems }),
-        )
+    let invalid = |problems: Vec<String>| ApiError::Invalid {
+        error: "the allow-lists are not valid: fix every problem listed".into(),
+        problems,
     };
     if !Access::would_allow(&lists, peer.ip()).map_err(invalid)? && !change.force {
         return Err(ApiError::Conflict(format!(

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::api::ErrorBody;
 use crate::api::SinkRef;
-use crate::manage::ErrorBody;
 use crate::AppState;
 
 /// An empty list serves every table.

@@ -61,12 +61,7 @@ impl TableFilter {
 /// Waits between attempts at one batch.
 const RETRY: Backoff = Backoff::doubling(Duration::from_millis(50), Duration::from_secs(10));
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use sluice_core::time::now_micros;
 
 /// The metrics and stats of one sink's loop.
 struct Counters {

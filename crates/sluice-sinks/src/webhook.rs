@@ -373,10 +373,7 @@ impl Target for Webhook {
             body.extend_from_slice(&items[0].json);
         }
         let id = items[0].id.to_string();
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let timestamp = sluice_core::time::now_micros() / 1_000_000;
         let mut req = self
             .client
             .post(&url)

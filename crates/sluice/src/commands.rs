@@ -332,7 +332,7 @@ fn note_end(
     failure: &mut Option<anyhow::Error>,
 ) {
     match result {
-        Ok(Outcome::Done) => info!(pipeline = %name, "pipeline stopped"),
+        Ok(Outcome::Done(_)) => info!(pipeline = %name, "pipeline stopped"),
         Ok(Outcome::Refused(findings)) => {
             print!("{}", preflight::render(&findings));
             let n = findings.iter().filter(|f| !f.ok && f.blocking).count();
