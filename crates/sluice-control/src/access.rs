@@ -14,7 +14,7 @@ use std::sync::RwLock;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::write_whole;
+use crate::files::write_whole;
 
 /// The two lists, as given (CIDR blocks or single addresses).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -191,9 +191,9 @@ impl Audit {
     /// The latest `limit` events, actions and counted refusals (those of the current
     /// window included), newest first.
     pub fn recent(&self, limit: usize) -> std::io::Result<Vec<AuditEvent>> {
-        let mut out = self.actions.recent(limit)?;
-        out.extend(self.refusals.recent(limit)?);
-        out.extend(
+        let actions = self.actions.recent(limit)?;
+        let mut refusals = self.refusals.recent(limit)?;
+        refusals.extend(
             self.tally
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -201,8 +201,24 @@ impl Audit {
                 .values()
                 .cloned(),
         );
-        out.sort_by_key(|e| std::cmp::Reverse(e.time_ms));
-        out.truncate(limit);
+        refusals.sort_by_key(|e| std::cmp::Reverse(e.time_ms));
+        // Merged by time; the actions keep the order they were written in.
+        let mut out = Vec::with_capacity(limit.min(actions.len() + refusals.len()));
+        let (mut a, mut r) = (
+            actions.into_iter().peekable(),
+            refusals.into_iter().peekable(),
+        );
+        while out.len() < limit {
+            let take_refusal = match (a.peek(), r.peek()) {
+                (Some(x), Some(y)) => y.time_ms > x.time_ms,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            match if take_refusal { r.next() } else { a.next() } {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
         Ok(out)
     }
 }

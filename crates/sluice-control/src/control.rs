@@ -34,8 +34,9 @@ use tracing::{error, info, warn};
 
 use crate::access::Access;
 use crate::audit::Audit;
-use crate::registry::{now_ms, redact, toml_to_value, Entry, Origin, Registry};
+use crate::registry::{now_ms, toml_to_value, Entry, Origin, Registry};
 use crate::sealed::SecretKeys;
+use crate::secrets::{redact, restore_secrets, Declared};
 use crate::tokens::Tokens;
 
 /// Why a request was refused.
@@ -218,7 +219,7 @@ impl Handle {
     ) -> Result<PipelineView, ControlError> {
         // An update may carry the redacted secrets a read gave: keep the stored ones.
         let value = match update.and_then(|n| self.registry.get(n)) {
-            Some(stored) => crate::registry::restore_secrets(&value, &stored.config),
+            Some(stored) => restore_secrets(&value, &stored.config, Declared::current()),
             None => value,
         };
         let config = self
@@ -591,7 +592,7 @@ impl Controller {
             status,
             created_ms: entry.created_ms,
             updated_ms: entry.updated_ms,
-            config: with_config.then(|| redact(&entry.config)),
+            config: with_config.then(|| redact(&entry.config, Declared::current())),
         })
     }
 

@@ -17,9 +17,11 @@
 pub mod access;
 pub mod audit;
 pub mod control;
+mod files;
 pub mod probe;
 pub mod registry;
 pub mod sealed;
+pub mod secrets;
 pub mod tokens;
 
 pub use control::{ControlError, Controller, FindingView, Handle, PipelineView, RunState};

@@ -8,13 +8,13 @@
 //! - A pipeline's local data lives in `<data_dir>/pipelines/<name>`: the server chooses it,
 //!   so a configuration may not name a `data_dir`, nor a `[server]` (the server's own).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_pipeline::Config;
 
+use crate::files::write_whole;
 use crate::sealed::SecretKeys;
 
 /// Where an entry came from: the API, or a file of the configuration directory (which
@@ -42,26 +42,6 @@ pub struct Entry {
     /// Milliseconds since the Unix epoch.
     pub created_ms: i64,
     pub updated_ms: i64,
-}
-
-/// Writes `path` whole or not at all: a temporary file beside it (with `mode`), fsync'd,
-/// renamed over it, the directory fsync'd.
-pub(crate) fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 pub use sluice_core::time::now_ms;
@@ -195,147 +175,10 @@ pub fn toml_to_value(text: &str) -> Result<Value, String> {
     serde_json::to_value(t).map_err(|e| e.to_string())
 }
 
-/// The keys whose values are secrets, wherever they appear in a configuration.
-const SECRET_KEYS: &[&str] = &["password", "secret", "token", "tokens", "auth_token"];
-
-/// Whether the value of key `k` is a secret, wherever it appears.
-pub(crate) fn is_secret_key(k: &str) -> bool {
-    SECRET_KEYS.contains(&k) || k.ends_with("_secret") || k.ends_with("_password") || k == "headers"
-}
-
-/// Whether `s` holds a password (`scheme://user:password@`, `password=`).
-pub(crate) fn holds_password(s: &str) -> bool {
-    redact_url(s) != s
-}
-
-/// `value` with every secret replaced by `"<redacted>"`: passwords inside URLs (any
-/// string holding `scheme://user:password@`), and the values of secret keys.
-pub fn redact(value: &Value) -> Value {
-    match value {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let v = if is_secret_key(k) && !v.is_null() {
-                        Value::String("<redacted>".into())
-                    } else {
-                        redact(v)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
-        Value::String(s) => Value::String(redact_url(s)),
-        v => v.clone(),
-    }
-}
-
-/// `new` with every value that is `old`'s redacted form (as an API answer showed it)
-/// put back to `old`'s: an update sent back with `"<redacted>"` keeps the stored
-/// secrets, and a secret given anew replaces them.
-pub fn restore_secrets(new: &Value, old: &Value) -> Value {
-    if &redact(old) == new {
-        return old.clone();
-    }
-    match (new, old) {
-        (Value::Object(n), Value::Object(o)) => Value::Object(
-            n.iter()
-                .map(|(k, v)| {
-                    let v = match o.get(k) {
-                        Some(ov) if is_secret_key(k) && v == "<redacted>" => ov.clone(),
-                        Some(ov) => restore_secrets(v, ov),
-                        None => v.clone(),
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        (Value::Array(n), Value::Array(o)) => Value::Array(
-            n.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    o.get(i)
-                        .map_or_else(|| v.clone(), |ov| restore_secrets(v, ov))
-                })
-                .collect(),
-        ),
-        _ => new.clone(),
-    }
-}
-
-/// A URL's password (`scheme://user:password@host`) and `password=` parameters replaced.
-fn redact_url(s: &str) -> String {
-    let mut out = s.to_string();
-    if let Some(scheme) = out.find("://") {
-        let rest = scheme + 3;
-        let end = out[rest..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..end].rfind('@') {
-            let userinfo = &out[rest..rest + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest + colon + 1..rest + at, "<redacted>");
-            }
-        }
-    }
-    // Key-value connection strings and query parameters.
-    for key in ["password=", "sslpassword="] {
-        let mut from = 0;
-        while let Some(i) = out[from..].find(key) {
-            let start = from + i + key.len();
-            let end = out[start..]
-                .find([' ', '&'])
-                .map_or(out.len(), |j| start + j);
-            out.replace_range(start..end, "<redacted>");
-            from = start + "<redacted>".len();
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn redacts_passwords_in_urls_and_secret_keys() {
-        let v = json!({
-            "source": {"url": "postgres://app:s3cret@db:5432/app?sslmode=require"},
-            "sinks": [
-                {"type": "redis", "url": "rediss://:pw@cache:6380"},
-                {"type": "webhook", "url": "https://hooks.example/x", "secret": "abc", "headers": {"X-Key": "k"}},
-                {"type": "x", "url": "host=db password=hunter2 user=app"}
-            ]
-        });
-        let r = redact(&v).to_string();
-        for secret in ["s3cret", "pw@", "abc", "\"k\"", "hunter2"] {
-            assert!(!r.contains(secret), "{secret} in {r}");
-        }
-        assert!(
-            r.contains("postgres://app:<redacted>@db:5432/app?sslmode=require"),
-            "{r}"
-        );
-        assert!(r.contains("https://hooks.example/x"), "{r}");
-        assert!(r.contains("user=app"), "{r}");
-    }
-
-    #[test]
-    fn an_update_with_redacted_secrets_keeps_the_stored_ones() {
-        let old = json!({
-            "source": {"url": "postgres://app:s3cret@db/app", "tables": ["public.a"]},
-            "sinks": [{"name": "w", "type": "webhook", "url": "https://x/", "secret": "abc"}]
-        });
-        let mut sent = redact(&old);
-        sent["source"]["tables"] = json!(["public.a", "public.b"]);
-        let back = restore_secrets(&sent, &old);
-        assert_eq!(back["source"]["url"], "postgres://app:s3cret@db/app");
-        assert_eq!(back["sinks"][0]["secret"], "abc");
-        assert_eq!(back["source"]["tables"], json!(["public.a", "public.b"]));
-        // A new secret replaces the old one.
-        sent["sinks"][0]["secret"] = json!("new");
-        assert_eq!(restore_secrets(&sent, &old)["sinks"][0]["secret"], "new");
-    }
 
     #[test]
     fn refuses_data_dir_and_server_and_names_every_problem() {

@@ -9,8 +9,8 @@
 //! - Every seal draws a fresh random 96-bit nonce from the system's generator.
 //! - Opening tries the current key, then the previous one (during a rotation); a value
 //!   neither key opens is an error that says which key is missing, never a guess.
-//! - Which values are secret is decided by the same rules as redaction
-//!   ([`crate::registry::redact`]), so what the API hides is what the disk seals.
+//! - Which values are secret is decided by [`crate::secrets`], the same walk as
+//!   redaction, so what the API hides is what the disk seals.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 
-use crate::registry::{holds_password, is_secret_key};
+use crate::secrets::{map_secrets, Declared, Found};
 
 const PREFIX: &str = "sluice-sealed:v1:";
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -99,24 +99,16 @@ impl SecretKeys {
 
     /// `value` with each secret sealed under the current key.
     pub fn seal(&self, value: &Value) -> Result<Value, String> {
-        Ok(match value {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .map(|(k, v)| {
-                        let v = if is_secret_key(k) && !v.is_null() && !is_sealed(v) {
-                            self.seal_one(v)?
-                        } else {
-                            self.seal(v)?
-                        };
-                        Ok((k.clone(), v))
-                    })
-                    .collect::<Result<_, String>>()?,
-            ),
-            Value::Array(a) => {
-                Value::Array(a.iter().map(|v| self.seal(v)).collect::<Result<_, _>>()?)
-            }
-            Value::String(s) if holds_password(s) => self.seal_one(value)?,
-            v => v.clone(),
+        self.seal_with(value, Declared::current())
+    }
+
+    /// `value` with each secret that `declared` (and a password in a string) makes one
+    /// sealed; one sealed already stays as it is.
+    pub fn seal_with(&self, value: &Value, declared: &Declared) -> Result<Value, String> {
+        map_secrets(value, declared, &mut |found| match found {
+            Found::Setting(v) if is_sealed(v) => Ok(v.clone()),
+            Found::Setting(v) => self.seal_one(v),
+            Found::Text(s) => self.seal_one(&Value::String(s.to_owned())),
         })
     }
 
@@ -214,7 +206,7 @@ fn make_key_file(path: &Path) -> Result<(), String> {
     SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| "the system's random generator failed".to_string())?;
-    crate::registry::write_whole(path, format!("{}\n", B64.encode(key)).as_bytes(), 0o600)
+    crate::files::write_whole(path, format!("{}\n", B64.encode(key)).as_bytes(), 0o600)
         .map_err(|e| format!("cannot write the secret key file {}: {e}", path.display()))
 }
 
@@ -251,6 +243,17 @@ mod tests {
         assert_eq!(keys.open(&sealed).unwrap(), (config(), false));
         // Sealing what is sealed leaves it be.
         assert_eq!(keys.seal(&sealed).unwrap(), sealed);
+    }
+
+    #[test]
+    fn a_sink_types_declared_secret_is_sealed_whatever_its_name() {
+        let keys = SecretKeys::new([5; 32], None);
+        let declared = Declared::new(&[("broker", &["nkey_seed"])]);
+        let config = json!({"sinks": [{"name": "b", "type": "broker", "nkey_seed": "SUAMK2FG", "subject": "s"}]});
+        let sealed = keys.seal_with(&config, &declared).unwrap();
+        assert!(is_sealed(&sealed["sinks"][0]["nkey_seed"]), "{sealed}");
+        assert_eq!(sealed["sinks"][0]["subject"], "s");
+        assert_eq!(keys.open(&sealed).unwrap(), (config, false));
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Tokens {
 
     fn save(&self, all: &[TokenInfo]) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?;
-        crate::registry::write_whole(&self.path, &bytes, 0o600)
+        crate::files::write_whole(&self.path, &bytes, 0o600)
     }
 
     /// Creates a token; returns its record and its secret (the only time it exists).

@@ -32,7 +32,9 @@ impl Backoff {
             .multiplier
             .max(1.0)
             .powi(failed.saturating_sub(1).min(1000) as i32);
-        self.initial.mul_f64(exp.min(1e9)).min(self.max)
+        // Capped before it is a Duration: a product past Duration's range would panic.
+        let secs = (self.initial.as_secs_f64() * exp.min(1e9)).min(self.max.as_secs_f64());
+        Duration::try_from_secs_f64(secs).unwrap_or(self.max)
     }
 
     /// The wait after `failed` failures: full jitter below [`Self::bound`].

@@ -8,7 +8,7 @@ use crate::{OnExhausted, Policy, Retry};
 use serde::Deserialize;
 
 /// Delivery settings of one sink.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Deliveries in flight at once (requests, or records on offer to pull consumers).
@@ -92,9 +92,9 @@ impl DeliveryConfig {
                 "sink {sink:?}: delivery.window must be at least delivery.concurrency"
             ));
         }
-        if self.rate_limit.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        if self.rate_limit.is_some_and(|r| r.is_nan() || r < 0.001) {
             errs.push(format!(
-                "sink {sink:?}: delivery.rate_limit must be above 0"
+                "sink {sink:?}: delivery.rate_limit must be at least 0.001 (records per second)"
             ));
         }
         if self.retry_multiplier.is_nan() || self.retry_multiplier < 1.0 {

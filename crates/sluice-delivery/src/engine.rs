@@ -39,6 +39,9 @@ use crate::{
     Target, Topics,
 };
 
+/// The longest wait before a retry, however it was asked for.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// Records loaded from the waiting room at a time when a key drains.
 const PAGE: usize = 1000;
 
@@ -612,7 +615,7 @@ impl<T: Target> Engine<T> {
             if budget > 0 {
                 // Same-route heads join the call; a bounded scan keeps this cheap.
                 let mut i = 0;
-                let scan = (self.policy.batch * 4).min(self.ready.len());
+                let scan = self.policy.batch.saturating_mul(4).min(self.ready.len());
                 let mut scanned = 0;
                 while i < self.ready.len() && budget > 0 && scanned < scan {
                     scanned += 1;
@@ -692,7 +695,11 @@ impl<T: Target> Engine<T> {
                     head.failed += 1;
                     head.last_error = error.clone();
                     let age = head.first_try.map(|t| t.elapsed()).unwrap_or_default();
-                    let wait = after.unwrap_or_else(|| retry.backoff(head.failed));
+                    // Bounded whatever asked for it (a consumer's delay, a server's
+                    // Retry-After): a deadline must stay far from the clock's end.
+                    let wait = after
+                        .unwrap_or_else(|| retry.backoff(head.failed))
+                        .min(MAX_RETRY_WAIT);
                     // A record that expires before it could be retried goes as `expired`.
                     let expires_first = head
                         .item

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// What to do with a key whose head record ran out of retries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExhausted {
     /// Hold the key's records in the waiting room until an operator redrives or skips

@@ -48,7 +48,8 @@ impl Arrivals {
         }
         let now = now_micros();
         self.arrived.store(now, Ordering::Relaxed);
-        self.took.store((now - sent).max(0), Ordering::Relaxed);
+        self.took
+            .store(now.saturating_sub(sent).max(0), Ordering::Relaxed);
     }
 
     /// Seconds since the last arrival, and how long that heartbeat took; `None` before

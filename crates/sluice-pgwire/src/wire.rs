@@ -295,7 +295,7 @@ impl Connection {
         let mut parts = v.split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        major * 10000 + minor
+        major.saturating_mul(10000).saturating_add(minor)
     }
 
     /// Runs `sql` through the simple query protocol; one result per statement.

@@ -324,8 +324,8 @@ impl Config {
                 errs.push(format!("source.table.{table:?} is not among source.tables"));
             }
         }
-        if self.source.status_interval_secs == 0 {
-            errs.push("source.status_interval_secs must be at least 1".into());
+        if !(1..=3600).contains(&self.source.status_interval_secs) {
+            errs.push("source.status_interval_secs must be 1 to 3600".into());
         }
         if self.source.heartbeat_table.is_some() && self.source.heartbeat_secs == 0 {
             errs.push(
@@ -340,6 +340,14 @@ impl Config {
         for s in &self.sinks {
             if !names.insert(s.name()) {
                 errs.push(format!("sink name {:?} is used twice", s.name()));
+            }
+            // A sink's name names its thread, its cursor and its URL path.
+            if s.name().is_empty() || s.name().len() > 100 || s.name().chars().any(char::is_control)
+            {
+                errs.push(format!(
+                    "sink name {:?} must be 1 to 100 characters without control characters",
+                    s.name()
+                ));
             }
             for t in s.tables() {
                 if !self.covers(t) && !t.ends_with(".*") {
@@ -383,10 +391,10 @@ impl Config {
             errs.push("log.segment_bytes must be at least 4096".into());
         }
         if let Some(max) = self.log.max_bytes {
-            if max < 2 * self.log.segment_bytes {
+            if max < self.log.segment_bytes.saturating_mul(2) {
                 errs.push(format!(
                     "log.max_bytes = {max} must be at least two segments (2 x log.segment_bytes = {})",
-                    2 * self.log.segment_bytes
+                    self.log.segment_bytes.saturating_mul(2)
                 ));
             }
         }

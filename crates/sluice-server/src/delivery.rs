@@ -373,11 +373,12 @@ fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> 
     }
     let delay = match a.delay.as_deref().map(parse_duration) {
         None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => {
-            return Err(ApiError::BadRequest(
-                "delay: use a duration like 5s or 500ms".into(),
-            ))
+        Some(Some(d)) if d <= MAX_VISIBILITY => Some(d),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "delay: use a duration like 5s or 500ms, at most {}s",
+                MAX_VISIBILITY.as_secs()
+            )))
         }
     };
     let n = queue.nack(&a.ids, delay);

@@ -79,6 +79,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(discover_source))
         .routes(routes!(pipeline_tables))
         .routes(routes!(verify_sink))
+        .routes(routes!(sink_types))
         .routes(routes!(get_access, put_access))
         .routes(routes!(crate::audit::audit_log))
         .routes(routes!(crate::console::whoami))
@@ -146,8 +147,9 @@ struct PipelineConfig {
     /// `schema.*`) and the optional source settings.
     #[schema(value_type = Object)]
     source: Value,
-    /// Each sink: `name`, `type` and the type's own settings.
-    #[schema(value_type = Vec<Object>)]
+    /// Each sink: `name`, `type` and the type's own settings (described from each sink
+    /// type's configuration; `GET /v1/sink-types` gives the same as form fields).
+    #[schema(value_type = Vec<sluice_sinks::SinkConfig>)]
     sinks: Vec<Value>,
     #[schema(value_type = Option<Object>)]
     log: Option<Value>,
@@ -202,6 +204,15 @@ struct TokenList {
 #[derive(Serialize, ToSchema)]
 struct Revoked {
     revoked: String,
+}
+
+#[utoipa::path(get, path = "/v1/sink-types", tag = "pipelines",
+    summary = "The sink types this server has: each one's settings (name, kind, required, secret, choices), capabilities and JSON schema",
+    responses((status = 200, body = Vec<sluice_sinks::SinkType>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn sink_types(caller: Caller) -> Result<Response, ApiError> {
+    caller.may_read()?;
+    Ok(reply(StatusCode::OK, sluice_sinks::sink_types()))
 }
 
 #[utoipa::path(get, path = "/v1/pipelines", tag = "pipelines",

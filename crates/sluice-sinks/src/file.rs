@@ -19,12 +19,13 @@ use crate::{finding_for, Built, Context, Sink, SinkSpec};
 
 /// `type = "file"`: JSON lines appended to a file and fsync'd before the sink's cursor
 /// moves.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Unique name of the sink within the pipeline.
     pub name: String,
     /// The file to append to (created if missing; relative to the config file).
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Tables this sink takes (`schema.table` or `schema.*`; default: all).
     #[serde(default)]
@@ -48,6 +49,9 @@ impl FileConfig {
 }
 
 impl SinkSpec for FileConfig {
+    const DESCRIPTION: &'static str =
+        "Appends each change as a line of JSON to a file, fsync'd before it is acknowledged.";
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -11,7 +11,9 @@
 //!   HTTP server (SSE);
 //! - its tests, for both delivered and failed batches.
 //!
-//! Adding a sink is one new module and one line in the registry (`registry.rs`).
+//! Adding a sink is one new module and one line in the registry (`registry.rs`): the
+//! API's document, `GET /v1/sink-types`, the console's forms and the sealing of its
+//! secrets all follow from the module's configuration type.
 //!
 //! Invariants of every sink:
 //! - A sink's cursor moves only after the sink acknowledged every record below it
@@ -28,6 +30,7 @@ pub mod pull;
 pub mod redis;
 mod registry;
 mod runner;
+mod secret;
 pub mod sse;
 pub mod stdout;
 #[cfg(feature = "webhook")]
@@ -38,8 +41,9 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use registry::SinkConfig;
+pub use registry::{sink_types, SinkConfig, SinkField, SinkType};
 pub use runner::{run, TableFilter};
+pub use secret::{is_secret_schema, Secret};
 pub use sluice_core::{Fault, Finding, SinkStats};
 
 use sluice_delivery::DeliveryConfig;
@@ -164,8 +168,38 @@ pub struct Events<'a> {
     pub delivery: &'a DeliveryConfig,
 }
 
-/// The anatomy every sink's configuration implements.
-pub trait SinkSpec {
+/// What a sink is, for the API, the console and the pipeline: each sink declares it
+/// once, on its configuration type ([`SinkSpec::CAPABILITIES`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Capabilities {
+    /// Each table it takes needs a primary key (rows are keyed by it).
+    pub needs_primary_key: bool,
+    /// A key whose records cannot be delivered waits in a waiting room (inspect,
+    /// redrive, skip) while the other keys flow.
+    pub waiting_room: bool,
+    /// Served by Sluice's HTTP server: consumers connect to it.
+    pub served: bool,
+    /// Takes outbox topics and outbox tables, not only tables.
+    pub outbox: bool,
+}
+
+impl Capabilities {
+    pub const NONE: Capabilities = Capabilities {
+        needs_primary_key: false,
+        waiting_room: false,
+        served: false,
+        outbox: false,
+    };
+}
+
+/// The anatomy every sink's configuration implements. The configuration type is also
+/// the sink's published schema (`utoipa::ToSchema`, with a doc comment per field), and
+/// a secret setting is declared by its type ([`Secret`]).
+pub trait SinkSpec: utoipa::ToSchema {
+    /// One line: what the sink does.
+    const DESCRIPTION: &'static str;
+    /// What it is (default: none of the capabilities).
+    const CAPABILITIES: Capabilities = Capabilities::NONE;
     /// Unique name of the sink within its pipeline.
     fn name(&self) -> &str;
     /// Tables the sink takes (`schema.table` or `schema.*`; empty: all).
@@ -183,11 +217,11 @@ pub trait SinkSpec {
     }
     /// Whether each table the sink takes needs a primary key (a cache key).
     fn needs_primary_key(&self) -> bool {
-        false
+        Self::CAPABILITIES.needs_primary_key
     }
     /// Whether the sink is served by the HTTP server.
     fn needs_server(&self) -> bool {
-        false
+        Self::CAPABILITIES.served
     }
     /// A file this sink alone may write.
     fn exclusive_path(&self) -> Option<&Path> {

@@ -20,12 +20,12 @@ use sluice_core::{Fault, Finding};
 use sluice_delivery::{Delivery, DeliveryConfig, Failure, Item, Target};
 use tokio::sync::{oneshot, Notify};
 
-use crate::{finding_for, Built, Context, Events, SinkSpec};
+use crate::{finding_for, Built, Capabilities, Context, Events, SinkSpec};
 
 /// `type = "pull"`: records pulled over HTTP by consumers (`POST
 /// /v1/sinks/<name>/receive`, `ack`, `nack`), with per-key order across competing
 /// consumers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullConfig {
     /// Unique name of the sink within the pipeline (the URL path).
@@ -50,6 +50,14 @@ pub struct PullConfig {
 }
 
 impl SinkSpec for PullConfig {
+    const DESCRIPTION: &'static str = "An HTTP pull queue: consumers receive records, acknowledge or refuse them; a failing key waits in the waiting room.";
+    const CAPABILITIES: Capabilities = Capabilities {
+        waiting_room: true,
+        served: true,
+        outbox: true,
+        ..Capabilities::NONE
+    };
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -85,10 +93,6 @@ impl SinkSpec for PullConfig {
             delete_delivered: self.delete_delivered,
             delivery: &self.delivery,
         })
-    }
-
-    fn needs_server(&self) -> bool {
-        true
     }
 }
 

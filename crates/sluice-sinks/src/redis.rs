@@ -44,7 +44,7 @@ use sluice_core::{metric, Fault, Finding, Op};
 use sluice_log::{Record, RecordBatch};
 use tracing::{info, warn};
 
-use crate::{finding_for, Built, Context, InFlight, Sink, SinkSpec};
+use crate::{finding_for, Built, Capabilities, Context, InFlight, Sink, SinkSpec};
 
 mod applied;
 mod clear;
@@ -57,7 +57,7 @@ use script::HMERGE;
 use writer::{Reply, Writer};
 
 /// `type = "redis"`: rows cached in Redis, one key per row, fenced by the sink's high-water mark.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// Unique name of the sink within the pipeline.
@@ -87,6 +87,7 @@ pub struct RedisConfig {
     /// For `rediss://`: a PEM file of the certificate authorities to trust instead of
     /// the system's (a private CA, or the server's own self-signed certificate).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -139,6 +140,12 @@ impl RedisConfig {
 }
 
 impl SinkSpec for RedisConfig {
+    const DESCRIPTION: &'static str = "One key per row in Redis, kept identical to the table (JSON or a hash); deletes remove keys, truncates clear the table's keys.";
+    const CAPABILITIES: Capabilities = Capabilities {
+        needs_primary_key: true,
+        ..Capabilities::NONE
+    };
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -219,10 +226,6 @@ impl SinkSpec for RedisConfig {
             max_records: self.batch,
         })
     }
-
-    fn needs_primary_key(&self) -> bool {
-        true
-    }
 }
 
 /// A client for `url`; over TLS, trusting the CAs of `ca_file` if given (read now, so a
@@ -294,7 +297,7 @@ pub fn classify(e: RedisError) -> Fault {
 }
 
 /// How rows are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// The row as a JSON object in a string.

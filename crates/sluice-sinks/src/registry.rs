@@ -1,13 +1,20 @@
 //! The registry of sinks: the `type` name of a `[[sinks]]` entry and the module that
 //! implements it. One line per sink; an optional sink's line carries its cargo feature.
 //!
-//! Invariant: [`SinkConfig`] only dispatches; what a sink is and does lives in its module.
+//! Invariants:
+//! - [`SinkConfig`] only dispatches; what a sink is and does lives in its module.
+//! - What the API and the console know of a sink ([`sink_types`], the OpenAPI schema of
+//!   [`SinkConfig`]) is derived from its configuration type, never written elsewhere.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::schema::{Discriminator, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 
-use crate::{Built, Context, Events, Fault, Finding, SinkSpec};
+use crate::{Built, Capabilities, Context, Events, Fault, Finding, SinkSpec};
 
 macro_rules! registry {
     ($($(#[$attr:meta])* $tag:literal => $variant:ident($module:ident::$config:ident),)*) => {
@@ -39,6 +46,30 @@ macro_rules! registry {
                 built.map_err(|e| e.within(format_args!("sink {:?}", self.name())))
             }
         }
+
+        /// Every sink type this build has, described from its configuration type.
+        pub fn sink_types() -> Vec<SinkType> {
+            vec![$($(#[$attr])* describe::<crate::$module::$config>($tag),)*]
+        }
+
+        /// One schema per sink type, told apart by `type`.
+        impl utoipa::PartialSchema for SinkConfig {
+            fn schema() -> RefOr<Schema> {
+                let mut one = OneOfBuilder::new();
+                $($(#[$attr])* { one = one.item(tagged::<crate::$module::$config>($tag)); })*
+                one.discriminator(Some(Discriminator::new("type"))).into()
+            }
+        }
+
+        impl utoipa::ToSchema for SinkConfig {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed("SinkConfig")
+            }
+
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                $($(#[$attr])* <crate::$module::$config as utoipa::ToSchema>::schemas(schemas);)*
+            }
+        }
     };
 }
 
@@ -51,6 +82,143 @@ registry! {
     #[cfg(feature = "webhook")]
     "webhook" => Webhook(webhook::WebhookConfig),
     "pull" => Pull(pull::PullConfig),
+}
+
+/// A sink type as the API and the console see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SinkType {
+    /// The `type` of a `[[sinks]]` entry.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What the sink does, in one line.
+    pub description: &'static str,
+    pub capabilities: Capabilities,
+    /// Its settings, in a form a form can be built from.
+    pub fields: Vec<SinkField>,
+    /// The JSON schema of its settings, as in the API document.
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+/// One setting of a sink type.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SinkField {
+    pub name: String,
+    pub description: String,
+    /// `string`, `integer`, `number`, `boolean`, `array` or `object`.
+    pub kind: String,
+    pub required: bool,
+    /// Write-only: sealed at rest, `<redacted>` in every answer.
+    pub secret: bool,
+    /// The value taken when it is not given, where the schema says.
+    #[schema(value_type = Option<Object>)]
+    pub default: Option<Value>,
+    /// The values it may take, for a setting with a fixed set.
+    pub choices: Option<Vec<String>>,
+}
+
+/// The description of sink type `T`.
+fn describe<T: SinkSpec>(kind: &'static str) -> SinkType {
+    let (schema, fields) = schema_and_fields::<T>();
+    SinkType {
+        kind,
+        description: T::DESCRIPTION,
+        capabilities: T::CAPABILITIES,
+        fields,
+        schema,
+    }
+}
+
+/// A configuration type's schema (as JSON) and its settings.
+fn schema_and_fields<T: utoipa::ToSchema>() -> (Value, Vec<SinkField>) {
+    let mut components = Vec::new();
+    T::schemas(&mut components);
+    let components: HashMap<String, Value> = components
+        .into_iter()
+        .map(|(name, s)| (name, serde_json::to_value(s).unwrap_or_default()))
+        .collect();
+    let schema = serde_json::to_value(T::schema()).unwrap_or_default();
+    let fields = fields_of(&schema, &components);
+    (schema, fields)
+}
+
+/// The top-level settings of an object schema, references resolved in `components`.
+fn fields_of(schema: &Value, components: &HashMap<String, Value>) -> Vec<SinkField> {
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, prop)| {
+            let resolved = resolve(prop, components);
+            let kind = match &resolved["type"] {
+                Value::String(t) => t.clone(),
+                Value::Array(ts) => ts
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|t| *t != "null")
+                    .unwrap_or("string")
+                    .to_owned(),
+                _ if resolved.get("enum").is_some() => "string".to_owned(),
+                _ => "object".to_owned(),
+            };
+            let description = [prop, &resolved]
+                .iter()
+                .find_map(|v| v["description"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            SinkField {
+                name: name.clone(),
+                description,
+                kind,
+                required: required.contains(&name.as_str()),
+                secret: crate::is_secret_schema(prop),
+                default: prop.get("default").cloned(),
+                choices: resolved["enum"].as_array().map(|e| {
+                    e.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A property's own schema: through a reference, and past the `null` of an `Option`.
+fn resolve(prop: &Value, components: &HashMap<String, Value>) -> Value {
+    if let Some(r) = prop["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap_or_default();
+        return components.get(name).cloned().unwrap_or(Value::Null);
+    }
+    for union in ["oneOf", "anyOf"] {
+        if let Some(items) = prop[union].as_array() {
+            if let Some(inner) = items.iter().find(|i| i["type"] != "null") {
+                return resolve(inner, components);
+            }
+        }
+    }
+    prop.clone()
+}
+
+/// `T`'s schema with its `type` tag added, required.
+fn tagged<T: utoipa::PartialSchema>(tag: &str) -> RefOr<Schema> {
+    let tag_schema = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([tag]))
+        .description(Some("The sink's type."));
+    match T::schema() {
+        RefOr::T(Schema::Object(mut o)) => {
+            o.properties.insert("type".into(), tag_schema.into());
+            o.required.insert(0, "type".into());
+            o.title = Some(tag.to_owned());
+            RefOr::T(Schema::Object(o))
+        }
+        other => other,
+    }
 }
 
 /// The synchronous part of [`SinkSpec`], object-safe, for dispatch without a match per
@@ -157,5 +325,87 @@ impl SinkConfig {
             })
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+
+    /// A sink type of the future: its secrets have names no list would guess.
+    #[derive(Deserialize, utoipa::ToSchema)]
+    #[allow(dead_code)]
+    struct OddConfig {
+        /// Its name.
+        name: String,
+        /// A seed that signs in.
+        nkey_seed: Secret,
+        /// Optional credentials.
+        #[serde(default)]
+        creds: Option<Secret>,
+        /// Headers, each a secret.
+        #[serde(default)]
+        extra: std::collections::BTreeMap<String, Secret>,
+        /// Where the password file is (a path, not a secret).
+        sasl_password_file: String,
+    }
+
+    #[test]
+    fn secrets_are_what_the_types_declare_whatever_their_names() {
+        let (_, fields) = schema_and_fields::<OddConfig>();
+        let secret: Vec<&str> = fields
+            .iter()
+            .filter(|f| f.secret)
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(secret, vec!["creds", "extra", "nkey_seed"]);
+        let seed = fields.iter().find(|f| f.name == "nkey_seed").unwrap();
+        assert!(seed.required && seed.kind == "string", "{seed:?}");
+        assert_eq!(seed.description, "A seed that signs in.");
+        assert!(!fields.iter().find(|f| f.name == "creds").unwrap().required);
+    }
+
+    #[test]
+    fn every_sink_type_describes_its_fields_and_capabilities() {
+        let types = sink_types();
+        let of = |k: &str| types.iter().find(|t| t.kind == k).unwrap();
+        for t in &types {
+            assert!(!t.description.is_empty(), "{}", t.kind);
+            let name = t.fields.iter().find(|f| f.name == "name").unwrap();
+            assert!(name.required && !name.secret, "{}", t.kind);
+            assert!(t.fields.iter().all(|f| !f.description.is_empty()), "{t:?}");
+        }
+        #[cfg(feature = "webhook")]
+        {
+            let webhook = of("webhook");
+            let secret: Vec<&str> = webhook
+                .fields
+                .iter()
+                .filter(|f| f.secret)
+                .map(|f| f.name.as_str())
+                .collect();
+            assert_eq!(secret, vec!["headers", "secret"]);
+            assert!(webhook.capabilities.waiting_room && webhook.capabilities.outbox);
+        }
+        #[cfg(feature = "redis")]
+        {
+            let redis = of("redis");
+            assert!(redis.capabilities.needs_primary_key);
+            let format = redis.fields.iter().find(|f| f.name == "format").unwrap();
+            assert_eq!(format.choices, Some(vec!["json".into(), "hash".into()]));
+            assert!(redis.fields.iter().all(|f| !f.secret));
+        }
+        assert!(of("sse").capabilities.served && !of("sse").capabilities.waiting_room);
+        assert!(of("pull").capabilities.served && of("pull").capabilities.waiting_room);
+        assert_eq!(of("file").capabilities, Capabilities::NONE);
+        // The API document's schema of a sink entry: one per type, each with its tag.
+        let one = serde_json::to_value(<SinkConfig as utoipa::PartialSchema>::schema()).unwrap();
+        let items = one["oneOf"].as_array().unwrap();
+        assert_eq!(items.len(), types.len());
+        for (item, t) in items.iter().zip(&types) {
+            assert_eq!(item["properties"]["type"]["enum"][0], t.kind, "{item}");
+            assert_eq!(item["required"][0], "type");
+        }
     }
 }

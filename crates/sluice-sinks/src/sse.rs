@@ -13,10 +13,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{finding_for, Built, Context, SinkSpec};
+use crate::{finding_for, Built, Capabilities, Context, SinkSpec};
 
 /// `type = "sse"`: Server-Sent Events at `GET /v1/sinks/<name>/events` on the HTTP server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SseConfig {
     /// Unique name of the sink within the pipeline (the URL path).
@@ -45,6 +45,12 @@ pub struct SseOptions {
 }
 
 impl SinkSpec for SseConfig {
+    const DESCRIPTION: &'static str = "Server-Sent Events: clients follow the changes over HTTP and resume from their last event id.";
+    const CAPABILITIES: Capabilities = Capabilities {
+        served: true,
+        ..Capabilities::NONE
+    };
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -76,10 +82,6 @@ impl SinkSpec for SseConfig {
             // 4 batches of ≤ 256 KiB: about 1 MiB per client at most.
             buffer: 4,
         }))
-    }
-
-    fn needs_server(&self) -> bool {
-        true
     }
 }
 

@@ -7,7 +7,7 @@ use crate::file::LineSink;
 use crate::{finding_for, Built, Context, SinkSpec};
 
 /// `type = "stdout"`: JSON lines on standard output.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {
     /// Unique name of the sink within the pipeline.
@@ -18,6 +18,8 @@ pub struct StdoutConfig {
 }
 
 impl SinkSpec for StdoutConfig {
+    const DESCRIPTION: &'static str = "Prints each change as a line of JSON on standard output.";
+
     fn name(&self) -> &str {
         &self.name
     }

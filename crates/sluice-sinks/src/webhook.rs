@@ -19,11 +19,11 @@ use serde::Deserialize;
 use sluice_core::{Fault, Finding};
 use sluice_delivery::{Delivery, DeliveryConfig, Failure, Item, Target};
 
-use crate::{finding_for, Built, Context, Events, SinkSpec};
+use crate::{finding_for, Built, Capabilities, Context, Events, Secret, SinkSpec};
 
 /// `type = "webhook"`: records POSTed as JSON to a URL, with Standard Webhooks
 /// signatures, per-key order, retries and the waiting room.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Unique name of the sink within the pipeline.
@@ -50,13 +50,13 @@ pub struct WebhookConfig {
     pub delete_delivered: bool,
     /// Signing secret, `whsec_<base64>`; better given through `secret_env`.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Environment variable that holds the signing secret.
     #[serde(default)]
     pub secret_env: Option<String>,
     /// Extra request headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Seconds a request may take.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
@@ -96,12 +96,19 @@ impl WebhookConfig {
                     format!("export {var}=whsec_... before starting Sluice"),
                 )
             }),
-            None => Ok(self.secret.clone()),
+            None => Ok(self.secret.as_ref().map(|s| s.expose().to_owned())),
         }
     }
 }
 
 impl SinkSpec for WebhookConfig {
+    const DESCRIPTION: &'static str = "POSTs each change (or a batch) to an HTTP endpoint, signed (Standard Webhooks); a failing key waits in the waiting room while others flow.";
+    const CAPABILITIES: Capabilities = Capabilities {
+        waiting_room: true,
+        outbox: true,
+        ..Capabilities::NONE
+    };
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -134,7 +141,7 @@ impl SinkSpec for WebhookConfig {
             errs.push(finding_for(name, "set secret or secret_env, not both"));
         }
         if let Some(s) = &self.secret {
-            if let Err(e) = secret_key(s) {
+            if let Err(e) = secret_key(s.expose()) {
                 errs.push(finding_for(name, e));
             }
         }
@@ -183,7 +190,7 @@ impl SinkSpec for WebhookConfig {
             headers: self
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
                 .collect(),
             timeout: Duration::from_secs(self.timeout_secs),
             array: self.batch > 1,

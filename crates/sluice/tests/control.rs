@@ -207,3 +207,77 @@ fn a_flood_of_refused_requests_cannot_push_actions_out_of_the_audit_log() {
         "refusals without a token are not written among the actions:\n{actions}"
     );
 }
+
+#[test]
+fn every_sink_type_is_described_in_the_api_document_and_by_the_sink_types_route() {
+    let server = Server::new();
+    let admin = server.admin_token();
+    let read = server.token(&admin, "reader", json!({"kind": "read"}));
+    let (code, types) = server.call("GET", "/v1/sink-types", Some(&read), None);
+    assert_eq!(code, 200, "{types}");
+    let types = types.as_array().unwrap().clone();
+    let kinds: Vec<&str> = types.iter().map(|t| t["type"].as_str().unwrap()).collect();
+    for kind in ["file", "stdout", "redis", "sse", "webhook", "pull"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let (code, doc) = server.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    // The body of POST /v1/pipelines: its sinks are one schema per type, each with the
+    // type's own fields, the same fields the route lists.
+    let body = &doc["paths"]["/v1/pipelines"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    let resolve = |v: &Value| -> Value {
+        match v["$ref"].as_str() {
+            Some(r) => doc["components"]["schemas"][r.rsplit('/').next().unwrap()].clone(),
+            None => v.clone(),
+        }
+    };
+    let config = resolve(body);
+    let sinks = resolve(&config["properties"]["sinks"]["items"]);
+    let variants = sinks["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{sinks}"));
+    assert_eq!(variants.len(), types.len(), "{sinks}");
+    for t in &types {
+        let kind = t["type"].as_str().unwrap();
+        let variant = variants
+            .iter()
+            .find(|v| v["properties"]["type"]["enum"][0] == kind)
+            .unwrap_or_else(|| panic!("no schema for {kind}: {sinks}"));
+        for field in t["fields"].as_array().unwrap() {
+            let name = field["name"].as_str().unwrap();
+            assert!(
+                variant["properties"].get(name).is_some(),
+                "{kind}.{name} is not in the document: {variant}"
+            );
+            assert!(
+                !field["description"].as_str().unwrap().is_empty(),
+                "{kind}.{name}"
+            );
+        }
+    }
+    // Secrets are declared in both places.
+    let webhook = types.iter().find(|t| t["type"] == "webhook").unwrap();
+    let secret = webhook["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "secret")
+        .unwrap();
+    assert_eq!(secret["secret"], true, "{webhook}");
+    assert!(
+        doc["components"]["schemas"]["Secret"]["writeOnly"] == true,
+        "{}",
+        doc["components"]["schemas"]["Secret"]
+    );
+    // A pipeline answer is one plain object, not a union.
+    let view = &doc["components"]["schemas"]["PipelineView"];
+    assert_eq!(view["type"], "object", "{view}");
+    assert!(
+        view.get("allOf").is_none() && view.get("oneOf").is_none(),
+        "{view}"
+    );
+    // Without a token, the route refuses in the API's error body.
+    let (code, v) = server.call("GET", "/v1/sink-types", None, None);
+    assert_eq!((code, v["error"].is_string()), (401, true), "{v}");
+}

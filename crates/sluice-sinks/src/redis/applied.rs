@@ -84,7 +84,7 @@ pub(super) struct Legacy {
 
 /// The 32-hex-digit id form of the earlier versions.
 fn parse_fence(s: &str) -> Option<(Lsn, u64)> {
-    if s.len() != 32 {
+    if s.len() != 32 || !s.is_ascii() {
         return None;
     }
     let lsn = u64::from_str_radix(&s[..16], 16).ok()?;
