@@ -27,11 +27,41 @@ use crate::api::{reply, scope_name, ApiError, Caller, ErrorBody};
 use crate::AppState;
 
 const INDEX: &str = include_str!("../console/index.html");
-const APP_JS: &str = include_str!("../console/app.js");
-const APP_CSS: &str = include_str!("../console/app.css");
-/// uPlot (MIT), the charts; vendored by `scripts/vendor-console.sh`.
-const UPLOT_JS: &str = include_str!("../console/vendor/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../console/vendor/uPlot.min.css");
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+/// Every file under `/console/`: its name, content type and text. The scripts are ES
+/// modules (`main.js` imports the others), loaded as they are: there is no build step.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("main.js", JS, include_str!("../console/main.js")),
+    ("api.js", JS, include_str!("../console/api.js")),
+    ("dom.js", JS, include_str!("../console/dom.js")),
+    ("signin.js", JS, include_str!("../console/signin.js")),
+    ("pipelines.js", JS, include_str!("../console/pipelines.js")),
+    ("pipeline.js", JS, include_str!("../console/pipeline.js")),
+    ("charts.js", JS, include_str!("../console/charts.js")),
+    ("sinkform.js", JS, include_str!("../console/sinkform.js")),
+    ("wizard.js", JS, include_str!("../console/wizard.js")),
+    ("waiting.js", JS, include_str!("../console/waiting.js")),
+    ("consumers.js", JS, include_str!("../console/consumers.js")),
+    ("settings.js", JS, include_str!("../console/settings.js")),
+    ("app.css", CSS, include_str!("../console/app.css")),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_str!("../console/icon.svg"),
+    ),
+    // uPlot (MIT), the charts; vendored by `scripts/vendor-console.sh`.
+    (
+        "uPlot.iife.min.js",
+        JS,
+        include_str!("../console/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        CSS,
+        include_str!("../console/vendor/uPlot.min.css"),
+    ),
+];
 
 /// How often a stream sends the current view.
 const EVERY: Duration = Duration::from_secs(1);
@@ -65,11 +95,8 @@ pub(crate) async fn index(State(s): State<Arc<AppState>>) -> Response {
 }
 
 pub(crate) async fn asset(State(s): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
-    match (s.control.is_some(), file.as_str()) {
-        (true, "app.js") => page("text/javascript; charset=utf-8", APP_JS),
-        (true, "app.css") => page("text/css; charset=utf-8", APP_CSS),
-        (true, "uPlot.iife.min.js") => page("text/javascript; charset=utf-8", UPLOT_JS),
-        (true, "uPlot.min.css") => page("text/css; charset=utf-8", UPLOT_CSS),
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some(&(_, content_type, body)) if s.control.is_some() => page(content_type, body),
         _ => (StatusCode::NOT_FOUND, "no such file\n").into_response(),
     }
 }
@@ -169,7 +196,7 @@ pub(crate) async fn stream_pipelines(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.may_read()?;
-    let handle = crate::manage::control(&s)?.clone();
+    let handle = crate::api::control(&s)?.clone();
     Ok(stream(s, "pipelines", move || {
         let handle = handle.clone();
         async move {
@@ -193,7 +220,7 @@ pub(crate) async fn stream_pipeline(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.may_read()?;
-    let handle = crate::manage::control(&s)?.clone();
+    let handle = crate::api::control(&s)?.clone();
     // Unknown now: a 404, not a stream that ends at once.
     handle.get(&name).await?;
     Ok(stream(s, "pipeline", move || {
@@ -291,7 +318,7 @@ pub(crate) async fn history(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.may_read()?;
-    crate::manage::control(&s)?.get(&name).await?;
+    crate::api::control(&s)?.get(&name).await?;
     Ok(reply(
         StatusCode::OK,
         HistoryView {

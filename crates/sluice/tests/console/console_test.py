@@ -8,9 +8,13 @@ exits non-zero with the check's name and saves a screenshot beside the others.
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
+import tempfile
 import threading
+import urllib.request
+from urllib.parse import urlparse
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -27,6 +31,30 @@ REDIS_PORT = os.environ["SLUICE_REDIS_PORT"]
 TIMEOUT_MS = 30_000
 
 
+# Failed requests a check expects (method, path, status or None for any 4xx), cleared
+# before each check: anything else that fails, and any error the page logs, fails it.
+EXPECTED_FAILURES = []
+
+
+def expect_failure(method, path, status=None):
+    EXPECTED_FAILURES.append((method, path, status))
+
+
+def expected(method, url, status):
+    path = urlparse(url).path
+    return any(m == method and p == path and (s == status if s else 400 <= status < 500) for m, p, s in EXPECTED_FAILURES)
+
+
+def api(method, path, token=ADMIN, body=None):
+    """The management API as the test sees it, beside the browser."""
+    req = urllib.request.Request(BASE + path, method=method, headers={"Authorization": f"Bearer {token}"},
+                                 data=None if body is None else json.dumps(body).encode())
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
 def psql(sql):
     subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", PG_URL, "-c", sql], check=True)
 
@@ -38,7 +66,12 @@ def sign_in(page, token):
 
 
 def wrong_token_is_explained_next_to_the_field(page):
+    expect_failure("GET", "/v1/whoami", 401)
     sign_in(page, "not-a-token")
+    # The page names its icon, which the server serves (no request for a missing one).
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    answer = page.request.get(BASE + icon)
+    assert answer.status == 200 and answer.headers["content-type"] == "image/svg+xml", (icon, answer.status, answer.headers)
     expect(page.locator("#token-error")).to_contain_text("not valid")
     expect(page.get_by_label("Token")).to_have_attribute("aria-invalid", "true")
     page.screenshot(path=os.path.join(SHOTS, "console-signin.png"), full_page=True)
@@ -60,7 +93,8 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     sign_in(page, ADMIN)
     page.get_by_role("link", name="shop").click()
     expect(page.get_by_role("heading", name="shop")).to_be_visible()
-    expect(page.get_by_text("sluice_shop", exact=True)).to_be_visible()
+    # The slot's row (the publication has the same name).
+    expect(page.locator("dl.facts dt:text-is('Slot') + dd")).to_contain_text("sluice_shop")
     expect(page.locator("figure.chart canvas").first).to_be_visible()
     expect(page.locator("figure.chart figcaption").first).to_contain_text("records behind")
     # A table added from the page is backfilled, its progress shown.
@@ -68,10 +102,34 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     page.get_by_label("public.extras").check()
     page.get_by_role("button", name="Add and backfill").click()
     expect(page.get_by_label("public.extras (backfill): 3 rows, done")).to_be_visible()
+    # The time axis is in clock times: the legend (the axis's own words) when pointing
+    # at the chart, and the caption's latest sample.
+    expect(page.locator("figure.chart figcaption").first).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
+    page.locator("figure.chart .u-over").first.hover()
+    expect(page.locator("figure.chart .u-legend .u-series").first.locator(".u-value")).to_have_text(re.compile(r"^\d\d:\d\d(:\d\d)?$"))
+    # A sink served to clients says why it has no figures, not dashes.
+    expect(page.locator("tr[data-sink=feed]")).to_contain_text("Served to each client")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator(".heading .badge")).to_have_text("paused")
     page.get_by_role("button", name="Resume").click()
+    # The notice is for this page: it is gone once another page shows (well before it
+    # would hide by itself).
+    expect(page.locator("#toast")).to_have_text("Resumed.")
+    page.get_by_role("navigation").get_by_role("link", name="Pipelines").click()
+    expect(page.get_by_role("heading", name="Pipelines")).to_be_visible()
+    expect(page.locator("#toast")).to_have_text("", timeout=1500)
+    page.get_by_role("link", name="shop").click()
+    # While the source connects again the page says it starts, never that the slot is
+    # inactive or missing.
+    for _ in range(300):
+        badge = page.locator(".heading .badge").inner_text()
+        facts = page.locator("dl.facts").inner_text()
+        assert "inactive" not in facts and "missing" not in facts, facts
+        if badge == "running" and "starting" not in facts:
+            break
+        page.wait_for_timeout(100)
     expect(page.locator(".heading .badge")).to_have_text("running")
+    expect(page.locator("dl.facts")).not_to_contain_text("starting")
     # Live figures once the source streams again.
     expect(page.locator("dd").nth(4)).not_to_have_text("–")
     page.screenshot(path=os.path.join(SHOTS, "console-pipeline.png"), full_page=True)
@@ -82,14 +140,55 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     expect(page.get_by_role("dialog")).to_have_count(0)
 
 
+def a_sink_is_added_to_and_removed_from_a_running_pipeline(page):
+    sign_in(page, ADMIN)
+    page.get_by_role("link", name="shop").click()
+    expect(page.locator(".heading .badge")).to_have_text("running")
+    page.get_by_role("button", name="Add sink…").click()
+    # The form offers the server's sink types.
+    offered = page.locator("#new-sink-type option").evaluate_all("os => os.map((o) => o.value)")
+    assert offered == [t["type"] for t in api("GET", "/v1/sink-types")], offered
+    out = os.path.join(tempfile.mkdtemp(prefix="sluice-console-"), "copy.jsonl")
+    page.get_by_label("Sink name").fill("copy")
+    page.get_by_label("Type", exact=True).select_option("file")
+    page.get_by_label("path", exact=True).fill(out)
+    page.get_by_role("button", name="Add sink", exact=True).click()
+    expect(page.get_by_text("Added sink copy.")).to_be_visible()
+    expect(page.locator("tr[data-sink=copy]")).to_contain_text("file")
+    assert [k["name"] for k in api("GET", "/v1/pipelines/shop")["config"]["sinks"]] == ["out", "feed", "copy"]
+    expect(page.locator(".heading .badge")).to_have_text("running")
+    # It delivers: a row inserted now reaches its file.
+    psql("INSERT INTO orders VALUES (30001, 'to the new sink')")
+    for _ in range(120):
+        if os.path.exists(out) and "to the new sink" in open(out).read():
+            break
+        page.wait_for_timeout(250)
+    assert os.path.exists(out) and "to the new sink" in open(out).read(), "the added sink delivered nothing"
+    page.screenshot(path=os.path.join(SHOTS, "console-sink-added.png"), full_page=True)
+    # Removed after a confirmation; cancelling first keeps it.
+    page.get_by_role("button", name="Remove sink copy").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Remove sink copy?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.locator("tr[data-sink=copy]")).to_have_count(1)
+    page.get_by_role("button", name="Remove sink copy").click()
+    page.get_by_role("dialog").get_by_role("button", name="Remove", exact=True).click()
+    expect(page.locator("tr[data-sink=copy]")).to_have_count(0)
+    expect(page.get_by_text("Removed sink copy.")).to_be_visible()
+    assert [k["name"] for k in api("GET", "/v1/pipelines/shop")["config"]["sinks"]] == ["out", "feed"]
+    expect(page.locator(".heading .badge")).to_have_text("running")
+
+
 def a_read_only_token_sees_no_write_controls(page):
     sign_in(page, READ)
     expect(page.locator("tr[data-pipeline=shop]")).to_be_visible()
     expect(page.get_by_role("link", name="New pipeline")).to_have_count(0)
     page.get_by_role("link", name="shop").click()
     expect(page.get_by_role("heading", name="shop")).to_be_visible()
-    for name in ["Pause", "Resume", "Delete…"]:
+    for name in ["Pause", "Resume", "Delete…", "Add sink…", "Add tables…"]:
         expect(page.get_by_role("button", name=name)).to_have_count(0)
+    expect(page.get_by_role("button", name="Remove sink feed")).to_have_count(0)
 
 
 def an_admin_makes_a_read_only_token_in_settings(page):
@@ -105,6 +204,7 @@ def an_admin_makes_a_read_only_token_in_settings(page):
     expect(page.get_by_role("cell", name="POST /v1/tokens").first).to_be_visible()
     expect(page.get_by_text("Plain HTTP: start the server with --tls-cert")).to_be_visible()
     # An allow-list that would shut this browser out is refused, said beside the list.
+    expect_failure("PUT", "/v1/access")
     page.get_by_label("Management (API, console, metrics)").fill("10.0.0.0/8")
     page.get_by_role("button", name="Save allow-lists").click()
     expect(page.locator("#allow-management-error")).to_contain_text("would shut out your address")
@@ -144,11 +244,25 @@ def the_wizard_creates_a_pipeline_into_redis(page):
     page.get_by_role("button", name="Test connection").click()
     expect(page.locator("#src-password-error")).to_have_text("")
     page.get_by_label("public.orders").check()
+    # The sink types offered are the server's, as GET /v1/sink-types answers.
+    types = api("GET", "/v1/sink-types")
+    offered = page.locator("#sink-type option").evaluate_all("os => os.map((o) => o.value)")
+    assert offered == [t["type"] for t in types], (offered, types)
     # A Redis sink, verified against the real server; tables without a key are then
     # shown but not selectable, with the reason.
     page.get_by_label("Sink name").fill("cache")
-    page.get_by_label("Type").select_option("redis")
-    page.get_by_label("Redis URL").fill(REDIS_URL)
+    page.get_by_label("Type", exact=True).select_option("redis")
+    redis = next(t for t in types if t["type"] == "redis")
+    # Its required settings are shown, the optional ones folded under "More settings".
+    for f in redis["fields"]:
+        if f["name"] in ("name", "tables"):
+            continue
+        box = page.locator(f"#sink-{f['name']}")
+        if f["required"]:
+            expect(box).to_be_visible()
+        else:
+            expect(box).to_be_hidden()
+    page.get_by_label("url", exact=True).fill(REDIS_URL)
     page.get_by_role("button", name="Add sink").click()
     expect(page.get_by_text("cache (redis)")).to_be_visible()
     expect(page.get_by_label("public.notes")).to_be_disabled()
@@ -258,6 +372,7 @@ CHECKS = [
     wrong_token_is_explained_next_to_the_field,
     the_list_updates_live_as_rows_arrive,
     an_admin_pauses_and_resumes_from_the_pipeline_page,
+    a_sink_is_added_to_and_removed_from_a_running_pipeline,
     a_read_only_token_sees_no_write_controls,
     an_admin_makes_a_read_only_token_in_settings,
     the_wizard_creates_a_pipeline_into_redis,
@@ -265,6 +380,34 @@ CHECKS = [
     a_parked_key_is_redriven_from_the_waiting_room_in_order,
     the_console_fits_a_phone_in_the_dark_and_works_from_the_keyboard,
 ]
+
+
+def watch(page, errors):
+    """Collects what a person would not want to see go wrong: script errors, errors the
+    page logs, requests that fail (but those the check expects; and requests the browser
+    cancels itself as a page changes)."""
+    page.on("pageerror", lambda e: errors.append(f"script error: {e}"))
+
+    def console(m):
+        if m.type != "error":
+            return
+        # A failed response is logged by the browser too: the response listener below
+        # judges it, with its method and path.
+        if m.text.startswith("Failed to load resource: the server responded with a status of"):
+            return
+        errors.append(f"console error: {m.text} ({m.location.get('url', '')})")
+
+    def response(r):
+        if r.status >= 400 and not expected(r.request.method, r.url, r.status):
+            errors.append(f"{r.request.method} {r.url} answered {r.status}")
+
+    def failed(r):
+        if r.failure != "net::ERR_ABORTED":
+            errors.append(f"{r.method} {r.url} failed: {r.failure}")
+
+    page.on("console", console)
+    page.on("response", response)
+    page.on("requestfailed", failed)
 
 
 def main():
@@ -277,7 +420,8 @@ def main():
             expect.set_options(timeout=TIMEOUT_MS)
             page = context.new_page()
             errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            EXPECTED_FAILURES.clear()
+            watch(page, errors)
             try:
                 check(page)
                 if errors:
