@@ -1,4 +1,4 @@
-//! The change record and its JSON envelope (DESIGN.md, "The change record").
+//! The change record and its JSON envelope (docs/GUARANTEES.md, "The change record").
 //!
 //! Row images (`key`, `before`, `after`) are held as the text of a JSON object, produced
 //! once by the decoder; encoding a record splices them in. Every field of the envelope is

@@ -116,12 +116,14 @@ fn main() {
                 items: ItemOptions::default(),
                 topics: Topics::default(),
             },
-            Arc::new(Instant_(done.clone())),
-            consumer,
-            store,
-            Arc::new(SinkStats::default()),
-            commands,
-            until.clone(),
+            sluice_delivery::EngineIo {
+                target: Arc::new(Instant_(done.clone())),
+                consumer,
+                store,
+                stats: Arc::new(SinkStats::default()),
+                commands,
+                until: until.clone(),
+            },
         ));
         while cursor.position() < n {
             tokio::time::sleep(Duration::from_millis(1)).await;

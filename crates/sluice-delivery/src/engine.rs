@@ -203,18 +203,31 @@ struct Metrics {
     in_flight: metrics::Gauge,
 }
 
+/// What the engine of one sink reads from and answers to.
+pub struct EngineIo<T> {
+    /// Where records go.
+    pub target: Arc<T>,
+    /// The sink's reader of the log, at its cursor.
+    pub consumer: Consumer,
+    /// Its waiting room and dead letters.
+    pub store: Store,
+    pub stats: Arc<SinkStats>,
+    /// Operators' requests (redrive, skip).
+    pub commands: mpsc::Receiver<Command>,
+    pub until: Until,
+}
+
 /// Runs the engine for one sink until `drain` (then until nothing read can be delivered
 /// at once) or `abort`.
-#[allow(clippy::too_many_arguments)]
-pub async fn run<T: Target>(
-    config: EngineConfig,
-    target: Arc<T>,
-    mut consumer: Consumer,
-    store: Store,
-    stats: Arc<SinkStats>,
-    mut commands: mpsc::Receiver<Command>,
-    until: Until,
-) -> Result<(), DeliveryError> {
+pub async fn run<T: Target>(config: EngineConfig, io: EngineIo<T>) -> Result<(), DeliveryError> {
+    let EngineIo {
+        target,
+        mut consumer,
+        store,
+        stats,
+        mut commands,
+        until,
+    } = io;
     let labels = [
         ("pipeline", config.pipeline.clone()),
         ("sink", config.name.clone()),

@@ -1,4 +1,4 @@
-//! The delivery engine (DESIGN.md "Delivery semantics"): it reads a sink's records from the
+//! The delivery engine (docs/GUARANTEES.md, "Delivery to services"): it reads a sink's records from the
 //! log and hands them to a [`Target`] (webhook, pull consumers, ...) with per-key order,
 //! retries with backoff and full jitter, a durable waiting room, dead letters, delays,
 //! TTLs, and concurrency and rate limits.
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::DeliveryConfig;
-pub use engine::{run, EngineConfig};
+pub use engine::{run, EngineConfig, EngineIo};
 pub use item::{Item, ItemOptions, Parsed, Topics, OUTBOX_PREFIX};
 pub use outbox::{clean, outbox_rows, Cleaner, Deletion, RowDeleter, Watch, CLEANER_CURSOR};
 pub use policy::{OnExhausted, Policy, Retry};

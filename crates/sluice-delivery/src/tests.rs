@@ -239,12 +239,14 @@ impl Bench {
                 items: ItemOptions::default(),
                 topics: Topics::default(),
             },
-            Arc::new(Shared(target)),
-            consumer,
-            store,
-            Arc::new(SinkStats::default()),
-            commands,
-            until,
+            EngineIo {
+                target: Arc::new(Shared(target)),
+                consumer,
+                store,
+                stats: Arc::new(SinkStats::default()),
+                commands,
+                until,
+            },
         ));
         Running {
             drain,

@@ -10,7 +10,7 @@
 //!   u8      op (0 insert, 1 update, 2 delete, 3 truncate, 4 read, 5 message)
 //!   u16 LE  schema length, schema bytes (UTF-8)
 //!   u16 LE  table length, table bytes (UTF-8)
-//!   the JSON envelope (DESIGN.md "The change record"), to the end of the body
+//!   the JSON envelope (docs/GUARANTEES.md, "The change record"), to the end of the body
 //! ```
 //!
 //! Sinks filter and order by the fixed fields without parsing JSON. Decoding never

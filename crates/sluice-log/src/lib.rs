@@ -1,4 +1,4 @@
-//! The embedded durable log between the source and the sinks (DESIGN.md rules 1 and 2).
+//! The embedded durable log between the source and the sinks (docs/GUARANTEES.md, rules 1 and 2).
 //!
 //! The source appends committed records; the writer thread fsyncs them in groups and only
 //! then publishes the new durable end, which is when the source may confirm the

@@ -548,7 +548,17 @@ impl BackfillWorker {
             let tag = format!("{nonce:016x}-{seq}");
             self.marks.expect(&tag, &shape);
             let result = self
-                .range(conn, plan, i, &shape, &tag, &prefix, cancel)
+                .range(
+                    conn,
+                    Range {
+                        plan,
+                        i,
+                        shape: &shape,
+                        tag: &tag,
+                        prefix: &prefix,
+                    },
+                    cancel,
+                )
                 .await;
             self.marks.forget(&tag);
             match result? {
@@ -568,17 +578,19 @@ impl BackfillWorker {
     }
 
     /// One range between watermarks; the rows delivered, or `None` if cancelled.
-    #[allow(clippy::too_many_arguments)]
     async fn range(
         &mut self,
         conn: &mut Connection,
-        plan: &TablePlan,
-        i: usize,
-        shape: &Arc<TableShape>,
-        tag: &str,
-        prefix: &str,
+        range: Range<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<u64>, PgError> {
+        let Range {
+            plan,
+            i,
+            shape,
+            tag,
+            prefix,
+        } = range;
         let mark = |high: bool| {
             let body = serde_json::to_string(&Mark {
                 tag: tag.to_owned(),
@@ -673,6 +685,18 @@ impl BackfillWorker {
             }
         }
     }
+}
+
+/// One range of a table's backfill, between its two watermarks.
+struct Range<'a> {
+    plan: &'a TablePlan,
+    /// Its index among the plan's ranges.
+    i: usize,
+    shape: &'a Arc<TableShape>,
+    /// The tag its watermarks carry.
+    tag: &'a str,
+    /// The prefix of the pipeline's watermark messages.
+    prefix: &'a str,
 }
 
 fn rows_per_range(plan: &TablePlan) -> u64 {

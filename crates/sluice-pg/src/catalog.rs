@@ -303,6 +303,34 @@ async fn check_with(
     spec: &CheckSpec,
     out: &mut Vec<Finding>,
 ) -> Result<(), PgError> {
+    check_server(conn, out).await?;
+    let role = check_role(conn, out).await?;
+    check_slot(conn, spec, out).await?;
+    check_senders(conn, out).await?;
+    let (tables, missing) = expand_tables(conn, &spec.tables).await?;
+    for m in &missing {
+        out.push(fail(
+            format!("table {m} does not exist"),
+            "create it or remove it from [source] tables (names are case-sensitive: schema.table)",
+        ));
+    }
+    for t in &tables {
+        check_table(conn, spec, &role.user, t, out).await?;
+    }
+    check_publication(conn, spec, &role, &tables, out).await?;
+    check_replication_connection(spec, out).await;
+    Ok(())
+}
+
+/// Who Sluice connects as.
+struct Role {
+    user: String,
+    /// It has REPLICATION (or is a superuser).
+    can_replicate: bool,
+}
+
+/// The server's version and `wal_level`.
+async fn check_server(conn: &mut Connection, out: &mut Vec<Finding>) -> Result<(), PgError> {
     let version = conn.server_version_num();
     if version < 100000 {
         out.push(fail(
@@ -327,13 +355,19 @@ async fn check_with(
             "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
         ));
     }
+    Ok(())
+}
+
+/// The role may replicate.
+async fn check_role(conn: &mut Connection, out: &mut Vec<Finding>) -> Result<Role, PgError> {
     let user = one(conn, "SELECT current_user").await?;
     let can_replicate = one(
         conn,
         "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
     )
     .await?;
-    if can_replicate == "t" {
+    let can_replicate = can_replicate == "t";
+    if can_replicate {
         out.push(pass(format!("role {user} may replicate")));
     } else {
         out.push(fail(
@@ -345,7 +379,19 @@ async fn check_with(
         ));
     }
 
-    // Slots and wal senders.
+    Ok(Role {
+        user,
+        can_replicate,
+    })
+}
+
+/// The pipeline's slot: free to create, or existing for pgoutput and not in use by a
+/// stranger.
+async fn check_slot(
+    conn: &mut Connection,
+    spec: &CheckSpec,
+    out: &mut Vec<Finding>,
+) -> Result<(), PgError> {
     let slot = conn
         .query(&format!(
             "SELECT plugin, database, active_pid, \
@@ -403,6 +449,11 @@ async fn check_with(
             }
         }
     }
+    Ok(())
+}
+
+/// A wal sender is free for the stream.
+async fn check_senders(conn: &mut Connection, out: &mut Vec<Finding>) -> Result<(), PgError> {
     let max_senders: i64 = one(conn, "SHOW max_wal_senders")
         .await?
         .parse()
@@ -421,104 +472,117 @@ async fn check_with(
             "raise max_wal_senders and restart PostgreSQL, or stop another replication client",
         ));
     }
+    Ok(())
+}
 
-    // Tables, privileges, identities, excluded columns.
-    let (tables, missing) = expand_tables(conn, &spec.tables).await?;
-    for m in &missing {
+/// One table: its schema usable, readable, a replica identity that carries updates and
+/// deletes, and excluded columns that exist and are not part of the key.
+async fn check_table(
+    conn: &mut Connection,
+    spec: &CheckSpec,
+    user: &str,
+    t: &TableRef,
+    out: &mut Vec<Finding>,
+) -> Result<(), PgError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, \
+             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+             (SELECT string_agg(a.attname, ',') FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+              AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary), \
+             has_schema_privilege(c.relnamespace, 'USAGE') \
+             FROM pg_class c WHERE c.oid = {}",
+            oid_of(t)
+        ))
+        .await?;
+    let Some(r) = rows.first() else {
+        return Ok(());
+    };
+    let (select, ident, has_pk, pk_cols) = (cell(r, 0), cell(r, 1), cell(r, 2), cell(r, 3));
+    if cell(r, 4) != "t" {
         out.push(fail(
-            format!("table {m} does not exist"),
-            "create it or remove it from [source] tables (names are case-sensitive: schema.table)",
+            format!(
+                "{user} may not use schema {} (no USAGE), so it cannot read {t}",
+                t.schema
+            ),
+            format!(
+                "run GRANT USAGE ON SCHEMA {} TO {};",
+                quote_ident(&t.schema),
+                quote_ident(user)
+            ),
         ));
     }
-    for t in &tables {
-        let rows = conn
+    if select != "t" {
+        out.push(fail(
+            format!("{user} may not SELECT from {t}"),
+            format!(
+                "run GRANT SELECT ON {} TO {};",
+                t.qualified(),
+                quote_ident(user)
+            ),
+        ));
+    }
+    match (ident.as_str(), has_pk.as_str()) {
+        ("d", "f") => out.push(fail(
+            format!("{t} has no primary key, so updates and deletes cannot be replicated"),
+            format!(
+                "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL;",
+                t.qualified()
+            ),
+        )),
+        ("n", _) => out.push(fail(
+            format!(
+                "{t} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be replicated"
+            ),
+            format!(
+                "run ALTER TABLE {} REPLICA IDENTITY DEFAULT; (with a primary key) or FULL",
+                t.qualified()
+            ),
+        )),
+        _ => out.push(pass(format!(
+            "{t}: readable, replica identity {}",
+            match ident.as_str() {
+                "f" => "full",
+                "i" => "index",
+                _ => "primary key",
+            }
+        ))),
+    }
+    if let Some(ex) = spec.exclusions.get(&t.to_string()) {
+        let cols = conn
             .query(&format!(
-                "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, \
-                 EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
-                 (SELECT string_agg(a.attname, ',') FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                  AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary), \
-                 has_schema_privilege(c.relnamespace, 'USAGE') \
-                 FROM pg_class c WHERE c.oid = {}",
+                "SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped",
                 oid_of(t)
             ))
             .await?;
-        let Some(r) = rows.first() else { continue };
-        let (select, ident, has_pk, pk_cols) = (cell(r, 0), cell(r, 1), cell(r, 2), cell(r, 3));
-        if cell(r, 4) != "t" {
-            out.push(fail(
-                format!(
-                    "{user} may not use schema {} (no USAGE), so it cannot read {t}",
-                    t.schema
-                ),
-                format!(
-                    "run GRANT USAGE ON SCHEMA {} TO {};",
-                    quote_ident(&t.schema),
-                    quote_ident(&user)
-                ),
-            ));
-        }
-        if select != "t" {
-            out.push(fail(
-                format!("{user} may not SELECT from {t}"),
-                format!(
-                    "run GRANT SELECT ON {} TO {};",
-                    t.qualified(),
-                    quote_ident(&user)
-                ),
-            ));
-        }
-        match (ident.as_str(), has_pk.as_str()) {
-            ("d", "f") => out.push(fail(
-                format!("{t} has no primary key, so updates and deletes cannot be replicated"),
-                format!(
-                    "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL;",
-                    t.qualified()
-                ),
-            )),
-            ("n", _) => out.push(fail(
-                format!(
-                    "{t} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be replicated"
-                ),
-                format!(
-                    "run ALTER TABLE {} REPLICA IDENTITY DEFAULT; (with a primary key) or FULL",
-                    t.qualified()
-                ),
-            )),
-            _ => out.push(pass(format!(
-                "{t}: readable, replica identity {}",
-                match ident.as_str() {
-                    "f" => "full",
-                    "i" => "index",
-                    _ => "primary key",
-                }
-            ))),
-        }
-        if let Some(ex) = spec.exclusions.get(&t.to_string()) {
-            let cols = conn
-                .query(&format!(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped",
-                    oid_of(t)
-                ))
-                .await?;
-            let cols: BTreeSet<String> = cols.iter().map(|r| cell(r, 0)).collect();
-            let keys: BTreeSet<&str> = pk_cols.split(',').filter(|c| !c.is_empty()).collect();
-            for c in ex {
-                if !cols.contains(c) {
-                    out.push(fail(
-                        format!("{t} has no column {c} to exclude"),
-                        "fix [source] exclude_columns",
-                    ));
-                } else if keys.contains(c.as_str()) {
-                    out.push(fail(
-                        format!("{t}.{c} is part of the primary key and cannot be excluded"),
-                        "remove it from [source] exclude_columns: records need their key",
-                    ));
-                }
+        let cols: BTreeSet<String> = cols.iter().map(|r| cell(r, 0)).collect();
+        let keys: BTreeSet<&str> = pk_cols.split(',').filter(|c| !c.is_empty()).collect();
+        for c in ex {
+            if !cols.contains(c) {
+                out.push(fail(
+                    format!("{t} has no column {c} to exclude"),
+                    "fix [source] exclude_columns",
+                ));
+            } else if keys.contains(c.as_str()) {
+                out.push(fail(
+                    format!("{t}.{c} is part of the primary key and cannot be excluded"),
+                    "remove it from [source] exclude_columns: records need their key",
+                ));
             }
         }
     }
+    Ok(())
+}
 
-    // The publication.
+/// The publication: the operator's lists every table, or ours can be created.
+async fn check_publication(
+    conn: &mut Connection,
+    spec: &CheckSpec,
+    role: &Role,
+    tables: &[TableRef],
+    out: &mut Vec<Finding>,
+) -> Result<(), PgError> {
+    let user = &role.user;
     match publication_tables(conn, &spec.publication).await? {
         Some(listed) => {
             let listed: BTreeSet<_> = listed.into_iter().collect();
@@ -571,7 +635,7 @@ async fn check_with(
             )
             .await?;
             if owner_ok == "t"
-                || can_replicate == "t"
+                || role.can_replicate
                     && one(
                         conn,
                         "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -596,8 +660,11 @@ async fn check_with(
             }
         }
     }
+    Ok(())
+}
 
-    // The replication connection itself (pg_hba may treat it differently).
+/// The replication connection itself (pg_hba may treat it differently).
+async fn check_replication_connection(spec: &CheckSpec, out: &mut Vec<Finding>) {
     match Connection::connect(&spec.conninfo, true).await {
         Ok(mut repl) => {
             match crate::replication::identify_system(&mut repl).await {
@@ -614,7 +681,6 @@ async fn check_with(
             "grant REPLICATION to the role and allow it in pg_hba.conf",
         )),
     }
-    Ok(())
 }
 
 /// Tables among `tables` that have no primary key.

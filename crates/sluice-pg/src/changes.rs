@@ -187,97 +187,25 @@ impl Assembler {
                     end_lsn: Lsn(end_lsn),
                 });
             }
-            Message::Origin { .. } => {}
-            Message::Type { .. } => {}
+            Message::Origin { .. } | Message::Type { .. } => {}
             Message::Relation(rel) => return self.relation(rel),
             Message::Insert { xid, relation, new } => {
-                let rel = self.relation_of(relation)?;
-                let mut unchanged = Vec::new();
-                let after = row_json(rel, &new, false, None, &mut unchanged)?;
-                let key = key_json(rel, &new)?;
-                self.change(
-                    xid,
-                    wal_start,
-                    Op::Insert,
-                    relation,
-                    (Some(key), None),
-                    None,
-                    Some(after),
-                    unchanged,
-                    emit,
-                )?;
+                self.on_insert(xid, wal_start, relation, &new, emit)?
             }
             Message::Update {
                 xid,
                 relation,
                 old,
                 new,
-            } => {
-                let rel = self.relation_of(relation)?;
-                let mut unchanged = Vec::new();
-                let (before, full_old) = match &old {
-                    Some(OldTuple::Full(t)) => (
-                        Some(row_json(rel, t, false, None, &mut Vec::new())?),
-                        Some(t),
-                    ),
-                    Some(OldTuple::Key(t)) => {
-                        (Some(row_json(rel, t, true, None, &mut Vec::new())?), None)
-                    }
-                    None => (None, None),
-                };
-                let after = row_json(rel, &new, false, full_old, &mut unchanged)?;
-                let key = key_json(rel, &new)?;
-                let old_key = match &old {
-                    Some(OldTuple::Full(t) | OldTuple::Key(t)) => {
-                        Some(key_json(rel, t)?).filter(|k| *k != key)
-                    }
-                    None => None,
-                };
-                self.change(
-                    xid,
-                    wal_start,
-                    Op::Update,
-                    relation,
-                    (Some(key), old_key),
-                    before,
-                    Some(after),
-                    unchanged,
-                    emit,
-                )?;
-            }
+            } => self.on_update(xid, wal_start, relation, old.as_ref(), &new, emit)?,
             Message::Delete { xid, relation, old } => {
-                let rel = self.relation_of(relation)?;
-                let (before, tuple) = match &old {
-                    OldTuple::Full(t) => (row_json(rel, t, false, None, &mut Vec::new())?, t),
-                    OldTuple::Key(t) => (row_json(rel, t, true, None, &mut Vec::new())?, t),
-                };
-                let key = key_json(rel, tuple)?;
-                self.change(
-                    xid,
-                    wal_start,
-                    Op::Delete,
-                    relation,
-                    (Some(key), None),
-                    Some(before),
-                    None,
-                    Vec::new(),
-                    emit,
-                )?;
+                self.on_delete(xid, wal_start, relation, &old, emit)?
             }
             Message::Truncate { xid, relations, .. } => {
                 for relation in relations {
                     self.relation_of(relation)?;
-                    self.change(
-                        xid,
-                        wal_start,
-                        Op::Truncate,
-                        relation,
-                        (None, None),
-                        None,
-                        None,
-                        Vec::new(),
-                        emit,
-                    )?;
+                    let change = Change::new(xid, wal_start, Op::Truncate);
+                    self.change(relation, change, emit)?;
                 }
             }
             Message::Message {
@@ -286,80 +214,8 @@ impl Assembler {
                 lsn,
                 prefix,
                 content,
-            } => {
-                if let Some(keep) = &self.message_prefixes {
-                    if !keep.iter().any(|p| p == prefix) {
-                        return Ok(Handled::Done);
-                    }
-                }
-                let message = LogicalMessage {
-                    prefix: prefix.to_owned(),
-                    content: content.to_vec(),
-                    transactional,
-                };
-                // The log frame names an outbox event's topic (as the table, the prefix as
-                // the schema), so sinks route it by topic without parsing its JSON.
-                let route = (prefix == OUTBOX_PREFIX).then(|| {
-                    let topic = serde_json::from_slice::<OutboxTopic<'_>>(content)
-                        .map(|t| t.topic.into_owned())
-                        .unwrap_or_default();
-                    (Arc::<str>::from(prefix), Arc::<str>::from(topic))
-                });
-                if transactional {
-                    self.emit_or_spill(
-                        xid,
-                        Lsn(lsn),
-                        Op::Message,
-                        route,
-                        (None, None),
-                        None,
-                        None,
-                        Vec::new(),
-                        Some(message),
-                        emit,
-                    )?;
-                } else {
-                    // Outside any transaction: its own position is its identity.
-                    emit(ChangeRecord {
-                        id: ChangeId {
-                            commit_lsn: Lsn(lsn),
-                            ordinal: 0,
-                        },
-                        op: Op::Message,
-                        schema: "".into(),
-                        table: "".into(),
-                        key: None,
-                        before: None,
-                        after: None,
-                        unchanged_toast: Vec::new(),
-                        lsn: Lsn(lsn),
-                        commit_lsn: Lsn(lsn),
-                        commit_ts_micros: pg_epoch_to_unix_micros(
-                            crate::replication::pg_now_micros(),
-                        ),
-                        xid: xid.unwrap_or(0),
-                        message: Some(message),
-                        old_key: None,
-                    });
-                }
-            }
-            Message::StreamStart { xid, .. } => {
-                self.in_stream = true;
-                self.stream_xid = xid;
-                if !self.spills.contains_key(&xid) {
-                    let path = self.spill_dir.join(format!("{xid}.spill"));
-                    let file = BufWriter::with_capacity(256 * 1024, std::fs::File::create(&path)?);
-                    self.spills.insert(
-                        xid,
-                        Spill {
-                            file,
-                            path,
-                            aborted_subxacts: HashSet::new(),
-                            count: 0,
-                        },
-                    );
-                }
-            }
+            } => self.on_message(xid, transactional, Lsn(lsn), prefix, content, emit)?,
+            Message::StreamStart { xid, .. } => self.on_stream_start(xid)?,
             Message::StreamStop => self.in_stream = false,
             Message::StreamAbort { xid, subxid } => {
                 if xid == subxid {
@@ -376,35 +232,199 @@ impl Assembler {
                 end_lsn,
                 commit_ts,
                 ..
-            } => {
-                let Some(mut spill) = self.spills.remove(&xid) else {
-                    // Everything it did was filtered out or it was empty.
-                    return Ok(Handled::Commit {
-                        end_lsn: Lsn(end_lsn),
-                    });
-                };
-                spill.file.flush()?;
-                let file = spill.file.into_inner().map_err(|e| e.into_error())?;
-                drop(file);
-                let reader =
-                    BufReader::with_capacity(256 * 1024, std::fs::File::open(&spill.path)?);
-                // Unlinked now: the open reader keeps the data until it is dropped.
-                let _ = std::fs::remove_file(&spill.path);
-                return Ok(Handled::Replay {
-                    replay: Replay {
-                        reader,
-                        remaining: spill.count,
-                        aborted: spill.aborted_subxacts,
-                        xid,
-                        commit_lsn: Lsn(commit_lsn),
-                        commit_ts,
-                        ordinal: 0,
-                    },
-                    end_lsn: Lsn(end_lsn),
-                });
-            }
+            } => return self.on_stream_commit(xid, Lsn(commit_lsn), Lsn(end_lsn), commit_ts),
         }
         Ok(Handled::Done)
+    }
+
+    fn on_insert(
+        &mut self,
+        xid: Option<u32>,
+        lsn: Lsn,
+        relation: u32,
+        new: &TupleData<'_>,
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        let rel = self.relation_of(relation)?;
+        let mut change = Change::new(xid, lsn, Op::Insert);
+        change.after = Some(row_json(
+            rel,
+            new,
+            false,
+            None,
+            &mut change.unchanged_toast,
+        )?);
+        change.key = Some(key_json(rel, new)?);
+        self.change(relation, change, emit)
+    }
+
+    fn on_update(
+        &mut self,
+        xid: Option<u32>,
+        lsn: Lsn,
+        relation: u32,
+        old: Option<&OldTuple<'_>>,
+        new: &TupleData<'_>,
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        let rel = self.relation_of(relation)?;
+        let mut change = Change::new(xid, lsn, Op::Update);
+        let full_old = match old {
+            Some(OldTuple::Full(t)) => {
+                change.before = Some(row_json(rel, t, false, None, &mut Vec::new())?);
+                Some(t)
+            }
+            Some(OldTuple::Key(t)) => {
+                change.before = Some(row_json(rel, t, true, None, &mut Vec::new())?);
+                None
+            }
+            None => None,
+        };
+        change.after = Some(row_json(
+            rel,
+            new,
+            false,
+            full_old,
+            &mut change.unchanged_toast,
+        )?);
+        let key = key_json(rel, new)?;
+        // A key that changed: the old one goes too, so a cache can drop it.
+        change.old_key = match old {
+            Some(OldTuple::Full(t) | OldTuple::Key(t)) => {
+                Some(key_json(rel, t)?).filter(|k| *k != key)
+            }
+            None => None,
+        };
+        change.key = Some(key);
+        self.change(relation, change, emit)
+    }
+
+    fn on_delete(
+        &mut self,
+        xid: Option<u32>,
+        lsn: Lsn,
+        relation: u32,
+        old: &OldTuple<'_>,
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        let rel = self.relation_of(relation)?;
+        let (before, tuple) = match old {
+            OldTuple::Full(t) => (row_json(rel, t, false, None, &mut Vec::new())?, t),
+            OldTuple::Key(t) => (row_json(rel, t, true, None, &mut Vec::new())?, t),
+        };
+        let mut change = Change::new(xid, lsn, Op::Delete);
+        change.key = Some(key_json(rel, tuple)?);
+        change.before = Some(before);
+        self.change(relation, change, emit)
+    }
+
+    /// A logical decoding message: in its transaction, or (not transactional) on its own
+    /// at once, its own position its identity.
+    fn on_message(
+        &mut self,
+        xid: Option<u32>,
+        transactional: bool,
+        lsn: Lsn,
+        prefix: &str,
+        content: &[u8],
+        emit: &mut dyn FnMut(ChangeRecord),
+    ) -> Result<(), PgError> {
+        if let Some(keep) = &self.message_prefixes {
+            if !keep.iter().any(|p| p == prefix) {
+                return Ok(());
+            }
+        }
+        let message = LogicalMessage {
+            prefix: prefix.to_owned(),
+            content: content.to_vec(),
+            transactional,
+        };
+        if !transactional {
+            emit(ChangeRecord {
+                id: ChangeId {
+                    commit_lsn: lsn,
+                    ordinal: 0,
+                },
+                op: Op::Message,
+                schema: "".into(),
+                table: "".into(),
+                key: None,
+                before: None,
+                after: None,
+                unchanged_toast: Vec::new(),
+                lsn,
+                commit_lsn: lsn,
+                commit_ts_micros: pg_epoch_to_unix_micros(crate::replication::pg_now_micros()),
+                xid: xid.unwrap_or(0),
+                message: Some(message),
+                old_key: None,
+            });
+            return Ok(());
+        }
+        let mut change = Change::new(xid, lsn, Op::Message);
+        // The log frame names an outbox event's topic (as the table, the prefix as the
+        // schema), so sinks route it by topic without parsing its JSON.
+        change.table = (prefix == OUTBOX_PREFIX).then(|| {
+            let topic = serde_json::from_slice::<OutboxTopic<'_>>(content)
+                .map(|t| t.topic.into_owned())
+                .unwrap_or_default();
+            (Arc::<str>::from(prefix), Arc::<str>::from(topic))
+        });
+        change.message = Some(message);
+        self.emit_or_spill(change, emit)
+    }
+
+    /// A streamed (in-progress) transaction's part begins: its changes go to its spill
+    /// file until it commits.
+    fn on_stream_start(&mut self, xid: u32) -> Result<(), PgError> {
+        self.in_stream = true;
+        self.stream_xid = xid;
+        if !self.spills.contains_key(&xid) {
+            let path = self.spill_dir.join(format!("{xid}.spill"));
+            let file = BufWriter::with_capacity(256 * 1024, std::fs::File::create(&path)?);
+            self.spills.insert(
+                xid,
+                Spill {
+                    file,
+                    path,
+                    aborted_subxacts: HashSet::new(),
+                    count: 0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A streamed transaction committed: its spilled changes are replayed in order.
+    fn on_stream_commit(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts: i64,
+    ) -> Result<Handled, PgError> {
+        let Some(mut spill) = self.spills.remove(&xid) else {
+            // Everything it did was filtered out or it was empty.
+            return Ok(Handled::Commit { end_lsn });
+        };
+        spill.file.flush()?;
+        let file = spill.file.into_inner().map_err(|e| e.into_error())?;
+        drop(file);
+        let reader = BufReader::with_capacity(256 * 1024, std::fs::File::open(&spill.path)?);
+        // Unlinked now: the open reader keeps the data until it is dropped.
+        let _ = std::fs::remove_file(&spill.path);
+        Ok(Handled::Replay {
+            replay: Replay {
+                reader,
+                remaining: spill.count,
+                aborted: spill.aborted_subxacts,
+                xid,
+                commit_lsn,
+                commit_ts,
+                ordinal: 0,
+            },
+            end_lsn,
+        })
     }
 
     fn relation_of(&self, oid: u32) -> Result<&Relation, PgError> {
@@ -470,40 +490,37 @@ impl Assembler {
         Ok(Handled::Done)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A change of `relation`'s rows: named by its table.
     fn change(
         &mut self,
-        xid: Option<u32>,
-        lsn: Lsn,
-        op: Op,
         relation: u32,
-        key: (Option<String>, Option<String>),
-        before: Option<String>,
-        after: Option<String>,
-        unchanged: Vec<Arc<str>>,
+        mut change: Change,
         emit: &mut dyn FnMut(ChangeRecord),
     ) -> Result<(), PgError> {
         let rel = self.relation_of(relation)?;
-        let table = Some((rel.schema.clone(), rel.table.clone()));
-        self.emit_or_spill(
-            xid, lsn, op, table, key, before, after, unchanged, None, emit,
-        )
+        change.table = Some((rel.schema.clone(), rel.table.clone()));
+        self.emit_or_spill(change, emit)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Emits `change` as the next of its transaction, or spills it while its
+    /// transaction is streamed (not yet committed).
     fn emit_or_spill(
         &mut self,
-        xid: Option<u32>,
-        lsn: Lsn,
-        op: Op,
-        table: Option<(Arc<str>, Arc<str>)>,
-        (key, old_key): (Option<String>, Option<String>),
-        before: Option<String>,
-        after: Option<String>,
-        unchanged_toast: Vec<Arc<str>>,
-        message: Option<LogicalMessage>,
+        change: Change,
         emit: &mut dyn FnMut(ChangeRecord),
     ) -> Result<(), PgError> {
+        let Change {
+            xid,
+            lsn,
+            op,
+            table,
+            key,
+            old_key,
+            before,
+            after,
+            unchanged_toast,
+            message,
+        } = change;
         let (schema, table) = table.unwrap_or_else(|| ("".into(), "".into()));
         if self.in_stream {
             let spill = self.spills.get_mut(&self.stream_xid).ok_or_else(|| {
@@ -551,6 +568,40 @@ impl Assembler {
             old_key,
         });
         Ok(())
+    }
+}
+
+/// One change as decoded, before it gets its place in its transaction.
+struct Change {
+    /// The (sub)transaction of a streamed change.
+    xid: Option<u32>,
+    lsn: Lsn,
+    op: Op,
+    /// Schema and table (for an outbox message: its prefix and topic).
+    table: Option<(Arc<str>, Arc<str>)>,
+    key: Option<String>,
+    /// The key before an update that changed it.
+    old_key: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    unchanged_toast: Vec<Arc<str>>,
+    message: Option<LogicalMessage>,
+}
+
+impl Change {
+    fn new(xid: Option<u32>, lsn: Lsn, op: Op) -> Change {
+        Change {
+            xid,
+            lsn,
+            op,
+            table: None,
+            key: None,
+            old_key: None,
+            before: None,
+            after: None,
+            unchanged_toast: Vec::new(),
+            message: None,
+        }
     }
 }
 

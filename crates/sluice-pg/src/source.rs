@@ -1,7 +1,7 @@
 //! The source worker: holds the pipeline's advisory lock, streams from the slot, assembles
 //! committed transactions, hands records to an [`Output`], and reports progress.
 //!
-//! Invariants (DESIGN.md rule 1):
+//! Invariants (docs/GUARANTEES.md, rule 1):
 //! - The flush LSN confirmed to PostgreSQL is the end of a transaction the output has made
 //!   durable, or, when nothing received is still in flight, the server's WAL end from a
 //!   keepalive; it never moves backwards.

@@ -58,6 +58,8 @@ pub struct PgServerBuilder {
     settings: Vec<(String, String)>,
     hba: Vec<String>,
     ssl: bool,
+    /// The server certificate's names, in place of `localhost` and `127.0.0.1`.
+    ssl_names: Option<String>,
 }
 
 impl PgServerBuilder {
@@ -83,6 +85,15 @@ impl PgServerBuilder {
     /// line says otherwise.
     pub fn ssl(mut self, on: bool) -> Self {
         self.ssl = on;
+        self
+    }
+
+    /// With TLS, a server certificate for these names only (`DNS:db.example`,
+    /// `IP:10.0.0.1`, comma-separated) instead of `localhost` and `127.0.0.1`: a client
+    /// that connects by 127.0.0.1 and checks the name must then refuse it.
+    pub fn ssl_names(mut self, names: impl Into<String>) -> Self {
+        self.ssl = true;
+        self.ssl_names = Some(names.into());
         self
     }
 
@@ -139,7 +150,8 @@ impl PgServer {
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("postgres.log");
         let tls = if b.ssl {
-            Some(tls::generate(dir.path(), &user)?)
+            let names = b.ssl_names.as_deref().unwrap_or(tls::LOCAL_NAMES);
+            Some(tls::generate(dir.path(), &user, names)?)
         } else {
             None
         };

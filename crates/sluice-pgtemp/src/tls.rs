@@ -15,6 +15,9 @@ use anyhow::{Context, Result};
 
 use crate::process::{run_ok, ServerUser};
 
+/// The server certificate's names unless told otherwise.
+pub(crate) const LOCAL_NAMES: &str = "DNS:localhost,IP:127.0.0.1";
+
 const OPENSSL_CNF: &str = "\
 [req]
 distinguished_name = dn
@@ -32,7 +35,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
+subjectAltName = {names}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid,issuer
 ";
@@ -46,11 +49,11 @@ pub(crate) struct TlsFiles {
 }
 
 /// Writes a CA and a server certificate into `dir/tls`, readable by the server user.
-pub(crate) fn generate(dir: &Path, user: &ServerUser) -> Result<TlsFiles> {
+pub(crate) fn generate(dir: &Path, user: &ServerUser, names: &str) -> Result<TlsFiles> {
     let tls = dir.join("tls");
     std::fs::create_dir(&tls).with_context(|| format!("could not create {}", tls.display()))?;
     let cnf = tls.join("openssl.cnf");
-    std::fs::write(&cnf, OPENSSL_CNF)?;
+    std::fs::write(&cnf, OPENSSL_CNF.replace("{names}", names))?;
 
     let ca_key = tls.join("ca.key");
     let ca_cert = tls.join("ca.crt");

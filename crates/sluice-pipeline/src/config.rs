@@ -274,6 +274,21 @@ impl Config {
 
     fn validate_with(&self, own_server: bool) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
+        self.validate_source(&mut errs);
+        self.validate_sinks(&mut errs);
+        self.validate_log(&mut errs);
+        if own_server {
+            self.validate_server(&mut errs);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The pipeline's name and `[source]`.
+    fn validate_source(&self, errs: &mut Vec<String>) {
         let name = &self.pipeline.name;
         if name.is_empty()
             || name.len() > 50
@@ -332,6 +347,10 @@ impl Config {
                 "source.heartbeat_table needs source.heartbeat_secs: how often to write it".into(),
             );
         }
+    }
+
+    /// Every `[[sinks]]` entry, and the names and files they must not share.
+    fn validate_sinks(&self, errs: &mut Vec<String>) {
         if self.sinks.is_empty() {
             errs.push("no [[sinks]]: add one, e.g. [[sinks]] name = \"changes\" type = \"file\" path = \"changes.jsonl\"".into());
         }
@@ -360,7 +379,7 @@ impl Config {
             if s.name() == sluice_delivery::CLEANER_CURSOR {
                 errs.push(format!("sink name {:?} is reserved", s.name()));
             }
-            s.validate(&mut errs);
+            s.validate(errs);
             if let Some(events) = s.events() {
                 if events.outbox_tables.is_empty() && events.delete_delivered {
                     errs.push(format!(
@@ -387,6 +406,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// `[log]`.
+    fn validate_log(&self, errs: &mut Vec<String>) {
         if self.log.segment_bytes < 4096 {
             errs.push("log.segment_bytes must be at least 4096".into());
         }
@@ -398,7 +421,11 @@ impl Config {
                 ));
             }
         }
-        if let Some(server) = self.server_section().filter(|_| own_server) {
+    }
+
+    /// `[server]` of `sluice run`.
+    fn validate_server(&self, errs: &mut Vec<String>) {
+        if let Some(server) = self.server_section() {
             match server.listen.parse::<std::net::SocketAddr>() {
                 Err(_) => errs.push(format!(
                     "server.listen {:?} is not an address like 127.0.0.1:7878",
@@ -421,11 +448,6 @@ impl Config {
                     errs.push("server.tokens: each must be \"sha256:<64 hex digits>\" (the hash, never the token; `sluice token` prints both)".into());
                 }
             }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs)
         }
     }
 

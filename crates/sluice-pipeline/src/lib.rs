@@ -1,4 +1,4 @@
-//! Sluice's control plane as a library: the pipeline configuration, one pipeline's run
+//! Pipelines as a library: the pipeline configuration, one pipeline's run
 //! (preflight, log, sinks, source, drain), and the [`Supervisor`] that runs many of them
 //! in one process, each stoppable and reconfigurable on its own, with their HTTP
 //! endpoints published in a [`Directory`] that the server reads.

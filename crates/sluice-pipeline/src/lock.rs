@@ -1,4 +1,5 @@
-//! Only one instance uses a data_dir at a time: an flock on `data_dir/lock`. A standby on
+//! Only one instance uses a data_dir at a time: an exclusive lock on `data_dir/lock`
+//! (`File::try_lock`, flock on Linux). A standby on
 //! the same machine waits there, touching nothing, and takes over when the lock is freed.
 
 use std::path::Path;
@@ -8,13 +9,12 @@ use sluice_core::Fault;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Holds `data_dir/lock` (flock) while alive.
+/// Holds `data_dir/lock` while alive.
 pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
 
 impl DataDirLock {
     /// Waits for the lock; `None` when cancelled first.
     pub async fn acquire(dir: &Path, cancel: &CancellationToken) -> Result<Option<Self>, Fault> {
-        use std::os::fd::AsRawFd;
         let path = dir.join("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -24,17 +24,19 @@ impl DataDirLock {
             .map_err(|e| Fault::from(e).within(format_args!("cannot open {}", path.display())))?;
         let mut announced = false;
         loop {
-            // SAFETY: flock on a descriptor this function owns; no memory is involved.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                if announced {
-                    info!("took over the data_dir from the instance that held it");
+            match file.try_lock() {
+                Ok(()) => {
+                    if announced {
+                        info!("took over the data_dir from the instance that held it");
+                    }
+                    return Ok(Some(DataDirLock(file)));
                 }
-                return Ok(Some(DataDirLock(file)));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(Fault::from(e).within(format_args!("cannot lock {}", path.display())));
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(
+                        Fault::from(e).within(format_args!("cannot lock {}", path.display()))
+                    )
+                }
             }
             if !announced {
                 info!(data_dir = %dir.display(), "another instance is active on this data_dir; waiting as a standby");

@@ -198,12 +198,14 @@ impl Sinks {
                 let consumer = Consumer::open(log, cursor, filter.keep())?;
                 let fut = sluice_delivery::run(
                     engine,
-                    Arc::new(DynTarget(target)),
-                    consumer,
-                    store,
-                    stats,
-                    commands,
-                    self.until.clone(),
+                    sluice_delivery::EngineIo {
+                        target: Arc::new(DynTarget(target)),
+                        consumer,
+                        store,
+                        stats,
+                        commands,
+                        until: self.until.clone(),
+                    },
                 );
                 spawn_sink(&name, fut, start.failure, start.cancel)?
             }

@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sluice_control::{ControlError, FindingView, Scope, TokenInfo};
+use sluice_control::{ControlError, FindingView, Handle, Scope, TokenInfo};
 use sluice_pipeline::{Endpoints, Lookup};
 use utoipa::ToSchema;
 
@@ -203,6 +203,15 @@ impl From<ControlError> for ApiError {
             ControlError::Internal(m) => ApiError::Internal(m),
         }
     }
+}
+
+/// The controller of `sluice server`, or a 404 under `sluice run`.
+pub(crate) fn control(state: &AppState) -> Result<&Handle, ApiError> {
+    state.control.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "the management API is served by `sluice server`; `sluice run` is configured by its files".into(),
+        )
+    })
 }
 
 /// Who is calling.

@@ -9,9 +9,11 @@
 //!   loopback address). Under `sluice server` every `/v1` route but the OpenAPI document
 //!   needs a token whose scope covers it, from an address the area's allow-list holds.
 //!   Health and readiness carry no row data and need none.
-//! - Every SSE client reads the log with its own reader: a slow client lags alone and is
-//!   disconnected once its buffer stays full, never slowing the pipeline or other clients.
-//! - An event's `id:` is its log offset; `Last-Event-ID: n` resumes at offset n + 1.
+//! - An SSE sink's feed reads and encodes the log once for all its clients; a client
+//!   behind it reads with a reader of its own until it catches up. A slow client lags
+//!   alone and is disconnected once its buffer stays full, never slowing the pipeline or
+//!   other clients.
+//! - An event's `id:` is an opaque position token; `Last-Event-ID` resumes just after it.
 //! - The server outlives pipelines: it finds a sink's pipeline in the shared
 //!   [`Directory`] per request, so a pipeline restarting drops only its own clients.
 

@@ -21,24 +21,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_control::access::{Access, AllowLists, Area};
 use sluice_control::probe::{self, SourceRequest, TableInfo};
-use sluice_control::{FindingView, Handle, PipelineView, Scope};
+use sluice_control::{FindingView, PipelineView, Scope};
 use std::net::SocketAddr;
 use tracing::info;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{reply, scope_name, ApiError, Caller, ErrorBody};
+use crate::api::{control, reply, scope_name, ApiError, Caller, ErrorBody};
 use crate::audit::AuditTarget;
 use crate::AppState;
-
-pub(crate) fn control(state: &AppState) -> Result<&Handle, ApiError> {
-    state.control.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "the management API is served by `sluice server`; `sluice run` is configured by its files".into(),
-        )
-    })
-}
 
 /// A JSON object from a request body, or a 400 saying what is wrong with it.
 fn object(body: &Bytes) -> Result<Value, ApiError> {

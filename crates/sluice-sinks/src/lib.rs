@@ -17,7 +17,7 @@
 //!
 //! Invariants of every sink:
 //! - A sink's cursor moves only after the sink acknowledged every record below it
-//!   (a whole batch, in log order): DESIGN.md rule 1.
+//!   (a whole batch, in log order): docs/GUARANTEES.md, rule 1.
 //! - Failures are [`Fault`]s, classified once where they arise: a transient one (server
 //!   down, timeout) is retried with backoff, forever, on the same batch — back-pressure,
 //!   not loss; a definite one (a wrong password, a refused permission) stops the pipeline

@@ -261,22 +261,22 @@ pub fn sign(key: &ring::hmac::Key, id: &str, timestamp: i64, body: &[u8]) -> Str
     )
 }
 
-/// The system's CA bundle, for `https://` URLs.
+/// The platform's trusted certificate authorities (as `rustls-native-certs` finds them,
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` included), for `https://` URLs. None found is an
+/// error that says so, rather than a client that trusts nothing.
 fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let candidates = [
-        std::env::var("SSL_CERT_FILE").ok(),
-        Some("/etc/ssl/certs/ca-certificates.crt".into()),
-        Some("/etc/pki/tls/certs/ca-bundle.crt".into()),
-    ];
-    use rustls::pki_types::pem::PemObject;
-    for path in candidates.into_iter().flatten() {
-        if let Ok(certs) = rustls::pki_types::CertificateDer::pem_file_iter(&path) {
-            for c in certs.flatten() {
-                let _ = roots.add(c);
-            }
-            break;
-        }
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "no trusted certificate authorities found on this machine{why}: install the system's CA certificates (Debian: ca-certificates), or point SSL_CERT_FILE at a PEM bundle"
+        ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)

@@ -131,7 +131,6 @@ pub async fn run(
 
 /// One server per data dir: a second would run the same registry's pipelines.
 fn lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = data_dir.join("server.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -139,10 +138,8 @@ fn lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is touched.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     anyhow::ensure!(
-        r == 0,
+        f.try_lock().is_ok(),
         "another `sluice server` uses {} (it holds {}): stop it, or give this one its own --data-dir",
         data_dir.display(),
         path.display()

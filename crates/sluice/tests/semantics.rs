@@ -1,4 +1,4 @@
-//! End to end: the record semantics DESIGN.md promises beyond plain DML — unchanged TOAST
+//! End to end: the record semantics docs/GUARANTEES.md promises beyond plain DML — unchanged TOAST
 //! values, schema changes while streaming, excluded columns, logical messages, large
 //! transactions streamed before their commit (protocol 2) or not (protocol 1), and
 //! multi-table truncates.

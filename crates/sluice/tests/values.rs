@@ -1,4 +1,4 @@
-//! End to end: every built-in type DESIGN.md names comes out with the documented JSON
+//! End to end: every built-in type docs/GUARANTEES.md names comes out with the documented JSON
 //! mapping, and agrees value by value with what the `wal2json` output plugin reports for
 //! the same changes (read from its own slot, created before the writes).
 //!

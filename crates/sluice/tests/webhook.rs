@@ -161,9 +161,10 @@ fn parked_keys_do_not_hold_the_cursor_and_are_redriven_in_order_or_skipped() {
     p.start();
     p.wait_streaming(&pg);
     let addr = p.server_addr();
-    pg.psql("INSERT INTO t VALUES (1, 0), (2, 0), (3, 0)")
+    // One transaction, so key 1 holds both records before its retries can run out
+    // (two psql runs apart, a loaded machine could park it with one).
+    pg.psql("INSERT INTO t VALUES (1, 0), (2, 0), (3, 0); UPDATE t SET v = 1 WHERE id IN (1, 3)")
         .unwrap();
-    pg.psql("UPDATE t SET v = 1 WHERE id IN (1, 3)").unwrap();
     let parked = wait_until(WAIT, "two keys parked", || {
         let (code, v) = api(&addr, "GET", "/v1/sinks/hook/parked", None);
         assert_eq!(code, 200, "{v}");

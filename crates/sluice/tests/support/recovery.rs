@@ -135,7 +135,7 @@ pub fn assert_whole_lines(p: &Pipeline) {
 /// earlier record exactly (same id, identical content) as part of a re-sent run. A run
 /// follows the original order without skipping and reaches the last record sent before
 /// any new record follows, so no key ends on an older value. It may start mid-transaction
-/// (a sink's cursor moves over each acknowledged record, DESIGN.md rule 1, and a batch can
+/// (a sink's cursor moves over each acknowledged record, docs/GUARANTEES.md rule 1, and a batch can
 /// end inside a transaction) and start over further back (a crash during the run).
 /// Returns the distinct records in order.
 pub fn check_ids(records: &[Value]) -> Vec<&Value> {
