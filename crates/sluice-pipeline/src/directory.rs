@@ -53,6 +53,9 @@ pub struct PipelineStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_age_secs: Option<f64>,
     pub sinks: Vec<SinkStatus>,
+    /// Sinks served to clients as they read (SSE): no cursor, so no lag; their clients
+    /// and what was sent.
+    pub served: Vec<ServedStatus>,
     /// Tables being copied in this run (the initial snapshot, or backfills), with those
     /// finished since it started.
     pub copies: Vec<CopyStatus>,
@@ -83,6 +86,16 @@ pub struct SinkStatus {
     pub per_second: f64,
     /// Dropped by the disk budget; to be re-backfilled.
     pub shed: bool,
+}
+
+/// An SSE sink as the status shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ServedStatus {
+    pub name: String,
+    /// Clients connected now.
+    pub clients: u64,
+    /// Events sent to its clients since the pipeline started.
+    pub sent: u64,
 }
 
 /// What one running pipeline serves.

@@ -86,13 +86,19 @@ impl Gauges {
             confirmed_lsn: source.confirmed.to_string(),
             reconnects: source.reconnects,
             last_error: source.last_error.clone(),
-            slot_active: slot.as_ref().map(|s| s.active),
+            // The slot is queried every 5 s; while the source streams from it, it is
+            // active and exists, whatever the last query (before the start) said.
+            slot_active: match &slot {
+                _ if source.streaming => Some(true),
+                Some(s) => Some(s.active),
+                None => None,
+            },
             slot_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
             slot_retained_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
             slot_wal_status: match &slot {
-                Some(s) if !s.exists => Some("missing".into()),
-                Some(s) => s.wal_status.clone(),
-                None => None,
+                Some(s) if !s.exists && !source.streaming => Some("missing".into()),
+                Some(s) if s.exists => s.wal_status.clone(),
+                _ => None,
             },
             log_bytes: self.log.bytes(),
             log_records: end.saturating_sub(self.log.first()),
@@ -111,6 +117,8 @@ impl Gauges {
                     shed: cursor.is_shed(),
                 })
                 .collect(),
+            // Filled in by the run, which holds the SSE feeds.
+            served: Vec::new(),
             copies: self
                 .copies
                 .tables()

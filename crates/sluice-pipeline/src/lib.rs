@@ -25,7 +25,7 @@ mod telemetry;
 
 pub use config::Config;
 pub use directory::{
-    CopyStatus, Directory, Endpoints, Lookup, PipelineStatus, Readiness, SinkStatus,
+    CopyStatus, Directory, Endpoints, Lookup, PipelineStatus, Readiness, ServedStatus, SinkStatus,
 };
 pub use run::{data_dir, run, Outcome, RunContext, SHUTDOWN_DEADLINE};
 pub use sinks::Undelivered;

@@ -8,6 +8,7 @@
 //! by the deadline) and the cursors are committed one last time.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -376,10 +377,12 @@ fn publish(
     let (ready_status, ready_log, ready_stats) = (status.clone(), log.clone(), gauges.clone());
     let (refresh, status_of) = (gauges.clone(), gauges.clone());
     let stop = sinks.abort.child_token();
-    let sse = std::mem::take(&mut sinks.sse)
+    let sse: std::collections::HashMap<String, Arc<SseFeed>> = std::mem::take(&mut sinks.sse)
         .into_iter()
         .map(|(name, options)| (name, SseFeed::start(options, log.clone(), stop.clone())))
         .collect();
+    let feeds: Vec<(String, Arc<SseFeed>)> =
+        sse.iter().map(|(n, f)| (n.clone(), f.clone())).collect();
     ctx.directory.publish(
         &config.pipeline.name,
         Endpoints {
@@ -400,7 +403,18 @@ fn publish(
                 Ok(())
             }),
             refresh: Arc::new(move || refresh.refresh()),
-            status: Arc::new(move || status_of.status()),
+            status: Arc::new(move || {
+                let mut status = status_of.status();
+                status.served = feeds
+                    .iter()
+                    .map(|(name, feed)| crate::directory::ServedStatus {
+                        name: name.clone(),
+                        clients: feed.counts.clients.load(Ordering::Relaxed),
+                        sent: feed.counts.sent.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                status
+            }),
             stop,
         },
     );

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +142,7 @@ pub(crate) async fn events(
                 next: from,
                 tx,
                 sent: metrics::counter!(metric::SINK_DELIVERED.name, &labels),
+                feed: feed.clone(),
             };
             let stop = [state.shutdown.clone(), endpoints.stop.clone()];
             tokio::spawn(client.run(stop, feed, reader));
@@ -187,6 +189,8 @@ struct Client {
     next: u64,
     tx: mpsc::Sender<Bytes>,
     sent: metrics::Counter,
+    /// The sink's shared read, whose counts the status shows.
+    feed: Arc<SseFeed>,
 }
 
 impl Client {
@@ -198,6 +202,7 @@ impl Client {
     ) {
         let clients = self.clients.clone();
         clients.increment(1.0);
+        feed.counts.clients.fetch_add(1, Ordering::Relaxed);
         let (mut rx, shared_from) = feed.subscribe();
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.reset();
@@ -233,6 +238,7 @@ impl Client {
         }
         debug!(sink = %self.sink, position = self.next, "sse: client gone");
         clients.decrement(1.0);
+        feed.counts.clients.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sends what this client takes of a shared chunk.
@@ -311,6 +317,10 @@ impl Client {
         match self.tx.send_timeout(bytes, self.timeout).await {
             Ok(()) => {
                 self.sent.increment(events as u64);
+                self.feed
+                    .counts
+                    .sent
+                    .fetch_add(events as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {

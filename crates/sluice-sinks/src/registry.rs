@@ -359,7 +359,11 @@ mod tests {
             .filter(|f| f.secret)
             .map(|f| f.name.as_str())
             .collect();
-        assert_eq!(secret, vec!["creds", "extra", "nkey_seed"]);
+        assert_eq!(
+            secret,
+            vec!["nkey_seed", "creds", "extra"],
+            "in declaration order"
+        );
         let seed = fields.iter().find(|f| f.name == "nkey_seed").unwrap();
         assert!(seed.required && seed.kind == "string", "{seed:?}");
         assert_eq!(seed.description, "A seed that signs in.");
@@ -385,7 +389,7 @@ mod tests {
                 .filter(|f| f.secret)
                 .map(|f| f.name.as_str())
                 .collect();
-            assert_eq!(secret, vec!["headers", "secret"]);
+            assert_eq!(secret, vec!["secret", "headers"]);
             assert!(webhook.capabilities.waiting_room && webhook.capabilities.outbox);
         }
         #[cfg(feature = "redis")]

@@ -135,11 +135,22 @@ pub struct Chunk {
 /// to catch up first. So each client gets every record once, in order.
 pub struct SseFeed {
     pub options: SseOptions,
+    /// Its clients now and the events sent to them, for the pipeline's status.
+    pub counts: SseCounts,
     log: SharedLog,
     tx: broadcast::Sender<Arc<Chunk>>,
     /// Where the next chunk starts; held while a chunk is sent, so a subscriber knows
     /// exactly where its receiver begins.
     next: Mutex<u64>,
+}
+
+/// What an SSE sink's clients are doing, counted by the server that serves them.
+#[derive(Debug, Default)]
+pub struct SseCounts {
+    /// Clients connected now.
+    pub clients: std::sync::atomic::AtomicU64,
+    /// Events sent to clients since the pipeline started.
+    pub sent: std::sync::atomic::AtomicU64,
 }
 
 impl SseFeed {
@@ -148,6 +159,7 @@ impl SseFeed {
         let (tx, _) = broadcast::channel(CHUNKS);
         let feed = Arc::new(SseFeed {
             options,
+            counts: SseCounts::default(),
             next: Mutex::new(log.durable_end()),
             log,
             tx,
