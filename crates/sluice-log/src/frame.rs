@@ -80,7 +80,23 @@ pub enum Decoded {
     /// Fewer bytes than the frame needs (the torn end of a crashed write).
     Incomplete,
     /// The CRC or the fixed fields do not match: damage.
-    Corrupt(String),
+    Corrupt(FrameError),
+}
+
+/// What is wrong with a damaged frame. Local data, so never worth a retry: the reader
+/// that meets one reports the log as damaged. The texts name no field's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {0} is implausible")]
+    Length(usize),
+    #[error("CRC mismatch")]
+    Crc,
+    #[error("frame body too short")]
+    Short,
+    #[error("unknown op code")]
+    UnknownOp,
+    #[error("name is not UTF-8")]
+    NameNotUtf8,
 }
 
 /// Checks the frame at the start of `buf`.
@@ -91,13 +107,13 @@ pub fn check(buf: &[u8]) -> Decoded {
     let n = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     if n > MAX_BODY {
-        return Decoded::Corrupt(format!("frame length {n} is implausible"));
+        return Decoded::Corrupt(FrameError::Length(n));
     }
     let Some(body) = buf.get(FRAME_HEADER..FRAME_HEADER + n) else {
         return Decoded::Incomplete;
     };
     if crc32c::crc32c(body) != crc {
-        return Decoded::Corrupt("CRC mismatch".into());
+        return Decoded::Corrupt(FrameError::Crc);
     }
     match parse_body(body) {
         Ok(_) => Decoded::Frame {
@@ -108,29 +124,30 @@ pub fn check(buf: &[u8]) -> Decoded {
 }
 
 /// The fixed fields of a body, and where its JSON starts.
-pub fn parse_body(body: &[u8]) -> Result<(Head<'_>, usize), String> {
-    let short = || "frame body too short".to_string();
-    let u64_at = |i: usize| -> Result<u64, String> {
+pub fn parse_body(body: &[u8]) -> Result<(Head<'_>, usize), FrameError> {
+    let u64_at = |i: usize| -> Result<u64, FrameError> {
         Ok(u64::from_le_bytes(
-            body.get(i..i + 8).ok_or_else(short)?.try_into().expect("8"),
+            body.get(i..i + 8)
+                .ok_or(FrameError::Short)?
+                .try_into()
+                .expect("8"),
         ))
     };
     let commit_lsn = Lsn(u64_at(0)?);
     let ordinal = u64_at(8)?;
     let commit_ts_micros = u64_at(16)? as i64;
-    let op = Op::from_code(*body.get(24).ok_or_else(short)?)
-        .ok_or_else(|| "unknown op code".to_string())?;
+    let op = Op::from_code(*body.get(24).ok_or(FrameError::Short)?).ok_or(FrameError::UnknownOp)?;
     let mut pos = 25;
-    let mut text = || -> Result<&str, String> {
+    let mut text = || -> Result<&str, FrameError> {
         let len = u16::from_le_bytes(
             body.get(pos..pos + 2)
-                .ok_or_else(short)?
+                .ok_or(FrameError::Short)?
                 .try_into()
                 .expect("2"),
         ) as usize;
-        let s = body.get(pos + 2..pos + 2 + len).ok_or_else(short)?;
+        let s = body.get(pos + 2..pos + 2 + len).ok_or(FrameError::Short)?;
         pos += 2 + len;
-        std::str::from_utf8(s).map_err(|_| "name is not UTF-8".to_string())
+        std::str::from_utf8(s).map_err(|_| FrameError::NameNotUtf8)
     };
     let schema = text()?;
     let table = text()?;
