@@ -39,7 +39,7 @@ pub enum PgError {
     #[error("server error: {0}")]
     Server(ServerError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("authentication: {0}")]
     Auth(String),
     #[error("protocol violation: {0}")]

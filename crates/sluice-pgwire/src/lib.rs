@@ -19,4 +19,5 @@ pub mod wire;
 
 pub use conninfo::{ConnInfo, SslMode};
 pub use error::{PgError, ServerError, INSUFFICIENT_PRIVILEGE};
+pub use tls::TlsError;
 pub use wire::Connection;

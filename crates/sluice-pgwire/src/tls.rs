@@ -16,55 +16,90 @@ use rustls::{
 
 use crate::conninfo::SslMode;
 
+/// What the operator does when `verify-ca`/`verify-full` finds no root certificate.
+const ROOTCERT_FIX: &str = "set sslrootcert=/path/to/root.crt in the URL (or PGSSLROOTCERT), or place it in ~/.postgresql/root.crt";
+
+/// Why TLS to PostgreSQL could not be set up. All of it is the connection's settings or
+/// files, or the server's, so it is definite (see [`crate::PgError::class`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "sslmode={mode} needs the certificate of the CA that signed the server's: {ROOTCERT_FIX}"
+    )]
+    NoRootCert { mode: &'static str },
+    #[error("cannot read sslrootcert {}: {source}", path.display())]
+    ReadRootCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("bad certificate in {}: {source}", path.display())]
+    BadPem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("bad certificate in {}: {source}", path.display())]
+    BadCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("sslrootcert {} holds no certificate", path.display())]
+    NoCert { path: PathBuf },
+    #[error("cannot use sslrootcert {}: {source}", path.display())]
+    Verifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::client::VerifierBuilderError,
+    },
+    #[error("{0}")]
+    Protocols(#[source] rustls::Error),
+    #[error("host {host:?} is not a valid TLS server name: {source}")]
+    ServerName {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("handshake with {target} failed: {source}")]
+    Handshake {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{target} does not accept TLS but sslmode requires it: enable ssl on the server or use sslmode=prefer/disable")]
+    NotAccepted { target: String },
+}
+
+impl TlsError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            TlsError::NoRootCert { .. } => Some(ROOTCERT_FIX),
+            TlsError::NotAccepted { .. } => {
+                Some("enable ssl on the server or use sslmode=prefer/disable")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Builds the rustls client configuration for `mode` (not called for `disable`).
 pub(crate) fn client_config(
     mode: SslMode,
     rootcert: Option<&Path>,
-) -> Result<ClientConfig, String> {
+) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // As libpq: `require` with a root certificate at hand verifies the chain (verify-ca).
     let mode = match mode {
         SslMode::Require if rootcert.is_some() || default_rootcert().is_some() => SslMode::VerifyCa,
         m => m,
     };
-    let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
-    let webpki = if verifying {
-        let path =
-            match rootcert {
-                Some(p) => p.to_path_buf(),
-                None => {
-                    default_rootcert().ok_or_else(|| {
-                        format!(
-                    "sslmode={} needs the certificate of the CA that signed the server's: set \
-                     sslrootcert=/path/to/root.crt in the URL (or PGSSLROOTCERT), or place it \
-                     in ~/.postgresql/root.crt",
-                    if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
-                )
-                    })?
-                }
-            };
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    let webpki = match mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            Some(webpki_verifier(mode, rootcert, provider.clone())?)
         }
-        if roots.is_empty() {
-            return Err(format!(
-                "sslrootcert {} holds no certificate",
-                path.display()
-            ));
-        }
-        Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| format!("cannot use sslrootcert {}: {e}", path.display()))?,
-        )
-    } else {
-        None
+        _ => None,
     };
     let verifier = Arc::new(Verifier {
         mode,
@@ -73,10 +108,49 @@ pub(crate) fn client_config(
     });
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Protocols)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// The chain check of `verify-ca`/`verify-full`, against `rootcert` or libpq's default.
+fn webpki_verifier(
+    mode: SslMode,
+    rootcert: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    let path = match rootcert {
+        Some(p) => p.to_path_buf(),
+        None => default_rootcert().ok_or(TlsError::NoRootCert {
+            mode: if mode == SslMode::VerifyCa {
+                "verify-ca"
+            } else {
+                "verify-full"
+            },
+        })?,
+    };
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path).map_err(|source| TlsError::ReadRootCert {
+        path: path.clone(),
+        source,
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|source| TlsError::BadPem {
+            path: path.clone(),
+            source,
+        })?;
+        roots.add(cert).map_err(|source| TlsError::BadCert {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCert { path });
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|source| TlsError::Verifier { path, source })
 }
 
 fn default_rootcert() -> Option<PathBuf> {
@@ -85,9 +159,11 @@ fn default_rootcert() -> Option<PathBuf> {
 }
 
 /// The server name to present in SNI and to check under `verify-full`.
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("host {host:?} is not a valid TLS server name: {e}"))
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(host.to_owned()).map_err(|source| TlsError::ServerName {
+        host: host.to_owned(),
+        source,
+    })
 }
 
 #[derive(Debug)]
@@ -150,5 +226,24 @@ impl ServerCertVerifier for Verifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_root_certificate_says_where_to_put_one() {
+        let e = TlsError::NoRootCert { mode: "verify-ca" };
+        assert_eq!(
+            e.to_string(),
+            "sslmode=verify-ca needs the certificate of the CA that signed the server's: set \
+             sslrootcert=/path/to/root.crt in the URL (or PGSSLROOTCERT), or place it in \
+             ~/.postgresql/root.crt"
+        );
+        assert!(e.fix().is_some_and(|f| f.starts_with("set sslrootcert=")));
+        let e = client_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/root.crt")));
+        assert!(matches!(e, Err(TlsError::ReadRootCert { .. })), "{e:?}");
     }
 }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::conninfo::{ConnInfo, Host, SslMode};
 use crate::error::{PgError, ServerError};
+use crate::tls::TlsError;
 
 /// Largest frame accepted from a server: PostgreSQL's own limit on a message is 1 GB.
 const MAX_FRAME: usize = 1 << 30;
@@ -140,14 +141,14 @@ impl Connection {
                             let config = crate::tls::client_config(
                                 info.sslmode,
                                 info.sslrootcert.as_deref(),
-                            )
-                            .map_err(PgError::Tls)?;
-                            let name = crate::tls::server_name(h).map_err(PgError::Tls)?;
+                            )?;
+                            let name = crate::tls::server_name(h)?;
                             let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
                                 .connect(name, tcp)
                                 .await
-                                .map_err(|e| {
-                                    PgError::Tls(format!("handshake with {target} failed: {e}"))
+                                .map_err(|source| TlsError::Handshake {
+                                    target: target.clone(),
+                                    source,
                                 })?;
                             Box::pin(tls)
                         }
@@ -156,10 +157,10 @@ impl Connection {
                             Box::pin(tcp)
                         }
                         b'N' => {
-                            return Err(PgError::Tls(format!(
-                            "{target} does not accept TLS but sslmode requires it: enable ssl on \
-                                 the server or use sslmode=prefer/disable"
-                        )))
+                            return Err(TlsError::NotAccepted {
+                                target: target.clone(),
+                            }
+                            .into())
                         }
                         other => {
                             return Err(PgError::Protocol(format!(
