@@ -108,25 +108,31 @@ pub enum Selection {
     Keys(Vec<String>),
 }
 
+/// The engine's answer to a command: how many keys or records it acted on.
+pub type Reply = tokio::sync::oneshot::Sender<Result<usize, DeliveryError>>;
+
 /// An operator's command, carried out by the engine that owns the sink's state.
 #[derive(Debug)]
 pub enum Command {
     /// Deliver the parked records of these keys again, in order, before newer ones.
-    Redrive(
-        Selection,
-        tokio::sync::oneshot::Sender<Result<usize, String>>,
-    ),
+    Redrive(Selection, Reply),
     /// Move the parked records of these keys to the dead letters (reason `skipped`); the
     /// keys go on with their newer records.
-    Skip(
-        Selection,
-        tokio::sync::oneshot::Sender<Result<usize, String>>,
-    ),
+    Skip(Selection, Reply),
     /// Deliver these dead letters (by log offset; `None`: all) again.
-    RedriveDead(
-        Option<Vec<u64>>,
-        tokio::sync::oneshot::Sender<Result<usize, String>>,
-    ),
+    RedriveDead(Option<Vec<u64>>, Reply),
+}
+
+/// Why a command got no count back: the sink was not there to take it, or its engine
+/// failed carrying it out (the engine's error is the cause).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the sink is not running")]
+    NotRunning,
+    #[error("the sink stopped before answering")]
+    NoAnswer,
+    #[error(transparent)]
+    Failed(#[from] DeliveryError),
 }
 
 /// What the HTTP API and the CLI use to inspect and steer a sink's waiting room.
@@ -138,17 +144,13 @@ pub struct Control {
 
 impl Control {
     /// Sends a command and waits for the engine's answer.
-    pub async fn ask(
-        &self,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<usize, String>>) -> Command,
-    ) -> Result<usize, String> {
+    pub async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<usize, CommandError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| "the sink is not running".to_owned())?;
-        rx.await
-            .map_err(|_| "the sink stopped before answering".to_owned())?
+            .map_err(|_| CommandError::NotRunning)?;
+        Ok(rx.await.map_err(|_| CommandError::NoAnswer)??)
     }
 }
 

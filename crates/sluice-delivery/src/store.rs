@@ -54,6 +54,23 @@ struct Head {
     at: i64,
 }
 
+/// Why a stored record could not be read back: the waiting room's file is damaged or was
+/// written by a version that stored something else. It becomes the cause of a
+/// [`DeliveryError::State`]. The texts hold no record's value.
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    #[error("short value")]
+    ShortValue,
+    #[error("short head")]
+    ShortHead,
+    #[error("{0}")]
+    Head(#[from] serde_json::Error),
+    #[error("id: {0}")]
+    Id(#[from] sluice_core::ParseError),
+    #[error("op")]
+    Op,
+}
+
 impl Stored {
     fn encode(&self) -> Vec<u8> {
         let i = &self.item;
@@ -79,19 +96,19 @@ impl Stored {
         out
     }
 
-    fn decode(b: &[u8]) -> Result<Stored, String> {
+    fn decode(b: &[u8]) -> Result<Stored, DecodeError> {
         let n = b
             .get(..4)
             .map(|n| u32::from_le_bytes(n.try_into().expect("4")) as usize)
-            .ok_or("short value")?;
-        let head = b.get(4..4 + n).ok_or("short head")?;
-        let head: Head = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-        let id: ChangeId = head.id.parse().map_err(|e| format!("id: {e}"))?;
+            .ok_or(DecodeError::ShortValue)?;
+        let head = b.get(4..4 + n).ok_or(DecodeError::ShortHead)?;
+        let head: Head = serde_json::from_slice(head)?;
+        let id: ChangeId = head.id.parse()?;
         Ok(Stored {
             item: Item {
                 offset: head.offset,
                 id,
-                op: Op::from_name(&head.op).ok_or("op")?,
+                op: Op::from_name(&head.op).ok_or(DecodeError::Op)?,
                 key: head.key.into(),
                 route: head.route.into(),
                 commit_ts_micros: head.commit_ts,

@@ -28,7 +28,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sluice_delivery::{Command, Control, DeliveryError, Selection, Store, Stored};
+use sluice_delivery::{Command, Control, DeliveryError, Reply, Selection, Store, Stored};
 use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
 
@@ -212,17 +212,13 @@ async fn act(
     sink: SinkRef,
     body: &Bytes,
     what: &str,
-    make: impl FnOnce(
-        Choose,
-    ) -> Box<
-        dyn FnOnce(tokio::sync::oneshot::Sender<Result<usize, String>>) -> Command + Send,
-    >,
+    make: impl FnOnce(Choose) -> Box<dyn FnOnce(Reply) -> Command + Send>,
 ) -> Result<Response, ApiError> {
     let c = control(&sink)?;
     let chosen = choose(body)?;
     match c.ask(make(chosen)).await {
         Ok(n) => Ok(reply(StatusCode::OK, json!({ what: n }))),
-        Err(e) => Err(ApiError::Unavailable(e)),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
 

@@ -34,7 +34,7 @@ impl<T: Target> Engine<T> {
                         .is_some_and(|key| key.held && !key.draining);
                     if held {
                         if let Err(e) = self.release(&k) {
-                            result = Err(e.to_string());
+                            result = Err(e);
                             break;
                         }
                         n += 1;
@@ -51,7 +51,7 @@ impl<T: Target> Engine<T> {
                     match self.skip(&k) {
                         Ok(m) => n += m,
                         Err(e) => {
-                            result = Err(e.to_string());
+                            result = Err(e);
                             break;
                         }
                     }
@@ -60,7 +60,7 @@ impl<T: Target> Engine<T> {
                 let _ = reply.send(result.map(|()| n));
             }
             Command::RedriveDead(offsets, reply) => {
-                let _ = reply.send(self.redrive_dead(offsets).map_err(|e| e.to_string()));
+                let _ = reply.send(self.redrive_dead(offsets));
             }
         }
     }
