@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-exec cargo run --release --quiet -p sluice -- demo "$@"
+# The first build compiles every dependency (a few minutes on two cores): cargo's own
+# progress says how far it is; later runs start at once.
+echo "building Sluice (release) ..." >&2
+cargo build --release -p sluice
+exec "${CARGO_TARGET_DIR:-target}/release/sluice" demo "$@"
