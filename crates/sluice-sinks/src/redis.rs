@@ -49,11 +49,13 @@ use crate::{finding_for, Built, Capabilities, Context, InFlight, Sink, SinkSpec}
 mod applied;
 mod clear;
 mod script;
+mod template;
 mod writer;
 
 use applied::{Applied, Legacy};
 use clear::KeyPattern;
 use script::HMERGE;
+pub use template::{check_template, TemplateError, DEFAULT_KEY_TEMPLATE};
 use writer::{Reply, Writer};
 
 /// `type = "redis"`: rows cached in Redis, one key per row, fenced by the sink's high-water mark.
@@ -329,36 +331,6 @@ pub struct RedisOptions {
     /// the disk budget) starts over from a backfill, and rows deleted meanwhile must not
     /// stay cached.
     pub reset: bool,
-}
-
-pub const DEFAULT_KEY_TEMPLATE: &str = "{prefix}{db}.{schema}.{table}.{pk}";
-
-/// Checks a key template; returns the problem, if any.
-pub fn check_template(template: &str) -> Result<(), String> {
-    if !template.contains("{pk}") {
-        return Err(format!(
-            "key_template {template:?} must contain {{pk}}, or rows of a table would share one key"
-        ));
-    }
-    if template.matches("{pk}").count() > 1 {
-        return Err(format!(
-            "key_template {template:?} must contain {{pk}} once (a truncate finds a table's keys by the text around it)"
-        ));
-    }
-    let mut rest = template;
-    while let Some(i) = rest.find('{') {
-        let end = rest[i..]
-            .find('}')
-            .ok_or("key_template has an unclosed {")?;
-        let name = &rest[i + 1..i + end];
-        if !["prefix", "db", "schema", "table", "pk"].contains(&name) {
-            return Err(format!(
-                "key_template: unknown placeholder {{{name}}} (use prefix, db, schema, table, pk)"
-            ));
-        }
-        rest = &rest[i + end + 1..];
-    }
-    Ok(())
 }
 
 /// The Redis sink.

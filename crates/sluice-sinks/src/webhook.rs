@@ -195,8 +195,7 @@ impl SinkSpec for WebhookConfig {
             timeout: Duration::from_secs(self.timeout_secs),
             array: self.batch > 1,
             retry_4xx: self.retry_4xx,
-        })
-        .map_err(|e| Fault::definite(e, "correct the sink's url and secret"))?;
+        })?;
         Ok(Built::Engine {
             target: Arc::new(hook),
             batch: self.batch,
@@ -236,12 +235,67 @@ pub struct Webhook {
     key: Option<Arc<ring::hmac::Key>>,
 }
 
+/// What the operator does when this machine trusts no certificate authority.
+const CA_FIX: &str = "install the system's CA certificates (Debian: ca-certificates), or point SSL_CERT_FILE at a PEM bundle";
+
+/// A URL's parse error (the `url` crate's, through reqwest).
+type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why a webhook sink (or an HTTP client with Sluice's TLS settings) cannot be set up.
+/// Every cause is a setting or this machine's set-up, so it is definite. The texts hold
+/// no secret: the secret's own text is never shown, only why it does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("url is empty: set url = \"https://...\"")]
+    EmptyUrl,
+    #[error("url {url:?}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: UrlError,
+    },
+    #[error("secret: whsec_ is followed by invalid base64 ({0})")]
+    SecretBase64(#[source] base64::DecodeError),
+    #[error("no trusted certificate authorities found on this machine{}: {CA_FIX}",
+        .0.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
+    NoTrustedRoots(#[source] Option<rustls_native_certs::Error>),
+    #[error("{0}")]
+    Protocols(#[source] rustls::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+impl WebhookError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            WebhookError::EmptyUrl => Some("set url = \"https://...\""),
+            WebhookError::NoTrustedRoots(_) => Some(CA_FIX),
+            _ => None,
+        }
+    }
+}
+
+impl sluice_core::Classify for WebhookError {
+    fn class(&self) -> sluice_core::ErrorClass {
+        sluice_core::ErrorClass::Definite
+    }
+}
+
+/// A sink that cannot be built stops its pipeline: the message is the error's text, the
+/// fix the one a webhook sink has always given.
+impl From<WebhookError> for Fault {
+    fn from(e: WebhookError) -> Fault {
+        Fault::definite(e.to_string(), "correct the sink's url and secret")
+    }
+}
+
 /// The secret's key bytes.
-pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, WebhookError> {
     match secret.strip_prefix("whsec_") {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|e| format!("secret: whsec_ is followed by invalid base64 ({e})")),
+            .map_err(WebhookError::SecretBase64),
         None => Ok(secret.as_bytes().to_vec()),
     }
 }
@@ -264,41 +318,39 @@ pub fn sign(key: &ring::hmac::Key, id: &str, timestamp: i64, body: &[u8]) -> Str
 /// The platform's trusted certificate authorities (as `rustls-native-certs` finds them,
 /// `SSL_CERT_FILE` and `SSL_CERT_DIR` included), for `https://` URLs. None found is an
 /// error that says so, rather than a client that trusts nothing.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn tls_config() -> Result<rustls::ClientConfig, WebhookError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        let why = found
-            .errors
-            .first()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        return Err(format!(
-            "no trusted certificate authorities found on this machine{why}: install the system's CA certificates (Debian: ca-certificates), or point SSL_CERT_FILE at a PEM bundle"
+        return Err(WebhookError::NoTrustedRoots(
+            found.errors.into_iter().next(),
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(WebhookError::Protocols)?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
 
 /// An HTTP client builder with Sluice's TLS settings (ring, the system's CA bundle).
-pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
+pub fn client_builder() -> Result<reqwest::ClientBuilder, WebhookError> {
     Ok(reqwest::Client::builder().use_preconfigured_tls(tls_config()?))
 }
 
 impl Webhook {
-    pub fn new(options: WebhookOptions) -> Result<Webhook, String> {
+    pub fn new(options: WebhookOptions) -> Result<Webhook, WebhookError> {
         for u in std::iter::once(&options.url).chain(options.urls.values()) {
             if u.is_empty() && options.urls.is_empty() {
-                return Err("url is empty: set url = \"https://...\"".into());
+                return Err(WebhookError::EmptyUrl);
             }
             if !u.is_empty() {
-                reqwest::Url::parse(u).map_err(|e| format!("url {u:?}: {e}"))?;
+                reqwest::Url::parse(u).map_err(|source| WebhookError::BadUrl {
+                    url: u.clone(),
+                    source,
+                })?;
             }
         }
         let key = match &options.secret {
@@ -314,7 +366,7 @@ impl Webhook {
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(WebhookError::Client)?;
         Ok(Webhook {
             client,
             options: Arc::new(options),

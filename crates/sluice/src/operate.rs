@@ -111,8 +111,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    // As a message: its text already holds its cause, which `{:#}` would print again.
     let client = sluice_sinks::webhook::client_builder()
-        .map_err(|e| anyhow::anyhow!(e))?
+        .map_err(anyhow::Error::msg)?
         .timeout(Duration::from_secs(30))
         .build()?;
     let url = format!("{}{path}", api_base(config, base)?);
