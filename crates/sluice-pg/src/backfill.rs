@@ -46,6 +46,7 @@ use crate::conninfo::ConnInfo;
 use crate::error::PgError;
 use crate::output::SourceStatus;
 use crate::snapshot::{describe, CopyOut, PlanKind, Progress, RowEncoder, TablePlan, TableShape};
+use crate::source::SourceError;
 use crate::state::PipelineState;
 use crate::values::TypeRegistry;
 use crate::wire::{quote_literal, Connection};
@@ -355,7 +356,7 @@ pub async fn plan_backfill(
     exclusions: &Exclusions,
     chunk_rows: u64,
     kind: PlanKind,
-) -> Result<TablePlan, PgError> {
+) -> Result<TablePlan, SourceError> {
     let excluded = exclusions.get(&format!("{}.{}", req.schema, req.table));
     let shape = describe(
         conn,
@@ -371,12 +372,11 @@ pub async fn plan_backfill(
              index, so rows the stream changes during a chunk cannot be told apart. Add a \
              primary key (or ALTER TABLE ... REPLICA IDENTITY FULL)",
             req.schema, req.table
-        )));
+        ))
+        .into());
     }
     let plan = TablePlan::new(&shape, kind, req.filter.clone(), chunk_rows);
-    state
-        .put(&TablePlan::key(&req.schema, &req.table), &plan)
-        .map_err(|e| PgError::Definite(e.to_string()))?;
+    state.put(&TablePlan::key(&req.schema, &req.table), &plan)?;
     Ok(plan)
 }
 
@@ -490,7 +490,7 @@ impl BackfillWorker {
         nonce: u64,
         seq: &mut u64,
         cancel: &CancellationToken,
-    ) -> Result<(), PgError> {
+    ) -> Result<(), SourceError> {
         // Streaming first: a watermark is only useful once the source reads the stream.
         let streaming = tokio::select! {
             biased;
@@ -507,7 +507,8 @@ impl BackfillWorker {
                  copy it by recreating the pipeline (sluice teardown, then run) instead",
                 plan.qualified(),
                 conn.server_version_num()
-            )));
+            ))
+            .into());
         }
         let key = TablePlan::key(&plan.schema, &plan.table);
         let excluded: Option<BTreeSet<String>> = self.exclusions.get(&plan.qualified()).cloned();
@@ -532,7 +533,7 @@ impl BackfillWorker {
                 TablePlan::new(&shape, plan.kind, plan.filter.clone(), rows_per_range(plan));
             fresh.reread = plan.reread + redo;
             *plan = fresh;
-            self.state.put(&key, plan).map_err(definite)?;
+            self.state.put(&key, plan)?;
         }
         self.progress.begin(plan, shape.est_rows);
         info!(table = %plan.qualified(), remaining = plan.remaining(), ranges = plan.ranges.len(), kind = ?plan.kind, "backfill: started");
@@ -565,7 +566,7 @@ impl BackfillWorker {
                 Some(rows) => {
                     plan.done[i] = true;
                     plan.rows += rows;
-                    self.state.put(&key, plan).map_err(definite)?;
+                    self.state.put(&key, plan)?;
                     self.progress.range_done(plan);
                     info!(table = %plan.qualified(), range = i, rows, "backfill: range done");
                 }
@@ -573,7 +574,7 @@ impl BackfillWorker {
             }
         }
         info!(table = %plan.qualified(), rows = plan.rows, "backfill: table copied");
-        self.state.remove(&key).map_err(definite)?;
+        self.state.remove(&key)?;
         Ok(())
     }
 
@@ -713,10 +714,6 @@ pub const DEFAULT_CHUNK_ROWS: u64 = 50_000;
 
 fn utf8(b: &[u8]) -> Result<String, PgError> {
     String::from_utf8(b.to_vec()).map_err(|_| PgError::Protocol("row image is not UTF-8".into()))
-}
-
-fn definite(e: impl std::fmt::Display) -> PgError {
-    PgError::Definite(e.to_string())
 }
 
 #[cfg(test)]

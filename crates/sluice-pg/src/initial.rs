@@ -25,6 +25,7 @@ use crate::conninfo::ConnInfo;
 use crate::error::PgError;
 use crate::output::Batch;
 use crate::snapshot::{CopyOut, Progress, RowEncoder, TablePlan, TableShape};
+use crate::source::SourceError;
 use crate::state::PipelineState;
 use crate::wire::{quote_literal, Connection};
 
@@ -86,7 +87,7 @@ struct Shared {
 impl InitialSnapshot {
     /// Copies every table; returns false if cancelled first. The exporting connection
     /// must stay idle until this returns.
-    pub async fn run(mut self, cancel: &CancellationToken) -> Result<bool, PgError> {
+    pub async fn run(mut self, cancel: &CancellationToken) -> Result<bool, SourceError> {
         let mut jobs = VecDeque::new();
         for (t, st) in self.tables.iter().enumerate() {
             self.progress.begin(&st.plan, st.shape.est_rows);
@@ -171,8 +172,7 @@ impl InitialSnapshot {
             st.plan.done[d.range] = true;
             st.plan.rows += d.rows;
             self.state
-                .put(&TablePlan::key(&st.plan.schema, &st.plan.table), &st.plan)
-                .map_err(|e| PgError::Definite(e.to_string()))?;
+                .put(&TablePlan::key(&st.plan.schema, &st.plan.table), &st.plan)?;
             self.progress.range_done(&st.plan);
             info!(table = %st.plan.qualified(), range = d.range, rows = d.rows, "snapshot: range done");
             if st.plan.complete() {
@@ -196,7 +196,7 @@ impl InitialSnapshot {
             }
         }
         if let Some(e) = failure {
-            return Err(e);
+            return Err(e.into());
         }
         Ok(!cancel.is_cancelled() && self.tables.iter().all(|t| t.plan.complete()))
     }

@@ -31,13 +31,13 @@ use crate::error::PgError;
 pub use crate::output::{Batch, Output, SourceStatus};
 use crate::replication::{self, StartOptions, StreamMessage};
 use crate::snapshot::Progress;
-use crate::state::PipelineState;
+use crate::state::{PipelineState, StateError};
 use crate::types::resolve_types;
 use crate::wire::{quote_literal, Connection};
 
 #[path = "source_copies.rs"]
 mod copies;
-use copies::{clear_plans, definite, route, META_CREATING, META_KNOWN};
+use copies::{clear_plans, route, META_CREATING, META_KNOWN};
 
 /// Waits between reconnects.
 const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(30));
@@ -106,6 +106,9 @@ pub enum UnknownSlot {
 pub enum SourceError {
     #[error(transparent)]
     Pg(#[from] PgError),
+    /// The pipeline's state file (plans, the slot's record) failed: local, definite.
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("output failed: {0}")]
     Output(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -120,6 +123,7 @@ impl SourceError {
     pub fn class(&self) -> ErrorClass {
         match self {
             SourceError::Pg(e) => e.class(),
+            SourceError::State(e) => sluice_core::Classify::class(e),
             SourceError::Output(_) => ErrorClass::Definite,
         }
     }
@@ -390,7 +394,7 @@ impl<O: Output> SourceWorker<O> {
             self.assembler = Some(asm);
         }
         if self.state.is_none() {
-            let state = PipelineState::open(&cfg.state_path).map_err(definite)?;
+            let state = PipelineState::open(&cfg.state_path)?;
             self.state = Some(Arc::new(state));
         }
         Ok(self.state.clone().expect("opened above"))
@@ -416,14 +420,10 @@ impl<O: Output> SourceWorker<O> {
             ))
             .await?;
         // The slot this data dir streamed from, or was making when it stopped.
-        let used = state
-            .get::<Vec<(String, String)>>(META_KNOWN)
-            .map_err(definite)?
-            .is_some();
+        let used = state.get::<Vec<(String, String)>>(META_KNOWN)?.is_some();
         let known = used
             || state
-                .get::<String>(META_CREATING)
-                .map_err(definite)?
+                .get::<String>(META_CREATING)?
                 .is_some_and(|s| s == cfg.slot);
         let lost = match slot_row.first() {
             None => used,
@@ -438,11 +438,11 @@ impl<O: Output> SourceWorker<O> {
         }
         let Some(row) = slot_row.first() else {
             let confirmed = if cfg.snapshot_tables.is_empty() {
-                state.put(META_CREATING, &cfg.slot).map_err(definite)?;
+                state.put(META_CREATING, &cfg.slot)?;
                 let at = replication::create_slot(repl, &cfg.slot).await?;
                 info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
                 clear_plans(state)?;
-                state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+                state.put(META_KNOWN, &cfg.tables)?;
                 at
             } else {
                 match self

@@ -49,7 +49,7 @@ impl<O: Output> SourceWorker<O> {
     ) -> Result<Option<Lsn>, SourceError> {
         // Recorded first: a crash right after the slot is made must not leave a slot this
         // data dir has no record of.
-        state.put(META_CREATING, &cfg.slot).map_err(definite)?;
+        state.put(META_CREATING, &cfg.slot)?;
         let (at, snapshot_name) = replication::create_slot_exporting(repl, &cfg.slot).await?;
         info!(slot = %cfg.slot, consistent_point = %at, "source: created replication slot");
         // Plans of an earlier slot mean nothing for this one.
@@ -59,22 +59,20 @@ impl<O: Output> SourceWorker<O> {
             consistent_point: at.to_string(),
             complete: false,
         };
-        state.put(META_INITIAL, &meta).map_err(definite)?;
+        state.put(META_INITIAL, &meta)?;
         let mut types = TypeRegistry::new();
         let mut tables = Vec::new();
         for (schema, table) in &cfg.snapshot_tables {
             let excluded = cfg.exclusions.get(&format!("{schema}.{table}"));
             let shape = describe(catalog, schema, table, excluded, &mut types).await?;
             let plan = TablePlan::new(&shape, PlanKind::Initial, None, cfg.chunk_rows);
-            state
-                .put(&TablePlan::key(schema, table), &plan)
-                .map_err(definite)?;
+            state.put(&TablePlan::key(schema, table), &plan)?;
             tables.push(SnapshotTable {
                 shape: Arc::new(shape),
                 plan,
             });
         }
-        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+        state.put(META_KNOWN, &cfg.tables)?;
         let snapshot = InitialSnapshot {
             conninfo: cfg.conninfo.clone(),
             snapshot_name,
@@ -92,15 +90,13 @@ impl<O: Output> SourceWorker<O> {
             return Ok(None);
         }
         clear_plans(state)?;
-        state
-            .put(
-                META_INITIAL,
-                &InitialMeta {
-                    complete: true,
-                    ..meta
-                },
-            )
-            .map_err(definite)?;
+        state.put(
+            META_INITIAL,
+            &InitialMeta {
+                complete: true,
+                ..meta
+            },
+        )?;
         info!(
             seconds = started.elapsed().as_secs_f64(),
             "snapshot: complete; streaming from the slot"
@@ -116,21 +112,18 @@ impl<O: Output> SourceWorker<O> {
         state: &PipelineState,
         catalog: &mut Connection,
     ) -> Result<(), SourceError> {
-        for (key, plan) in state.scan::<TablePlan>("plan/").map_err(definite)? {
+        for (key, plan) in state.scan::<TablePlan>("plan/")? {
             if !cfg
                 .tables
                 .contains(&(plan.schema.clone(), plan.table.clone()))
             {
                 info!(table = %plan.qualified(), "source: table no longer captured; its unfinished copy is dropped");
-                state.remove(&key).map_err(definite)?;
+                state.remove(&key)?;
             }
         }
-        let Some(known) = state
-            .get::<Vec<(String, String)>>(META_KNOWN)
-            .map_err(definite)?
-        else {
+        let Some(known) = state.get::<Vec<(String, String)>>(META_KNOWN)? else {
             // A slot without state (a data_dir moved away): nothing to compare with.
-            state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+            state.put(META_KNOWN, &cfg.tables)?;
             return Ok(());
         };
         for t in &cfg.tables {
@@ -160,7 +153,7 @@ impl<O: Output> SourceWorker<O> {
                 }
             }
         }
-        state.put(META_KNOWN, &cfg.tables).map_err(definite)?;
+        state.put(META_KNOWN, &cfg.tables)?;
         Ok(())
     }
 
@@ -279,7 +272,7 @@ impl<O: Output> SourceWorker<O> {
         }
         clear_plans(state)?;
         for key in [META_KNOWN, META_INITIAL, META_CREATING] {
-            state.remove(key).map_err(definite)?;
+            state.remove(key)?;
         }
         let now = catalog.query("SELECT pg_current_wal_lsn()").await?;
         let at: Lsn = now
@@ -318,12 +311,8 @@ impl<O: Output> SourceWorker<O> {
 }
 
 pub(super) fn clear_plans(state: &PipelineState) -> Result<(), SourceError> {
-    for (key, _) in state.scan::<serde_json::Value>("plan/").map_err(definite)? {
-        state.remove(&key).map_err(definite)?;
+    for (key, _) in state.scan::<serde_json::Value>("plan/")? {
+        state.remove(&key)?;
     }
     Ok(())
-}
-
-pub(super) fn definite(e: impl std::fmt::Display) -> SourceError {
-    SourceError::Pg(PgError::Definite(e.to_string()))
 }

@@ -15,12 +15,48 @@ use serde::{de::DeserializeOwned, Serialize};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
-/// A failure of the state file.
+/// What the operator does with a state file that cannot be used.
+const STATE_FIX: &str = "the file is in the pipeline's data_dir; if it is damaged, move it away to start the snapshot over";
+
+/// A failure of the state file. Local disk, so definite: retrying reads the same file.
 #[derive(Debug, thiserror::Error)]
-#[error("pipeline state {path}: {reason} (the file is in the pipeline's data_dir; if it is damaged, move it away to start the snapshot over)")]
+#[error("pipeline state {path}: {source} ({STATE_FIX})")]
 pub struct StateError {
     path: String,
-    reason: String,
+    #[source]
+    source: StateCause,
+}
+
+/// What failed underneath a [`StateError`].
+#[derive(Debug, thiserror::Error)]
+pub enum StateCause {
+    /// The database (opening, a transaction, a table, the commit). Boxed: redb's error
+    /// is large.
+    #[error("{0}")]
+    Db(Box<redb::Error>),
+    /// A document that does not encode.
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// The document under `key` does not decode (a damaged file, or another version's).
+    #[error("{key}: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    /// What the operator can do about it.
+    pub fn fix(&self) -> &'static str {
+        STATE_FIX
+    }
+}
+
+impl sluice_core::Classify for StateError {
+    fn class(&self) -> sluice_core::ErrorClass {
+        sluice_core::ErrorClass::Definite
+    }
 }
 
 /// The state file.
@@ -35,7 +71,7 @@ impl PipelineState {
         let shown = path.display().to_string();
         let db = Database::create(path).map_err(|e| StateError {
             path: shown.clone(),
-            reason: e.to_string(),
+            source: StateCause::Db(Box::new(e.into())),
         })?;
         let state = PipelineState { db, path: shown };
         // Created up front so readers never meet a missing table.
@@ -45,11 +81,22 @@ impl PipelineState {
         Ok(state)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StateError {
+    fn err(&self, e: impl Into<redb::Error>) -> StateError {
+        self.failed(StateCause::Db(Box::new(e.into())))
+    }
+
+    fn failed(&self, source: StateCause) -> StateError {
         StateError {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         }
+    }
+
+    fn undecoded(&self, key: &str, source: serde_json::Error) -> StateError {
+        self.failed(StateCause::Decode {
+            key: key.to_owned(),
+            source,
+        })
     }
 
     /// The document under `key`.
@@ -61,12 +108,12 @@ impl PipelineState {
         };
         serde_json::from_slice(v.value())
             .map(Some)
-            .map_err(|e| self.err(format!("{key}: {e}")))
+            .map_err(|e| self.undecoded(key, e))
     }
 
     /// Stores `value` under `key`, durably.
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| self.err(e))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| self.failed(StateCause::Encode(e)))?;
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
@@ -98,8 +145,7 @@ impl PipelineState {
             if !key.starts_with(prefix) {
                 break;
             }
-            let doc =
-                serde_json::from_slice(v.value()).map_err(|e| self.err(format!("{key}: {e}")))?;
+            let doc = serde_json::from_slice(v.value()).map_err(|e| self.undecoded(key, e))?;
             out.push((key.to_owned(), doc));
         }
         Ok(out)
@@ -126,5 +172,22 @@ mod tests {
         assert_eq!(plans, vec![("plan/public.b".to_string(), vec![3])]);
         assert_eq!(s.get::<String>("meta/x").unwrap().as_deref(), Some("y"));
         assert_eq!(s.get::<String>("meta/none").unwrap(), None);
+    }
+
+    #[test]
+    fn a_document_that_does_not_decode_names_its_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PipelineState::open(&dir.path().join("state.redb")).unwrap();
+        s.put("meta/x", &"y").unwrap();
+        let e = s.get::<u64>("meta/x").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("state.redb: meta/x: invalid type"), "{text}");
+        assert!(text.ends_with(&format!("({})", e.fix())), "{text}");
+        assert!(matches!(
+            std::error::Error::source(&e).and_then(|c| c.downcast_ref::<StateCause>()),
+            Some(StateCause::Decode { .. })
+        ));
+        let stop = crate::SourceError::from(e);
+        assert_eq!(stop.class(), sluice_core::ErrorClass::Definite);
     }
 }
