@@ -19,9 +19,11 @@ const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
 const MIN_SPAN = 60;
 
 /// One chart per sink: records behind and records per second over the last hour, from
-/// the server's history, then extended by each live update.
+/// the server's history, then extended by each live update. Only the pipeline's sinks
+/// now are shown (the history also holds those removed since).
 export function sinkCharts(box) {
   const charts = new Map();
+  let current = null;
   const css = getComputedStyle(document.documentElement);
   const color = (v) => css.getPropertyValue(v).trim();
   const HOUR = 3600;
@@ -32,7 +34,8 @@ export function sinkCharts(box) {
     box.append(fig);
     const data = [[], [], []];
     const plot = new uPlot({
-      width: Math.max(280, Math.min(box.clientWidth || 600, 1100)),
+      // The figure's inner width, so that the right-hand axis is not cut off.
+      width: Math.max(240, Math.min(area.clientWidth || 600, 1100)),
       height: 200,
       // From the first sample to the last, at least MIN_SPAN wide, ending at the last.
       scales: { x: { time: true, range: (u) => {
@@ -54,11 +57,12 @@ export function sinkCharts(box) {
       }, { scale: "lag", stroke: color("--muted") },
       { scale: "rate", side: 1, stroke: color("--muted"), grid: { show: false } }],
     }, data, area);
-    const c = { plot, data, caption };
+    const c = { plot, data, caption, figure: fig };
     charts.set(name, c);
     return c;
   };
   const add = (name, t, lag, rate) => {
+    if (current && !current.has(name)) return;
     const c = charts.get(name) || make(name);
     const [xs, ls, rs] = c.data;
     if (xs.length && t <= xs[xs.length - 1]) return;
@@ -68,6 +72,16 @@ export function sinkCharts(box) {
     c.caption.textContent = `Now (${clock(t, true)}): ${lag} records behind, ${rate.toFixed(1)} records/s.`;
   };
   return {
+    /// The pipeline's sinks now, by name: the charts of others go.
+    only(names) {
+      current = new Set(names);
+      for (const [name, c] of charts) {
+        if (current.has(name)) continue;
+        c.plot.destroy();
+        c.figure.remove();
+        charts.delete(name);
+      }
+    },
     history(h) { for (const s of h.samples) for (const [name, [lag, rate]] of Object.entries(s.sinks)) add(name, s.time_ms / 1000, lag, rate); },
     live(status) { const t = Date.now() / 1000; for (const k of status?.sinks || []) add(k.name, t, k.lag_records, k.per_second); },
   };

@@ -55,7 +55,7 @@ function consumerCard(pipeline, sink, queue, tables, t) {
     curl: `curl -X POST -H 'Authorization: Bearer ${t.token}' '${base}/receive?max=100&wait=10s'\n# then acknowledge: curl -X POST -H 'Authorization: Bearer ${t.token}' -d '{"ids": ["<id>"]}' '${base}/ack'`,
     Python: `import requests\nauth = {"Authorization": "Bearer ${t.token}"}\nbatch = requests.post("${base}/receive", params={"max": 100, "wait": "10s"}, headers=auth).json()\nrequests.post("${base}/ack", json={"ids": [r["id"] for r in batch["records"]]}, headers=auth)`,
   };
-  return el("div", { class: "card" },
+  return el("div", { class: "card result" },
     el("h2", { text: `Consumer ${t.name}` }),
     el("p", { text: "Its token (shown once; keep it now):" }), el("code", { class: "secret", text: t.token }),
     el("p", { text: "URL:" }), el("code", { class: "secret url", text: !queue ? `${base}/events${filter ? `?${filter}` : ""}` : `${base}/receive` }),

@@ -4,7 +4,7 @@
 import { api, can, capable, live, sinkTypes } from "./api.js";
 import { sinkCharts } from "./charts.js";
 import { bytes, dialog, el, errorBox, findingsList, rate, render, toast } from "./dom.js";
-import { slotPending, starting, stateBadge } from "./pipelines.js";
+import { clients, starting, stateBadge } from "./pipelines.js";
 import { maskConfig, sinkForm } from "./sinkform.js";
 
 const path = (name) => `/v1/pipelines/${encodeURIComponent(name)}`;
@@ -17,20 +17,6 @@ function databaseOf(url) {
     if (db) return db;
   } catch { /* a key=value connection string */ }
   return /(?:^|\s)dbname=(\S+)/.exec(url || "")?.[1];
-}
-
-/// The configuration's values holding "<redacted>" in `v`, as [path, value] pairs.
-function redacted(v, at = []) {
-  if (typeof v === "string") return v.includes("<redacted>") ? [[at, v]] : [];
-  if (Array.isArray(v)) return v.flatMap((x, i) => redacted(x, [...at, i]));
-  if (v && typeof v === "object") return Object.entries(v).flatMap(([k, x]) => redacted(x, [...at, k]));
-  return [];
-}
-
-function setAt(obj, at, value) {
-  let o = obj;
-  for (const k of at.slice(0, -1)) o = o[k];
-  o[at[at.length - 1]] = value;
 }
 
 export function pipelineView(name) {
@@ -61,6 +47,7 @@ export function pipelineView(name) {
   const fill = (p) => {
     last = p;
     const s = p.status;
+    charts.only(p.sinks.map((k) => k.name));
     charts.live(s);
     head.replaceChildren(el("h1", { text: p.name }), stateBadge(p));
     errors.replaceChildren(
@@ -68,7 +55,7 @@ export function pipelineView(name) {
       s?.last_error ? el("p", { class: "notice", text: `Last source error: ${s.last_error}` }) : "",
       (p.findings || []).length ? errorBox({ message: "The checks failed at start:", body: { findings: p.findings } }) : "");
     const budget = p.config?.log?.max_bytes;
-    const pending = slotPending(p);
+    const pending = starting(p);
     const rows = [
       ["Tables", p.tables.join(", ")],
       ["Slot", `${p.slot}${pending ? " (starting…)" : s?.slot_active === false ? " (inactive)" : ""}`],
@@ -77,7 +64,7 @@ export function pipelineView(name) {
       ["Slot lag", bytes(s?.slot_lag_bytes)],
       ["Log on disk", budget ? `${bytes(s?.log_bytes)} of ${bytes(budget)}` : bytes(s?.log_bytes)],
       ["Source reconnects", s ? String(s.reconnects) : "–"],
-      ["Heartbeat", s?.heartbeat_age_secs !== undefined ? `${s.heartbeat_age_secs.toFixed(1)} s ago` : starting(p) ? "starting…" : "off"],
+      ["Heartbeat", s?.heartbeat_age_secs !== undefined ? `${s.heartbeat_age_secs.toFixed(1)} s ago` : pending ? "starting…" : "off"],
       ["Publication", p.publication],
     ];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
@@ -94,16 +81,19 @@ export function pipelineView(name) {
     sinksHead.replaceChildren(el("tr", {}, ["Sink", "Type", "Records behind", "Throughput", "Delivered", "Failures", ...(edit ? [""] : [])]
       .map((h) => el("th", { scope: "col", text: h }))));
     const byName = new Map((s?.sinks || []).map((k) => [k.name, k]));
+    const served = new Map((s?.served || []).map((k) => [k.name, k]));
     sinks.replaceChildren(...p.sinks.map((k) => {
       const st = byName.get(k.name);
+      const sv = served.get(k.name);
       const waiting = capable(types, k.type, "waiting_room");
       const figures = st
         ? [el("td", { text: String(st.lag_records) }), el("td", { text: rate(st.per_second) }),
           el("td", { text: String(st.delivered) }), el("td", { text: String(st.failures) })]
-        : s && capable(types, k.type, "served")
+        : sv
           // A sink served to clients has no cursor: each client reads the log on its own,
-          // and the status has no figures for it.
-          ? [el("td", { colspan: 4, class: "muted", text: "Served to each client as it reads: the status gives no figures for it." })]
+          // so it has no records behind; its clients and the events sent to them instead.
+          ? [el("td", { colspan: 4, title: "Each client reads the log at its own pace: no records behind." },
+            `${clients(sv.clients)} connected, ${sv.sent.toLocaleString()} event${sv.sent === 1 ? "" : "s"} sent`)]
           : [el("td", { text: "–" }), el("td", { text: "–" }), el("td", { text: "–" }), el("td", { text: "–" })];
       return el("tr", { "data-sink": k.name }, el("th", { scope: "row" }, waiting
         ? el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}/sinks/${encodeURIComponent(k.name)}`, text: k.name, title: "Its waiting room and dead letters" })
@@ -152,7 +142,7 @@ export function pipelineView(name) {
       return r.ok;
     };
     box.replaceChildren(el("div", { class: "card inline" }, el("h2", { text: "Add a sink" }),
-      el("p", { class: "muted", text: "The pipeline is updated and restarts with the new sink, which starts at the log's current end." }),
+      el("p", { class: "muted", text: "The pipeline is updated and restarts with the new sink, which first receives the changes the pipeline's log still holds, then each new one." }),
       form.node,
       el("div", { class: "actions" },
         el("button", { type: "button", text: "Verify", onclick: async () => {
@@ -182,38 +172,16 @@ export function pipelineView(name) {
     try { config = await current(); } catch (e) { errors.replaceChildren(errorBox(e)); return; }
     const at = config.sinks.findIndex((k) => k.name === sink);
     if (at < 0) return;
-    // The server gives back a stored secret sent as "<redacted>" by the sink's place in
-    // the list: the sinks after this one move up a place, so their secrets are asked for.
-    const moved = config.sinks.slice(at + 1).flatMap((k, i) => redacted(k).map(([p, v]) => ({ sink: k, at: [at + 1 + i, ...p], value: v })));
-    const asks = moved.map((m, i) => {
-      const id = `secret-again-${i}`;
-      const whole = m.value === "<redacted>";
-      // A setting redacted whole may be a JSON object or list (e.g. headers).
-      const kind = m.at.length === 2 ? types?.get(m.sink.type)?.fields?.find((f) => f.name === m.at[1])?.kind : null;
-      const json = whole && (kind === "object" || kind === "array");
-      const input = json ? el("textarea", { id, rows: 3, spellcheck: "false", required: true })
-        : el("input", { id, type: "password", autocomplete: "off", required: true });
-      return { m, whole, json, input, node: el("div", { class: "field" },
-        el("label", { for: id, text: `${m.sink.name}: ${m.at.slice(1).join(".")}${whole ? (json ? " (as JSON)" : "") : " (the password in it)"}` }), input) };
-    });
+    // The configuration goes back as the server answered it, secrets as "<redacted>": the
+    // server keeps each stored secret by its sink's name and type, whatever the sink's place.
     const out = el("div");
     const d = dialog("remove", `Remove sink ${sink}?`,
       el("p", { text: `The pipeline ${name} is updated and restarts without ${sink}; what it delivered stays where it went.` }),
-      asks.length ? el("p", { text: "The server keeps stored secrets by each sink's place in the list, and the sinks after this one move up: give these again." }) : "",
-      ...asks.map((a) => a.node), out,
+      out,
       el("div", { class: "actions" },
         el("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => d.close() }),
         el("button", { type: "button", class: "danger", text: "Remove", onclick: async () => {
-          const next = JSON.parse(JSON.stringify(config));
-          for (const a of asks) {
-            if (!a.input.value) { out.replaceChildren(el("p", { class: "field-error", text: "Each secret above is needed." })); a.input.focus(); return; }
-            let value = a.whole ? a.input.value : a.m.value.replace("<redacted>", encodeURIComponent(a.input.value));
-            if (a.json) {
-              try { value = JSON.parse(a.input.value); } catch { out.replaceChildren(el("p", { class: "field-error", text: `${a.m.sink.name}: ${a.m.at.slice(1).join(".")} is not JSON.` })); a.input.focus(); return; }
-            }
-            setAt(next.sinks, a.m.at, value);
-          }
-          next.sinks.splice(at, 1);
+          const next = { ...config, sinks: config.sinks.filter((_, i) => i !== at) };
           try {
             fill(await api("PUT", path(name), next));
             d.close();

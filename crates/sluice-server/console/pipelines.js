@@ -5,20 +5,17 @@ import { bytes, el, errorBox, rate, render } from "./dom.js";
 
 /// A running pipeline whose source has not connected yet in this run: no status yet, or
 /// not streaming with no reconnect and no error (a source that lost its connection has
-/// counted a reconnect or kept its error).
+/// counted a reconnect or kept its error). Once the source streams, the status says its
+/// slot is active and present.
 export function starting(p) {
   if (p.state !== "running") return false;
   const s = p.status;
   return !s || (!s.streaming && !s.reconnects && !s.last_error);
 }
 
-/// The slot's figures are queried every few seconds: until a query has seen the slot
-/// held by a streaming source, what they say ("inactive", "missing") is from before the
-/// source connected.
-export function slotPending(p) {
-  if (starting(p)) return true;
-  const s = p.status;
-  return p.state === "running" && s.streaming && s.slot_active !== true;
+/// "1 client" or "n clients".
+export function clients(n) {
+  return `${n} client${n === 1 ? "" : "s"}`;
 }
 
 export function stateBadge(p) {
@@ -44,8 +41,9 @@ export function listView() {
     body.replaceChildren(...list.pipelines.map((p) => {
       const s = p.status;
       const total = s ? s.sinks.reduce((a, k) => a + k.per_second, 0) : 0;
-      // Sinks the status has no cursor for (served to clients) are named alone.
+      // A sink served to clients has no cursor: its connected clients are shown instead.
       const byName = new Map((s?.sinks || []).map((k) => [k.name, k]));
+      const served = new Map((s?.served || []).map((k) => [k.name, k]));
       return el("tr", { "data-pipeline": p.name },
         el("th", { scope: "row" }, el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}`, text: p.name })),
         el("td", {}, stateBadge(p)),
@@ -53,7 +51,8 @@ export function listView() {
         el("td", { class: "throughput", text: s ? rate(total) : "–" }),
         el("td", {}, p.sinks.map((k) => {
           const st = byName.get(k.name);
-          return el("span", { class: "chip", text: st ? `${k.name}: ${st.lag_records}` : k.name });
+          const sv = served.get(k.name);
+          return el("span", { class: "chip", text: st ? `${k.name}: ${st.lag_records}` : sv ? `${k.name} (${clients(sv.clients)})` : k.name });
         })));
     }));
   };

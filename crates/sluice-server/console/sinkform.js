@@ -1,8 +1,10 @@
-// A sink's settings as a form, built from what GET /v1/sink-types says of each type:
-// required settings first, the optional ones under "More settings"; secrets as password
-// inputs; choices as a select; booleans as checkboxes; lists of strings as text, one item
-// per line or comma; objects as JSON. Only what the user filled in is sent: the server
-// applies the defaults.
+// A sink's settings as a form, built from what GET /v1/sink-types says of each type, in
+// the order the type declares them (its main settings first): required settings first,
+// the optional ones under "More settings", shown open when the type requires nothing
+// but its name (its main setting is then an optional one, e.g. one of two ways to say
+// where records go); secrets as password inputs; choices as a select; booleans as
+// checkboxes; lists of strings as text, one item per line or comma; objects as JSON.
+// Only what the user filled in is sent: the server applies the defaults.
 //
 // Invariant: no sink type is named here; a new type on the server needs no change.
 
@@ -166,7 +168,7 @@ export function sinkForm(types, { prefix = "sink", tables = null, taken = () => 
     const required = shown.filter((i) => i.f.required);
     const optional = shown.filter((i) => !i.f.required);
     settings.replaceChildren(...required.map((i) => i.node),
-      optional.length ? el("details", { class: "more" }, el("summary", { text: "More settings" }), ...optional.map((i) => i.node)) : "");
+      optional.length ? el("details", { class: "more", open: !required.length }, el("summary", { text: "More settings" }), ...optional.map((i) => i.node)) : "");
   };
   type.addEventListener("change", draw);
   draw();

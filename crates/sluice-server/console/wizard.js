@@ -66,7 +66,8 @@ export function wizardView() {
             el("label", { for: cid, text: ` ${c.name} (${c.type})` }));
         })));
       return el("li", { class: "table-choice" }, box, el("label", { for: id, text: ` ${t.schema}.${t.table}` }),
-        el("span", { class: "muted", text: ` ~${Math.max(t.estimated_rows, 0).toLocaleString()} rows${t.primary_key ? "" : ", no primary key"}` }),
+        // PostgreSQL estimates a table's rows once it is analyzed (-1 until then).
+        el("span", { class: "muted", text: ` ${t.estimated_rows >= 0 ? `~${t.estimated_rows.toLocaleString()} rows` : "rows not estimated yet"}${t.primary_key ? "" : ", no primary key"}` }),
         blocked ? el("p", { id: `${id}-why`, class: "muted", text: `Not selectable: ${blocked}.` }) : null, cols);
     });
     tablesBox.replaceChildren(el("h2", { id: "tables-h", text: "2. Tables and columns" }),

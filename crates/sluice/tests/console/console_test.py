@@ -5,10 +5,16 @@ Each check waits for what it expects with Playwright's bounded auto-waiting; a f
 exits non-zero with the check's name and saves a screenshot beside the others.
 """
 
+import base64
+import hashlib
+import hmac
+import http.client
+import http.server
 import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +65,79 @@ def psql(sql):
     subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", PG_URL, "-c", sql], check=True)
 
 
+class SseClient:
+    """A client of an SSE sink, reading in a thread until closed."""
+
+    def __init__(self, pipeline, sink, token=ADMIN):
+        u = urlparse(BASE)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        self.conn.request("GET", f"/v1/pipelines/{pipeline}/sinks/{sink}/events",
+                          headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"})
+        answer = self.conn.getresponse()
+        assert answer.status == 200, (answer.status, answer.read())
+        self.events = queue.Queue()
+
+        def read():
+            try:
+                for line in answer:
+                    if line.startswith(b"data: "):
+                        self.events.put(json.loads(line[6:]))
+            except (OSError, ValueError, http.client.HTTPException):
+                pass  # closed by the check
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def close(self):
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.conn.close()
+
+
+class WebhookReceiver:
+    """A webhook endpoint that accepts every POST and keeps its headers and body."""
+
+    def __init__(self):
+        got = self.got = queue.Queue()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                got.put((dict((k.lower(), v) for k, v in self.headers.items()), body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, text, timeout=30):
+        """The headers and body of the first request whose body holds `text`."""
+        try:
+            while True:
+                headers, body = self.got.get(timeout=timeout)
+                if text.encode() in body:
+                    return headers, body
+        except queue.Empty:
+            raise AssertionError(f"the webhook received nothing holding {text!r}")
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def signed_with(secret, headers, body):
+    """Whether a webhook request is signed with `secret` (Standard Webhooks)."""
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    want = "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    return want in headers.get("webhook-signature", "").split(" ")
+
+
 def sign_in(page, token):
     page.goto(BASE + "/")
     page.get_by_label("Token").fill(token)
@@ -107,8 +186,21 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     expect(page.locator("figure.chart figcaption").first).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
     page.locator("figure.chart .u-over").first.hover()
     expect(page.locator("figure.chart .u-legend .u-series").first.locator(".u-value")).to_have_text(re.compile(r"^\d\d:\d\d(:\d\d)?$"))
-    # A sink served to clients says why it has no figures, not dashes.
-    expect(page.locator("tr[data-sink=feed]")).to_contain_text("Served to each client")
+    # A sink served to clients shows its clients and the events sent to them.
+    feed = page.locator("tr[data-sink=feed]")
+    expect(feed).to_contain_text("0 clients connected")
+    client = SseClient("shop", "feed")
+    try:
+        expect(feed).to_contain_text("1 client connected")
+        psql("INSERT INTO orders VALUES (30100, 'to a client')")
+        got = client.events.get(timeout=30)
+        assert got["table"] == "orders", got
+        expect(feed).to_contain_text(re.compile(r"1 client connected, [1-9][\d,]* events? sent"))
+    finally:
+        client.close()
+    # A client gone is counted out (seen at the latest when the next event is sent).
+    psql("INSERT INTO orders VALUES (30101, 'to no one')")
+    expect(feed).to_contain_text("0 clients connected")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator(".heading .badge")).to_have_text("paused")
     page.get_by_role("button", name="Resume").click()
@@ -132,6 +224,11 @@ def an_admin_pauses_and_resumes_from_the_pipeline_page(page):
     expect(page.locator("dl.facts")).not_to_contain_text("starting")
     # Live figures once the source streams again.
     expect(page.locator("dd").nth(4)).not_to_have_text("–")
+    # Rows for a few seconds, so that the chart has something to show.
+    for n in range(12):
+        psql(f"INSERT INTO orders SELECT g, 'o' FROM generate_series({40000 + n * 100}, {40000 + n * 100 + 99}) g")
+        page.wait_for_timeout(500)
+    expect(page.locator("tr[data-sink=out] td").nth(3)).not_to_have_text("0")
     page.screenshot(path=os.path.join(SHOTS, "console-pipeline.png"), full_page=True)
     # The delete dialog names what it drops; cancelled here.
     page.get_by_role("button", name="Delete…").click()
@@ -164,18 +261,59 @@ def a_sink_is_added_to_and_removed_from_a_running_pipeline(page):
             break
         page.wait_for_timeout(250)
     assert os.path.exists(out) and "to the new sink" in open(out).read(), "the added sink delivered nothing"
-    page.screenshot(path=os.path.join(SHOTS, "console-sink-added.png"), full_page=True)
-    # Removed after a confirmation; cancelling first keeps it.
-    page.get_by_role("button", name="Remove sink copy").click()
-    dialog = page.get_by_role("dialog")
-    expect(dialog).to_contain_text("Remove sink copy?")
-    dialog.get_by_role("button", name="Cancel").click()
-    expect(page.get_by_role("dialog")).to_have_count(0)
-    expect(page.locator("tr[data-sink=copy]")).to_have_count(1)
-    page.get_by_role("button", name="Remove sink copy").click()
-    page.get_by_role("dialog").get_by_role("button", name="Remove", exact=True).click()
-    expect(page.locator("tr[data-sink=copy]")).to_have_count(0)
-    expect(page.get_by_text("Removed sink copy.")).to_be_visible()
+    # A webhook sink with a signing secret, after it. Its form shows first where records
+    # go (none of its settings is required, so they are all shown, url first).
+    hook = WebhookReceiver()
+    try:
+        page.get_by_role("button", name="Add sink…").click()
+        page.get_by_label("Sink name").fill("notify")
+        page.get_by_label("Type", exact=True).select_option("webhook")
+        first = page.locator(".sink-settings input, .sink-settings select, .sink-settings textarea").first
+        expect(first).to_have_id("new-sink-url")
+        expect(first).to_be_visible()
+        page.get_by_label("url", exact=True).fill(hook.url)
+        page.get_by_label("secret", exact=True).fill("notify-secret")
+        page.get_by_role("button", name="Add sink", exact=True).click()
+        expect(page.get_by_text("Added sink notify.")).to_be_visible()
+        expect(page.locator("tr[data-sink=notify]")).to_contain_text("webhook")
+        assert [k["name"] for k in api("GET", "/v1/pipelines/shop")["config"]["sinks"]] == ["out", "feed", "copy", "notify"]
+        expect(page.locator(".heading .badge")).to_have_text("running")
+        psql("INSERT INTO orders VALUES (30002, 'to the webhook')")
+        headers, body = hook.wait_for("to the webhook")
+        assert signed_with("notify-secret", headers, body) and not signed_with("<redacted>", headers, body), headers
+        page.screenshot(path=os.path.join(SHOTS, "console-sink-added.png"), full_page=True)
+        # Removed after a confirmation; cancelling first keeps it. The sink removed is
+        # before the webhook: the webhook keeps its secret, nothing is asked again.
+        page.get_by_role("button", name="Remove sink copy").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("Remove sink copy?")
+        expect(dialog.locator("input, textarea")).to_have_count(0)
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page.locator("tr[data-sink=copy]")).to_have_count(1)
+        page.get_by_role("button", name="Remove sink copy").click()
+        with page.expect_response(lambda r: r.request.method == "PUT" and urlparse(r.url).path == "/v1/pipelines/shop") as put:
+            page.get_by_role("dialog").get_by_role("button", name="Remove", exact=True).click()
+        assert put.value.status == 200, put.value.status
+        expect(page.locator("tr[data-sink=copy]")).to_have_count(0)
+        expect(page.get_by_text("Removed sink copy.")).to_be_visible()
+        # Its chart goes with it.
+        expect(page.locator("figure.chart h3").filter(has_text=re.compile("^copy$"))).to_have_count(0)
+        expect(page.locator("figure.chart h3").filter(has_text=re.compile("^notify$"))).to_have_count(1)
+        sinks = api("GET", "/v1/pipelines/shop")["config"]["sinks"]
+        assert [k["name"] for k in sinks] == ["out", "feed", "notify"], sinks
+        assert sinks[2]["secret"] == "<redacted>", sinks[2]
+        expect(page.locator(".heading .badge")).to_have_text("running")
+        # It still delivers, signed with the secret it was given.
+        psql("INSERT INTO orders VALUES (30003, 'after the removal')")
+        headers, body = hook.wait_for("after the removal")
+        assert signed_with("notify-secret", headers, body) and not signed_with("<redacted>", headers, body), headers
+        # The webhook goes too, so that the pipeline is as it was.
+        page.get_by_role("button", name="Remove sink notify").click()
+        page.get_by_role("dialog").get_by_role("button", name="Remove", exact=True).click()
+        expect(page.get_by_text("Removed sink notify.")).to_be_visible()
+    finally:
+        hook.close()
     assert [k["name"] for k in api("GET", "/v1/pipelines/shop")["config"]["sinks"]] == ["out", "feed"]
     expect(page.locator(".heading .badge")).to_have_text("running")
 
@@ -212,6 +350,8 @@ def an_admin_makes_a_read_only_token_in_settings(page):
     page.get_by_role("button", name="Save allow-lists").click()
     expect(page.get_by_text("Allow-lists saved")).to_be_visible()
     expect(page.locator("#allow-management-error")).to_have_text("")
+    # The notice goes by itself; the picture is taken without it over the audit log.
+    expect(page.locator("#toast")).to_have_text("", timeout=10_000)
     page.screenshot(path=os.path.join(SHOTS, "console-settings.png"), full_page=True)
     # The new token signs in, and as read-only it is offered no revoke buttons.
     page.get_by_role("button", name="Sign out").click()
