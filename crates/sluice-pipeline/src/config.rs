@@ -10,6 +10,46 @@ use serde::Deserialize;
 use sluice_core::TablePatterns;
 pub use sluice_sinks::SinkConfig;
 
+/// Why a config file cannot be used. All of it is the operator's to change (the file,
+/// its permissions, its settings), so it is definite.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Every problem found, each naming the setting and what to change.
+    #[error("config {} is not valid:\n  - {}", path.display(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// The problems of a file that parsed but is not valid (each with its fix).
+    pub fn problems(&self) -> &[String] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+impl sluice_core::Classify for ConfigError {
+    fn class(&self) -> sluice_core::ErrorClass {
+        sluice_core::ErrorClass::Definite
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,21 +278,23 @@ fn default_status_interval() -> u64 {
 
 impl Config {
     /// Reads and parses a config file (no validation).
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Reads, parses and validates a config file; the error lists every problem.
-    pub fn load_valid(path: &Path) -> Result<Config, String> {
+    pub fn load_valid(path: &Path) -> Result<Config, ConfigError> {
         let config = Self::load(path)?;
-        config.validate().map_err(|errs| {
-            format!(
-                "config {} is not valid:\n  - {}",
-                path.display(),
-                errs.join("\n  - ")
-            )
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
         })?;
         Ok(config)
     }
@@ -557,6 +599,23 @@ path = "changes.jsonl"
             .replace("\"public.customers\" =", "\"public.other\" =");
         let errs = Config::parse(&bad).unwrap().validate().unwrap_err();
         assert_eq!(errs.len(), 4, "{errs:#?}");
+        // From a file, the problems stay data and the text lists them, one a line.
+        let path = std::env::temp_dir().join(format!("sluice-bad-{}.toml", std::process::id()));
+        std::fs::write(&path, &bad).unwrap();
+        let e = Config::load_valid(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e.problems(), &errs[..]);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config {} is not valid:\n  - {}",
+                path.display(),
+                errs.join("\n  - ")
+            )
+        );
+        let e = Config::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().starts_with("cannot read config "), "{e}");
     }
 
     #[test]

@@ -20,7 +20,35 @@ use sluice_sinks::sse::SseFeed;
 use tokio_util::sync::CancellationToken;
 
 /// Why the process is not ready, if it is not.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type Readiness = Arc<dyn Fn() -> Result<(), NotReady> + Send + Sync>;
+
+/// Why a pipeline, or the process, is not ready. Each passes by itself (the source
+/// reconnects, the sinks catch up), so a probe only waits; the texts name pipelines and
+/// sinks, never data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the source is not streaming")]
+    NotStreaming,
+    #[error("the log is at its disk budget; the source is paused")]
+    LogFull,
+    #[error("sink {0:?} was shed by the disk budget")]
+    Shed(String),
+    #[error("pipeline {0:?} is not running")]
+    NotRunning(String),
+    /// A configured pipeline that runs and is not ready, and why.
+    #[error("pipeline {pipeline:?}: {why}")]
+    Pipeline {
+        pipeline: String,
+        #[source]
+        why: Box<NotReady>,
+    },
+}
+
+impl sluice_core::Classify for NotReady {
+    fn class(&self) -> sluice_core::ErrorClass {
+        sluice_core::ErrorClass::Transient
+    }
+}
 
 /// A running pipeline's state for the management API: positions, lags, rates; never row
 /// data.
@@ -238,12 +266,15 @@ impl Directory {
     }
 
     /// Ready when every configured pipeline runs and is ready.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let running = self.running.read().expect("directory lock");
         for p in self.configured.read().expect("directory lock").iter() {
             match running.get(p) {
-                None => return Err(format!("pipeline {p:?} is not running")),
-                Some(e) => (e.readiness)().map_err(|why| format!("pipeline {p:?}: {why}"))?,
+                None => return Err(NotReady::NotRunning(p.clone())),
+                Some(e) => (e.readiness)().map_err(|why| NotReady::Pipeline {
+                    pipeline: p.clone(),
+                    why: Box::new(why),
+                })?,
             }
         }
         Ok(())

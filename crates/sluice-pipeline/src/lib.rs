@@ -25,9 +25,10 @@ mod telemetry;
 
 pub use config::Config;
 pub use directory::{
-    CopyStatus, Directory, Endpoints, Lookup, PipelineStatus, Readiness, ServedStatus, SinkStatus,
+    CopyStatus, Directory, Endpoints, Lookup, NotReady, PipelineStatus, Readiness, ServedStatus,
+    SinkStatus,
 };
 pub use run::{data_dir, run, Outcome, RunContext, SHUTDOWN_DEADLINE};
 pub use sinks::Undelivered;
 pub use supervisor::{Ended, Supervisor};
-pub use telemetry::install_metrics;
+pub use telemetry::{install_metrics, MetricsError};

@@ -32,7 +32,7 @@ impl RowDeleter for PgDeleter {
         keys: &'a [String],
     ) -> Deletion<'a> {
         Box::pin(async move {
-            let sql = delete_sql(schema, table, keys).map_err(Fault::fatal)?;
+            let sql = delete_sql(schema, table, keys)?;
             if self.conn.is_none() {
                 let c = Connection::connect(&self.info, false)
                     .await
@@ -72,16 +72,45 @@ fn deletion_fault(e: PgError, schema: &str, table: &str, user: &str) -> Fault {
     Fault::from(e)
 }
 
+/// A key the outbox cleaner cannot delete by: the record's key is not the JSON object of
+/// key columns the cleaner expects. Definite: the same record gives the same key.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxKeyError {
+    #[error("key {key:?} is not a JSON object: {source}")]
+    NotObject {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("key {key:?} has no columns")]
+    NoColumns { key: String },
+}
+
+/// Definite, with the parse error kept as the cause.
+impl From<OutboxKeyError> for Fault {
+    fn from(e: OutboxKeyError) -> Fault {
+        match e {
+            OutboxKeyError::NotObject { key, source } => {
+                Fault::fatal(format!("key {key:?} is not a JSON object")).caused_by(source)
+            }
+            e @ OutboxKeyError::NoColumns { .. } => Fault::fatal(e.to_string()),
+        }
+    }
+}
+
 /// One DELETE per set of key columns. The keys travel as one JSON array that PostgreSQL
 /// turns into rows of the table's own type (`jsonb_populate_recordset`), so each value is
 /// read by its column's input function, whatever the type.
-pub fn delete_sql(schema: &str, table: &str, keys: &[String]) -> Result<String, String> {
+pub fn delete_sql(schema: &str, table: &str, keys: &[String]) -> Result<String, OutboxKeyError> {
     let mut groups: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
     for k in keys {
         let m: Map<String, Value> =
-            serde_json::from_str(k).map_err(|e| format!("key {k:?} is not a JSON object: {e}"))?;
+            serde_json::from_str(k).map_err(|source| OutboxKeyError::NotObject {
+                key: k.clone(),
+                source,
+            })?;
         if m.is_empty() {
-            return Err(format!("key {k:?} has no columns"));
+            return Err(OutboxKeyError::NoColumns { key: k.clone() });
         }
         groups
             .entry(m.keys().cloned().collect())

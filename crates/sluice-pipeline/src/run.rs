@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, OnFull};
-use crate::directory::{Directory, Endpoints};
+use crate::directory::{Directory, Endpoints, NotReady};
 use crate::gauges::Gauges;
 use crate::lock::DataDirLock;
 use crate::output::LogOutput;
@@ -237,7 +237,7 @@ pub async fn run(
         prepared.conn.close().await;
         return Ok(Outcome::Done(Vec::new()));
     };
-    let _metrics = crate::telemetry::install_metrics().map_err(Fault::fatal)?;
+    let _metrics = crate::telemetry::install_metrics()?;
     let Backend {
         log,
         writer,
@@ -392,13 +392,13 @@ fn publish(
             pull: std::mem::take(&mut sinks.pulls),
             readiness: Arc::new(move || {
                 if !ready_status.borrow().streaming {
-                    return Err("the source is not streaming".into());
+                    return Err(NotReady::NotStreaming);
                 }
                 if ready_log.paused() {
-                    return Err("the log is at its disk budget; the source is paused".into());
+                    return Err(NotReady::LogFull);
                 }
                 if let Some(s) = ready_stats.shed() {
-                    return Err(format!("sink {s:?} was shed by the disk budget"));
+                    return Err(NotReady::Shed(s));
                 }
                 Ok(())
             }),
@@ -442,7 +442,7 @@ async fn shutdown(
     cancel: &CancellationToken,
     log: &SharedLog,
     sinks: Sinks,
-    cleaner: Option<std::thread::JoinHandle<Result<(), String>>>,
+    cleaner: Option<std::thread::JoinHandle<Result<(), Fault>>>,
     committer: tokio::task::JoinHandle<()>,
     metrics_task: tokio::task::JoinHandle<()>,
 ) -> Result<Stopped, Fault> {

@@ -45,7 +45,7 @@ pub struct Start<'a> {
 
 /// The running sinks of one run.
 pub struct Sinks {
-    threads: Vec<JoinHandle<Result<(), String>>>,
+    threads: Vec<JoinHandle<Result<(), Fault>>>,
     /// Per sink with a cursor: its name, cursor and figures, for the gauges.
     pub stats: Vec<(String, Arc<Cursor>, Arc<SinkStats>)>,
     pub sse: HashMap<String, SseOptions>,
@@ -63,13 +63,13 @@ pub struct Sinks {
 
 fn spawn_thread(
     name: String,
-    f: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
-) -> Result<JoinHandle<Result<(), String>>, Fault> {
+    f: impl std::future::Future<Output = Result<(), Fault>> + Send + 'static,
+) -> Result<JoinHandle<Result<(), Fault>>, Fault> {
     Ok(std::thread::Builder::new().name(name).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+            .map_err(|e| Fault::fatal("cannot start a runtime").caused_by(e))?;
         rt.block_on(f)
     })?)
 }
@@ -80,7 +80,7 @@ fn spawn_sink<E: Into<Fault>>(
     fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
     failure: &FailureSlot,
     cancel: &CancellationToken,
-) -> Result<JoinHandle<Result<(), String>>, Fault> {
+) -> Result<JoinHandle<Result<(), Fault>>, Fault> {
     let (failure, stop, name2) = (failure.clone(), cancel.clone(), name.to_owned());
     spawn_thread(format!("sink-{name}"), async move {
         let r = fut.await.map_err(Into::into);
@@ -92,7 +92,7 @@ fn spawn_sink<E: Into<Fault>>(
                 .get_or_insert(e.clone());
             stop.cancel();
         }
-        r.map_err(|e| e.to_string())
+        r
     })
 }
 
@@ -256,7 +256,7 @@ impl Sinks {
         conninfo: &ConnInfo,
         failure: &FailureSlot,
         cancel: &CancellationToken,
-    ) -> Result<Option<JoinHandle<Result<(), String>>>, Fault> {
+    ) -> Result<Option<JoinHandle<Result<(), Fault>>>, Fault> {
         let cleaned = crate::outbox_clean::tables(config);
         if cleaned.is_empty() {
             return Ok(None);

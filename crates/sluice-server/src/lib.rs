@@ -113,7 +113,7 @@ pub async fn bind(
     control: Option<Handle>,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, Serving), String> {
-    let metrics = install_metrics()?;
+    let metrics = install_metrics().map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e} ([server] listen)"))?;
