@@ -40,24 +40,67 @@ struct Parsed {
     consumers: Option<Vec<IpNet>>,
 }
 
-fn parse_list(name: &str, list: &Option<Vec<String>>) -> Result<Option<Vec<IpNet>>, String> {
-    let Some(list) = list else {
+/// What is wrong with the allow-lists, or their file. All of it is the operator's to
+/// change (a list's entry, the file), so none passes by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// An entry of list `list` that is neither an address nor a CIDR block.
+    #[error("{list}: {given:?} is not an address or a CIDR block like 10.0.0.0/8 or fd00::/8")]
+    BadBlock { list: &'static str, given: String },
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file holds lists with bad entries: each of them.
+    #[error("{}: {}", path.display(), join(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<AccessError>,
+    },
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot save the allow-lists: {0}")]
+    Save(#[source] std::io::Error),
+}
+
+fn join(problems: &[AccessError]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+fn parse_list(
+    list: &'static str,
+    given: &Option<Vec<String>>,
+) -> Result<Option<Vec<IpNet>>, AccessError> {
+    let Some(given) = given else {
         return Ok(None);
     };
-    list.iter()
+    given
+        .iter()
         .map(|s| {
             let s = s.trim();
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
                 .map(|n| n.trunc())
-                .map_err(|_| format!("{name}: {s:?} is not an address or a CIDR block like 10.0.0.0/8 or fd00::/8"))
+                .map_err(|_| AccessError::BadBlock {
+                    list,
+                    given: s.to_owned(),
+                })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
 
 impl AllowLists {
-    fn parse(&self) -> Result<Parsed, Vec<String>> {
+    fn parse(&self) -> Result<Parsed, Vec<AccessError>> {
         let (m, c) = (
             parse_list("management", &self.management),
             parse_list("consumers", &self.consumers),
@@ -92,16 +135,20 @@ pub struct Access {
 
 impl Access {
     /// Opens the lists of data dir `root` (everyone allowed if there are none yet).
-    pub fn open(root: &Path) -> Result<Access, String> {
+    pub fn open(root: &Path) -> Result<Access, AccessError> {
         let path = root.join("access.json");
         let lists: AllowLists = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| AccessError::Parse {
+                path: path.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => AllowLists::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => return Err(AccessError::Read { path, source }),
         };
-        let parsed = lists
-            .parse()
-            .map_err(|e| format!("{}: {}", path.display(), e.join("; ")))?;
+        let parsed = lists.parse().map_err(|problems| AccessError::Invalid {
+            path: path.clone(),
+            problems,
+        })?;
         Ok(Access {
             path,
             given: RwLock::new((lists, parsed)),
@@ -121,17 +168,16 @@ impl Access {
     }
 
     /// Whether `lists` would let `ip` manage (to refuse a change that locks its maker out).
-    pub fn would_allow(lists: &AllowLists, ip: IpAddr) -> Result<bool, Vec<String>> {
+    pub fn would_allow(lists: &AllowLists, ip: IpAddr) -> Result<bool, Vec<AccessError>> {
         Ok(allows(&lists.parse()?.management, ip))
     }
 
-    /// Replaces the lists: checked, written, then applied.
-    pub fn set(&self, lists: AllowLists) -> Result<(), Vec<String>> {
+    /// Replaces the lists: checked, written, then applied. The error lists every problem.
+    pub fn set(&self, lists: AllowLists) -> Result<(), Vec<AccessError>> {
         let parsed = lists.parse()?;
-        let bytes = serde_json::to_vec_pretty(&lists).map_err(|e| vec![e.to_string()])?;
+        let bytes = serde_json::to_vec_pretty(&lists).map_err(|e| vec![AccessError::Encode(e)])?;
         let mut g = self.given.write().expect("access lock");
-        write_whole(&self.path, &bytes, 0o600)
-            .map_err(|e| vec![format!("cannot save the allow-lists: {e}")])?;
+        write_whole(&self.path, &bytes, 0o600).map_err(|e| vec![AccessError::Save(e)])?;
         *g = (lists, parsed);
         Ok(())
     }
@@ -175,7 +221,21 @@ mod tests {
             management: Some(vec!["10.0.0.0/33".into()]),
             consumers: Some(vec!["nope".into()]),
         };
-        assert_eq!(a.set(bad).unwrap_err().len(), 2);
+        let problems = a.set(bad.clone()).unwrap_err();
+        assert_eq!(problems.len(), 2);
+        assert_eq!(
+            problems[1].to_string(),
+            "consumers: \"nope\" is not an address or a CIDR block like 10.0.0.0/8 or fd00::/8"
+        );
+        // The same lists in the file: opening names the file and every problem.
+        std::fs::write(
+            dir.path().join("access.json"),
+            serde_json::to_vec(&bad).unwrap(),
+        )
+        .unwrap();
+        let e = Access::open(dir.path()).err().unwrap();
+        assert!(matches!(&e, AccessError::Invalid { problems, .. } if problems.len() == 2));
+        assert!(e.to_string().contains("access.json: management: "), "{e}");
         assert!(
             a.allows(Area::Management, ip("10.1.2.3")),
             "a refused change changes nothing"

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use sluice_core::Finding;
-use sluice_pg::{catalog, ConnInfo, Connection};
+use sluice_pg::{catalog, ConnInfo, Connection, PgError};
 use sluice_pipeline::{
     preflight, Config, Directory, Ended, Outcome, PipelineStatus, RunContext, Supervisor,
     Undelivered, SHUTDOWN_DEADLINE,
@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::access::Access;
 use crate::audit::Audit;
-use crate::registry::{now_ms, toml_to_value, Entry, Origin, Registry};
+use crate::registry::{now_ms, toml_to_value, Entry, EntryError, Origin, Registry};
 use crate::sealed::SecretKeys;
 use crate::secrets::{redact, restore_secrets, Declared};
 use crate::tokens::Tokens;
@@ -55,8 +55,33 @@ pub enum ControlError {
     /// A server the request needs could not be reached or answered with an error.
     #[error("{0}")]
     Upstream(String),
+    /// A delete stopped the pipeline but PostgreSQL did not drop its slot; the slot
+    /// still holds WAL until someone drops it.
+    #[error(
+        "the pipeline is stopped (and paused), but its slot could not be dropped: {source}; {}",
+        slot_fix(slot)
+    )]
+    SlotNotDropped {
+        slot: String,
+        #[source]
+        source: Arc<PgError>,
+    },
     #[error("{0}")]
     Internal(String),
+}
+
+impl ControlError {
+    /// What the operator can do, where the error says.
+    pub fn fix(&self) -> Option<String> {
+        match self {
+            ControlError::SlotNotDropped { slot, .. } => Some(slot_fix(slot)),
+            _ => None,
+        }
+    }
+}
+
+fn slot_fix(slot: &str) -> String {
+    format!("retry the delete, or delete with keep_slot=true and drop slot {slot} yourself")
 }
 
 /// A check's result, as the API shows it.
@@ -279,12 +304,12 @@ impl Handle {
             .await??;
         let mut dropped = Vec::new();
         if !keep_slot {
-            dropped = drop_slot(&config).await.map_err(|e| {
-                ControlError::Upstream(format!(
-                    "the pipeline is stopped (and paused), but its slot could not be dropped: {e}; retry the delete, or delete with keep_slot=true and drop slot {} yourself",
-                    config.slot()
-                ))
-            })?;
+            dropped = drop_slot(&config)
+                .await
+                .map_err(|e| ControlError::SlotNotDropped {
+                    slot: config.slot(),
+                    source: Arc::new(e),
+                })?;
         }
         let n = name.to_string();
         self.ask(|reply| Request::Forget { name: n, reply })
@@ -324,11 +349,9 @@ impl Handle {
 }
 
 /// Drops the slot and (when the pipeline made it) the publication of `config`.
-async fn drop_slot(config: &Config) -> Result<Vec<String>, String> {
-    let info = ConnInfo::parse(&config.source.url).map_err(|e| e.to_string())?;
-    let mut conn = Connection::connect(&info, false)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn drop_slot(config: &Config) -> Result<Vec<String>, PgError> {
+    let info = ConnInfo::parse(&config.source.url)?;
+    let mut conn = Connection::connect(&info, false).await?;
     let own_publication = config
         .source
         .publication
@@ -336,7 +359,7 @@ async fn drop_slot(config: &Config) -> Result<Vec<String>, String> {
         .then(|| config.publication());
     let r = catalog::teardown(&mut conn, &config.slot(), own_publication.as_deref()).await;
     conn.close().await;
-    r.map_err(|e| e.to_string())
+    r
 }
 
 /// The controller's state, owned by its loop.
@@ -892,7 +915,7 @@ impl Controller {
 }
 
 /// Every `*.toml` of `dir`, each as the registry's JSON value or why it is not one.
-fn read_config_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<Value, String>)>> {
+fn read_config_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<Value, EntryError>)>> {
     let mut out = Vec::new();
     for f in std::fs::read_dir(dir)? {
         let path = f?.path();
@@ -900,7 +923,7 @@ fn read_config_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<Value, St
             continue;
         }
         let value = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
+            .map_err(EntryError::from)
             .and_then(|t| toml_to_value(&t));
         out.push((path, value));
     }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use sluice_pipeline::Config;
 
 use crate::files::write_whole;
-use crate::sealed::SecretKeys;
+use crate::sealed::{SealError, SecretKeys};
 
 /// Where an entry came from: the API, or a file of the configuration directory (which
 /// then owns it: the file's changes apply, and the API may not change or delete it).
@@ -82,14 +82,7 @@ impl Registry {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
-                .and_then(|mut e| {
-                    let (config, old) = self.keys.open(&e.config)?;
-                    e.config = config;
-                    Ok((e, old))
-                }) {
+            match self.read_entry(&path) {
                 Ok((e, old)) => {
                     if old {
                         self.put(&e)?;
@@ -101,6 +94,14 @@ impl Registry {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((entries, bad))
+    }
+
+    /// The entry in `path`, secrets opened; the flag says the previous key opened them.
+    fn read_entry(&self, path: &Path) -> Result<(Entry, bool), EntryError> {
+        let mut e: Entry = serde_json::from_slice(&std::fs::read(path)?)?;
+        let (config, old) = self.keys.open(&e.config)?;
+        e.config = config;
+        Ok((e, old))
     }
 
     /// Writes `entry` whole, replacing the one of the same name.
@@ -169,10 +170,25 @@ impl Registry {
     }
 }
 
+/// Why a registry entry, or a file of the configuration directory, could not be read:
+/// the file, its JSON or TOML, or its sealed secrets. Reported with the file's name; the
+/// texts never hold a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{0}")]
+    Sealed(#[from] SealError),
+}
+
 /// A TOML configuration file as the JSON value the registry keeps.
-pub fn toml_to_value(text: &str) -> Result<Value, String> {
-    let t: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-    serde_json::to_value(t).map_err(|e| e.to_string())
+pub fn toml_to_value(text: &str) -> Result<Value, EntryError> {
+    let t: toml::Value = toml::from_str(text)?;
+    Ok(serde_json::to_value(t)?)
 }
 
 #[cfg(test)]

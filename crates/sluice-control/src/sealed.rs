@@ -45,14 +45,84 @@ pub const KEY_ENV: &str = "SLUICE_SECRET_KEY";
 /// `SLUICE_PREVIOUS_SECRET_KEY`: the previous key itself, instead of a file.
 pub const PREVIOUS_KEY_ENV: &str = "SLUICE_PREVIOUS_SECRET_KEY";
 
+/// What a key must be.
+const KEY_FORM: &str =
+    "a secret key is the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)";
+/// What the operator does when a value was sealed under a key the server does not have.
+const WRONG_KEY_FIX: &str = "start the server with the key it was sealed with (SLUICE_SECRET_KEY or --secret-key-file), or give that key as --previous-secret-key-file while rotating";
+
+/// Why the server's secret keys could not be had. Each is the operator's to fix (a key's
+/// text, a file, its permissions), so none passes by retrying. Never holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key in `var` is not a key.
+    #[error("{var}: {KEY_FORM}")]
+    BadEnv { var: &'static str },
+    /// The key file at `path` holds no key.
+    #[error("{}: {KEY_FORM}", path.display())]
+    BadFile { path: PathBuf },
+    #[error("cannot read the secret key file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the secret key file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the system's random generator failed")]
+    Random,
+}
+
+impl KeyError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            KeyError::BadEnv { .. } | KeyError::BadFile { .. } => Some(KEY_FORM),
+            _ => None,
+        }
+    }
+}
+
+/// Why a secret could not be sealed or opened. The texts never hold the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("the system's random generator failed")]
+    Random,
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot seal a secret")]
+    Seal,
+    #[error("a sealed secret is damaged (not base64)")]
+    NotBase64,
+    #[error("a sealed secret is damaged (too short)")]
+    TooShort,
+    /// Neither the current key nor the previous one opens it.
+    #[error("a secret was sealed with another key than the server's: {WRONG_KEY_FIX}")]
+    WrongKey,
+}
+
+impl SealError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            SealError::WrongKey => Some(WRONG_KEY_FIX),
+            _ => None,
+        }
+    }
+}
+
 impl SecretKeys {
     /// Loads the keys for the server data dir `data_dir`. Without a key in the
     /// environment or a named file, `<data_dir>/secret.key` is used, and made (0600)
     /// if it does not exist; the returned flag says a key was made.
-    pub fn load(data_dir: &Path, sources: &KeySources) -> Result<(SecretKeys, bool), String> {
+    pub fn load(data_dir: &Path, sources: &KeySources) -> Result<(SecretKeys, bool), KeyError> {
         let mut made = false;
         let current = match std::env::var(KEY_ENV) {
-            Ok(text) => parse(&text).map_err(|e| format!("{KEY_ENV}: {e}"))?,
+            Ok(text) => parse(&text).ok_or(KeyError::BadEnv { var: KEY_ENV })?,
             Err(_) => {
                 let path = sources
                     .file
@@ -66,7 +136,9 @@ impl SecretKeys {
             }
         };
         let previous = match std::env::var(PREVIOUS_KEY_ENV) {
-            Ok(text) => Some(parse(&text).map_err(|e| format!("{PREVIOUS_KEY_ENV}: {e}"))?),
+            Ok(text) => Some(parse(&text).ok_or(KeyError::BadEnv {
+                var: PREVIOUS_KEY_ENV,
+            })?),
             Err(_) => match &sources.previous_file {
                 Some(p) => Some(read_key_file(p)?),
                 None => None,
@@ -77,12 +149,8 @@ impl SecretKeys {
 
     /// A fresh random key kept nowhere: for a server whose data dir is thrown away
     /// with it (the demo).
-    pub fn ephemeral() -> Result<SecretKeys, String> {
-        let mut key = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| "the system's random generator failed".to_string())?;
-        Ok(SecretKeys::new(key, None))
+    pub fn ephemeral() -> Result<SecretKeys, KeyError> {
+        Ok(SecretKeys::new(random_key()?, None))
     }
 
     pub fn new(current: [u8; 32], previous: Option<[u8; 32]>) -> SecretKeys {
@@ -98,13 +166,13 @@ impl SecretKeys {
     }
 
     /// `value` with each secret sealed under the current key.
-    pub fn seal(&self, value: &Value) -> Result<Value, String> {
+    pub fn seal(&self, value: &Value) -> Result<Value, SealError> {
         self.seal_with(value, Declared::current())
     }
 
     /// `value` with each secret that `declared` (and a password in a string) makes one
     /// sealed; one sealed already stays as it is.
-    pub fn seal_with(&self, value: &Value, declared: &Declared) -> Result<Value, String> {
+    pub fn seal_with(&self, value: &Value, declared: &Declared) -> Result<Value, SealError> {
         map_secrets(value, declared, &mut |found| match found {
             Found::Setting(v) if is_sealed(v) => Ok(v.clone()),
             Found::Setting(v) => self.seal_one(v),
@@ -112,15 +180,13 @@ impl SecretKeys {
         })
     }
 
-    fn seal_one(&self, value: &Value) -> Result<Value, String> {
+    fn seal_one(&self, value: &Value) -> Result<Value, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng
-            .fill(&mut nonce)
-            .map_err(|_| "the system's random generator failed".to_string())?;
-        let mut data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
+        let mut data = serde_json::to_vec(value).map_err(SealError::Encode)?;
         self.current
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
-            .map_err(|_| "cannot seal a secret".to_string())?;
+            .map_err(|_| SealError::Seal)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
         Ok(Value::String(format!("{PREFIX}{}", B64.encode(out))))
@@ -128,18 +194,18 @@ impl SecretKeys {
 
     /// `value` with every sealed secret opened; the flag says the previous key was
     /// needed (the value should be sealed again under the current one).
-    pub fn open(&self, value: &Value) -> Result<(Value, bool), String> {
+    pub fn open(&self, value: &Value) -> Result<(Value, bool), SealError> {
         let mut old = false;
         let v = self.open_into(value, &mut old)?;
         Ok((v, old))
     }
 
-    fn open_into(&self, value: &Value, old: &mut bool) -> Result<Value, String> {
+    fn open_into(&self, value: &Value, old: &mut bool) -> Result<Value, SealError> {
         Ok(match value {
             Value::Object(m) => Value::Object(
                 m.iter()
                     .map(|(k, v)| Ok((k.clone(), self.open_into(v, old)?)))
-                    .collect::<Result<_, String>>()?,
+                    .collect::<Result<_, SealError>>()?,
             ),
             Value::Array(a) => Value::Array(
                 a.iter()
@@ -154,12 +220,10 @@ impl SecretKeys {
         })
     }
 
-    fn open_one(&self, sealed: &str, old: &mut bool) -> Result<Value, String> {
-        let bytes = B64
-            .decode(sealed)
-            .map_err(|_| "a sealed secret is damaged (not base64)".to_string())?;
+    fn open_one(&self, sealed: &str, old: &mut bool) -> Result<Value, SealError> {
+        let bytes = B64.decode(sealed).map_err(|_| SealError::NotBase64)?;
         if bytes.len() < NONCE_LEN {
-            return Err("a sealed secret is damaged (too short)".into());
+            return Err(SealError::TooShort);
         }
         let (nonce, data) = bytes.split_at(NONCE_LEN);
         let attempt = |key: &LessSafeKey| {
@@ -175,9 +239,7 @@ impl SecretKeys {
             *old = true;
             return Ok(v);
         }
-        Err(format!(
-            "a secret was sealed with another key than the server's: start the server with the key it was sealed with ({KEY_ENV} or --secret-key-file), or give that key as --previous-secret-key-file while rotating"
-        ))
+        Err(SealError::WrongKey)
     }
 }
 
@@ -185,29 +247,39 @@ fn is_sealed(v: &Value) -> bool {
     v.as_str().is_some_and(|s| s.starts_with(PREFIX))
 }
 
-/// A key's text form: base64 of 32 bytes.
-fn parse(text: &str) -> Result<[u8; 32], String> {
+/// A key's text form: base64 of 32 bytes; `None` if `text` is not one.
+fn parse(text: &str) -> Option<[u8; 32]> {
     B64.decode(text.trim())
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
-            "a secret key is the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)".into()
-        })
 }
 
-fn read_key_file(path: &Path) -> Result<[u8; 32], String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the secret key file {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn read_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).ok_or_else(|| KeyError::BadFile {
+        path: path.to_owned(),
+    })
 }
 
-fn make_key_file(path: &Path) -> Result<(), String> {
+fn random_key() -> Result<[u8; 32], KeyError> {
     let mut key = [0u8; 32];
     SystemRandom::new()
         .fill(&mut key)
-        .map_err(|_| "the system's random generator failed".to_string())?;
-    crate::files::write_whole(path, format!("{}\n", B64.encode(key)).as_bytes(), 0o600)
-        .map_err(|e| format!("cannot write the secret key file {}: {e}", path.display()))
+        .map_err(|_| KeyError::Random)?;
+    Ok(key)
+}
+
+fn make_key_file(path: &Path) -> Result<(), KeyError> {
+    let key = random_key()?;
+    crate::files::write_whole(path, format!("{}\n", B64.encode(key)).as_bytes(), 0o600).map_err(
+        |source| KeyError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -262,7 +334,9 @@ mod tests {
         let sealed = old.seal(&config()).unwrap();
         let wrong = SecretKeys::new([2; 32], None);
         let e = wrong.open(&sealed).unwrap_err();
-        assert!(e.contains("--previous-secret-key-file"), "{e}");
+        assert!(e.to_string().contains("--previous-secret-key-file"), "{e}");
+        assert!(matches!(e, SealError::WrongKey), "{e}");
+        assert!(e.fix().is_some_and(|f| e.to_string().ends_with(f)));
         let rotating = SecretKeys::new([2; 32], Some([1; 32]));
         assert_eq!(rotating.open(&sealed).unwrap(), (config(), true));
         // Sealed again under the new key, the old key is no longer needed.
@@ -297,6 +371,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.contains("openssl rand -base64 32"), "{e}");
+        assert!(e.to_string().contains("openssl rand -base64 32"), "{e}");
+        assert!(matches!(e, KeyError::BadFile { .. }), "{e}");
     }
 }

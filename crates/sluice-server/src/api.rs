@@ -200,6 +200,7 @@ impl From<ControlError> for ApiError {
             },
             ControlError::Refused(findings) => ApiError::Refused(findings),
             ControlError::Upstream(m) => ApiError::Upstream(m),
+            ControlError::SlotNotDropped { .. } => ApiError::Upstream(e.to_string()),
             ControlError::Internal(m) => ApiError::Internal(m),
         }
     }

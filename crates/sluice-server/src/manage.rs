@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_control::access::{Access, AllowLists, Area};
+use sluice_control::access::{Access, AccessError, AllowLists, Area};
 use sluice_control::probe::{self, SourceRequest, TableInfo};
 use sluice_control::{FindingView, PipelineView, Scope};
 use std::net::SocketAddr;
@@ -639,9 +639,9 @@ async fn put_access(
         management: change.management,
         consumers: change.consumers,
     };
-    let invalid = |problems: Vec<String>| ApiError::Invalid {
+    let invalid = |problems: Vec<AccessError>| ApiError::Invalid {
         error: "the allow-lists are not valid: fix every problem listed".into(),
-        problems,
+        problems: problems.iter().map(ToString::to_string).collect(),
     };
     if !Access::would_allow(&lists, peer.ip()).map_err(invalid)? && !change.force {
         return Err(ApiError::Conflict(format!(

@@ -64,9 +64,10 @@ pub async fn start(
         let mut lists = access.lists();
         lists.management = allow.management.or(lists.management);
         lists.consumers = allow.consumers.or(lists.consumers);
-        access
-            .set(lists)
-            .map_err(|e| anyhow::anyhow!("--allow-*: {}", e.join("; ")))?;
+        access.set(lists).map_err(|e| {
+            let problems: Vec<String> = e.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("--allow-*: {}", problems.join("; "))
+        })?;
     }
     let directory = Directory::new();
     let (controller, handle) = Controller::open(
