@@ -42,7 +42,7 @@ use tracing::info;
 pub use api::ApiError;
 pub use delivery::parse_duration;
 pub use sluice_pipeline::install_metrics;
-pub use tls::TlsFiles;
+pub use tls::{TlsError, TlsFiles};
 
 /// The server's serving future.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
@@ -103,6 +103,35 @@ fn sink_routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     })
 }
 
+/// Why the server could not start serving: the address, the certificate or the
+/// process's metrics recorder, all the operator's to change, so none is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{0}")]
+    Metrics(#[from] sluice_pipeline::MetricsError),
+    #[error("cannot listen on {addr}: {source} ([server] listen)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl BindError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            BindError::Listen { .. } => Some("[server] listen"),
+            BindError::Tls(e) => e.fix(),
+            _ => None,
+        }
+    }
+}
+
 /// Binds `listen` (failing at once if it cannot) and serves the pipelines of `directory`
 /// until `cancel`, over HTTPS with `tls`; with `control` (`sluice server`), the
 /// management API and its tokens too. Returns the bound address and the serving future.
@@ -112,12 +141,15 @@ pub async fn bind(
     directory: Arc<Directory>,
     control: Option<Handle>,
     cancel: CancellationToken,
-) -> Result<(SocketAddr, Serving), String> {
-    let metrics = install_metrics().map_err(|e| e.to_string())?;
+) -> Result<(SocketAddr, Serving), BindError> {
+    let metrics = install_metrics()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e} ([server] listen)"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| BindError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(BindError::LocalAddr)?;
     directory.set_server_addr(addr);
     let state = Arc::new(AppState {
         directory,
@@ -165,8 +197,10 @@ pub async fn bind(
         Some(files) => {
             // A tap that does nothing: through it, axum knows the peer's address
             // (ConnectInfo), as for the plain listener. NODELAY is set before the handshake.
-            let listener =
-                axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, files)?, |_| {});
+            let listener = axum::serve::ListenerExt::tap_io(
+                tls::TlsListener::new(listener, addr, files)?,
+                |_| {},
+            );
             info!(%addr, "server: listening (HTTPS)");
             Box::pin(async move {
                 axum::serve(listener, app)

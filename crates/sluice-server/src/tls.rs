@@ -36,41 +36,81 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// What `--tls-cert` must name.
+const CERT_FIX: &str =
+    "--tls-cert takes a PEM file with the server's certificate first, then its chain";
+/// What `--tls-key` must name.
+const KEY_FIX: &str = "--tls-key takes a PEM file with a PKCS#8, PKCS#1 or SEC1 key";
+
+/// Why the certificate and key do not make a TLS configuration. The files are the
+/// operator's to change; at start the server refuses to run, on a reload it keeps the
+/// previous pair. The texts name the files, never a key's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the certificate {}: {source} ({CERT_FIX})", path.display())]
+    ReadCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no PEM certificate (--tls-cert)", path.display())]
+    NoCert { path: PathBuf },
+    #[error("cannot read the private key {}: {source} ({KEY_FIX})", path.display())]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{0}")]
+    Protocols(#[source] rustls::Error),
+    #[error("the certificate {} and key {} do not make a pair: {source}", cert.display(), key.display())]
+    NotAPair {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl TlsError {
+    /// What the operator can change, where the error names it.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            TlsError::ReadCert { .. } | TlsError::NoCert { .. } => Some(CERT_FIX),
+            TlsError::ReadKey { .. } => Some(KEY_FIX),
+            _ => None,
+        }
+    }
+}
+
 impl TlsFiles {
     /// Reads both files into a server configuration (HTTP/1.1, TLS 1.2 and 1.3).
-    pub fn load(&self) -> Result<Arc<ServerConfig>, String> {
+    pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| {
-                format!(
-                    "cannot read the certificate {}: {e} (--tls-cert takes a PEM file with the server's certificate first, then its chain)",
-                    self.cert.display()
-                )
+            .map_err(|source| TlsError::ReadCert {
+                path: self.cert.clone(),
+                source,
             })?;
         if certs.is_empty() {
-            return Err(format!(
-                "{} holds no PEM certificate (--tls-cert)",
-                self.cert.display()
-            ));
+            return Err(TlsError::NoCert {
+                path: self.cert.clone(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            format!(
-                "cannot read the private key {}: {e} (--tls-key takes a PEM file with a PKCS#8, PKCS#1 or SEC1 key)",
-                self.key.display()
-            )
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|source| TlsError::ReadKey {
+            path: self.key.clone(),
+            source,
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsError::Protocols)?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| {
-                format!(
-                    "the certificate {} and key {} do not make a pair: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
+            .map_err(|source| TlsError::NotAPair {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                source,
             })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
@@ -95,8 +135,11 @@ pub(crate) struct TlsListener {
 impl TlsListener {
     /// Serves `files` on `tcp`; the files are loaded now (an error is returned at once)
     /// and then watched while the listener lives.
-    pub(crate) fn new(tcp: TcpListener, files: TlsFiles) -> Result<Self, String> {
-        let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+    pub(crate) fn new(
+        tcp: TcpListener,
+        addr: SocketAddr,
+        files: TlsFiles,
+    ) -> Result<Self, TlsError> {
         let current = Arc::new(RwLock::new(files.load()?));
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(reload(files, current.clone(), tx.clone()));
@@ -181,5 +224,33 @@ async fn reload(files: TlsFiles, current: Arc<RwLock<Arc<ServerConfig>>>, alive:
                 warn!(error = %e, "server: keeping the previous TLS certificate");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_that_do_not_load_say_which_flag_takes_what() {
+        let dir = std::env::temp_dir().join(format!("sluice-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let e = files.load().unwrap_err();
+        assert!(matches!(e, TlsError::ReadCert { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot read the certificate {}: ", cert.display())));
+        assert!(text.ends_with(&format!("({})", e.fix().unwrap())), "{text}");
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        let e = files.load().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{} holds no PEM certificate (--tls-cert)", cert.display())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

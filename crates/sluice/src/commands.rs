@@ -189,11 +189,11 @@ async fn start_server(
 pub(crate) fn tls_files(
     cert: Option<std::path::PathBuf>,
     key: Option<std::path::PathBuf>,
-) -> Result<Option<sluice_server::TlsFiles>, String> {
+) -> anyhow::Result<Option<sluice_server::TlsFiles>> {
     match (cert, key) {
         (Some(cert), Some(key)) => Ok(Some(sluice_server::TlsFiles { cert, key })),
         (None, None) => Ok(None),
-        _ => Err("tls_cert and tls_key go together: give both for HTTPS, or neither".into()),
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both for HTTPS, or neither"),
     }
 }
 
@@ -216,7 +216,7 @@ pub(crate) async fn start_http(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(anyhow::Error::from(e)));
                     return;
                 }
             };
@@ -229,7 +229,7 @@ pub(crate) async fn start_http(
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send(Err(e.into()));
                     }
                 }
             });

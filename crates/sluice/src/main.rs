@@ -219,7 +219,7 @@ fn main() -> std::process::ExitCode {
                     management: allow_management,
                     consumers: allow_consumers,
                 };
-                let tls = commands::tls_files(tls_cert, tls_key).map_err(anyhow::Error::msg)?;
+                let tls = commands::tls_files(tls_cert, tls_key)?;
                 server::run(&data_dir, config_dir, listen, tls, allow, keys).await
             }
             Command::Check { config } => commands::check(&config).await,
