@@ -191,7 +191,7 @@ impl<O: Output> SourceWorker<O> {
             Err(e) if e.class() == ErrorClass::Definite => {
                 error!(table = %name, error = %e, "source: backfill refused")
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
         Ok(())
     }
