@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # The first build compiles every dependency (a few minutes on two cores): cargo's own
-# progress says how far it is; later runs start at once.
-echo "building Sluice (release) ..." >&2
-cargo build --release -p sluice
-exec "${CARGO_TARGET_DIR:-target}/release/sluice" demo "$@"
+# progress says how far it is; later runs start at once. The demo profile optimises
+# less than release (Cargo.toml says why); `cargo build --release` is for real loads.
+echo "building Sluice (the first time takes a few minutes; cargo shows its progress) ..." >&2
+cargo build --profile demo -p sluice
+exec "${CARGO_TARGET_DIR:-target}/demo/sluice" demo "$@"

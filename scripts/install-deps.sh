@@ -25,12 +25,14 @@ if [ "${1:-}" = "--tests" ]; then
   command -v curl >/dev/null || want+=(curl)
   command -v chromium >/dev/null || want+=(chromium)
 fi
-# The API fuzzer (schemathesis) and the console tests' browser driver (Playwright), from
-# PyPI, in a virtualenv of their own, pinned.
+# The API fuzzer (schemathesis), the console tests' browser driver (Playwright) and a
+# mainstream client generator (openapi-python-client, to check the API document gives
+# typed models), from PyPI, in a virtualenv of their own, pinned.
 if [ "${1:-}" = "--tests" ]; then
   tools=${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}
   if ! "$tools/venv/bin/schemathesis" --version 2>/dev/null | grep -q 4.32.5 \
-     || ! "$tools/venv/bin/python" -c 'import playwright' 2>/dev/null; then
+     || ! "$tools/venv/bin/python" -c 'import playwright' 2>/dev/null \
+     || ! "$tools/venv/bin/openapi-python-client" --version 2>/dev/null | grep -q 0.29.1; then
     command -v python3 >/dev/null || want+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
     fuzzer=1
@@ -38,9 +40,10 @@ if [ "${1:-}" = "--tests" ]; then
 fi
 install_fuzzer() {
   [ "${fuzzer:-0}" = 1 ] || return 0
-  echo "installing schemathesis and playwright into $tools/venv" >&2
+  echo "installing schemathesis, playwright and openapi-python-client into $tools/venv" >&2
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5 playwright==1.65.3
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5 playwright==1.65.3 \
+    openapi-python-client==0.29.1
 }
 [ ${#want[@]} -eq 0 ] && { install_fuzzer; exit 0; }
 

@@ -60,7 +60,7 @@ pub trait DeliveryState: Send + Sync + 'static {
 pub type SharedState = Arc<dyn DeliveryState>;
 
 /// Why a key is in the waiting room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     /// Retries ran out; held until an operator redrives or skips it.

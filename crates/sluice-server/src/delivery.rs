@@ -26,11 +26,12 @@ use axum::body::Bytes;
 use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice_delivery::{Command, Control, DeliveryError, Reply, Selection, Store, Stored};
 use sluice_log::Position;
 use sluice_sinks::pull::PullQueue;
+use utoipa::ToSchema;
 
 use crate::api::{reply, ApiError, ErrorBody, SinkRef};
 
@@ -72,31 +73,141 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// mistake, and a bound keeps deadline arithmetic far from overflow.
 const MAX_VISIBILITY: Duration = Duration::from_secs(24 * 3600);
 
-/// A held record as the API shows it; without `reveal`, its values are left out.
-fn record_json(s: &Stored, reveal: bool) -> Value {
-    let record = match reveal {
-        true => serde_json::from_slice::<Value>(&s.item.json).unwrap_or(Value::Null),
-        false => Value::Null,
-    };
-    json!({
-        "position": Position(s.item.offset).token(),
-        "id": s.item.id.to_string(),
-        "key": &*s.item.key,
-        "route": &*s.item.route,
-        "reason": s.reason,
-        "attempts": s.attempts,
-        "last_error": s.last_error,
-        "at_micros": s.at_micros,
-        "record": record,
-        "values_hidden": !reveal,
-    })
+/// A record held in the waiting room or the dead letters.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HeldRecord {
+    /// Its place in the log, as `dead?from=` and `dead/redrive` take it.
+    position: String,
+    /// The change record's id.
+    id: String,
+    key: String,
+    /// The table or outbox topic it was routed by.
+    route: String,
+    /// Dead letters: `exhausted`, `rejected`, `expired`, `skipped` or `malformed`.
+    reason: String,
+    attempts: u32,
+    last_error: String,
+    /// When it was stored (µs since the epoch).
+    at_micros: i64,
+    /// The change record; absent (null) for a read-only token.
+    #[schema(value_type = Option<Object>)]
+    record: Option<Value>,
+    /// The values were left out (a read-only token).
+    values_hidden: bool,
+}
+
+impl HeldRecord {
+    /// `s` as the API shows it; without `reveal`, its values are left out.
+    fn of(s: &Stored, reveal: bool) -> HeldRecord {
+        HeldRecord {
+            position: Position(s.item.offset).token(),
+            id: s.item.id.to_string(),
+            key: s.item.key.to_string(),
+            route: s.item.route.to_string(),
+            reason: s.reason.clone(),
+            attempts: s.attempts,
+            last_error: s.last_error.clone(),
+            at_micros: s.at_micros,
+            record: reveal.then(|| serde_json::from_slice(&s.item.json).unwrap_or(Value::Null)),
+            values_hidden: !reveal,
+        }
+    }
+}
+
+/// A key in the waiting room.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ParkedKey {
+    key: String,
+    state: sluice_delivery::KeyState,
+    reason: String,
+    attempts: u32,
+    last_error: String,
+    /// When it was parked or delayed (µs since the epoch).
+    since_micros: i64,
+    /// Delayed until (µs since the epoch).
+    until_micros: Option<i64>,
+    /// Records it holds.
+    records: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ParkedKeys {
+    keys: Vec<ParkedKey>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HeldRecords {
+    records: Vec<HeldRecord>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeadLetters {
+    dead_letters: Vec<HeldRecord>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Redriven {
+    /// Keys or dead letters sent again.
+    redriven: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Skipped {
+    /// Keys whose held records became dead letters.
+    skipped: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Acked {
+    acked: usize,
+    /// Ids that were not on offer (already acknowledged, or their lease ran out).
+    unknown: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Nacked {
+    nacked: usize,
+    /// Ids that were not on offer.
+    unknown: usize,
+}
+
+/// Records taken by a pull consumer, each a change record.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Received {
+    records: Vec<ChangeRecordView>,
+}
+
+/// The change record (documented here; the server sends the log's bytes as they are).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // The body is written from the log's encoding, not from this type.
+pub(crate) struct ChangeRecordView {
+    /// The commit position and the change's place in its transaction: the idempotency key.
+    id: String,
+    /// `insert`, `update`, `delete`, `truncate`, `read` or `message`.
+    op: String,
+    schema: String,
+    table: String,
+    /// The replica identity columns.
+    #[schema(value_type = Option<Object>)]
+    key: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    after: Option<Value>,
+    /// Columns whose unchanged TOAST value was not sent.
+    unchanged_toast: Vec<String>,
+    lsn: String,
+    commit_lsn: String,
+    /// RFC 3339, UTC.
+    commit_ts: String,
+    xid: u64,
 }
 
 /// Answers with what `read` finds in a sink's store, read off the async threads (redb
 /// reads block).
-async fn read_store(
+async fn read_store<T: Serialize + Send + 'static>(
     sink: SinkRef,
-    read: impl FnOnce(&Store) -> Result<Value, DeliveryError> + Send + 'static,
+    read: impl FnOnce(&Store) -> Result<T, DeliveryError> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let c = control(&sink)?;
     match tokio::task::spawn_blocking(move || read(&c.store)).await {
@@ -109,7 +220,7 @@ async fn read_store(
 #[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked", tag = "consumers",
     summary = "The waiting room: parked and delayed keys with reason, attempts and last error",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = ParkedKeys), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
     read_store(sink, |store| {
@@ -119,14 +230,18 @@ pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
                 continue;
             }
             let records = store.waiting_len(&key)?;
-            keys.push(json!({
-                "key": key, "state": row.state, "reason": row.reason,
-                "attempts": row.attempts, "last_error": row.last_error,
-                "since_micros": row.since_micros, "until_micros": row.until_micros,
-                "records": records,
-            }));
+            keys.push(ParkedKey {
+                key,
+                state: row.state,
+                reason: row.reason,
+                attempts: row.attempts,
+                last_error: row.last_error,
+                since_micros: row.since_micros,
+                until_micros: row.until_micros,
+                records,
+            });
         }
-        Ok(json!({ "keys": keys }))
+        Ok(ParkedKeys { keys })
     })
     .await
 }
@@ -134,7 +249,7 @@ pub(crate) async fn parked(sink: SinkRef) -> Result<Response, ApiError> {
 #[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked/records", tag = "consumers",
     summary = "A parked key's held records, in order (values hidden from read-only tokens)",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("key" = String, Query, description = "The key, as `parked` lists it"), ("limit" = Option<usize>, Query, description = "At most this many (default 100)")),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = HeldRecords), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn parked_records(
     sink: SinkRef,
@@ -147,8 +262,8 @@ pub(crate) async fn parked_records(
     let reveal = sink.reveal;
     read_store(sink, move |store| {
         let list = store.waiting(&key, 0, limit)?;
-        let records: Vec<Value> = list.iter().map(|s| record_json(s, reveal)).collect();
-        Ok(json!({ "records": records }))
+        let records = list.iter().map(|s| HeldRecord::of(s, reveal)).collect();
+        Ok(HeldRecords { records })
     })
     .await
 }
@@ -208,18 +323,17 @@ fn choose(body: &Bytes) -> Result<Choose, ApiError> {
     Ok(c)
 }
 
+/// Asks the sink's engine to act on what the body chooses; how many it acted on.
 async fn act(
     sink: SinkRef,
     body: &Bytes,
-    what: &str,
     make: impl FnOnce(Choose) -> Box<dyn FnOnce(Reply) -> Command + Send>,
-) -> Result<Response, ApiError> {
+) -> Result<usize, ApiError> {
     let c = control(&sink)?;
     let chosen = choose(body)?;
-    match c.ask(make(chosen)).await {
-        Ok(n) => Ok(reply(StatusCode::OK, json!({ what: n }))),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
-    }
+    c.ask(make(chosen))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
 }
 
 fn selection(c: &Choose) -> Selection {
@@ -234,32 +348,34 @@ fn selection(c: &Choose) -> Selection {
     summary = "Retry parked keys now, in order",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
     request_body(content = Choice, content_type = "application/json"),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = Redriven), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn redrive(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
-    act(sink, &body, "redriven", |c| {
+    let redriven = act(sink, &body, |c| {
         Box::new(move |tx| Command::Redrive(selection(&c), tx))
     })
-    .await
+    .await?;
+    Ok(reply(StatusCode::OK, Redriven { redriven }))
 }
 
 #[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/parked/skip", tag = "consumers",
     summary = "Skip parked keys: their held records become dead letters",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
     request_body(content = Choice, content_type = "application/json"),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = Skipped), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn skip(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
-    act(sink, &body, "skipped", |c| {
+    let skipped = act(sink, &body, |c| {
         Box::new(move |tx| Command::Skip(selection(&c), tx))
     })
-    .await
+    .await?;
+    Ok(reply(StatusCode::OK, Skipped { skipped }))
 }
 
 #[utoipa::path(get, path = "/v1/pipelines/{pipeline}/sinks/{name}/dead", tag = "consumers",
     summary = "Dead letters from a position (values hidden from read-only tokens)",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("from" = Option<String>, Query, description = "A position as `dead` lists them"), ("limit" = Option<usize>, Query, description = "At most this many (default 100)")),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn dead(
     sink: SinkRef,
@@ -279,8 +395,8 @@ pub(crate) async fn dead(
     let reveal = sink.reveal;
     read_store(sink, move |store| {
         let list = store.dead(from, limit)?;
-        let dead: Vec<Value> = list.iter().map(|s| record_json(s, reveal)).collect();
-        Ok(json!({ "dead_letters": dead }))
+        let dead_letters = list.iter().map(|s| HeldRecord::of(s, reveal)).collect();
+        Ok(DeadLetters { dead_letters })
     })
     .await
 }
@@ -289,19 +405,20 @@ pub(crate) async fn dead(
     summary = "Deliver dead letters again",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
     request_body(content = Choice, content_type = "application/json"),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = Redriven), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn redrive_dead(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
-    act(sink, &body, "redriven", |c| {
+    let redriven = act(sink, &body, |c| {
         Box::new(move |tx| Command::RedriveDead((!c.all).then(|| c.offsets.clone()), tx))
     })
-    .await
+    .await?;
+    Ok(reply(StatusCode::OK, Redriven { redriven }))
 }
 
 #[utoipa::path(post, path = "/v1/pipelines/{pipeline}/sinks/{name}/receive", tag = "consumers",
     summary = "Pull consumers: take up to `max` records, hidden from others for `visibility`",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name"), ("max" = Option<usize>, Query, description = "1-10000 (default 10)"), ("visibility" = Option<String>, Query, description = "e.g. 30s; at most 24h"), ("wait" = Option<String>, Query, description = "Long poll, up to 60s")),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Received), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn receive(
     sink: SinkRef,
@@ -364,7 +481,10 @@ fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> 
         let n = queue.ack(&a.ids);
         return Ok(reply(
             StatusCode::OK,
-            json!({ "acked": n, "unknown": a.ids.len() - n }),
+            Acked {
+                acked: n,
+                unknown: a.ids.len() - n,
+            },
         ));
     }
     let delay = match a.delay.as_deref().map(parse_duration) {
@@ -380,7 +500,10 @@ fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> 
     let n = queue.nack(&a.ids, delay);
     Ok(reply(
         StatusCode::OK,
-        json!({ "nacked": n, "unknown": a.ids.len() - n }),
+        Nacked {
+            nacked: n,
+            unknown: a.ids.len() - n,
+        },
     ))
 }
 
@@ -388,7 +511,7 @@ fn answer(sink: SinkRef, body: &Bytes, ack: bool) -> Result<Response, ApiError> 
     summary = "Pull consumers: acknowledge records by id",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
     request_body(content = Ids, content_type = "application/json"),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Acked), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn ack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     answer(sink, &body, true)
@@ -398,7 +521,7 @@ pub(crate) async fn ack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError
     summary = "Pull consumers: give records back, after an optional delay",
     params(("pipeline" = String, Path, description = "The pipeline's name"), ("name" = String, Path, description = "The sink's name")),
     request_body(content = Ids, content_type = "application/json"),
-    responses((status = 200, description = "JSON", content_type = "application/json"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Nacked), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn nack(sink: SinkRef, body: Bytes) -> Result<Response, ApiError> {
     answer(sink, &body, false)

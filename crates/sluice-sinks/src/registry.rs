@@ -52,11 +52,15 @@ macro_rules! registry {
             vec![$($(#[$attr])* describe::<crate::$module::$config>($tag),)*]
         }
 
-        /// One schema per sink type, told apart by `type`.
+        /// One schema per sink type, told apart by `type`; each is a named component
+        /// (its configuration type's name), so client generators make one model each.
         impl utoipa::PartialSchema for SinkConfig {
             fn schema() -> RefOr<Schema> {
                 let mut one = OneOfBuilder::new();
-                $($(#[$attr])* { one = one.item(tagged::<crate::$module::$config>($tag)); })*
+                $($(#[$attr])* {
+                    let name = <crate::$module::$config as utoipa::ToSchema>::name();
+                    one = one.item(utoipa::openapi::Ref::from_schema_name(name));
+                })*
                 one.discriminator(Some(Discriminator::new("type"))).into()
             }
         }
@@ -67,7 +71,12 @@ macro_rules! registry {
             }
 
             fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-                $($(#[$attr])* <crate::$module::$config as utoipa::ToSchema>::schemas(schemas);)*
+                $($(#[$attr])* {
+                    type Config = crate::$module::$config;
+                    let name = <Config as utoipa::ToSchema>::name().into_owned();
+                    schemas.push((name, tagged::<Config>($tag)));
+                    <Config as utoipa::ToSchema>::schemas(schemas);
+                })*
             }
         }
     };
@@ -214,7 +223,6 @@ fn tagged<T: utoipa::PartialSchema>(tag: &str) -> RefOr<Schema> {
         RefOr::T(Schema::Object(mut o)) => {
             o.properties.insert("type".into(), tag_schema.into());
             o.required.insert(0, "type".into());
-            o.title = Some(tag.to_owned());
             RefOr::T(Schema::Object(o))
         }
         other => other,
@@ -403,13 +411,19 @@ mod tests {
         assert!(of("sse").capabilities.served && !of("sse").capabilities.waiting_room);
         assert!(of("pull").capabilities.served && of("pull").capabilities.waiting_room);
         assert_eq!(of("file").capabilities, Capabilities::NONE);
-        // The API document's schema of a sink entry: one per type, each with its tag.
+        // The API document's schema of a sink entry: one per type, each a component
+        // with its tag.
         let one = serde_json::to_value(<SinkConfig as utoipa::PartialSchema>::schema()).unwrap();
         let items = one["oneOf"].as_array().unwrap();
         assert_eq!(items.len(), types.len());
+        let mut components = Vec::new();
+        <SinkConfig as utoipa::ToSchema>::schemas(&mut components);
         for (item, t) in items.iter().zip(&types) {
-            assert_eq!(item["properties"]["type"]["enum"][0], t.kind, "{item}");
-            assert_eq!(item["required"][0], "type");
+            let name = item["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+            let (_, schema) = components.iter().find(|(n, _)| n == name).unwrap();
+            let schema = serde_json::to_value(schema).unwrap();
+            assert_eq!(schema["properties"]["type"]["enum"][0], t.kind, "{schema}");
+            assert_eq!(schema["required"][0], "type");
         }
     }
 }

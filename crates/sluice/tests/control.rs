@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::server::Server;
+use support::server::{tool, Server};
 use support::{wait_until, PgServer, WAIT};
 
 /// A request with a raw body; the status and the JSON body (or the text as a string).
@@ -234,9 +234,12 @@ fn every_sink_type_is_described_in_the_api_document_and_by_the_sink_types_route(
     };
     let config = resolve(body);
     let sinks = resolve(&config["properties"]["sinks"]["items"]);
-    let variants = sinks["oneOf"]
+    let variants: Vec<Value> = sinks["oneOf"]
         .as_array()
-        .unwrap_or_else(|| panic!("{sinks}"));
+        .unwrap_or_else(|| panic!("{sinks}"))
+        .iter()
+        .map(resolve)
+        .collect();
     assert_eq!(variants.len(), types.len(), "{sinks}");
     for t in &types {
         let kind = t["type"].as_str().unwrap();
@@ -280,4 +283,73 @@ fn every_sink_type_is_described_in_the_api_document_and_by_the_sink_types_route(
     // Without a token, the route refuses in the API's error body.
     let (code, v) = server.call("GET", "/v1/sink-types", None, None);
     assert_eq!((code, v["error"].is_string()), (401, true), "{v}");
+}
+
+#[test]
+fn a_client_generated_from_the_api_document_has_a_typed_model_for_every_management_answer() {
+    let server = Server::new();
+    let (code, doc) = server.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    let dir = server.dir.path().join("client");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("openapi.json"), doc.to_string()).unwrap();
+    // No formatter run afterwards: the generated code is read, not kept.
+    std::fs::write(dir.join("config.yaml"), "post_hooks: []\n").unwrap();
+    let out = std::process::Command::new(tool("openapi-python-client"))
+        .current_dir(&dir)
+        .args(["generate", "--path", "openapi.json", "--output-path", "gen"])
+        .args(["--meta", "none", "--config", "config.yaml"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("Warning"),
+        "the generator dropped something:\n{text}"
+    );
+    // Every route that answers JSON of a documented shape gets a model, not `Any`.
+    let api = dir.join("gen/api");
+    let mut checked = 0;
+    for group in std::fs::read_dir(&api).unwrap() {
+        let group = group.unwrap().path();
+        if !group.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&group).unwrap() {
+            let path = file.unwrap().path();
+            let code = std::fs::read_to_string(&path).unwrap();
+            let Some(at) = code.find("\ndef sync(") else {
+                continue;
+            };
+            let answer = code[at..].lines().find(|l| l.contains("->")).unwrap_or("");
+            let route = code.lines().find(|l| l.contains("\"url\":")).unwrap_or("");
+            // Server-Sent Events are a stream, not a JSON body.
+            if route.contains("/stream/") || route.contains("/events") {
+                continue;
+            }
+            assert!(
+                !answer.contains("Any"),
+                "{}: {answer} ({route})",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} routes checked");
+    // The sink types and the pipeline answer are models of their own.
+    for model in [
+        "pipeline_view.py",
+        "sink_type.py",
+        "sink_field.py",
+        "webhook_config.py",
+    ] {
+        assert!(
+            dir.join("gen/models").join(model).exists(),
+            "no model {model}"
+        );
+    }
 }
