@@ -243,7 +243,10 @@ mod tests {
              ~/.postgresql/root.crt"
         );
         assert!(e.fix().is_some_and(|f| f.starts_with("set sslrootcert=")));
-        let e = client_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/root.crt")));
+        let e = client_config(
+            SslMode::VerifyFull,
+            Some(Path::new("/nonexistent/root.crt")),
+        );
         assert!(matches!(e, Err(TlsError::ReadRootCert { .. })), "{e:?}");
     }
 }
