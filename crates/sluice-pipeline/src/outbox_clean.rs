@@ -76,24 +76,24 @@ fn deletion_fault(e: PgError, schema: &str, table: &str, user: &str) -> Fault {
 /// key columns the cleaner expects. Definite: the same record gives the same key.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxKeyError {
-    #[error("key {key:?} is not a JSON object: {source}")]
+    /// The key's values are not shown: they are a row's.
+    #[error("an outbox row's key is not a JSON object: {source}")]
     NotObject {
-        key: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("key {key:?} has no columns")]
-    NoColumns { key: String },
+    #[error("an outbox row's key has no columns")]
+    NoColumns,
 }
 
 /// Definite, with the parse error kept as the cause.
 impl From<OutboxKeyError> for Fault {
     fn from(e: OutboxKeyError) -> Fault {
         match e {
-            OutboxKeyError::NotObject { key, source } => {
-                Fault::fatal(format!("key {key:?} is not a JSON object")).caused_by(source)
+            OutboxKeyError::NotObject { source } => {
+                Fault::fatal("an outbox row's key is not a JSON object").caused_by(source)
             }
-            e @ OutboxKeyError::NoColumns { .. } => Fault::fatal(e.to_string()),
+            e @ OutboxKeyError::NoColumns => Fault::fatal(e.to_string()),
         }
     }
 }
@@ -105,12 +105,9 @@ pub fn delete_sql(schema: &str, table: &str, keys: &[String]) -> Result<String, 
     let mut groups: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
     for k in keys {
         let m: Map<String, Value> =
-            serde_json::from_str(k).map_err(|source| OutboxKeyError::NotObject {
-                key: k.clone(),
-                source,
-            })?;
+            serde_json::from_str(k).map_err(|source| OutboxKeyError::NotObject { source })?;
         if m.is_empty() {
-            return Err(OutboxKeyError::NoColumns { key: k.clone() });
+            return Err(OutboxKeyError::NoColumns);
         }
         groups
             .entry(m.keys().cloned().collect())
