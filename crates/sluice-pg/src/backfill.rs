@@ -46,7 +46,7 @@ use crate::conninfo::ConnInfo;
 use crate::error::PgError;
 use crate::output::SourceStatus;
 use crate::snapshot::{describe, CopyOut, PlanKind, Progress, RowEncoder, TablePlan, TableShape};
-use crate::source::SourceError;
+use crate::source_error::SourceError;
 use crate::state::PipelineState;
 use crate::values::TypeRegistry;
 use crate::wire::{quote_literal, Connection};

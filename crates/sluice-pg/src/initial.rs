@@ -25,7 +25,7 @@ use crate::conninfo::ConnInfo;
 use crate::error::PgError;
 use crate::output::Batch;
 use crate::snapshot::{CopyOut, Progress, RowEncoder, TablePlan, TableShape};
-use crate::source::SourceError;
+use crate::source_error::SourceError;
 use crate::state::PipelineState;
 use crate::wire::{quote_literal, Connection};
 

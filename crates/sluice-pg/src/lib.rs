@@ -14,6 +14,7 @@ mod output;
 pub mod pgoutput;
 pub mod snapshot;
 pub mod source;
+mod source_error;
 pub mod state;
 pub mod types;
 pub mod values;
@@ -21,7 +22,8 @@ pub mod values;
 pub use sluice_pgwire::Connection;
 pub use sluice_pgwire::{conninfo, error, replication, wire};
 pub use sluice_pgwire::{ConnInfo, PgError, ServerError, SslMode, INSUFFICIENT_PRIVILEGE};
-pub use source::{Output, SourceConfig, SourceError, SourceStatus, SourceWorker};
+pub use source::{Output, SourceConfig, SourceStatus, SourceWorker};
+pub use source_error::SourceError;
 
 /// A decoding failure stops the source: a stream that cannot be decoded will not decode
 /// better after a reconnect.

@@ -31,7 +31,8 @@ use crate::error::PgError;
 pub use crate::output::{Batch, Output, SourceStatus};
 use crate::replication::{self, StartOptions, StreamMessage};
 use crate::snapshot::Progress;
-use crate::state::{PipelineState, StateError};
+pub use crate::source_error::SourceError;
+use crate::state::PipelineState;
 use crate::types::resolve_types;
 use crate::wire::{quote_literal, Connection};
 
@@ -99,47 +100,6 @@ pub enum UnknownSlot {
     Stop,
     /// Accept the gap: stream from the slot's confirmed position.
     Adopt,
-}
-
-/// A failure that stops the source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    /// The pipeline's state file (plans, the slot's record) failed: local, definite.
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("output failed: {0}")]
-    Output(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl sluice_core::Classify for SourceError {
-    fn class(&self) -> ErrorClass {
-        SourceError::class(self)
-    }
-}
-
-impl SourceError {
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            SourceError::Pg(e) => e.class(),
-            SourceError::State(e) => sluice_core::Classify::class(e),
-            SourceError::Output(_) => ErrorClass::Definite,
-        }
-    }
-}
-
-/// Into the one error policy, keeping the class and the error as its cause.
-impl From<SourceError> for sluice_core::Fault {
-    fn from(e: SourceError) -> sluice_core::Fault {
-        sluice_core::Fault::of("source", e)
-    }
-}
-
-impl From<std::io::Error> for SourceError {
-    fn from(e: std::io::Error) -> Self {
-        SourceError::Pg(PgError::Io(e))
-    }
 }
 
 /// Frames read in one turn before the status update and the stop check get a turn.
