@@ -149,21 +149,26 @@ fn a_walsender_killed_under_load_heals_without_loss() {
         assert_eq!(killed.trim(), "t", "no walsender to kill");
     }
     writer.join().unwrap();
-    wait_until(WAIT, "every row", || {
-        let ids: std::collections::BTreeSet<i64> = p
-            .records()
-            .iter()
-            .filter_map(|r| r["after"]["id"].as_i64())
-            .collect();
-        (ids.len() as i64 == ROWS).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    wait_every_row(&p, ROWS);
     assert!(
         p.log_contains("reconnecting"),
         "each loss is logged:\n{}",
         p.logs()
     );
     p.stop();
+}
+
+/// Waits until the sink holds ids 1..=`rows` of `public.t` (repeats allowed).
+fn wait_every_row(p: &Pipeline, rows: i64) {
+    wait_until(WAIT, "every row", || {
+        let ids: std::collections::BTreeSet<i64> = p
+            .records()
+            .iter()
+            .filter_map(|r| r["after"]["id"].as_i64())
+            .collect();
+        (ids.len() as i64 == rows).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
 }
 
 /// Inserts ids 1..=`rows` into `public.t`, 100 rows per transaction, trying a batch
@@ -220,15 +225,7 @@ fn a_postgres_restart_or_crash_under_load_puts_no_change_into_the_log_twice() {
         }
     }
     writer.join().unwrap();
-    wait_until(WAIT, "every row", || {
-        let ids: std::collections::BTreeSet<i64> = p
-            .records()
-            .iter()
-            .filter_map(|r| r["after"]["id"].as_i64())
-            .collect();
-        (ids.len() as i64 == ROWS).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    wait_every_row(&p, ROWS);
     let delivered = p.records().len();
     p.stop();
     let ids = p.log_ids();
