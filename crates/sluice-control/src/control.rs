@@ -528,9 +528,9 @@ impl Controller {
 
     fn ended(&mut self, (name, result): Ended) {
         if let Some(stopping) = self.stopping.remove(&name) {
-            match &result {
+            match result {
                 Ok(Outcome::Done(left)) => {
-                    self.left.insert(name.clone(), left.clone());
+                    self.left.insert(name.clone(), left);
                 }
                 Ok(_) => {}
                 Err(e) => warn!(pipeline = %name, error = %e, "pipeline stopped with an error"),

@@ -9,12 +9,13 @@
 //! the slot's confirmed position, which may be behind the log (PostgreSQL writes the
 //! slot's position to disk lazily, so a server restart can move it back). The source asks
 //! to start at the log's durable end, and every change up to the last change in the log
-//! or handed to its writer (by id: commit LSN, then ordinal) is skipped: transactions arrive in commit order and ordinals are the same when a
-//! transaction is sent again, so those are in the log already, and a transaction the log
-//! holds only the beginning of (a crash between two hand-offs of a large one) goes on
-//! where it stopped. No transaction is logged twice. Rows of a backfill in the last
-//! transaction are the exception: they are read again and may differ, so they are
-//! appended again (a repeat of a read, which every sink takes as an upsert).
+//! or handed to its writer (by id: commit LSN, then ordinal) is skipped: transactions
+//! arrive in commit order and ordinals are the same when a transaction is sent again, so
+//! those are in the log already, and a transaction the log holds only the beginning of (a
+//! crash between two hand-offs of a large one) goes on where it stopped. No transaction
+//! is logged twice. Rows of a backfill in the last transaction are the exception: they
+//! are read again and may differ, so they are appended again (a repeat of a read, which
+//! every sink takes as an upsert).
 
 use std::collections::HashMap;
 use std::sync::Arc;
