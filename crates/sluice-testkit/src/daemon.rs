@@ -1,17 +1,20 @@
-//! Private `redis-server` and `nats-server -js` instances for tests, the same way as
-//! [`crate::PgServer`]: a fresh temporary directory, a free `127.0.0.1` port (chosen again
-//! if another process takes it first), a bounded wait until the server answers, and
-//! removal on drop.
+//! Private server processes for tests, the same way as [`crate::PgServer`]: a fresh
+//! temporary directory, a free `127.0.0.1` port (chosen again if another process takes it
+//! first), a bounded wait until the server answers, and removal on drop. This module holds
+//! the common part ([`Daemon`], driven by a [`Spec`]) and `redis-server`; `nats.rs` and
+//! `kafka.rs` hold the other servers' specs.
 //!
 //! Invariants:
-//! - A server is ready when `start` returns: Redis has answered `PING` with `+PONG`, NATS
-//!   has sent its `INFO` line.
-//! - `restart` keeps the port and the data directory: Redis persists through an
-//!   append-only file synced on every write, JetStream through its store directory, so a
-//!   restart loses nothing acknowledged.
+//! - A server is ready when `start` returns: it has answered its spec's probe
+//!   ([`Spec::answers`]).
+//! - `restart` keeps the port and the directory, so a server that persists there (Redis
+//!   through an append-only file synced on every write, NATS through its JetStream store)
+//!   loses nothing acknowledged.
 //! - Dropping a server kills it and removes its directory; drop never panics.
+//! - Programs come from the test tools' virtualenv when it has them (see [`tools_venv`]),
+//!   else from `PATH`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,158 +27,108 @@ use crate::{free_port, wait_until};
 /// How long a server may take to answer after it was started.
 const READY: Duration = Duration::from_secs(30);
 
-/// Which server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Redis,
-    Nats,
+/// The virtualenv `scripts/install-deps.sh --tests` fills with pinned test tools:
+/// `$SLUICE_TOOLS/venv`, by default `~/.cache/sluice-tools/venv`.
+pub(crate) fn tools_venv() -> Option<PathBuf> {
+    let tools = match std::env::var_os("SLUICE_TOOLS") {
+        Some(t) => PathBuf::from(t),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/sluice-tools"),
+    };
+    Some(tools.join("venv"))
 }
 
-impl Kind {
-    fn program(self) -> &'static str {
-        match self {
-            Kind::Redis => "redis-server",
-            Kind::Nats => "nats-server",
-        }
+/// What differs between servers: how to run one and how to tell it is ready.
+pub(crate) trait Spec {
+    /// A short name for messages and the directory's prefix.
+    fn name(&self) -> &'static str;
+
+    /// The executable, a path or a name looked up on `PATH`.
+    fn program(&self) -> PathBuf;
+
+    /// Runs once, when the directory exists, before the first start (certificates).
+    fn prepare(&mut self, _dir: &Path) -> Result<()> {
+        Ok(())
     }
 
-    fn command(self, port: u16, dir: &Path, tls: Option<&Tls>) -> Command {
-        let mut cmd = Command::new(self.program());
-        if let Some(t) = tls {
-            // Both ports: the plain one answers the readiness probe and redis-cli.
-            cmd.args([
-                "--tls-port",
-                &t.port.to_string(),
-                "--tls-auth-clients",
-                "no",
-            ])
-            .arg("--tls-cert-file")
-            .arg(&t.cert)
-            .arg("--tls-key-file")
-            .arg(&t.key);
-        }
-        match self {
-            Kind::Redis => {
-                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args([
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "yes",
-                        "--appendfsync",
-                        "always",
-                    ])
-                    .args(["--protected-mode", "no", "--daemonize", "no"])
-                    .arg("--dir")
-                    .arg(dir);
-            }
-            Kind::Nats => {
-                cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-                    .arg("-sd")
-                    .arg(dir.join("jetstream"));
-            }
-        }
-        cmd
-    }
+    /// Runs before each attempt on a new port, to choose any other port the server needs.
+    fn pick_ports(&mut self) {}
+
+    /// The command that runs the server on `port` with its files in `dir`.
+    fn command(&self, port: u16, dir: &Path) -> Result<Command>;
 
     /// Whether the server on `port` answers as it should when ready.
-    fn answers(self, port: u16) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        match self {
-            Kind::Redis => {
-                let mut buf = [0u8; 7];
-                s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
-            }
-            Kind::Nats => {
-                let mut line = String::new();
-                BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO {")
-            }
-        }
-    }
-}
-
-/// A TLS port besides the plain one (Redis only).
-struct Tls {
-    port: u16,
-    cert: PathBuf,
-    key: PathBuf,
+    fn answers(&self, port: u16) -> bool;
 }
 
 /// A running server with its directory and log.
-struct Daemon {
-    kind: Kind,
-    port: u16,
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon<S: Spec> {
+    pub(crate) spec: S,
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
     child: Option<Child>,
-    tls: Option<Tls>,
 }
 
-impl Daemon {
-    fn start(kind: Kind, tls: Option<Tls>) -> Result<Daemon> {
+impl<S: Spec> Daemon<S> {
+    pub(crate) fn start(mut spec: S) -> Result<Daemon<S>> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("sluice-{}-", kind.program()))
+            .prefix(&format!("sluice-{}-", spec.name()))
             .tempdir()
             .context("cannot create a temporary directory")?;
+        spec.prepare(dir.path())?;
         let mut d = Daemon {
-            kind,
+            spec,
             port: 0,
             dir,
             child: None,
-            tls,
         };
         let mut last = None;
         // A port taken between free_port() and the server's bind: try another.
         for _ in 0..5 {
             d.port = free_port();
-            if let Some(t) = d.tls.as_mut() {
-                t.port = free_port();
-            }
+            d.spec.pick_ports();
             match d.spawn() {
                 Ok(()) => return Ok(d),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("{} did not start", kind.program())))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("{} did not start", d.spec.name())))
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
+        let program = self.spec.program();
         let child = self
-            .kind
-            .command(self.port, self.dir.path(), self.tls.as_ref())
+            .spec
+            .command(self.port, self.dir.path())?
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| {
                 format!(
-                    "could not start {} (is it installed? scripts/install-deps.sh installs it)",
-                    self.kind.program()
+                    "could not start {} (is it installed? scripts/install-deps.sh --tests \
+                     installs it)",
+                    program.display()
                 )
             })?;
         self.child = Some(child);
-        let (kind, port) = (self.kind, self.port);
+        let (name, port) = (self.spec.name(), self.port);
         let mut exited = None;
-        let ready = wait_until(READY, &format!("{} on port {port}", kind.program()), || {
+        let ready = wait_until(READY, &format!("{name} on port {port}"), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     exited = Some(status);
                     return Some(false);
                 }
             }
-            kind.answers(port).then_some(true)
+            self.spec.answers(port).then_some(true)
         });
         match ready {
             Ok(true) => Ok(()),
@@ -185,7 +138,7 @@ impl Daemon {
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
                 bail!(
                     "{} on port {port} {}; its log ends:\n{}",
-                    kind.program(),
+                    program.display(),
                     match exited {
                         Some(s) => format!("exited ({s})"),
                         None => "did not answer in time".into(),
@@ -196,31 +149,88 @@ impl Daemon {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn restart(&mut self) -> Result<()> {
+    pub(crate) fn restart(&mut self) -> Result<()> {
         self.kill();
         self.spawn()
     }
 }
 
-impl Drop for Daemon {
+impl<S: Spec> Drop for Daemon<S> {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
+/// A TLS port besides the plain one.
+struct Tls {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// `redis-server` with an append-only file synced on every write.
+struct Redis {
+    tls: Option<Tls>,
+}
+
+impl Spec for Redis {
+    fn name(&self) -> &'static str {
+        "redis-server"
+    }
+
+    fn program(&self) -> PathBuf {
+        "redis-server".into()
+    }
+
+    fn pick_ports(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            t.port = free_port();
+        }
+    }
+
+    fn command(&self, port: u16, dir: &Path) -> Result<Command> {
+        let mut cmd = Command::new(self.program());
+        if let Some(t) = &self.tls {
+            // Both ports: the plain one answers the readiness probe and redis-cli.
+            cmd.args(["--tls-port", &t.port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&t.cert)
+                .arg("--tls-key-file")
+                .arg(&t.key);
+        }
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always"])
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir);
+        Ok(cmd)
+    }
+
+    fn answers(&self, port: u16) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
 /// A private `redis-server` with an append-only file synced on every write.
-pub struct RedisServer(Daemon);
+pub struct RedisServer(Daemon<Redis>);
 
 impl RedisServer {
     pub fn start() -> Result<RedisServer> {
-        Daemon::start(Kind::Redis, None).map(RedisServer)
+        Daemon::start(Redis { tls: None }).map(RedisServer)
     }
 
     /// A server that also takes TLS connections with the PEM certificate and key given
@@ -231,12 +241,12 @@ impl RedisServer {
             cert: cert.to_owned(),
             key: key.to_owned(),
         };
-        Daemon::start(Kind::Redis, Some(tls)).map(RedisServer)
+        Daemon::start(Redis { tls: Some(tls) }).map(RedisServer)
     }
 
     /// `rediss://127.0.0.1:TLS_PORT/` of a server started with [`RedisServer::start_tls`].
     pub fn tls_url(&self) -> Option<String> {
-        let t = self.0.tls.as_ref()?;
+        let t = self.0.spec.tls.as_ref()?;
         Some(format!("rediss://127.0.0.1:{}/", t.port))
     }
 
@@ -271,37 +281,6 @@ impl RedisServer {
     }
 
     /// Kills the server; [`RedisServer::start_again`] brings it back.
-    pub fn kill(&mut self) {
-        self.0.kill();
-    }
-
-    pub fn start_again(&mut self) -> Result<()> {
-        self.0.spawn()
-    }
-}
-
-/// A private `nats-server` with JetStream, storing in its own directory.
-pub struct NatsServer(Daemon);
-
-impl NatsServer {
-    pub fn start() -> Result<NatsServer> {
-        Daemon::start(Kind::Nats, None).map(NatsServer)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.0.port
-    }
-
-    /// `nats://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.0.port)
-    }
-
-    /// Kills the server and starts it again on the same port and store.
-    pub fn restart(&mut self) -> Result<()> {
-        self.0.restart()
-    }
-
     pub fn kill(&mut self) {
         self.0.kill();
     }

@@ -4,18 +4,26 @@
 //! demo` uses too): see its docs for what each server is.
 //!
 //! [`RedisServer::start`] and [`NatsServer::start`] do the same for `redis-server` (with an
-//! append-only file synced on every write, so a restart keeps the data) and
-//! `nats-server -js`.
+//! append-only file synced on every write, so a restart keeps the data) and `nats-server`
+//! with JetStream; [`NatsServer::builder`] adds a user and password or a token, and TLS
+//! with a private CA. [`KafkaServer::start`] runs tansu, a Kafka-protocol broker kept in
+//! memory. NATS and Kafka come from the test tools' virtualenv (`$SLUICE_TOOLS/venv`, by
+//! default `~/.cache/sluice-tools/venv`, made by `scripts/install-deps.sh --tests`), NATS
+//! from `PATH` when that has none.
 //!
 //! [`WebhookReceiver::start`] is a real HTTP receiver that fails, throttles and stalls
 //! on demand, and logs every request with its answer.
 
 mod certs;
 mod daemon;
+mod kafka;
+mod nats;
 mod receiver;
 
 pub use certs::{make_certs, Certs};
-pub use daemon::{NatsServer, RedisServer};
+pub use daemon::RedisServer;
+pub use kafka::KafkaServer;
+pub use nats::{NatsServer, NatsServerBuilder};
 pub use receiver::{Behaviour, Received, WebhookReceiver};
 pub use sluice_pgtemp::{free_port, pg_bin, pg_bindir, wait_until, PgServer, PgServerBuilder};
 
