@@ -149,6 +149,9 @@ pub async fn verify_sink(
         db: database,
         pipeline: "verify",
         tables,
+        // Not read here: a routing template's columns are checked when the pipeline
+        // is checked or started, against the source's catalog.
+        columns: &Default::default(),
         reset: None,
     };
     Ok(sink

@@ -10,6 +10,7 @@
 
 mod backoff;
 mod check;
+mod columns;
 mod error;
 mod framing;
 mod lsn;
@@ -21,6 +22,7 @@ pub mod time;
 
 pub use backoff::{Backoff, Retrying};
 pub use check::Finding;
+pub use columns::{ColumnInfo, Columns, ValueKind};
 pub use error::{BoxError, Classify, ErrorClass, Fault};
 pub use framing::{Framing, RecordHead};
 pub use lsn::{ChangeId, Lsn, ParseError};

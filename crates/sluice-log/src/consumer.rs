@@ -52,6 +52,9 @@ pub struct Consumer {
     keep: Keep,
     pub max_records: usize,
     pub max_bytes: usize,
+    /// When fewer than `max_records` records are there to read, wait up to this long for
+    /// more before reading (a window that collects records into fewer, larger messages).
+    pub linger: Option<std::time::Duration>,
 }
 
 impl Consumer {
@@ -64,6 +67,7 @@ impl Consumer {
             keep,
             max_records: 1000,
             max_bytes: 4 << 20,
+            linger: None,
         })
     }
 
@@ -151,6 +155,11 @@ impl Consumer {
                 _ = idle => return Ok(Step::Idle),
             }
         }
+        if let Some(linger) = self.linger {
+            if let Some(step) = self.collect(linger, until).await {
+                return Ok(step);
+            }
+        }
         let max = self.max_records;
         match self.read(batch, max) {
             // Records were deleted under a reader the budget detached meanwhile.
@@ -158,5 +167,30 @@ impl Consumer {
             Err(e) => Err(e),
             Ok(()) => Ok(Step::Read),
         }
+    }
+
+    /// The window before a read: returns once `max_records` records are there (counted
+    /// before the filter), the window has passed, or the consumer drains (`None`: read
+    /// now) or is aborted.
+    async fn collect(&mut self, linger: std::time::Duration, until: &Until) -> Option<Step> {
+        // Short looks rather than a wake-up per append: the writer does not notify
+        // per record, and a window is milliseconds long.
+        const LOOK: std::time::Duration = std::time::Duration::from_millis(5);
+        let deadline = tokio::time::Instant::now() + linger;
+        while self.reader.log_end().saturating_sub(self.reader.position()) < self.max_records as u64
+            && !until.drain.is_cancelled()
+        {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = until.abort.cancelled() => return Some(Step::Stopped),
+                _ = until.drain.cancelled() => {}
+                _ = tokio::time::sleep(LOOK.min(deadline - now)) => {}
+            }
+        }
+        None
     }
 }

@@ -77,6 +77,30 @@ impl RecordBatch {
         self.entries.get(i).map(|e| self.record(e))
     }
 
+    /// Appends a record at `offset` (a reader of another backend, and tests).
+    pub fn push(&mut self, offset: u64, head: &sluice_core::RecordHead<'_>, json: &[u8]) {
+        let names = match self.names.last() {
+            Some((s, t)) if s == head.schema && t == head.table => self.names.len() - 1,
+            _ => {
+                self.names
+                    .push((head.schema.to_owned(), head.table.to_owned()));
+                self.names.len() - 1
+            }
+        };
+        let start = self.buf.len();
+        self.buf.extend_from_slice(json);
+        self.entries.push(Entry {
+            offset,
+            commit_lsn: head.commit_lsn,
+            ordinal: head.ordinal,
+            commit_ts_micros: head.commit_ts_micros,
+            op: head.op,
+            names: names as u32,
+            json: (start as u32, self.buf.len() as u32),
+        });
+        self.next = offset + 1;
+    }
+
     fn record(&self, e: &Entry) -> Record<'_> {
         let (schema, table) = &self.names[e.names as usize];
         Record {

@@ -708,3 +708,61 @@ pub async fn tables_without_primary_key(
         .cloned()
         .collect())
 }
+
+/// The columns of `tables` (`schema.table`), each with the kind of value its JSON form
+/// holds: what a typed encoding (a sink's packages) and a routing template need to know
+/// of a table before its first record arrives. Domains are taken as their base type;
+/// anything not built in is text.
+pub async fn columns(
+    conn: &mut Connection,
+    tables: &[String],
+) -> Result<sluice_core::Columns, PgError> {
+    let mut out = sluice_core::Columns::new();
+    if tables.is_empty() {
+        return Ok(out);
+    }
+    let wanted: BTreeSet<&str> = tables.iter().map(String::as_str).collect();
+    let rows = conn
+        .query(
+            "SELECT n.nspname || '.' || c.relname, a.attname, \
+             (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8 \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1, a.attnum",
+        )
+        .await?;
+    for row in rows {
+        let mut it = row.into_iter();
+        let (Some(Some(table)), Some(Some(name)), Some(Some(oid))) =
+            (it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        if !wanted.contains(table.as_str()) {
+            continue;
+        }
+        let kind = value_kind(oid.parse().unwrap_or(0));
+        out.entry(table)
+            .or_default()
+            .push(sluice_core::ColumnInfo { name, kind });
+    }
+    Ok(out)
+}
+
+/// A type OID's kind of value, as [`columns`] reports it.
+fn value_kind(oid: u32) -> sluice_core::ValueKind {
+    use crate::values::{builtin_kind, TypeKind};
+    use sluice_core::ValueKind as V;
+    match builtin_kind(oid) {
+        Some(TypeKind::Int) => V::Int,
+        Some(TypeKind::Float) => V::Float,
+        Some(TypeKind::Numeric) => V::Decimal,
+        Some(TypeKind::Bool) => V::Bool,
+        Some(TypeKind::Bytea) => V::Bytes,
+        Some(TypeKind::Timestamp | TypeKind::TimestampTz) => V::Timestamp,
+        Some(TypeKind::Json | TypeKind::Array { .. }) => V::Json,
+        _ => V::Text,
+    }
+}

@@ -59,7 +59,12 @@ pub async fn key_findings(
 }
 
 /// Every sink's health check (reachable, authenticated, writable).
-pub async fn sink_findings(config: &Config, base_dir: &Path, captured: &[String]) -> Vec<Finding> {
+pub async fn sink_findings(
+    config: &Config,
+    base_dir: &Path,
+    captured: &[String],
+    columns: &sluice_core::Columns,
+) -> Vec<Finding> {
     let db = ConnInfo::parse(&config.source.url)
         .map(|c| c.dbname)
         .unwrap_or_default();
@@ -71,6 +76,7 @@ pub async fn sink_findings(config: &Config, base_dir: &Path, captured: &[String]
             db: &db,
             pipeline: &config.pipeline.name,
             tables: &tables,
+            columns,
             reset: None,
         };
         out.extend(s.check(&ctx).await);
@@ -84,14 +90,16 @@ pub async fn check_all(config: &Config, base_dir: &Path) -> Result<Vec<Finding>,
     let spec = spec(config)?;
     let mut findings = catalog::check(&spec).await;
     let mut captured = Vec::new();
+    let mut columns = sluice_core::Columns::new();
     if let Ok(mut conn) = Connection::connect(&spec.conninfo, false).await {
         if let Ok((tables, _)) = catalog::expand_tables(&mut conn, &config.source.tables).await {
             captured = tables.iter().map(|t| t.to_string()).collect();
             findings.extend(key_findings(config, &mut conn, &captured).await?);
+            columns = catalog::columns(&mut conn, &captured).await?;
         }
         conn.close().await;
     }
-    findings.extend(sink_findings(config, base_dir, &captured).await);
+    findings.extend(sink_findings(config, base_dir, &captured, &columns).await);
     Ok(findings)
 }
 

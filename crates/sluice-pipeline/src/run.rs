@@ -60,6 +60,7 @@ struct Prepared {
     conn: Connection,
     tables: Vec<TableRef>,
     captured: Vec<String>,
+    columns: sluice_core::Columns,
 }
 
 fn blocking(findings: &[Finding]) -> bool {
@@ -77,7 +78,8 @@ async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcom
     let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
     let captured: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
     let mut findings = preflight::key_findings(config, &mut conn, &captured).await?;
-    findings.extend(preflight::sink_findings(config, base, &captured).await);
+    let columns = catalog::columns(&mut conn, &captured).await?;
+    findings.extend(preflight::sink_findings(config, base, &captured, &columns).await);
     if blocking(&findings) {
         conn.close().await;
         return Ok(Err(Outcome::Refused(findings)));
@@ -93,6 +95,7 @@ async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcom
         conn,
         tables,
         captured,
+        columns,
     }))
 }
 
@@ -258,6 +261,7 @@ pub async fn run(
             db: &spec.conninfo.dbname,
             pipeline: &config.pipeline.name,
             captured: &prepared.captured,
+            columns: &prepared.columns,
             failure: &failure,
             cancel: &cancel,
         },

@@ -39,6 +39,8 @@ pub struct Start<'a> {
     pub db: &'a str,
     pub pipeline: &'a str,
     pub captured: &'a [String],
+    /// The captured tables' columns (`sluice_pg::catalog::columns`).
+    pub columns: &'a sluice_core::Columns,
     pub failure: &'a FailureSlot,
     pub cancel: &'a CancellationToken,
 }
@@ -154,10 +156,18 @@ impl Sinks {
         self.stats
             .push((name.clone(), cursor.clone(), stats.clone()));
         let fut_thread = match s.build(&ctx).await? {
-            Built::Batches { sink, max_records } => {
+            Built::Batches {
+                sink,
+                max_records,
+                window,
+            } => {
                 self.watches.push(watch(&cursor, &filter, None));
                 let mut consumer = Consumer::open(log, cursor, filter.keep())?;
                 consumer.max_records = max_records;
+                if let Some(w) = window {
+                    consumer.max_bytes = w.max_bytes;
+                    consumer.linger = Some(w.linger);
+                }
                 let fut = sluice_sinks::run(
                     start.pipeline.to_owned(),
                     name.clone(),
@@ -365,6 +375,7 @@ fn context<'a>(start: &Start<'a>, tables: &'a [String], reset: Option<Lsn>) -> C
         db: start.db,
         pipeline: start.pipeline,
         tables,
+        columns: start.columns,
         reset,
     }
 }

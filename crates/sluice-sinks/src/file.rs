@@ -110,6 +110,7 @@ impl SinkSpec for FileConfig {
         Ok(Built::Batches {
             sink: Box::new(sink),
             max_records: BATCH,
+            window: None,
         })
     }
 

@@ -24,11 +24,18 @@
 //!   at once with its fix.
 //! - A sink shed by the log's disk budget stops; the next start re-backfills it.
 
+mod broker;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod package;
 pub mod pull;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod registry;
+mod route;
 mod runner;
 mod secret;
 pub mod sse;
@@ -130,6 +137,8 @@ pub struct Context<'a> {
     pub pipeline: &'a str,
     /// The captured tables this sink takes, as `schema.table`.
     pub tables: &'a [String],
+    /// Their columns as the source's catalog lists them (empty when it was not read).
+    pub columns: &'a sluice_core::Columns,
     /// The disk budget shed this sink: its destination starts over, as if its tables
     /// were truncated at this commit LSN, before the re-backfill arrives.
     pub reset: Option<sluice_core::Lsn>,
@@ -142,6 +151,9 @@ pub enum Built {
         sink: BoxSink,
         /// Records per batch at most.
         max_records: usize,
+        /// A read waits this window for more records (broker packages); `None`: reads
+        /// what is there.
+        window: Option<Window>,
     },
     /// Per-key delivery through the engine (webhook, pull consumers).
     Engine {
@@ -154,6 +166,13 @@ pub enum Built {
     /// Served by the HTTP server (SSE): the pipeline starts its shared read
     /// ([`sse::SseFeed`]).
     Served(sse::SseOptions),
+}
+
+/// How long a batch sink's read waits to collect more records, and up to how many bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub max_bytes: usize,
+    pub linger: std::time::Duration,
 }
 
 /// The routing and delivery settings of a sink driven by the engine.

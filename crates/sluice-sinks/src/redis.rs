@@ -226,6 +226,7 @@ impl SinkSpec for RedisConfig {
             })),
             // A Redis batch is one pipeline.
             max_records: self.batch,
+            window: None,
         })
     }
 }

@@ -91,6 +91,10 @@ registry! {
     #[cfg(feature = "webhook")]
     "webhook" => Webhook(webhook::WebhookConfig),
     "pull" => Pull(pull::PullConfig),
+    #[cfg(feature = "nats")]
+    "nats" => Nats(nats::NatsConfig),
+    #[cfg(feature = "kafka")]
+    "kafka" => Kafka(kafka::KafkaConfig),
 }
 
 /// A sink type as the API and the console see it.

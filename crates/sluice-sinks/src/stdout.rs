@@ -38,6 +38,7 @@ impl SinkSpec for StdoutConfig {
         Ok(Built::Batches {
             sink: Box::new(LineSink::stdout()),
             max_records: crate::file::BATCH,
+            window: None,
         })
     }
 }

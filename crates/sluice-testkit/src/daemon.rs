@@ -29,7 +29,7 @@ const READY: Duration = Duration::from_secs(30);
 
 /// The virtualenv `scripts/install-deps.sh --tests` fills with pinned test tools:
 /// `$SLUICE_TOOLS/venv`, by default `~/.cache/sluice-tools/venv`.
-pub(crate) fn tools_venv() -> Option<PathBuf> {
+pub fn tools_venv() -> Option<PathBuf> {
     let tools = match std::env::var_os("SLUICE_TOOLS") {
         Some(t) => PathBuf::from(t),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/sluice-tools"),

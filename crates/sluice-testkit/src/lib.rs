@@ -21,7 +21,7 @@ mod nats;
 mod receiver;
 
 pub use certs::{make_certs, Certs};
-pub use daemon::RedisServer;
+pub use daemon::{tools_venv, RedisServer};
 pub use kafka::KafkaServer;
 pub use nats::{NatsServer, NatsServerBuilder};
 pub use receiver::{Behaviour, Received, WebhookReceiver};
