@@ -13,7 +13,8 @@ now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 bash scripts/install-deps.sh
-cargo build --release --quiet -p sluice
+# SLUICE_FEATURES: cargo features of the build (bench/brokers.sh: kafka).
+cargo build --release --quiet -p sluice ${SLUICE_FEATURES:+--features "$SLUICE_FEATURES"}
 # SLUICE_BIN: another build to measure (e.g. an older release), instead of this tree's.
 SLUICE=${SLUICE_BIN:-$ROOT/target/release/sluice}
 

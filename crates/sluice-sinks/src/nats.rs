@@ -247,8 +247,15 @@ impl NatsConfig {
             .map_err(|e| classify_connect(&self.name, e))
     }
 
-    /// The stream, checked (or created): it exists and takes the sink's subjects.
-    async fn ensure_stream(&self, js: &jetstream::Context, pipeline: &str) -> Result<(), Fault> {
+    /// The stream, checked (or, when `create` and `create_stream`, created): it exists
+    /// and takes the sink's subjects. A check does not create it: `sluice check` changes
+    /// nothing; the start does.
+    async fn ensure_stream(
+        &self,
+        js: &jetstream::Context,
+        pipeline: &str,
+        create: bool,
+    ) -> Result<Stream, Fault> {
         let pattern = self.pattern(pipeline);
         let info = match js.get_stream(&self.stream).await {
             Ok(mut s) => s
@@ -270,8 +277,11 @@ impl NatsConfig {
                         ),
                     ));
                 }
+                if !create {
+                    return Ok(Stream::ToCreate);
+                }
                 self.create(js, &pattern).await?;
-                return Ok(());
+                return Ok(Stream::Created);
             }
             Err(e) => {
                 return Err(Fault::transient(format!(
@@ -293,7 +303,7 @@ impl NatsConfig {
                 ),
             ));
         }
-        Ok(())
+        Ok(Stream::Takes)
     }
 
     async fn create(&self, js: &jetstream::Context, pattern: &str) -> Result<(), Fault> {
@@ -338,6 +348,15 @@ impl NatsConfig {
         tracing::info!(sink = %self.name, stream = %self.stream, "nats: stream created");
         Ok(())
     }
+}
+
+/// What [`NatsConfig::ensure_stream`] found.
+enum Stream {
+    /// It exists and takes the sink's subjects.
+    Takes,
+    Created,
+    /// Missing, and `create_stream` is set: the start creates it.
+    ToCreate,
 }
 
 fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
@@ -483,15 +502,13 @@ impl SinkSpec for NatsConfig {
             ));
         }
         let js = jetstream::new(client);
-        out.push(match self.ensure_stream(&js, ctx.pipeline).await {
-            Ok(()) => Finding::pass(finding_for(
+        let (stream, pattern) = (&self.stream, self.pattern(ctx.pipeline));
+        out.push(match self.ensure_stream(&js, ctx.pipeline, false).await {
+            Ok(Stream::ToCreate) => Finding::pass(finding_for(
                 name,
-                format_args!(
-                    "stream {:?} takes {}",
-                    self.stream,
-                    self.pattern(ctx.pipeline)
-                ),
+                format_args!("stream {stream:?} does not exist yet: it is created at start, taking {pattern}"),
             )),
+            Ok(_) => Finding::pass(finding_for(name, format_args!("stream {stream:?} takes {pattern}"))),
             Err(f) => broker::fault_finding(name, &format!("stream {:?}", self.stream), &f),
         });
         out
@@ -505,7 +522,7 @@ impl SinkSpec for NatsConfig {
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
             .build(client);
-        self.ensure_stream(&js, ctx.pipeline).await?;
+        self.ensure_stream(&js, ctx.pipeline, true).await?;
         let encoder = Encoder::new(EncoderSettings {
             pipeline: ctx.pipeline,
             route,

@@ -123,8 +123,8 @@ pub struct SinkField {
     pub required: bool,
     /// Write-only: sealed at rest, `<redacted>` in every answer.
     pub secret: bool,
-    /// The value taken when it is not given, where the schema says.
-    #[schema(value_type = Option<Object>)]
+    /// The value taken when it is not given, where the schema says (any JSON value:
+    /// a number, a text, a list...).
     pub default: Option<Value>,
     /// The values it may take, for a setting with a fixed set.
     pub choices: Option<Vec<String>>,

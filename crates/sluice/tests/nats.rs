@@ -266,7 +266,7 @@ fn what_can_never_work_is_refused_with_its_fix() {
     pg.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text);")
         .unwrap();
     let locked = NatsServer::builder()
-        .user("sluice", "right")
+        .user("sluice", "c0rrect-h0rse")
         .start()
         .unwrap();
     let tls = NatsServer::builder().tls().start().unwrap();
@@ -277,7 +277,7 @@ fn what_can_never_work_is_refused_with_its_fix() {
         &locked.url(),
         "S",
         "s.{table}",
-        "user = \"sluice\"\npassword = \"wrong\"",
+        "user = \"sluice\"\npassword = \"n0t-the-passw0rd\"",
     ));
     p.add_config(&nats_sink("untrusted", &tls.url(), "S", "s.{table}", ""));
     p.add_config(&format!(
@@ -290,6 +290,21 @@ fn what_can_never_work_is_refused_with_its_fix() {
         "C",
         "c.{table}.{account_id}",
         "",
+    ));
+    // A stream that exists but takes other subjects.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(plain.url()).await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".into(),
+            subjects: vec!["x.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    p.add_config(&format!(
+        "[[sinks]]\nname = \"elsewhere\"\ntype = \"nats\"\nurl = {:?}\nstream = \"OTHER\"\n",
+        plain.url()
     ));
     let out = p.command("check");
     let text = output_text(&out);
@@ -307,6 +322,11 @@ fn what_can_never_work_is_refused_with_its_fix() {
             r#"column ["account_id"], which table public.t does not have"#,
             "columns every table",
         ),
+        (
+            "elsewhere",
+            r#"takes ["x.>"], not the sink's subjects "sluice.refuse.*.*""#,
+            r#"add "sluice.refuse.*.*" to the stream's subjects"#,
+        ),
     ] {
         let line = text
             .lines()
@@ -320,7 +340,14 @@ fn what_can_never_work_is_refused_with_its_fix() {
             "{sink}: {next}\n{text}"
         );
     }
-    // The same with a CA that signed the server's certificate: accepted.
+    // `sluice check` changes nothing: the stream of a sink with create_stream is made at
+    // start, not by the check.
+    assert!(
+        text.contains(r#"stream "C" does not exist yet: it is created at start"#),
+        "{text}"
+    );
+    // The same with a CA that signed the server's certificate: accepted; a token too.
+    let tokened = NatsServer::builder().token("s3cret-token").start().unwrap();
     let q = Pipeline::new(&pg, "trust", &["public.t"], "");
     q.add_config(&nats_sink(
         "trusted",
@@ -334,10 +361,22 @@ fn what_can_never_work_is_refused_with_its_fix() {
         &locked.url(),
         "S",
         "s.{table}",
-        "user = \"sluice\"\npassword = \"right\"",
+        "user = \"sluice\"\npassword = \"c0rrect-h0rse\"",
+    ));
+    q.add_config(&nats_sink(
+        "token",
+        &tokened.url(),
+        "S",
+        "s.{table}",
+        "token = \"s3cret-token\"",
     ));
     let out = q.command("check");
-    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("s3cret-token") && !text.contains("c0rrect-h0rse"),
+        "a secret in the output: {text}"
+    );
     // A run stops at once on the wrong password, with the fix, and nothing is marked
     // delivered.
     let r = Pipeline::new(&pg, "badrun", &["public.t"], "");
@@ -346,7 +385,7 @@ fn what_can_never_work_is_refused_with_its_fix() {
         &locked.url(),
         "S",
         "s.{table}",
-        "user = \"sluice\"\npassword = \"wrong\"",
+        "user = \"sluice\"\npassword = \"n0t-the-passw0rd\"",
     ));
     let started = std::time::Instant::now();
     let out = r.command("run");
@@ -358,7 +397,7 @@ fn what_can_never_work_is_refused_with_its_fix() {
         "{text}"
     );
     assert!(
-        !text.contains("wrong"),
+        !text.contains("n0t-the-passw0rd"),
         "the password is in the output: {text}"
     );
 }
