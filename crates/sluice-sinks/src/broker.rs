@@ -15,13 +15,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use prost::Message as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_core::{ChangeId, Columns, Fault, Finding, Op};
 use sluice_log::{Record, RecordBatch};
 
-use crate::package::{self, Event, Kinds, Package};
+use crate::package::{self, EventWriter, Kinds};
 use crate::route::Route;
 
 /// How records are put in messages.
@@ -95,6 +94,7 @@ pub struct Encoder {
     /// Kafka needs each record's key; NATS does not.
     keyed: bool,
     kinds: HashMap<String, Kinds>,
+    events: EventWriter,
 }
 
 /// The part of an envelope a JSON message needs beyond the record's head.
@@ -108,9 +108,12 @@ struct KeyOnly<'a> {
 struct Group {
     schema: String,
     table: String,
+    /// `schema.table`, the key of its column kinds.
+    qualified: String,
     route: String,
-    events: Vec<Event>,
-    bytes: usize,
+    /// Its events, written.
+    events: Vec<u8>,
+    records: usize,
     first: ChangeId,
     last: ChangeId,
 }
@@ -140,11 +143,12 @@ impl Encoder {
                 .iter()
                 .map(|(t, cols)| (t.clone(), package::kinds_of(cols)))
                 .collect(),
+            events: EventWriter::default(),
         }
     }
 
     /// The messages for `batch`, in order, appended to `out`.
-    pub fn encode(&self, batch: &RecordBatch, out: &mut Vec<Outgoing>) -> Result<(), Fault> {
+    pub fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Outgoing>) -> Result<(), Fault> {
         match self.encoding {
             Encoding::Json => batch.iter().try_for_each(|r| {
                 let m = self.json_message(&r)?;
@@ -185,7 +189,7 @@ impl Encoder {
         })
     }
 
-    fn packages(&self, batch: &RecordBatch, out: &mut Vec<Outgoing>) -> Result<(), Fault> {
+    fn packages(&mut self, batch: &RecordBatch, out: &mut Vec<Outgoing>) -> Result<(), Fault> {
         let mut groups: Vec<Group> = Vec::new();
         let mut route = String::new();
         for r in batch.iter() {
@@ -196,10 +200,6 @@ impl Encoder {
             };
             self.route
                 .render(&self.pipeline, &r, row.as_ref(), &mut route);
-            let kinds = self.kinds.get(&format!("{}.{}", r.schema, r.table));
-            let event = package::event(&r, kinds)
-                .map_err(|e| Fault::fatal("a record in the log cannot be encoded").caused_by(e))?;
-            let size = event.encoded_len() + 4;
             let at = match groups
                 .iter()
                 .position(|g| g.schema == r.schema && g.table == r.table && g.route == route)
@@ -209,9 +209,10 @@ impl Encoder {
                     groups.push(Group {
                         schema: r.schema.to_owned(),
                         table: r.table.to_owned(),
+                        qualified: format!("{}.{}", r.schema, r.table),
                         route: route.clone(),
                         events: Vec::new(),
-                        bytes: 0,
+                        records: 0,
                         first: r.id,
                         last: r.id,
                     });
@@ -219,17 +220,24 @@ impl Encoder {
                 }
             };
             let g = &mut groups[at];
-            let full = g.events.len() >= self.packing.max_records
-                || (!g.events.is_empty() && g.bytes + size > self.packing.max_bytes);
+            let before = g.events.len();
+            let kinds = self.kinds.get(&g.qualified);
+            self.events
+                .write(&r, kinds, &mut g.events)
+                .map_err(|e| Fault::fatal("a record in the log cannot be encoded").caused_by(e))?;
+            let full = g.records >= self.packing.max_records
+                || (g.records > 0 && g.events.len() > self.packing.max_bytes);
             if full {
+                // The record just written starts the next package.
+                let tail = g.events.split_off(before);
                 out.push(self.seal(g)?);
+                g.events = tail;
             }
-            if g.events.is_empty() {
+            if g.records == 0 {
                 g.first = r.id;
             }
             g.last = r.id;
-            g.bytes += size;
-            g.events.push(event);
+            g.records += 1;
         }
         for g in &mut groups {
             out.push(self.seal(g)?);
@@ -239,15 +247,11 @@ impl Encoder {
 
     /// The message for `g`'s events; `g` is left empty.
     fn seal(&self, g: &mut Group) -> Result<Outgoing, Fault> {
-        let events = std::mem::take(&mut g.events);
-        g.bytes = 0;
-        let records = events.len();
-        let package = Package {
-            pipeline: self.pipeline.clone(),
-            schema: g.schema.clone(),
-            table: g.table.clone(),
-            events,
-        };
+        let records = std::mem::take(&mut g.records);
+        // The head after the events (protobuf fields may come in any order): the events
+        // are not copied.
+        let mut package = std::mem::take(&mut g.events);
+        package::write_head(&mut package, &self.pipeline, &g.schema, &g.table);
         Ok(Outgoing {
             route: g.route.clone(),
             id: format!("{}..{}", g.first, g.last),
@@ -257,7 +261,7 @@ impl Encoder {
             table: g.table.clone(),
             commit_lsn: g.last.commit_lsn.to_string(),
             records,
-            payload: self.compress(package.encode_to_vec())?,
+            payload: self.compress(package)?,
         })
     }
 
@@ -394,7 +398,9 @@ pub fn window(encoding: Encoding, packing: &Packing) -> (usize, Option<crate::Wi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::package::Package;
     use crate::route::Flavor;
+    use prost::Message as _;
 
     /// A batch read back from a real log holding `records`.
     fn batch(records: &[sluice_core::ChangeRecord]) -> ((), RecordBatch) {
@@ -477,7 +483,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_wait: Duration::ZERO,
         };
-        let enc = encoder(Encoding::Package, packing, &columns);
+        let mut enc = encoder(Encoding::Package, packing, &columns);
         let mut out = Vec::new();
         enc.encode(&b, &mut out).unwrap();
         let tables: Vec<(&str, usize)> =
@@ -521,7 +527,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_wait: Duration::ZERO,
         };
-        let enc = encoder(Encoding::Json, packing, &Columns::new());
+        let mut enc = encoder(Encoding::Json, packing, &Columns::new());
         let mut out = Vec::new();
         enc.encode(&b, &mut out).unwrap();
         assert_eq!(out.len(), 1);

@@ -24,6 +24,7 @@
 //!   at once with its fix.
 //! - A sink shed by the log's disk budget stops; the next start re-backfills it.
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
 mod broker;
 pub mod file;
 #[cfg(feature = "kafka")]
@@ -35,6 +36,7 @@ pub mod pull;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod registry;
+#[cfg(any(feature = "nats", feature = "kafka"))]
 mod route;
 mod runner;
 mod secret;
