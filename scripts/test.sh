@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs PostgreSQL, wal2json, Redis and NATS if missing, checks
-# formatting and lints, runs every test against real servers that the tests start
-# themselves, and fuzzes the pgoutput decoder for a bounded time when a nightly toolchain
+# The whole test suite: installs PostgreSQL, wal2json, Redis, NATS (a current build) and a
+# Kafka-protocol broker if missing, checks formatting and lints, runs every test (with
+# every cargo feature: the Kafka sink builds librdkafka) against real servers that the
+# tests start themselves, and fuzzes the pgoutput decoder for a bounded time when a nightly toolchain
 # is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."

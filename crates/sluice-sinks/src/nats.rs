@@ -535,6 +535,7 @@ impl SinkSpec for NatsConfig {
         let (max_records, window) = broker::window(self.encoding, &self.packing());
         Ok(Built::Batches {
             sink: Box::new(NatsSink {
+                name: self.name.clone(),
                 js,
                 encoder,
                 messages: Vec::new(),
@@ -547,6 +548,7 @@ impl SinkSpec for NatsConfig {
 
 /// The running sink.
 struct NatsSink {
+    name: String,
     js: jetstream::Context,
     encoder: Encoder,
     messages: Vec<Outgoing>,
@@ -574,9 +576,16 @@ impl Sink for NatsSink {
                 .map_err(classify_publish)?;
             acks.push(ack);
         }
+        let name = self.name.clone();
         Ok(Box::pin(async move {
+            let mut repeats = 0usize;
             for ack in acks {
-                ack.await.map_err(classify_publish)?;
+                repeats += usize::from(ack.await.map_err(classify_publish)?.duplicate);
+            }
+            if repeats > 0 {
+                // Publishes sent again from the cursor after a restart or a failed batch,
+                // which the stream already held: dropped by their Nats-Msg-Id.
+                tracing::info!(sink = %name, repeats, "nats: the server dropped repeated publishes it already stored");
             }
             Ok(())
         }))
