@@ -3,10 +3,11 @@
 //! turns a batch read from the log into the messages to publish, in order.
 //!
 //! Invariants:
-//! - The messages of a batch are produced in log order per route: a key's records (one
-//!   key renders to one route unless the template names a column the update changes)
-//!   keep their order inside a package and across packages.
-//! - A package never mixes tables: records are grouped by schema, table and route.
+//! - The messages of a batch are produced in log order per table: a key's records keep
+//!   their order inside a package and across packages, also when the route changes
+//!   between them (`{op}`, or a column an update changes): a table has one open package
+//!   at a time, sealed before a record goes to another route.
+//! - A package never mixes tables (nor routes).
 //! - A package is cut before it passes `package_max_records` records or
 //!   `package_max_bytes` bytes (a single record larger than the limit is sent alone).
 //! - Every message says how it is encoded (`Sluice-Encoding`, `Sluice-Compression`) and
@@ -200,11 +201,22 @@ impl Encoder {
             };
             self.route
                 .render(&self.pipeline, &r, row.as_ref(), &mut route);
+            // One open package per table: a record routed elsewhere than its table's open
+            // package (`{op}`, a column) seals it first, so a table's packages leave in
+            // log order and a key's records keep their order across routes.
             let at = match groups
                 .iter()
-                .position(|g| g.schema == r.schema && g.table == r.table && g.route == route)
+                .position(|g| g.schema == r.schema && g.table == r.table)
             {
-                Some(i) => i,
+                Some(i) => {
+                    if groups[i].route != route {
+                        if groups[i].records > 0 {
+                            out.push(self.seal(&mut groups[i])?);
+                        }
+                        groups[i].route.clone_from(&route);
+                    }
+                    i
+                }
                 None => {
                     groups.push(Group {
                         schema: r.schema.to_owned(),
@@ -239,7 +251,7 @@ impl Encoder {
             g.last = r.id;
             g.records += 1;
         }
-        for g in &mut groups {
+        for g in groups.iter_mut().filter(|g| g.records > 0) {
             out.push(self.seal(g)?);
         }
         Ok(())
@@ -516,6 +528,35 @@ mod tests {
         let h = enc.headers(&out[0]);
         assert!(h.contains(&("Sluice-Encoding", "package".into())));
         assert!(h.contains(&("Sluice-Compression", "zstd".into())));
+    }
+
+    #[test]
+    fn a_keys_records_keep_their_order_when_the_route_changes_between_them() {
+        let mut records = vec![rec(10, 0, "a", 1), rec(10, 1, "a", 1), rec(10, 2, "a", 1)];
+        records[1].op = Op::Delete;
+        let (_dir, b) = batch(&records);
+        let packing = Packing {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_wait: Duration::ZERO,
+        };
+        let mut enc = Encoder::new(EncoderSettings {
+            pipeline: "p",
+            route: Route::parse("s.{table}.{op}", Flavor::Nats).unwrap(),
+            encoding: Encoding::Package,
+            compression: Compression::None,
+            packing,
+            keyed: false,
+            columns: &Columns::new(),
+        });
+        let mut out = Vec::new();
+        enc.encode(&b, &mut out).unwrap();
+        let routes: Vec<(&str, usize)> =
+            out.iter().map(|m| (m.route.as_str(), m.records)).collect();
+        assert_eq!(
+            routes,
+            [("s.a.insert", 1), ("s.a.delete", 1), ("s.a.insert", 1)]
+        );
     }
 
     #[test]

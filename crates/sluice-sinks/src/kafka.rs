@@ -114,14 +114,32 @@ const SECRET_OPTIONS: &[&str] = &[
     "ssl.keystore.password",
     "ssl.key.pem",
     "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
 ];
+
+/// Whether a librdkafka setting may hold a secret: the known ones, and any whose name
+/// says so (a new librdkafka may add more).
+fn secret_option(key: &str) -> bool {
+    SECRET_OPTIONS.contains(&key)
+        || ["password", "secret", "passphrase", "private"]
+            .iter()
+            .any(|w| key.contains(w))
+}
 
 /// Settings Sluice decides: they carry its ordering and acknowledgement rules.
 const FIXED_OPTIONS: &[&str] = &[
     "bootstrap.servers",
+    "metadata.broker.list",
     "enable.idempotence",
     "acks",
+    "request.required.acks",
     "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "client.id",
 ];
 
 /// How long a metadata look-up in a check may take.
@@ -142,9 +160,13 @@ impl KafkaConfig {
 
     fn client_config(&self, ctx: &Context<'_>) -> ClientConfig {
         let mut c = ClientConfig::new();
+        // A default the options may change: a few milliseconds to fill a request.
+        c.set("linger.ms", "5");
         for (k, v) in &self.options {
             c.set(k, v);
         }
+        // Sluice's own (validate refuses them in options): ordering and acknowledgement
+        // depend on them.
         c.set("bootstrap.servers", &self.brokers)
             .set(
                 "client.id",
@@ -155,8 +177,7 @@ impl KafkaConfig {
             .set("max.in.flight.requests.per.connection", "5")
             // Unacknowledged after this long: reported as failed, and the batch is
             // produced again from the cursor.
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5");
+            .set("message.timeout.ms", "30000");
         if let Some(p) = &self.sasl_password {
             c.set("sasl.password", p.expose());
         }
@@ -211,6 +232,12 @@ fn classify(sink: &str, e: KafkaError) -> Fault {
             "a topic does not exist",
             format!("create the topic, or set create_topics = true on sink {sink:?}"),
         ),
+        Some(
+            C::InvalidReplicationFactor | C::InvalidPartitions | C::InvalidTopic | C::PolicyViolation,
+        ) => definite(
+            "the brokers refused to create a topic",
+            format!("check sink {sink:?}'s partitions and replication_factor (at most the brokers' count) and its topic template (a name may collide with another once `.` and `_` are alike)"),
+        ),
         Some(C::MessageSizeTooLarge) => definite(
             "a message is larger than the broker takes",
             "raise message.max.bytes on the broker, or lower package_max_bytes or use compression = \"zstd\"".into(),
@@ -244,7 +271,7 @@ impl SinkSpec for KafkaConfig {
             ));
         }
         for k in self.options.keys() {
-            if SECRET_OPTIONS.contains(&k.as_str()) {
+            if secret_option(k) {
                 errs.push(finding_for(name, format_args!("options.{k:?} holds a secret: use sasl_password or ssl_key_password, which are sealed and redacted")));
             }
             if FIXED_OPTIONS.contains(&k.as_str()) {

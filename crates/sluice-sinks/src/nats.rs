@@ -5,12 +5,20 @@
 //! - The cursor moves only over publishes JetStream acknowledged (stored in the stream):
 //!   a batch is acknowledged when every publish of it is, in order (`Sink::start` sends
 //!   them and returns the wait for their acknowledgements).
-//! - `Nats-Msg-Id` is the record's id (a package's first and last id): a publish repeated
-//!   after a crash or an unanswered attempt, within the stream's duplicate window, is
-//!   dropped by the server.
+//! - `Nats-Msg-Id` is `{pipeline}/{sink}/{id}` (the record's id, or a package's first and
+//!   last id): unique across the pipelines and sinks that share a stream, and the same
+//!   when a new process publishes a record again after a crash, so the server drops that
+//!   repeat within the stream's duplicate window. A package published again may be cut
+//!   differently; its events keep their ids.
 //! - Publishes leave in log order on one connection, so the stream stores them in that
-//!   order; after a failure the runner starts again from the cursor, and repeats are
-//!   dropped as above.
+//!   order. After a failed batch within one process (a reconnect can lose a publish
+//!   while later ones are stored), the runner publishes again from the cursor with ids
+//!   marked as a retry (`/r{n}`): the server keeps those copies, so the last copy of every
+//!   key's records is in log order again; deduplicating them against the first attempt
+//!   would leave the lost record after the later ones for good. Consumers drop repeats by
+//!   the record's id (`Sluice-Id`), which increases per key.
+//! - The client's allowance of unacknowledged publishes is above two batches' messages,
+//!   so a batch's publishes never wait on acknowledgements the runner has not asked for.
 //! - A wrong credential, an untrusted server certificate, a missing stream (unless
 //!   `create_stream`) or a stream that does not take the sink's subjects stops the
 //!   pipeline at once with the fix; a server that is down or restarting is waited out.
@@ -339,10 +347,15 @@ impl NatsConfig {
             ..Default::default()
         };
         js.create_stream(config).await.map_err(|e| {
-            Fault::definite(
-                format!("nats: stream {:?} could not be created", self.stream),
-                "check the stream settings (replicas at most the cluster's servers; subjects not taken by another stream) and the user's JetStream permissions",
-            )
+            use jetstream::context::CreateStreamErrorKind as K;
+            let what = format!("nats: stream {:?} could not be created", self.stream);
+            match e.kind() {
+                K::TimedOut | K::JetStreamUnavailable => Fault::transient(what),
+                _ => Fault::definite(
+                    what,
+                    "check the stream settings (replicas at most the cluster's servers; subjects not taken by another stream) and the user's JetStream permissions",
+                ),
+            }
             .caused_by(e)
         })?;
         tracing::info!(sink = %self.name, stream = %self.stream, "nats: stream created");
@@ -416,9 +429,11 @@ fn classify_publish(e: async_nats::jetstream::context::PublishError) -> Fault {
             "raise max_payload on the server, or lower package_max_bytes (packages) or use compression = \"zstd\"",
         )
         .caused_by(e),
-        K::StreamNotFound => Fault::definite(
-            "nats: no stream takes the subject",
-            "the stream was deleted or its subjects changed: restore it, or set create_stream = true",
+        // "No responders": also while a stream's server restarts or elects a leader. The
+        // start checked the stream; a stream deleted since is waited for, with this in
+        // the log.
+        K::StreamNotFound => Fault::transient(
+            "nats: no stream answered for the subject (restarting, or deleted: restore it)",
         )
         .caused_by(e),
         _ => Fault::transient("nats: a publish was not acknowledged").caused_by(e),
@@ -444,6 +459,12 @@ impl SinkSpec for NatsConfig {
                 name,
                 "url is empty: give the server, e.g. nats://127.0.0.1:4222",
             ));
+        }
+        if self.url.contains('@') {
+            errs.push(finding_for(name, "url holds credentials: give them as user and password, or token (sealed at rest, redacted in answers), and the url without them"));
+        }
+        if self.package_max_records > 100_000 {
+            errs.push(finding_for(name, "package_max_records is at most 100000"));
         }
         if self.stream.is_empty() || self.stream.contains(['.', '*', '>', ' ', '\t']) {
             errs.push(finding_for(
@@ -489,12 +510,13 @@ impl SinkSpec for NatsConfig {
             }
         };
         let max_payload = client.server_info().max_payload;
-        if self.encoding == Encoding::Package && self.package_max_bytes >= max_payload {
+        // A package's head and the headers come on top of its events.
+        if self.encoding == Encoding::Package && self.package_max_bytes + 4096 > max_payload {
             out.push(Finding::fail(
                 finding_for(
                     name,
                     format_args!(
-                        "package_max_bytes {} is not below the server's max_payload {max_payload}",
+                        "package_max_bytes {} is not 4 KiB below the server's max_payload {max_payload}",
                         self.package_max_bytes
                     ),
                 ),
@@ -519,8 +541,11 @@ impl SinkSpec for NatsConfig {
             Fault::definite(format!("nats: subject: {e}"), "fix the subject template")
         })?;
         let client = self.connect(ctx).await?;
+        let (max_records, window) = broker::window(self.encoding, &self.packing());
+        // Up to one message per record: two batches in flight, with room to spare.
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(2 * max_records + 1024)
             .build(client);
         self.ensure_stream(&js, ctx.pipeline, true).await?;
         let encoder = Encoder::new(EncoderSettings {
@@ -532,10 +557,11 @@ impl SinkSpec for NatsConfig {
             keyed: false,
             columns: ctx.columns,
         });
-        let (max_records, window) = broker::window(self.encoding, &self.packing());
         Ok(Built::Batches {
             sink: Box::new(NatsSink {
                 name: self.name.clone(),
+                id_prefix: format!("{}/{}/", ctx.pipeline, self.name),
+                retries: Default::default(),
                 js,
                 encoder,
                 messages: Vec::new(),
@@ -549,6 +575,10 @@ impl SinkSpec for NatsConfig {
 /// The running sink.
 struct NatsSink {
     name: String,
+    /// `{pipeline}/{sink}/`, before each `Nats-Msg-Id`.
+    id_prefix: String,
+    /// Failed batches so far in this process: ids published after one carry `/r{n}`.
+    retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
     js: jetstream::Context,
     encoder: Encoder,
     messages: Vec<Outgoing>,
@@ -560,31 +590,50 @@ impl Sink for NatsSink {
     }
 
     async fn start(&mut self, batch: &RecordBatch) -> Result<InFlight, Fault> {
+        use std::sync::atomic::Ordering;
         self.messages.clear();
         self.encoder.encode(batch, &mut self.messages)?;
+        let retry = self.retries.load(Ordering::Relaxed);
         let mut acks = Vec::with_capacity(self.messages.len());
         for m in self.messages.drain(..) {
+            let mut msg_id = String::with_capacity(self.id_prefix.len() + m.id.len() + 8);
+            msg_id.push_str(&self.id_prefix);
+            msg_id.push_str(&m.id);
+            if retry > 0 {
+                msg_id.push_str(&format!("/r{retry}"));
+            }
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", m.id.as_str());
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
             for (name, value) in self.encoder.headers(&m) {
                 headers.insert(name, value.as_ref());
             }
-            let ack = self
+            let sent = self
                 .js
                 .publish_with_headers(m.route, headers, m.payload.into())
-                .await
-                .map_err(classify_publish)?;
-            acks.push(ack);
+                .await;
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    return Err(classify_publish(e));
+                }
+            }
         }
-        let name = self.name.clone();
+        let (name, retries) = (self.name.clone(), self.retries.clone());
         Ok(Box::pin(async move {
             let mut repeats = 0usize;
             for ack in acks {
-                repeats += usize::from(ack.await.map_err(classify_publish)?.duplicate);
+                match ack.await {
+                    Ok(a) => repeats += usize::from(a.duplicate),
+                    Err(e) => {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        return Err(classify_publish(e));
+                    }
+                }
             }
             if repeats > 0 {
-                // Publishes sent again from the cursor after a restart or a failed batch,
-                // which the stream already held: dropped by their Nats-Msg-Id.
+                // Publishes sent again by a new process from the cursor, which the stream
+                // already held: dropped by their Nats-Msg-Id.
                 tracing::info!(sink = %name, repeats, "nats: the server dropped repeated publishes it already stored");
             }
             Ok(())

@@ -445,7 +445,8 @@ pub fn timestamp_micros(s: &str) -> Option<i64> {
         })
     };
     let year_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    if year_len < 4 {
+    // PostgreSQL's years have at most 6 digits; more could overflow below.
+    if !(4..=6).contains(&year_len) {
         return None;
     }
     let year = num(0, year_len)?;

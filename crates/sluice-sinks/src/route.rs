@@ -8,7 +8,7 @@
 //!   broker does not allow in a name become `_` (a NATS subject's `.`, `*`, `>` and
 //!   spaces; anything outside `[A-Za-z0-9._-]` in a Kafka topic), so a value can neither
 //!   add a token to a subject nor make a publish fail. An empty value or a column the
-//!   record does not have renders as `_`.
+//!   record does not have renders as `_`; a value longer than 128 characters is cut there.
 //! - One record renders to one route, whatever else is in its batch.
 
 use serde_json::Value as Json;
@@ -176,12 +176,19 @@ impl Route {
                 }
             }
         }
-        if self.flavor == Flavor::Kafka && out.len() > 249 {
-            let mut cut = 249;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
+        if self.flavor == Flavor::Kafka {
+            if out.len() > 249 {
+                let mut cut = 249;
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
             }
-            out.truncate(cut);
+            // Names Kafka refuses.
+            if out == "." || out == ".." {
+                out.clear();
+                out.push('_');
+            }
         }
     }
 }
@@ -204,12 +211,16 @@ fn sanitize(v: &str, flavor: Flavor) -> String {
     s
 }
 
+/// Characters of one value at most: a subject has to fit the server's control line
+/// (4 KiB), a topic 249 characters.
+const MAX_VALUE_CHARS: usize = 128;
+
 fn push_value(out: &mut String, v: &str, flavor: Flavor) {
     if v.is_empty() {
         out.push('_');
         return;
     }
-    out.extend(v.chars().map(|c| {
+    out.extend(v.chars().take(MAX_VALUE_CHARS).map(|c| {
         let ok = match flavor {
             Flavor::Nats => !(matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control()),
             Flavor::Kafka => kafka_char(c),
