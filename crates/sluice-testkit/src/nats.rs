@@ -32,8 +32,13 @@ use crate::daemon::{tools_venv, Daemon, Spec};
 #[derive(Debug, Clone)]
 enum Auth {
     None,
-    User { user: String, password: String },
+    User {
+        user: String,
+        password: String,
+    },
     Token(String),
+    /// An NKey user's public key (`U...`).
+    Nkey(String),
 }
 
 /// Options of a [`NatsServer`], from [`NatsServer::builder`].
@@ -58,6 +63,13 @@ impl NatsServerBuilder {
     /// Replaces a [`NatsServerBuilder::user`].
     pub fn token(mut self, token: &str) -> Self {
         self.auth = Auth::Token(token.to_owned());
+        self
+    }
+
+    /// Clients must sign the server's nonce with the NKey whose public key (`U...`) this
+    /// is. Replaces a user or a token.
+    pub fn nkey(mut self, public_key: &str) -> Self {
+        self.auth = Auth::Nkey(public_key.to_owned());
         self
     }
 
@@ -98,6 +110,7 @@ impl Nats {
                 conf["authorization"] = json!({ "user": user, "password": password });
             }
             Auth::Token(token) => conf["authorization"] = json!({ "token": token }),
+            Auth::Nkey(key) => conf["authorization"] = json!({ "users": [{ "nkey": key }] }),
         }
         if let Some(c) = &self.certs {
             conf["tls"] = json!({ "cert_file": c.cert, "key_file": c.key, "timeout": 5 });

@@ -387,6 +387,12 @@ fn what_can_never_work_is_refused_with_its_fix() {
     );
     // The same with a CA that signed the server's certificate: accepted; a token too.
     let tokened = NatsServer::builder().token("s3cret-token").start().unwrap();
+    let user_key = nkeys::KeyPair::new_user();
+    let seed = user_key.seed().unwrap();
+    let nkeyed = NatsServer::builder()
+        .nkey(&user_key.public_key())
+        .start()
+        .unwrap();
     let q = Pipeline::new(&pg, "trust", &["public.t"], "");
     q.add_config(&nats_sink(
         "trusted",
@@ -409,9 +415,41 @@ fn what_can_never_work_is_refused_with_its_fix() {
         "s.{table}",
         "token = \"s3cret-token\"",
     ));
+    q.add_config(&nats_sink(
+        "nkey",
+        &nkeyed.url(),
+        "S",
+        "s.{table}",
+        &format!("nkey_seed = {seed:?}"),
+    ));
+    // The same server refuses another key.
+    q.add_config(&nats_sink(
+        "otherkey",
+        &nkeyed.url(),
+        "S",
+        "s.{table}",
+        &format!(
+            "nkey_seed = {:?}",
+            nkeys::KeyPair::new_user().seed().unwrap()
+        ),
+    ));
     let out = q.command("check");
     let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("FAIL")
+            && l.contains(r#"sink "otherkey""#)
+            && l.contains("refused the credentials")),
+        "{text}"
+    );
+    for sink in ["trusted", "goodpw", "token", "nkey"] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains(&format!("sink {sink:?}"))),
+            "{sink}: {text}"
+        );
+    }
+    assert!(!text.contains(&seed), "the seed is in the output: {text}");
     assert!(
         !text.contains("s3cret-token") && !text.contains("c0rrect-h0rse"),
         "a secret in the output: {text}"
