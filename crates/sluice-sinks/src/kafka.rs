@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -187,31 +188,78 @@ impl KafkaConfig {
         c
     }
 
-    fn producer(&self, ctx: &Context<'_>) -> Result<FutureProducer, Fault> {
-        self.client_config(ctx).create().map_err(|e| {
-            Fault::definite(
-                "kafka: the client cannot be created from the settings",
-                format!(
-                    "check sink {:?}'s options (librdkafka's names and values)",
-                    self.name
-                ),
-            )
-            .caused_by(e)
-        })
+    fn producer(&self, ctx: &Context<'_>, observer: &Observer) -> Result<KafkaProducer, Fault> {
+        self.client_config(ctx)
+            .create_with_context(observer.clone())
+            .map_err(|e| {
+                Fault::definite(
+                    "kafka: the client cannot be created from the settings",
+                    format!(
+                        "check sink {:?}'s options (librdkafka's names and values)",
+                        self.name
+                    ),
+                )
+                .caused_by(e)
+            })
     }
 
-    /// The brokers answer a metadata request (reachable, authenticated).
+    /// The brokers answer a metadata request (reachable, authenticated). librdkafka
+    /// reports a refused login beside the request (which only times out): the
+    /// observer's record of it makes the failure definite.
     async fn probe(&self, ctx: &Context<'_>) -> Result<usize, Fault> {
-        let producer = self.producer(ctx)?;
-        tokio::task::spawn_blocking(move || {
+        let observer = Observer::default();
+        let producer = self.producer(ctx, &observer)?;
+        let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, CHECK_TIMEOUT)
                 .map(|m| m.brokers().len())
         })
         .await
-        .map_err(|e| Fault::fatal("kafka: the metadata request was lost").caused_by(e))?
-        .map_err(|e| classify(&self.name, e))
+        .map_err(|e| Fault::fatal("kafka: the metadata request was lost").caused_by(e))?;
+        match (answer, observer.refused(&self.name)) {
+            (_, Some(refused)) => Err(refused),
+            (Ok(n), None) => Ok(n),
+            (Err(e), None) => Err(classify(&self.name, e)),
+        }
+    }
+}
+
+/// The producer's client: librdkafka with an [`Observer`].
+type KafkaProducer = FutureProducer<Observer>;
+
+/// Watches librdkafka's errors for a refused login, which it reports on its own
+/// thread rather than with the request that fails.
+#[derive(Clone, Default)]
+struct Observer {
+    refused: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Observer {
+    /// The refused login, as a definite fault, if the brokers refused one.
+    fn refused(&self, sink: &str) -> Option<Fault> {
+        let reason = self.refused.lock().ok()?.clone()?;
+        Some(Fault::definite(
+            format!("kafka: the brokers refused the credentials ({reason})"),
+            format!("check sink {sink:?}'s sasl settings (options) and sasl_password"),
+        ))
+    }
+}
+
+impl ClientContext for Observer {
+    fn error(&self, error: KafkaError, reason: &str) {
+        use RDKafkaErrorCode as C;
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(C::Authentication | C::SaslAuthenticationFailed)
+        ) {
+            if let Ok(mut r) = self.refused.lock() {
+                // librdkafka's reason names the mechanism and the broker's answer, never
+                // the password.
+                *r = Some(reason.to_owned());
+            }
+        }
+        tracing::warn!(error = %error, reason, "kafka: client error");
     }
 }
 
@@ -303,7 +351,8 @@ impl SinkSpec for KafkaConfig {
         let route = self
             .route()
             .map_err(|e| Fault::definite(format!("kafka: topic: {e}"), "fix the topic template"))?;
-        let producer = self.producer(ctx)?;
+        let observer = Observer::default();
+        let producer = self.producer(ctx, &observer)?;
         let admin = if self.create_topics {
             let admin: AdminClient<DefaultClientContext> = self
                 .client_config(ctx)
@@ -327,6 +376,7 @@ impl SinkSpec for KafkaConfig {
             sink: Box::new(KafkaSink {
                 name: self.name.clone(),
                 config: self.client_config(ctx),
+                observer,
                 producer,
                 encoder,
                 admin,
@@ -355,7 +405,8 @@ struct KafkaSink {
     name: String,
     /// The producer's settings, to replace it after a fatal error.
     config: ClientConfig,
-    producer: FutureProducer,
+    observer: Observer,
+    producer: KafkaProducer,
     encoder: Encoder,
     admin: Option<AdminClient<DefaultClientContext>>,
     topics: TopicSpec,
@@ -444,7 +495,13 @@ impl Sink for KafkaSink {
             // An idempotent producer that lost its sequence cannot go on: a new one
             // starts over from the cursor (the runner rewound it).
             tracing::warn!(sink = %self.name, code = ?code, reason = %reason, "kafka: the producer failed; starting a new one");
-            self.producer = self.config.create().map_err(|e| classify(&self.name, e))?;
+            self.producer = self
+                .config
+                .create_with_context(self.observer.clone())
+                .map_err(|e| classify(&self.name, e))?;
+        }
+        if let Some(refused) = self.observer.refused(&self.name) {
+            return Err(refused);
         }
         self.messages.clear();
         self.encoder.encode(batch, &mut self.messages)?;

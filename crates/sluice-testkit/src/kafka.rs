@@ -33,8 +33,10 @@ fn venv_tansu(venv: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `tansu broker` with memory storage.
-struct Tansu;
+/// `tansu broker` with memory storage; `authenticated`: SASL required of every client.
+struct Tansu {
+    authenticated: bool,
+}
 
 impl Spec for Tansu {
     fn name(&self) -> &'static str {
@@ -53,6 +55,9 @@ impl Spec for Tansu {
         cmd.args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"]);
+        if self.authenticated {
+            cmd.arg("--authentication");
+        }
         Ok(cmd)
     }
 
@@ -99,7 +104,20 @@ pub struct KafkaServer(Daemon<Tansu>);
 
 impl KafkaServer {
     pub fn start() -> Result<KafkaServer> {
-        Daemon::start(Tansu).map(KafkaServer)
+        Daemon::start(Tansu {
+            authenticated: false,
+        })
+        .map(KafkaServer)
+    }
+
+    /// A broker that requires SASL of every client and knows no user (tansu 0.6.0 cannot
+    /// add one to a broker that requires it): every login is refused, as a wrong
+    /// password is.
+    pub fn start_refusing_logins() -> Result<KafkaServer> {
+        Daemon::start(Tansu {
+            authenticated: true,
+        })
+        .map(KafkaServer)
     }
 
     pub fn port(&self) -> u16 {

@@ -217,3 +217,42 @@ fn one_keys_records_keep_their_order_in_a_partition_and_a_kill9_loses_nothing() 
     assert_eq!(in_packages, delivered);
     p.stop();
 }
+
+#[test]
+fn a_refused_login_stops_the_sink_at_once_with_its_fix() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text);")
+        .unwrap();
+    let kafka = KafkaServer::start_refusing_logins().unwrap();
+    let p = Pipeline::new(&pg, "kauth", &["public.t"], "");
+    p.add_config(&kafka_sink(
+        "k",
+        &kafka.bootstrap(),
+        "k.{table}",
+        "sasl_password = \"n0t-the-passw0rd\"\n\
+         options = { \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanisms\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"alice\" }",
+    ));
+    let out = p.command("check");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("FAIL") && l.contains("refused the credentials"))
+        .unwrap_or_else(|| panic!("no refusal:\n{text}"));
+    let fix = text.lines().nth(line + 1).unwrap_or_default();
+    assert!(
+        fix.contains("fix:") && fix.contains("sasl_password"),
+        "{text}"
+    );
+    // A run refuses to start the same way, and says so without the password.
+    let started = Instant::now();
+    let out = p.command("run");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(
+        !text.contains("n0t-the-passw0rd"),
+        "the password is in the output: {text}"
+    );
+}
