@@ -73,6 +73,7 @@ pub struct Outgoing {
     pub id: String,
     /// A Kafka message key: the record's key (its JSON), or `schema.table` for a package,
     /// so one key's messages share a partition.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub key: Vec<u8>,
     /// The record's op (`None` for a package).
     pub op: Option<Op>,
