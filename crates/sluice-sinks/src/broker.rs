@@ -162,7 +162,7 @@ impl Encoder {
     }
 
     fn json_message(&self, r: &Record<'_>) -> Result<Outgoing, Fault> {
-        let row = if self.route.needs_row() {
+        let row: Option<serde_json::Value> = if self.route.needs_row() {
             Some(serde_json::from_slice(r.json).map_err(|e| unreadable(r, e))?)
         } else {
             None
@@ -170,13 +170,21 @@ impl Encoder {
         let mut route = String::new();
         self.route
             .render(&self.pipeline, r, row.as_ref(), &mut route);
-        let key = if self.keyed {
-            let k: KeyOnly<'_> = serde_json::from_slice(r.json).map_err(|e| unreadable(r, e))?;
-            k.key
-                .map(|k| k.get().as_bytes().to_vec())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
+        // The key from the envelope already read for the route, else from a read of the
+        // key alone (no second full parse of a record).
+        let key = match (&row, self.keyed) {
+            (_, false) => Vec::new(),
+            (Some(row), true) => match &row["key"] {
+                serde_json::Value::Null => Vec::new(),
+                k => serde_json::to_vec(k).map_err(|e| unreadable(r, e))?,
+            },
+            (None, true) => {
+                let k: KeyOnly<'_> =
+                    serde_json::from_slice(r.json).map_err(|e| unreadable(r, e))?;
+                k.key
+                    .map(|k| k.get().as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
         };
         Ok(Outgoing {
             route,
@@ -578,5 +586,21 @@ mod tests {
         let json = zstd::bulk::decompress(&out[0].payload, 1 << 20).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["after"]["amount"], "1.50");
+        // A route that reads the row takes the key from that same read: the same bytes.
+        let mut by_column = Encoder::new(EncoderSettings {
+            pipeline: "p",
+            route: Route::parse("s.{id}", Flavor::Kafka).unwrap(),
+            encoding: Encoding::Json,
+            compression: Compression::None,
+            packing,
+            keyed: true,
+            columns: &Columns::new(),
+        });
+        let mut again = Vec::new();
+        by_column.encode(&b, &mut again).unwrap();
+        assert_eq!(
+            (again[0].route.as_str(), &again[0].key),
+            ("s.1", &out[0].key)
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sluice_core::time::parse_rfc3339_micros;
 use sluice_core::{ColumnInfo, Op, ValueKind};
 use sluice_log::Record;
 
@@ -252,7 +253,7 @@ fn typed(raw: &str, kind: Option<ValueKind>) -> Typed<'_> {
                         Err(_) => Typed::Text(s),
                     }
                 }
-                Some(K::Timestamp) => timestamp_micros(&s)
+                Some(K::Timestamp) => parse_rfc3339_micros(&s)
                     .map(Typed::Timestamp)
                     .unwrap_or(Typed::Text(s)),
                 Some(K::Json) => Typed::Json(raw),
@@ -432,114 +433,9 @@ impl EventWriter {
     }
 }
 
-/// Microseconds since the Unix epoch of an RFC 3339 timestamp as the record's values
-/// have them (`2026-11-22T01:02:03.456789`, then `Z`, an offset such as `+05:30`, or
-/// nothing for a timestamp without time zone, taken as UTC). `None` for anything else.
-pub fn timestamp_micros(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let d = b.get(from..from + len)?;
-        d.iter().all(u8::is_ascii_digit).then(|| {
-            d.iter()
-                .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'))
-        })
-    };
-    let year_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    // PostgreSQL's years have at most 6 digits; more could overflow below.
-    if !(4..=6).contains(&year_len) {
-        return None;
-    }
-    let year = num(0, year_len)?;
-    let t = year_len;
-    if b.get(t) != Some(&b'-') || b.get(t + 3) != Some(&b'-') || b.get(t + 6) != Some(&b'T') {
-        return None;
-    }
-    let (month, day) = (num(t + 1, 2)?, num(t + 4, 2)?);
-    let h = t + 7;
-    if b.get(h + 2) != Some(&b':') || b.get(h + 5) != Some(&b':') {
-        return None;
-    }
-    let (hour, min, sec) = (num(h, 2)?, num(h + 3, 2)?, num(h + 6, 2)?);
-    let mut at = h + 8;
-    let mut micros = 0i64;
-    if b.get(at) == Some(&b'.') {
-        let digits = b[at + 1..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        if digits == 0 || digits > 6 {
-            return None;
-        }
-        micros = num(at + 1, digits)? * 10i64.pow(6 - digits as u32);
-        at += 1 + digits;
-    }
-    let offset_secs = match b.get(at) {
-        None => 0,
-        Some(b'Z') if at + 1 == b.len() => 0,
-        Some(&sign @ (b'+' | b'-')) => {
-            let rest = &s[at + 1..];
-            let (oh, om, os) = match rest.len() {
-                2 => (num(at + 1, 2)?, 0, 0),
-                5 => (num(at + 1, 2)?, num(at + 4, 2)?, 0),
-                8 => (num(at + 1, 2)?, num(at + 4, 2)?, num(at + 7, 2)?),
-                _ => return None,
-            };
-            let secs = oh * 3600 + om * 60 + os;
-            if sign == b'+' {
-                secs
-            } else {
-                -secs
-            }
-        }
-        _ => return None,
-    };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 24 || min > 59 || sec > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
-    secs.checked_mul(1_000_000)?.checked_add(micros)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_as_the_values_have_them() {
-        assert_eq!(timestamp_micros("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(timestamp_micros("1970-01-01T00:00:01.5"), Some(1_500_000));
-        assert_eq!(
-            timestamp_micros("2026-11-22T01:02:03.456789Z"),
-            Some(1_795_309_323_456_789)
-        );
-        assert_eq!(
-            timestamp_micros("2026-11-22T06:32:03.456789+05:30"),
-            timestamp_micros("2026-11-22T01:02:03.456789Z")
-        );
-        assert_eq!(timestamp_micros("1969-12-31T23:59:59Z"), Some(-1_000_000));
-        for bad in [
-            "infinity",
-            "2026-11-22",
-            "2026-13-01T00:00:00",
-            "x",
-            "",
-            "2026-11-22T01:02:03.1234567",
-        ] {
-            assert_eq!(timestamp_micros(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn values_typed_by_kind_or_by_form() {

@@ -202,7 +202,7 @@ pub fn same_record(decoded: &Value, record: &Value) -> Result<(), String> {
 fn same_value(d: &Value, r: &Value) -> Result<(), String> {
     match (d, r) {
         (Value::Object(dm), Value::String(s)) if dm.contains_key("timestamp_micros") => {
-            let want = sluice_sinks::package::timestamp_micros(s);
+            let want = sluice_core::time::parse_rfc3339_micros(s);
             (dm["timestamp_micros"].as_i64() == want)
                 .then_some(())
                 .ok_or_else(|| format!("timestamp {dm:?} != {s}"))
