@@ -152,6 +152,7 @@ pub async fn verify_sink(
         // Not read here: a routing template's columns are checked when the pipeline
         // is checked or started, against the source's catalog.
         columns: &Default::default(),
+        catalog: None,
         reset: None,
     };
     Ok(sink

@@ -22,7 +22,7 @@ pub mod time;
 
 pub use backoff::{Backoff, Retrying};
 pub use check::Finding;
-pub use columns::{ColumnInfo, Columns, ValueKind};
+pub use columns::{key_columns, Catalog, ColumnInfo, Columns, ValueKind};
 pub use error::{BoxError, Classify, ErrorClass, Fault};
 pub use framing::{Framing, RecordHead};
 pub use lsn::{ChangeId, Lsn, ParseError};

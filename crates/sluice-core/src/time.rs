@@ -144,6 +144,31 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
+/// Days since 1970-01-01 of a date as the record's values have it (`2026-11-22`, a year of
+/// 4 to 6 digits); `None` for anything else (`infinity`, a BC date).
+pub fn parse_date_days(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let year_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(4..=6).contains(&year_len) || b.len() != year_len + 6 {
+        return None;
+    }
+    let num = |d: &[u8]| -> Option<i64> {
+        d.iter().all(u8::is_ascii_digit).then(|| {
+            d.iter()
+                .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let t = year_len;
+    if b[t] != b'-' || b[t + 3] != b'-' {
+        return None;
+    }
+    let (year, month, day) = (num(&b[..t])?, num(&b[t + 1..t + 3])?, num(&b[t + 4..])?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day))
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -188,6 +213,16 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_micros(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn dates_parse_as_the_values_have_them() {
+        assert_eq!(parse_date_days("1970-01-01"), Some(0));
+        assert_eq!(parse_date_days("2000-03-01"), Some(11_017));
+        assert_eq!(parse_date_days("1969-12-31"), Some(-1));
+        assert_eq!(parse_date_days("infinity"), None);
+        assert_eq!(parse_date_days("0044-03-15 BC"), None);
+        assert_eq!(parse_date_days("2026-13-01"), None);
     }
 
     #[test]

@@ -722,10 +722,19 @@ pub async fn columns(
         return Ok(out);
     }
     let wanted: BTreeSet<&str> = tables.iter().map(String::as_str).collect();
+    // A domain is read as its base type (with the base's modifier); the key position
+    // comes from the primary key's index.
     let rows = conn
         .query(
             "SELECT n.nspname || '.' || c.relname, a.attname, \
-             (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8 \
+             (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8, \
+             CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) \
+                  ELSE format_type(a.atttypid, a.atttypmod) END, \
+             (SELECT b.typtype = 'e' FROM pg_type b WHERE b.oid = \
+                (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)), \
+             a.attnotnull, \
+             (SELECT array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 FROM pg_index i \
+                WHERE i.indrelid = c.oid AND i.indisprimary) \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid \
              WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
@@ -734,19 +743,21 @@ pub async fn columns(
         )
         .await?;
     for row in rows {
-        let mut it = row.into_iter();
-        let (Some(Some(table)), Some(Some(name)), Some(Some(oid))) =
-            (it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
+        let mut it = row.into_iter().map(Option::unwrap_or_default);
+        let mut next = || it.next().unwrap_or_default();
+        let (table, name, oid, pg_type, is_enum, not_null, key) =
+            (next(), next(), next(), next(), next(), next(), next());
         if !wanted.contains(table.as_str()) {
             continue;
         }
-        let kind = value_kind(oid.parse().unwrap_or(0));
-        out.entry(table)
-            .or_default()
-            .push(sluice_core::ColumnInfo { name, kind });
+        out.entry(table).or_default().push(sluice_core::ColumnInfo {
+            name,
+            kind: value_kind(oid.parse().unwrap_or(0)),
+            pg_type,
+            is_enum: is_enum == "t",
+            not_null: not_null == "t",
+            key: key.parse().ok(),
+        });
     }
     Ok(out)
 }
@@ -764,5 +775,42 @@ fn value_kind(oid: u32) -> sluice_core::ValueKind {
         Some(TypeKind::Timestamp | TypeKind::TimestampTz) => V::Timestamp,
         Some(TypeKind::Json | TypeKind::Array { .. }) => V::Json,
         _ => V::Text,
+    }
+}
+
+/// Removes the columns `exclude_columns` names: they never reach a sink, so a sink never
+/// creates or expects them.
+pub fn without_excluded(columns: &mut sluice_core::Columns, exclusions: &Exclusions) {
+    for (table, cols) in columns.iter_mut() {
+        if let Some(ex) = exclusions.get(table) {
+            cols.retain(|c| !ex.contains(&c.name));
+        }
+    }
+}
+
+/// The source's catalog for sinks that type columns appearing mid-stream: one short
+/// connection per question (rare: only when a record shows a column a sink does not know).
+pub struct SourceCatalog {
+    pub conninfo: ConnInfo,
+    pub exclusions: Exclusions,
+}
+
+impl sluice_core::Catalog for SourceCatalog {
+    fn columns<'a>(
+        &'a self,
+        tables: &'a [String],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<sluice_core::Columns, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let mut conn = Connection::connect(&self.conninfo, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            let read = columns(&mut conn, tables).await;
+            conn.close().await;
+            let mut out = read.map_err(|e| e.to_string())?;
+            without_excluded(&mut out, &self.exclusions);
+            Ok(out)
+        })
     }
 }

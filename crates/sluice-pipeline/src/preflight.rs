@@ -77,6 +77,7 @@ pub async fn sink_findings(
             pipeline: &config.pipeline.name,
             tables: &tables,
             columns,
+            catalog: None,
             reset: None,
         };
         out.extend(s.check(&ctx).await);
@@ -96,6 +97,7 @@ pub async fn check_all(config: &Config, base_dir: &Path) -> Result<Vec<Finding>,
             captured = tables.iter().map(|t| t.to_string()).collect();
             findings.extend(key_findings(config, &mut conn, &captured).await?);
             columns = catalog::columns(&mut conn, &captured).await?;
+            catalog::without_excluded(&mut columns, &spec.exclusions);
         }
         conn.close().await;
     }

@@ -78,7 +78,8 @@ async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcom
     let (tables, _) = catalog::expand_tables(&mut conn, &config.source.tables).await?;
     let captured: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
     let mut findings = preflight::key_findings(config, &mut conn, &captured).await?;
-    let columns = catalog::columns(&mut conn, &captured).await?;
+    let mut columns = catalog::columns(&mut conn, &captured).await?;
+    catalog::without_excluded(&mut columns, &spec.exclusions);
     findings.extend(preflight::sink_findings(config, base, &captured, &columns).await);
     if blocking(&findings) {
         conn.close().await;
@@ -251,6 +252,10 @@ pub async fn run(
     } = open_log(config, &data_dir)?;
     let output = LogOutput::start(&config.pipeline.name, &log, writer, last_change)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
+    let source_catalog: Arc<dyn sluice_core::Catalog> = Arc::new(catalog::SourceCatalog {
+        conninfo: spec.conninfo.clone(),
+        exclusions: spec.exclusions.clone(),
+    });
     let mut sinks = Sinks::start(
         config,
         &sinks::Start {
@@ -262,6 +267,7 @@ pub async fn run(
             pipeline: &config.pipeline.name,
             captured: &prepared.captured,
             columns: &prepared.columns,
+            catalog: &source_catalog,
             failure: &failure,
             cancel: &cancel,
         },

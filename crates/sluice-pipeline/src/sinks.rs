@@ -41,6 +41,8 @@ pub struct Start<'a> {
     pub captured: &'a [String],
     /// The captured tables' columns (`sluice_pg::catalog::columns`).
     pub columns: &'a sluice_core::Columns,
+    /// The source's catalog, for columns that appear mid-stream.
+    pub catalog: &'a Arc<dyn sluice_core::Catalog>,
     pub failure: &'a FailureSlot,
     pub cancel: &'a CancellationToken,
 }
@@ -376,6 +378,7 @@ fn context<'a>(start: &Start<'a>, tables: &'a [String], reset: Option<Lsn>) -> C
         pipeline: start.pipeline,
         tables,
         columns: start.columns,
+        catalog: Some(start.catalog),
         reset,
     }
 }

@@ -488,14 +488,17 @@ mod tests {
                 sluice_core::ColumnInfo {
                     name: "id".into(),
                     kind: sluice_core::ValueKind::Int,
+                    ..Default::default()
                 },
                 sluice_core::ColumnInfo {
                     name: "amount".into(),
                     kind: sluice_core::ValueKind::Decimal,
+                    ..Default::default()
                 },
                 sluice_core::ColumnInfo {
                     name: "at".into(),
                     kind: sluice_core::ValueKind::Timestamp,
+                    ..Default::default()
                 },
             ],
         );

@@ -495,18 +495,22 @@ mod tests {
             ColumnInfo {
                 name: "id".into(),
                 kind: ValueKind::Int,
+                ..Default::default()
             },
             ColumnInfo {
                 name: "n".into(),
                 kind: ValueKind::Decimal,
+                ..Default::default()
             },
             ColumnInfo {
                 name: "at".into(),
                 kind: ValueKind::Timestamp,
+                ..Default::default()
             },
             ColumnInfo {
                 name: "b".into(),
                 kind: ValueKind::Bytes,
+                ..Default::default()
             },
         ]);
         let mut out = Vec::new();
