@@ -1,0 +1,901 @@
+//! The running ClickHouse sink: rows batched per table into RowBinary inserts, schema
+//! changes applied as they appear in the stream, and a table whose changes cannot be
+//! applied parked while the others go on.
+//!
+//! Invariants:
+//! - A batch is acknowledged only when every row of it is inserted (ClickHouse answered
+//!   the insert) or parked (inserted into `sluice_parked`): nothing is acknowledged that
+//!   ClickHouse does not hold.
+//! - Rows of one table are inserted in log order; a truncate, a schema change or a lookup
+//!   of unchanged TOAST values first inserts the rows before it.
+//! - Each row carries its change's commit LSN as the version; within one transaction the
+//!   later change is inserted later, and ClickHouse keeps the last inserted row of equal
+//!   versions. A replay re-inserts a suffix of the same rows in the same order, so it
+//!   collapses into the same state.
+//! - Once a table is parked, every later change of it is parked too (in log order), so
+//!   the parked changes are always a suffix of the table's history and can be applied
+//!   again, whole, at any start.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sluice_core::{ChangeId, ColumnInfo, Fault, Op};
+use sluice_log::RecordBatch;
+use tracing::{error, info, warn};
+
+use super::http::{ChError, Http};
+use super::rowbinary::{self, Unfit};
+use super::types::{self, ChType, Column, Profile};
+use crate::Sink;
+
+/// Pending rows of one table are sent once they reach this size.
+const FLUSH_BYTES: usize = 32 << 20;
+
+/// What the sink needs to know of its settings and its pipeline.
+pub struct Settings {
+    pub sink: String,
+    pub pipeline: String,
+    /// The database, unquoted.
+    pub db: String,
+    /// The database quoted, e.g. `` `analytics` ``.
+    pub database: String,
+    /// The target name template (`{schema}`, `{table}`).
+    pub table_name: String,
+    /// `schema.table.column` entries stored as `String`.
+    pub as_string: BTreeSet<String>,
+    pub profile: Profile,
+}
+
+/// A change as the sink applies it: from the log or from `sluice_parked`.
+struct Item<'a> {
+    op: Op,
+    schema: &'a str,
+    table: &'a str,
+    id: ChangeId,
+    json: &'a [u8],
+}
+
+/// One target table.
+pub struct Table {
+    /// `` `db`.`name` ``.
+    target: String,
+    /// The columns Sluice writes, in the insert's order.
+    columns: Vec<Column>,
+    index: HashMap<String, usize>,
+    key: Vec<String>,
+    /// Why the table is parked, with the fix.
+    parked: Option<String>,
+    /// RowBinary rows not yet inserted, and how many.
+    pending: Vec<u8>,
+    rows: usize,
+    /// The latest values of columns whose TOASTed value updates in this batch leave
+    /// unchanged, by key (the key columns' RowBinary): read from ClickHouse before the
+    /// batch, then kept current by the batch's own rows.
+    known: HashMap<Vec<u8>, HashMap<String, Vec<u8>>>,
+    /// Those columns.
+    toast_cols: BTreeSet<String>,
+}
+
+impl Table {
+    fn set_columns(&mut self, columns: Vec<Column>) {
+        self.index = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        self.columns = columns;
+    }
+}
+
+/// The envelope's parts a row is made of.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    key: Option<Image<'a>>,
+    #[serde(borrow)]
+    before: Option<Image<'a>>,
+    #[serde(borrow)]
+    after: Option<Image<'a>>,
+    #[serde(borrow, default)]
+    unchanged_toast: Vec<Cow<'a, str>>,
+}
+
+/// A row image's columns in order, values still JSON text.
+struct Image<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Image<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a row as a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Image<'a>, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(entry) = m.next_entry::<Cow<'a, str>, &'a RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Image(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl Image<'_> {
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// Why a row could not be written as it is.
+enum RowError {
+    /// Columns the target does not have yet.
+    NewColumns(Vec<String>),
+    /// A value the column's type cannot hold.
+    Unfit { column: String, unfit: Unfit },
+    /// The table cannot take this change (its reason and fix).
+    Park(String),
+}
+
+/// The sink.
+pub struct ClickHouseSink {
+    pub(super) http: Http,
+    pub(super) settings: Arc<Settings>,
+    pub(super) tables: HashMap<String, Table>,
+    pub(super) catalog: Option<Arc<dyn sluice_core::Catalog>>,
+    /// Columns already reported as stored as text for want of a mapping.
+    pub(super) reported: BTreeSet<String>,
+    /// Changes parked in this batch: (table, id, record).
+    parked: Vec<(String, String, Vec<u8>)>,
+}
+
+impl ClickHouseSink {
+    pub fn new(
+        http: Http,
+        settings: Arc<Settings>,
+        catalog: Option<Arc<dyn sluice_core::Catalog>>,
+    ) -> ClickHouseSink {
+        ClickHouseSink {
+            http,
+            settings,
+            tables: HashMap::new(),
+            catalog,
+            reported: BTreeSet::new(),
+            parked: Vec::new(),
+        }
+    }
+
+    fn fault(&self, e: &ChError) -> Fault {
+        e.fault(&self.settings.sink)
+    }
+
+    /// The target's name of a source table (unquoted).
+    pub fn target_name(&self, source: &str) -> String {
+        let (schema, table) = source.split_once('.').unwrap_or(("public", source));
+        self.settings
+            .table_name
+            .replace("{schema}", schema)
+            .replace("{table}", table)
+    }
+
+    /// The mapped columns of a source table, reporting once each column stored as text for
+    /// want of a mapping.
+    fn map_columns(&mut self, source: &str, cols: &[ColumnInfo]) -> Vec<Column> {
+        cols.iter()
+            .map(|c| {
+                let forced = self.settings.as_string.contains(&format!("{source}.{}", c.name));
+                let m = types::map_column(c, self.settings.profile, forced);
+                if m.fallback && self.reported.insert(format!("{source}.{}", c.name)) {
+                    info!(sink = %self.settings.sink, table = %source, column = %c.name, pg_type = %c.pg_type,
+                        "no ClickHouse type for this PostgreSQL type: stored as its text (String)");
+                }
+                Column {
+                    name: c.name.clone(),
+                    ty: m.ty,
+                }
+            })
+            .collect()
+    }
+
+    /// Creates the target table (or reads and checks the one there) for a source table
+    /// with `cols`.
+    pub async fn open_table(&mut self, source: &str, cols: &[ColumnInfo]) -> Result<(), Fault> {
+        let name = self.target_name(source);
+        let target = format!("{}.{}", self.settings.database, types::quote(&name));
+        let wanted = self.map_columns(source, cols);
+        let key: Vec<String> = sluice_core::key_columns(cols)
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let mut table = Table {
+            target: target.clone(),
+            columns: Vec::new(),
+            index: HashMap::new(),
+            key: key.clone(),
+            parked: None,
+            pending: Vec::new(),
+            rows: 0,
+            known: HashMap::new(),
+            toast_cols: BTreeSet::new(),
+        };
+        if key.is_empty() {
+            table.parked = Some(format!(
+                "{source} has no primary key, which ClickHouse orders its rows by; add one (ALTER TABLE {source} ADD PRIMARY KEY (...)) or leave the table out of the sink"
+            ));
+            table.set_columns(wanted);
+            self.tables.insert(source.to_owned(), table);
+            return Ok(());
+        }
+        let existing = super::schema::read_target(&self.http, &self.settings.db, &name)
+            .await
+            .map_err(|e| self.fault(&e))?;
+        match existing {
+            None => {
+                let sql = types::create_table(&target, &wanted, &key);
+                self.ddl(&sql).await?;
+                table.set_columns(wanted);
+            }
+            Some(there) => match super::schema::reconcile(&there, &wanted, &key) {
+                Ok(plan) => {
+                    for c in &plan.add {
+                        self.add_column(&target, c).await?;
+                    }
+                    for c in &plan.widen {
+                        self.ddl(&types::modify_column(&target, c)).await?;
+                    }
+                    table.set_columns(plan.columns);
+                }
+                Err(reason) => {
+                    table.parked = Some(format!("{source}: {reason}"));
+                    table.set_columns(wanted);
+                }
+            },
+        }
+        self.tables.insert(source.to_owned(), table);
+        Ok(())
+    }
+
+    /// Adds a column; one already there (added before a crash) is accepted.
+    async fn add_column(&self, target: &str, c: &Column) -> Result<(), Fault> {
+        match self.http.query(&types::add_column(target, c)).await {
+            Ok(_) | Err(ChError::Server { code: 15 | 44, .. }) => Ok(()),
+            Err(e) => Err(self.ddl_fault(&e)),
+        }
+    }
+
+    /// A DDL statement: a refusal is definite (it will be refused again).
+    async fn ddl(&self, sql: &str) -> Result<(), Fault> {
+        self.http
+            .query(sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.ddl_fault(&e))
+    }
+
+    fn ddl_fault(&self, e: &ChError) -> Fault {
+        if e.is_table_level() {
+            Fault::definite(
+                format!(
+                    "sink {:?}: ClickHouse refused a statement: {e}",
+                    self.settings.sink
+                ),
+                "check the server's version and the target table; the statement is in the message",
+            )
+        } else {
+            self.fault(e)
+        }
+    }
+
+    /// Applies `items` of one batch in order.
+    async fn apply(&mut self, items: &[Item<'_>]) -> Result<(), Fault> {
+        self.prefetch(items).await?;
+        // Indexes of each table's changes that are pending (for parking a failed insert).
+        let mut pending: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.op == Op::Message {
+                continue;
+            }
+            let source = format!("{}.{}", item.schema, item.table);
+            if !self.tables.contains_key(&source) {
+                let cols = self.catalog_columns(&source).await?;
+                self.open_table(&source, &cols).await?;
+            }
+            if self.tables[&source].parked.is_some() {
+                self.park(&source, item);
+                continue;
+            }
+            if item.op == Op::Truncate {
+                self.flush(&source, items, &mut pending).await?;
+                if self.tables[&source].parked.is_some() {
+                    self.park(&source, item);
+                    continue;
+                }
+                let sql = format!("TRUNCATE TABLE {}", self.tables[&source].target);
+                self.ddl(&sql).await?;
+                if let Some(t) = self.tables.get_mut(&source) {
+                    t.known.clear();
+                }
+                continue;
+            }
+            self.add_row(&source, item, items, &mut pending).await?;
+            pending.entry(source.clone()).or_default().push(i);
+            if self.tables[&source].pending.len() >= FLUSH_BYTES {
+                self.flush(&source, items, &mut pending).await?;
+            }
+        }
+        let sources: Vec<String> = pending.keys().cloned().collect();
+        for source in sources {
+            self.flush(&source, items, &mut pending).await?;
+        }
+        self.store_parked().await
+    }
+
+    /// Encodes one change into its table's pending rows, applying the schema changes it
+    /// shows first (or parking the table when they cannot be applied).
+    async fn add_row(
+        &mut self,
+        source: &str,
+        item: &Item<'_>,
+        items: &[Item<'_>],
+        pending: &mut HashMap<String, Vec<usize>>,
+    ) -> Result<(), Fault> {
+        // Each pass either writes the row or resolves one obstacle; a few are enough
+        // (new columns, a widened type), more means something is stuck.
+        for _ in 0..6 {
+            let table = self.tables.get_mut(source).expect("opened above");
+            let mark = table.pending.len();
+            match encode_change(table, item) {
+                Ok(()) => {
+                    table.rows += usize::from(item.op != Op::Truncate);
+                    return Ok(());
+                }
+                Err(e) => {
+                    table.pending.truncate(mark);
+                    self.flush(source, items, pending).await?;
+                    match e {
+                        RowError::NewColumns(names) => {
+                            self.add_columns(source, &names, item).await?
+                        }
+                        RowError::Unfit { column, unfit } => {
+                            self.retype(source, &column, unfit).await?
+                        }
+                        RowError::Park(reason) => self.stop(source, reason),
+                    }
+                    if self.tables[source].parked.is_some() {
+                        self.park(source, item);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.stop(source, format!("{source}: a change could not be applied after its schema changes were; check the target table"));
+        self.park(source, item);
+        Ok(())
+    }
+
+    /// The source's columns of a table as the catalog lists them now.
+    async fn catalog_columns(&self, source: &str) -> Result<Vec<ColumnInfo>, Fault> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(Vec::new());
+        };
+        let tables = [source.to_owned()];
+        let cols = catalog.columns(&tables).await.map_err(|e| {
+            Fault::transient(format!(
+                "sink {:?}: reading the source's catalog: {e}",
+                self.settings.sink
+            ))
+        })?;
+        Ok(cols.get(source).cloned().unwrap_or_default())
+    }
+
+    /// Adds columns that appeared in the stream, typed from the source's catalog (or, for
+    /// one the catalog no longer lists, from the value).
+    async fn add_columns(
+        &mut self,
+        source: &str,
+        names: &[String],
+        item: &Item<'_>,
+    ) -> Result<(), Fault> {
+        let listed = self.catalog_columns(source).await?;
+        let env: Option<Envelope<'_>> = serde_json::from_slice(item.json).ok();
+        let mut added = Vec::new();
+        for name in names {
+            let ty = match listed.iter().find(|c| &c.name == name) {
+                Some(info) => {
+                    let mut info = info.clone();
+                    // A column added to an existing key is still written as a value.
+                    info.key = None;
+                    self.map_columns(source, std::slice::from_ref(&info))
+                        .remove(0)
+                        .ty
+                }
+                None => {
+                    let value = env
+                        .as_ref()
+                        .and_then(|e| e.after.as_ref())
+                        .and_then(|a| a.get(name));
+                    types::guess_type(value.map_or("null", RawValue::get))
+                }
+            };
+            added.push(Column {
+                name: name.clone(),
+                ty,
+            });
+        }
+        let target = self.tables[source].target.clone();
+        for c in &added {
+            self.add_column(&target, c).await?;
+            info!(sink = %self.settings.sink, table = %source, column = %c.name, ty = %c.ty.sql(), "column added to the ClickHouse table");
+        }
+        let table = self.tables.get_mut(source).expect("opened");
+        let mut cols = table.columns.clone();
+        cols.extend(added);
+        table.set_columns(cols);
+        Ok(())
+    }
+
+    /// A value no longer fits its column: the source's type changed. Widens the column
+    /// when every stored value survives it, else parks the table.
+    async fn retype(&mut self, source: &str, column: &str, unfit: Unfit) -> Result<(), Fault> {
+        let listed = self.catalog_columns(source).await?;
+        let now = listed.iter().find(|c| c.name == column).map(|info| {
+            let mut info = info.clone();
+            info.key = None;
+            (
+                info.pg_type.clone(),
+                self.map_columns(source, &[info]).remove(0).ty,
+            )
+        });
+        let table = &self.tables[source];
+        let old = table.columns[table.index[column]].ty.clone();
+        let is_key = table.key.iter().any(|k| k == column);
+        match now {
+            Some((_, new)) if !is_key && new != old && types::widens(&old, &new) => {
+                let c = Column {
+                    name: column.to_owned(),
+                    ty: new,
+                };
+                self.ddl(&types::modify_column(&table.target.clone(), &c))
+                    .await?;
+                info!(sink = %self.settings.sink, table = %source, column, from = %old.sql(), to = %c.ty.sql(), "ClickHouse column widened");
+                let table = self.tables.get_mut(source).expect("opened");
+                let i = table.index[column];
+                table.columns[i] = c;
+            }
+            now => {
+                let (pg, new) = now.map_or(("unknown".into(), None), |(pg, t)| (pg, Some(t)));
+                let fix = format!(
+                    "change the ClickHouse column to a type that holds the new values (ALTER TABLE {} MODIFY COLUMN {} {}), or drop the ClickHouse table and run `sluice backfill --table {source}`; then restart the pipeline: the changes held meanwhile are applied",
+                    table.target,
+                    types::quote(column),
+                    new.map_or_else(|| "Nullable(String)".into(), |t| t.sql())
+                );
+                self.stop(source, format!(
+                    "{source}.{column}: {unfit} (the column is {} in ClickHouse, {pg} in PostgreSQL, and that cannot be converted in place); {fix}",
+                    old.sql()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads from ClickHouse the current values of the columns this batch's updates leave
+    /// unchanged (TOAST), for the keys whose earlier row is not in the batch, one query
+    /// per table and thousand keys.
+    async fn prefetch(&mut self, items: &[Item<'_>]) -> Result<(), Fault> {
+        let mut wanted: HashMap<String, (BTreeSet<String>, Vec<Vec<String>>)> = HashMap::new();
+        for item in items.iter().filter(|i| i.op == Op::Update) {
+            let Ok(env) = serde_json::from_slice::<Envelope<'_>>(item.json) else {
+                continue;
+            };
+            if env.unchanged_toast.is_empty() {
+                continue;
+            }
+            let source = format!("{}.{}", item.schema, item.table);
+            let Some(table) = self.tables.get(&source) else {
+                continue;
+            };
+            let entry = wanted.entry(source).or_default();
+            entry.0.extend(
+                env.unchanged_toast
+                    .iter()
+                    .filter(|c| table.index.contains_key(c.as_ref()))
+                    .map(|c| c.to_string()),
+            );
+            // The old key (an update that moved it) and the new one: a replay after a crash
+            // may find the old key already deleted and the new row already written.
+            for image in [env.before.as_ref(), env.key.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let lits: Option<Vec<String>> = table
+                    .key
+                    .iter()
+                    .map(|k| image.get(k).map(|v| sql_literal(v.get())))
+                    .collect();
+                entry.1.extend(lits);
+            }
+        }
+        for t in self.tables.values_mut() {
+            t.known.clear();
+            t.toast_cols.clear();
+        }
+        for (source, (cols, mut keys)) in wanted {
+            keys.sort();
+            keys.dedup();
+            let table = self.tables.get_mut(&source).expect("checked above");
+            table.toast_cols = cols;
+            if table.parked.is_some() || table.toast_cols.is_empty() {
+                continue;
+            }
+            let cols: Vec<String> = table.toast_cols.iter().cloned().collect();
+            let names: Vec<&str> = cols.iter().map(String::as_str).collect();
+            let types_of = |names: &[String]| -> Vec<ChType> {
+                names
+                    .iter()
+                    .map(|n| table.columns[table.index[n]].ty.clone())
+                    .collect()
+            };
+            let (key_types, col_types) = (types_of(&table.key), types_of(&cols));
+            for chunk in keys.chunks(1000) {
+                let sql = types::lookup(&table.target, &table.key, &names, chunk);
+                let body = self
+                    .http
+                    .query_private(&sql)
+                    .await
+                    .map_err(|e| e.fault(&self.settings.sink))?;
+                let mut at = 0;
+                while at < body.len() {
+                    let start = at;
+                    for ty in &key_types {
+                        at += rowbinary::value_len(ty, &body[at..])
+                            .ok_or_else(|| Fault::transient("a lookup's answer was cut short"))?;
+                    }
+                    let key = body[start..at].to_vec();
+                    let mut values = HashMap::new();
+                    for (c, ty) in cols.iter().zip(&col_types) {
+                        let len = rowbinary::value_len(ty, &body[at..])
+                            .ok_or_else(|| Fault::transient("a lookup's answer was cut short"))?;
+                        values.insert(c.clone(), body[at..at + len].to_vec());
+                        at += len;
+                    }
+                    table.known.insert(key, values);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks the table: its changes from here on wait in `sluice_parked`.
+    fn stop(&mut self, source: &str, reason: String) {
+        error!(sink = %self.settings.sink, table = %source, reason = %reason,
+            "this table's changes are held back (the other tables go on)");
+        if let Some(t) = self.tables.get_mut(source) {
+            t.parked = Some(reason);
+        }
+    }
+
+    fn park(&mut self, source: &str, item: &Item<'_>) {
+        self.parked
+            .push((source.to_owned(), item.id.to_string(), item.json.to_vec()));
+    }
+
+    /// Inserts a table's pending rows; a refusal of the data parks the table and its
+    /// pending changes.
+    async fn flush(
+        &mut self,
+        source: &str,
+        items: &[Item<'_>],
+        pending: &mut HashMap<String, Vec<usize>>,
+    ) -> Result<(), Fault> {
+        let Some(table) = self.tables.get_mut(source) else {
+            return Ok(());
+        };
+        let waiting = pending.remove(source).unwrap_or_default();
+        if table.rows == 0 {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut table.pending);
+        table.rows = 0;
+        let sql = types::insert(&table.target, &table.columns);
+        match self.http.insert(&sql, rows).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_table_level() => {
+                self.stop(source, format!(
+                    "{source}: ClickHouse refused the rows ({e}); make the ClickHouse table's columns match (see the log for the mapping), then restart the pipeline: the changes held meanwhile are applied"
+                ));
+                for i in waiting {
+                    self.park(source, &items[i]);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_unknown_table() => {
+                // Dropped behind Sluice's back: forget it, so the retry creates it again.
+                self.tables.remove(source);
+                Err(Fault::transient(format!(
+                    "sink {:?}: {source}'s ClickHouse table is gone; creating it again",
+                    self.settings.sink
+                )))
+            }
+            Err(e) => Err(self.fault(&e)),
+        }
+    }
+
+    /// Inserts this batch's parked changes.
+    async fn store_parked(&mut self) -> Result<(), Fault> {
+        if self.parked.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (table, id, record) in &self.parked {
+            for field in [
+                self.settings.pipeline.as_bytes(),
+                self.settings.sink.as_bytes(),
+                table.as_bytes(),
+                id.as_bytes(),
+                record,
+            ] {
+                rowbinary::bytes(field, &mut rows);
+            }
+        }
+        let sql = super::schema::park_insert(&self.settings.database);
+        let res = self.http.insert(&sql, rows).await;
+        self.parked.clear();
+        res.map_err(|e| self.fault(&e))
+    }
+
+    /// Applies the changes parked at earlier runs, table by table, then marks them done.
+    pub async fn resume_parked(&mut self) -> Result<(), Fault> {
+        let db = self.settings.database.clone();
+        let (pipeline, sink) = (self.settings.pipeline.clone(), self.settings.sink.clone());
+        for (source, records) in super::schema::read_parked(&self.http, &db, &pipeline, &sink)
+            .await
+            .map_err(|e| self.fault(&e))?
+        {
+            if self.tables.get(&source).is_some_and(|t| t.parked.is_some()) {
+                error!(sink = %sink, table = %source, held = records.len(), reason = self.tables[&source].parked.as_deref().unwrap_or(""),
+                    "this table's changes are still held back");
+                continue;
+            }
+            let mut items = Vec::with_capacity(records.len());
+            for (id, json) in &records {
+                let Some(item) = parked_item(id, json) else {
+                    continue;
+                };
+                items.push(item);
+            }
+            let last = records.last().map(|(id, _)| id.clone()).unwrap_or_default();
+            self.apply(&items).await?;
+            if self.tables.get(&source).is_some_and(|t| t.parked.is_none()) {
+                super::schema::mark_resumed(&self.http, &db, &pipeline, &sink, &source, &last)
+                    .await
+                    .map_err(|e| self.fault(&e))?;
+                info!(sink = %sink, table = %source, applied = records.len(), "held changes applied; the table goes on");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parked change as an item (its op, names and id are in its envelope).
+fn parked_item<'a>(id: &str, json: &'a [u8]) -> Option<Item<'a>> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        op: &'a str,
+        schema: &'a str,
+        table: &'a str,
+    }
+    let head: Head<'a> = serde_json::from_slice(json).ok()?;
+    Some(Item {
+        op: Op::from_name(head.op)?,
+        schema: head.schema,
+        table: head.table,
+        id: id.parse().ok()?,
+        json,
+    })
+}
+
+/// A key value as a SQL literal: numbers as they are, anything else as a string.
+fn sql_literal(json: &str) -> String {
+    if json.starts_with('"') {
+        let s: String = serde_json::from_str(json).unwrap_or_default();
+        types::literal(&s)
+    } else if json
+        .bytes()
+        .all(|c| c.is_ascii_digit() || b"-+.eE".contains(&c))
+        && !json.is_empty()
+    {
+        json.to_owned()
+    } else {
+        types::literal(json)
+    }
+}
+
+/// Writes a change as one row (two for an update that moved its key) into the table's
+/// pending rows, or says what stands in the way.
+fn encode_change(table: &mut Table, item: &Item<'_>) -> Result<(), RowError> {
+    let env: Envelope<'_> = serde_json::from_slice(item.json)
+        .map_err(|_| RowError::Park("a record in the log is not a change envelope".into()))?;
+    let version = item.id.commit_lsn.0;
+    if let Some(key) = &env.key {
+        let names: Vec<&str> = key.0.iter().map(|(n, _)| n.as_ref()).collect();
+        if names != table.key.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(RowError::Park(format!(
+                "the primary key changed from ({}) to ({}); ClickHouse orders the table by it, so drop the ClickHouse table {} and run `sluice backfill --table {}.{}`, then restart the pipeline",
+                table.key.join(", "), names.join(", "), table.target, item.schema, item.table
+            )));
+        }
+    }
+    let mark = table.pending.len();
+    let res = match item.op {
+        Op::Delete => {
+            let image = env
+                .key
+                .as_ref()
+                .or(env.before.as_ref())
+                .ok_or_else(|| RowError::Park("a delete without its key".into()))?;
+            write_row(table, image, None, &[], version, true)
+        }
+        _ => {
+            let after = env
+                .after
+                .as_ref()
+                .ok_or_else(|| RowError::Park("a change without its row".into()))?;
+            let mut old = None;
+            if item.op == Op::Update {
+                if let Some(before) = &env.before {
+                    let moved = table.key.iter().any(|k| {
+                        before.get(k).map(RawValue::get) != after.get(k).map(RawValue::get)
+                    });
+                    old = Some(before);
+                    if moved {
+                        write_row(table, before, None, &[], version, true)?;
+                    }
+                }
+            }
+            write_row(table, after, old, &env.unchanged_toast, version, false)
+        }
+    };
+    if res.is_err() {
+        table.pending.truncate(mark);
+    }
+    res
+}
+
+/// The RowBinary of `image`'s key columns (the key of [`Table::known`]).
+fn key_bytes(table: &Table, image: &Image<'_>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in &table.key {
+        let ty = &table.columns[*table.index.get(k)?].ty;
+        rowbinary::encode(ty, image.get(k)?.get(), &mut out).ok()?;
+    }
+    Some(out)
+}
+
+/// One RowBinary row: every column of the insert, then the version and the deleted flag.
+/// A column the update left unchanged (TOAST) takes its latest known value (`old`: the
+/// image its key was read from, for an update that moved its key).
+fn write_row(
+    table: &mut Table,
+    image: &Image<'_>,
+    old: Option<&Image<'_>>,
+    unchanged: &[Cow<'_, str>],
+    version: u64,
+    deleted: bool,
+) -> Result<(), RowError> {
+    let mut values: Vec<Option<&RawValue>> = vec![None; table.columns.len()];
+    let mut new = Vec::new();
+    for (pos, (name, value)) in image.0.iter().enumerate() {
+        let i = match table.columns.get(pos) {
+            Some(c) if c.name == *name => pos,
+            _ => match table.index.get(name.as_ref()) {
+                Some(&i) => i,
+                None => {
+                    new.push(name.to_string());
+                    continue;
+                }
+            },
+        };
+        values[i] = Some(value);
+    }
+    if !new.is_empty() {
+        return Err(RowError::NewColumns(new));
+    }
+    let key = key_bytes(table, image);
+    let prior = if unchanged.is_empty() || deleted {
+        None
+    } else {
+        let found = [old.and_then(|o| key_bytes(table, o)), key.clone()]
+            .into_iter()
+            .flatten()
+            .find_map(|k| table.known.get(&k).cloned());
+        if found.is_none() {
+            warn!(table = %table.target, "an update left a TOASTed value unchanged but the row is not in ClickHouse: written as NULL");
+        }
+        Some(found.unwrap_or_default())
+    };
+    let mut remembered = HashMap::new();
+    let out = &mut table.pending;
+    for (col, value) in table.columns.iter().zip(&values) {
+        let start = out.len();
+        match value {
+            Some(v) if !deleted || table.key.contains(&col.name) => {
+                rowbinary::encode(&col.ty, v.get(), out).map_err(|unfit| RowError::Unfit {
+                    column: col.name.clone(),
+                    unfit,
+                })?
+            }
+            _ => match prior.as_ref().and_then(|p| p.get(&col.name)) {
+                Some(bytes) if unchanged.iter().any(|u| *u == col.name) => {
+                    out.extend_from_slice(bytes)
+                }
+                _ => write_default(&col.ty, out).map_err(RowError::Park)?,
+            },
+        }
+        if table.toast_cols.contains(&col.name) {
+            remembered.insert(col.name.clone(), out[start..].to_vec());
+        }
+    }
+    out.extend_from_slice(&version.to_le_bytes());
+    out.push(u8::from(deleted));
+    // A delete keeps its key's known values: an update that moved its key deletes the old
+    // key first and then reads them for the new row.
+    if let (Some(k), false) = (key, deleted || table.toast_cols.is_empty()) {
+        table.known.insert(k, remembered);
+    }
+    Ok(())
+}
+
+/// A column with no value in the change (dropped in the source, or a delete's non-key
+/// column): `NULL`.
+fn write_default(ty: &ChType, out: &mut Vec<u8>) -> Result<(), String> {
+    match ty {
+        ChType::Nullable(_) => {
+            out.push(1);
+            Ok(())
+        }
+        // No NULL array in ClickHouse: an empty one.
+        ChType::Array(_) => {
+            out.push(0);
+            Ok(())
+        }
+        _ => Err("a change lacks a value for a key column".into()),
+    }
+}
+
+impl Sink for ClickHouseSink {
+    async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
+        let items: Vec<Item<'_>> = batch
+            .iter()
+            .map(|r| Item {
+                op: r.op,
+                schema: r.schema,
+                table: r.table,
+                id: r.id,
+                json: r.json,
+            })
+            .collect();
+        let res = self.apply(&items).await;
+        if res.is_err() {
+            // A failed batch starts over from the cursor: nothing of it may linger.
+            self.parked.clear();
+            for t in self.tables.values_mut() {
+                t.pending.clear();
+                t.rows = 0;
+            }
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+#[path = "sink_tests.rs"]
+mod tests;
