@@ -1,8 +1,8 @@
 //! The PostgreSQL frontend/backend protocol, version 3, as far as Sluice needs it: startup
-//! (TLS negotiation, trust/cleartext/md5/SCRAM-SHA-256), the simple query protocol, and
-//! COPY BOTH for replication. Message encoding and the SCRAM exchange come from
-//! `postgres-protocol`; framing is ours so that CopyData frames are handed out as
-//! zero-copy `Bytes`.
+//! (TLS negotiation, trust/cleartext/md5/SCRAM-SHA-256), the simple query protocol,
+//! COPY BOTH for replication, COPY TO STDOUT and COPY FROM STDIN. Message encoding and
+//! the SCRAM exchange come from `postgres-protocol`; framing is ours so that CopyData
+//! frames are handed out as zero-copy `Bytes`.
 //!
 //! Invariants: a `Connection` is always at a message boundary between calls; every frame
 //! length is checked before it is buffered; passwords are never logged.
@@ -22,6 +22,8 @@ use crate::tls::TlsError;
 
 /// Largest frame accepted from a server: PostgreSQL's own limit on a message is 1 GB.
 const MAX_FRAME: usize = 1 << 30;
+/// COPY FROM STDIN: bytes per CopyData message, and queued before they are sent.
+const COPY_IN_CHUNK: usize = 256 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -384,6 +386,48 @@ impl Connection {
                     return match error {
                         Some(e) => Err(e),
                         None => Ok(()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `sql` (a `COPY ... FROM STDIN`) and waits until the server asks for rows;
+    /// send them with [`Connection::write_copy`], then end with
+    /// [`Connection::finish_copy_in`].
+    pub async fn start_copy_in(&mut self, sql: &str) -> Result<(), PgError> {
+        self.start_copy(sql, b'G').await
+    }
+
+    /// During COPY FROM STDIN: queues `data` as CopyData messages, sending whenever a
+    /// good amount is queued (the rest goes with [`Connection::finish_copy_in`]).
+    pub async fn write_copy(&mut self, data: &[u8]) -> Result<(), PgError> {
+        for chunk in data.chunks(COPY_IN_CHUNK) {
+            frontend::CopyData::new(chunk)?.write(&mut self.wbuf);
+            if self.wbuf.len() >= COPY_IN_CHUNK {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends COPY FROM STDIN and returns the command's tag (`COPY n`), or the server's
+    /// error, which may have been raised while rows were still being sent (the server
+    /// then ignores the rest of them). The session is ready again either way.
+    pub async fn finish_copy_in(&mut self) -> Result<String, PgError> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await?;
+        let mut tag = String::new();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::CommandComplete(body) => tag = body.tag()?.to_owned(),
+                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)),
+                backend::Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(tag),
                     }
                 }
                 _ => {}

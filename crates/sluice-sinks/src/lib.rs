@@ -26,12 +26,15 @@
 
 #[cfg(any(feature = "nats", feature = "kafka"))]
 mod broker;
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod package;
+pub mod postgres;
 pub mod pull;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -141,6 +144,9 @@ pub struct Context<'a> {
     pub tables: &'a [String],
     /// Their columns as the source's catalog lists them (empty when it was not read).
     pub columns: &'a sluice_core::Columns,
+    /// The source's catalog as it is now, for a column that appears mid-stream (`None`
+    /// in checks).
+    pub catalog: Option<&'a Arc<dyn sluice_core::Catalog>>,
     /// The disk budget shed this sink: its destination starts over, as if its tables
     /// were truncated at this commit LSN, before the re-backfill arrives.
     pub reset: Option<sluice_core::Lsn>,

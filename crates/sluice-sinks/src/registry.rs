@@ -95,6 +95,9 @@ registry! {
     "nats" => Nats(nats::NatsConfig),
     #[cfg(feature = "kafka")]
     "kafka" => Kafka(kafka::KafkaConfig),
+    "postgres" => Postgres(postgres::PostgresConfig),
+    #[cfg(feature = "clickhouse")]
+    "clickhouse" => ClickHouse(clickhouse::ClickHouseConfig),
 }
 
 /// A sink type as the API and the console see it.
