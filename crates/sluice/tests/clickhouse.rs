@@ -295,12 +295,14 @@ fn columns_added_and_dropped_mid_stream_and_an_unconvertible_change_parks_only_i
     let pg = PgServer::start().unwrap();
     pg.psql(
         "CREATE TABLE a (id int PRIMARY KEY, x int, y text); CREATE TABLE b (id int PRIMARY KEY, v text);
+         CREATE TABLE c (a int, b int, v text, PRIMARY KEY (b, a));
+         INSERT INTO c SELECT g, g % 3, 'c' || g FROM generate_series(1, 10) g;
          INSERT INTO a SELECT g, g, 'y' || g FROM generate_series(1, 100) g;
          INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 100) g;",
     )
     .unwrap();
     let ch = ClickHouseServer::start().unwrap();
-    let mut p = Pipeline::new(&pg, "chs", &["public.a", "public.b"], "");
+    let mut p = Pipeline::new(&pg, "chs", &["public.a", "public.b", "public.c"], "");
     p.add_config(&ch_sink(&ch, ""));
     p.start();
     p.wait_streaming(&pg);
@@ -314,6 +316,15 @@ fn columns_added_and_dropped_mid_stream_and_an_unconvertible_change_parks_only_i
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    // A key declared in another order than the columns: ordered by it, changes applied.
+    pg.psql("UPDATE c SET v = 'changed' WHERE a = 4; DELETE FROM c WHERE a = 5;")
+        .unwrap();
+    wait_until(WAIT, "c's changes", || {
+        let rows = count("SELECT count(), countIf(v = 'changed') FROM default.c FINAL WHERE _sluice_deleted = 0 FORMAT TabSeparatedRaw");
+        (rows == "9\t1").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    assert!(count("SHOW CREATE TABLE default.c FORMAT TabSeparatedRaw").contains("ORDER BY (b, a)"));
 
     // ADD COLUMN: the column appears, typed from the source's catalog; DROP COLUMN: it
     // stays in ClickHouse and reads NULL for new rows.

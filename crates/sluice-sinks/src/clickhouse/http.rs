@@ -36,7 +36,7 @@ pub enum ChError {
 /// Exception codes that mean the request can never succeed as written: the data or the
 /// statement does not fit the table (a table-level stop, not a retry).
 const TABLE_LEVEL: &[u32] = &[
-    6, 15, 16, 26, 27, 32, 33, 36, 38, 41, 43, 44, 47, 50, 53, 62, 69, 70, 72, 117,
+    6, 15, 16, 26, 27, 36, 38, 41, 43, 44, 47, 50, 53, 62, 69, 70, 72, 117,
 ];
 /// Authentication and authorization codes (old and current releases).
 const AUTH: &[u32] = &[192, 193, 194, 497, 516];
@@ -139,9 +139,13 @@ impl Http {
         keep_message: bool,
     ) -> Result<bytes::Bytes, ChError> {
         let mut req = self.client.post(&*self.url).body(body);
-        if let Some(q) = query {
-            req = req.query(&[("query", q)]);
-        }
+        req = match query {
+            // A retried insert must be inserted again: with deduplication (replicated
+            // tables) a retry after a truncate would be dropped as a repeat.
+            Some(q) => req.query(&[("query", q), ("insert_deduplicate", "0")]),
+            // An error found while the answer streams must not arrive as more rows.
+            None => req.query(&[("wait_end_of_query", "1")]),
+        };
         if let Some(u) = &self.user {
             req = req.header("X-ClickHouse-User", u);
         }

@@ -171,6 +171,17 @@ impl SinkSpec for ClickHouseConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             errs.push(finding_for(name, "url must start with http:// or https://"));
         }
+        // Credentials in the URL would reach error messages; they have their own settings.
+        if self
+            .url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+        {
+            errs.push(finding_for(
+                name,
+                "url must not hold credentials: set user and password instead",
+            ));
+        }
         if !self.table_name.contains("{table}") {
             errs.push(finding_for(name, "table_name must contain {table}"));
         }

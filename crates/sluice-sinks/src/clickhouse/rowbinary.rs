@@ -77,7 +77,13 @@ pub fn encode(ty: &ChType, json: &str, out: &mut Vec<u8>) -> Result<(), Unfit> {
         }),
         ChType::Float32 => {
             let f = float(json).ok_or_else(bad)?;
-            out.extend_from_slice(&(f as f32).to_le_bytes())
+            // A float4's text is its shortest form; a wider value (the column became
+            // float8) would be rounded: refused, so the column is widened.
+            let narrow = f as f32;
+            if f.is_finite() && narrow.to_string().parse::<f64>().ok() != Some(f) {
+                return Err(bad());
+            }
+            out.extend_from_slice(&narrow.to_le_bytes())
         }
         ChType::Float64 => out.extend_from_slice(&float(json).ok_or_else(bad)?.to_le_bytes()),
         ChType::Decimal(p, s) => {
@@ -336,6 +342,11 @@ mod tests {
         assert!(enc(&ChType::Int16, "70000").is_err());
         assert!(enc(&ChType::Int64, "\"abc\"").is_err());
         assert_eq!(enc(&ChType::Float64, "\"NaN\"").unwrap().len(), 8);
+        assert_eq!(
+            enc(&ChType::Float32, "0.33333334").unwrap(),
+            (1.0f32 / 3.0).to_le_bytes()
+        );
+        assert!(enc(&ChType::Float32, "0.3333333333333333").is_err());
         assert_eq!(
             enc(&ChType::String(Text::Base64), "\"aGk=\"").unwrap(),
             b"\x02hi"

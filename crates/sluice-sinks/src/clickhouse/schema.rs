@@ -158,15 +158,26 @@ pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Pl
             continue;
         };
         let existing = parse_type(text);
+        let is_key = key.contains(&c.name);
+        // A NULL needs a Nullable column (a key is never NULL).
+        let holds_null = |t: &ChType| is_key || matches!(t, ChType::Nullable(_) | ChType::Array(_));
         let ty = match existing {
             Some(t) if t == c.ty => c.ty.clone(),
+            Some(t) if !holds_null(&t) => {
+                return Err(format!(
+                    "column {} is {text} in ClickHouse, which cannot hold NULL; make it Nullable (ALTER TABLE ... MODIFY COLUMN {} Nullable(...)) or drop the ClickHouse table, then restart",
+                    c.name,
+                    types::quote(&c.name)
+                ))
+            }
             // Text holds anything: the value is written as its text.
             Some(t) if matches!(t.inner(), ChType::String(_)) => match c.ty.inner() {
                 ChType::String(_) => c.ty.clone(),
                 _ => t,
             },
             Some(t) if types::widens(&c.ty, &t) => t,
-            Some(t) if types::widens(&t, &c.ty) => {
+            // ClickHouse cannot change a sorting key column's type.
+            Some(t) if !is_key && types::widens(&t, &c.ty) => {
                 plan.widen.push(c.clone());
                 c.ty.clone()
             }

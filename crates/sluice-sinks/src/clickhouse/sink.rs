@@ -226,76 +226,87 @@ impl ClickHouseSink {
             known: HashMap::new(),
             toast_cols: BTreeSet::new(),
         };
-        if key.is_empty() {
-            table.parked = Some(format!(
+        let reserved = cols
+            .iter()
+            .find(|c| c.name == types::VERSION || c.name == types::DELETED);
+        let refusal = if key.is_empty() {
+            Some(format!(
                 "{source} has no primary key, which ClickHouse orders its rows by; add one (ALTER TABLE {source} ADD PRIMARY KEY (...)) or leave the table out of the sink"
-            ));
+            ))
+        } else if let Some(c) = reserved {
+            Some(format!("{source}.{}: the name is Sluice's own column in ClickHouse; rename the column or leave the table out of the sink", c.name))
+        } else {
+            self.prepare_target(&name, &target, &wanted, &key, &mut table)
+                .await?
+        };
+        if let Some(reason) = refusal {
             table.set_columns(wanted);
             self.tables.insert(source.to_owned(), table);
+            self.stop(source, reason);
             return Ok(());
-        }
-        let existing = super::schema::read_target(&self.http, &self.settings.db, &name)
-            .await
-            .map_err(|e| self.fault(&e))?;
-        match existing {
-            None => {
-                let sql = types::create_table(&target, &wanted, &key);
-                self.ddl(&sql).await?;
-                table.set_columns(wanted);
-            }
-            Some(there) => match super::schema::reconcile(&there, &wanted, &key) {
-                Ok(plan) => {
-                    for c in &plan.add {
-                        self.add_column(&target, c).await?;
-                    }
-                    for c in &plan.widen {
-                        self.ddl(&types::modify_column(&target, c)).await?;
-                    }
-                    table.set_columns(plan.columns);
-                }
-                Err(reason) => {
-                    table.parked = Some(format!("{source}: {reason}"));
-                    table.set_columns(wanted);
-                }
-            },
         }
         self.tables.insert(source.to_owned(), table);
         Ok(())
     }
 
-    /// Adds a column; one already there (added before a crash) is accepted.
-    async fn add_column(&self, target: &str, c: &Column) -> Result<(), Fault> {
-        match self.http.query(&types::add_column(target, c)).await {
-            Ok(_) | Err(ChError::Server { code: 15 | 44, .. }) => Ok(()),
-            Err(e) => Err(self.ddl_fault(&e)),
-        }
-    }
-
-    /// A DDL statement: a refusal is definite (it will be refused again).
-    async fn ddl(&self, sql: &str) -> Result<(), Fault> {
-        self.http
-            .query(sql)
+    /// Creates the target table or brings an existing one in line; `Some(reason)` when
+    /// the table cannot take the source's rows (a refused statement included).
+    async fn prepare_target(
+        &self,
+        name: &str,
+        target: &str,
+        wanted: &[Column],
+        key: &[String],
+        table: &mut Table,
+    ) -> Result<Option<String>, Fault> {
+        let existing = super::schema::read_target(&self.http, &self.settings.db, name)
             .await
-            .map(|_| ())
-            .map_err(|e| self.ddl_fault(&e))
+            .map_err(|e| self.fault(&e))?;
+        let statements: Vec<String> = match existing {
+            None => {
+                table.set_columns(wanted.to_vec());
+                vec![types::create_table(target, wanted, key)]
+            }
+            Some(there) => match super::schema::reconcile(&there, wanted, key) {
+                Ok(plan) => {
+                    table.set_columns(plan.columns);
+                    let adds = plan.add.iter().map(|c| types::add_column(target, c));
+                    adds.chain(plan.widen.iter().map(|c| types::modify_column(target, c)))
+                        .collect()
+                }
+                Err(reason) => return Ok(Some(reason)),
+            },
+        };
+        self.run_ddl(&statements).await
     }
 
-    fn ddl_fault(&self, e: &ChError) -> Fault {
-        if e.is_table_level() {
-            Fault::definite(
-                format!(
-                    "sink {:?}: ClickHouse refused a statement: {e}",
-                    self.settings.sink
-                ),
-                "check the server's version and the target table; the statement is in the message",
-            )
-        } else {
-            self.fault(e)
+    /// Runs DDL statements in order; `Some(reason)` when ClickHouse refuses one (the table
+    /// is then parked by the caller), a fault when the server cannot be reached.
+    async fn run_ddl(&self, statements: &[String]) -> Result<Option<String>, Fault> {
+        for sql in statements {
+            match self.http.query(sql).await {
+                Ok(_) => {}
+                // A column added before a crash is already there.
+                Err(ChError::Server { code: 15 | 44, .. }) if sql.contains(" ADD COLUMN ") => {}
+                Err(e) if e.is_table_level() => {
+                    return Ok(Some(format!("ClickHouse refused `{sql}`: {e}; change the table by hand to match, or drop it (Sluice creates it again) and run `sluice backfill --table`, then restart")))
+                }
+                Err(e) => return Err(self.fault(&e)),
+            }
         }
+        Ok(None)
     }
 
     /// Applies `items` of one batch in order.
     async fn apply(&mut self, items: &[Item<'_>]) -> Result<(), Fault> {
+        // Every table of the batch is open before the TOAST look-ups, which need its columns.
+        for item in items.iter().filter(|i| i.op != Op::Message) {
+            let source = format!("{}.{}", item.schema, item.table);
+            if !self.tables.contains_key(&source) {
+                let cols = self.catalog_columns(&source).await?;
+                self.open_table(&source, &cols).await?;
+            }
+        }
         self.prefetch(items).await?;
         // Indexes of each table's changes that are pending (for parking a failed insert).
         let mut pending: HashMap<String, Vec<usize>> = HashMap::new();
@@ -319,7 +330,11 @@ impl ClickHouseSink {
                     continue;
                 }
                 let sql = format!("TRUNCATE TABLE {}", self.tables[&source].target);
-                self.ddl(&sql).await?;
+                if let Some(reason) = self.run_ddl(&[sql]).await? {
+                    self.stop(&source, format!("{source}: {reason}"));
+                    self.park(&source, item);
+                    continue;
+                }
                 if let Some(t) = self.tables.get_mut(&source) {
                     t.known.clear();
                 }
@@ -422,7 +437,7 @@ impl ClickHouseSink {
                         .as_ref()
                         .and_then(|e| e.after.as_ref())
                         .and_then(|a| a.get(name));
-                    types::guess_type(value.map_or("null", RawValue::get))
+                    types::guess_type(value.map_or("null", RawValue::get), self.settings.profile)
                 }
             };
             added.push(Column {
@@ -432,7 +447,10 @@ impl ClickHouseSink {
         }
         let target = self.tables[source].target.clone();
         for c in &added {
-            self.add_column(&target, c).await?;
+            if let Some(reason) = self.run_ddl(&[types::add_column(&target, c)]).await? {
+                self.stop(source, format!("{source}: {reason}"));
+                return Ok(());
+            }
             info!(sink = %self.settings.sink, table = %source, column = %c.name, ty = %c.ty.sql(), "column added to the ClickHouse table");
         }
         let table = self.tables.get_mut(source).expect("opened");
@@ -463,8 +481,11 @@ impl ClickHouseSink {
                     name: column.to_owned(),
                     ty: new,
                 };
-                self.ddl(&types::modify_column(&table.target.clone(), &c))
-                    .await?;
+                let sql = types::modify_column(&table.target.clone(), &c);
+                if let Some(reason) = self.run_ddl(&[sql]).await? {
+                    self.stop(source, format!("{source}: {reason}"));
+                    return Ok(());
+                }
                 info!(sink = %self.settings.sink, table = %source, column, from = %old.sql(), to = %c.ty.sql(), "ClickHouse column widened");
                 let table = self.tables.get_mut(source).expect("opened");
                 let i = table.index[column];
@@ -547,11 +568,16 @@ impl ClickHouseSink {
             let (key_types, col_types) = (types_of(&table.key), types_of(&cols));
             for chunk in keys.chunks(1000) {
                 let sql = types::lookup(&table.target, &table.key, &names, chunk);
-                let body = self
-                    .http
-                    .query_private(&sql)
-                    .await
-                    .map_err(|e| e.fault(&self.settings.sink))?;
+                let body = match self.http.query_private(&sql).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_table_level() => {
+                        let reason = format!("{source}: ClickHouse refused the look-up of unchanged TOAST values ({e}); the key's type may not take a literal; set REPLICA IDENTITY FULL on the source table (the values then come with the change), then restart");
+                        table.parked = Some(reason.clone());
+                        error!(sink = %self.settings.sink, table = %source, reason = %reason, "this table's changes are held back (the other tables go on)");
+                        break;
+                    }
+                    Err(e) => return Err(e.fault(&self.settings.sink)),
+                };
                 let mut at = 0;
                 while at < body.len() {
                     let start = at;
@@ -618,12 +644,15 @@ impl ClickHouseSink {
                 Ok(())
             }
             Err(e) if e.is_unknown_table() => {
-                // Dropped behind Sluice's back: forget it, so the retry creates it again.
-                self.tables.remove(source);
-                Err(Fault::transient(format!(
-                    "sink {:?}: {source}'s ClickHouse table is gone; creating it again",
-                    self.settings.sink
-                )))
+                // Dropped behind Sluice's back: its earlier rows are gone, so going on
+                // would leave it different from the source.
+                self.stop(source, format!(
+                    "{source}: the ClickHouse table was dropped while Sluice wrote to it; restart the pipeline (it is created again and the held changes applied) and run `sluice backfill --table {source}` for the rows before"
+                ));
+                for i in waiting {
+                    self.park(source, &items[i]);
+                }
+                Ok(())
             }
             Err(e) => Err(self.fault(&e)),
         }
@@ -665,13 +694,28 @@ impl ClickHouseSink {
                     "this table's changes are still held back");
                 continue;
             }
-            let mut items = Vec::with_capacity(records.len());
+            let mut heads = Vec::with_capacity(records.len());
             for (id, json) in &records {
-                let Some(item) = parked_item(id, json) else {
-                    continue;
-                };
-                items.push(item);
+                // A held change that cannot be read is never skipped (it would be marked
+                // done with the rest): the start stops and says where.
+                let head = parked_head(id, json).ok_or_else(|| {
+                    Fault::definite(
+                        format!("sink {sink:?}: a change held for {source} in sluice_parked cannot be read"),
+                        "check the ClickHouse table sluice_parked: its rows must be Sluice's",
+                    )
+                })?;
+                heads.push(head);
             }
+            let items: Vec<Item<'_>> = heads
+                .iter()
+                .map(|h| Item {
+                    op: h.op,
+                    schema: &h.schema,
+                    table: &h.table,
+                    id: h.id,
+                    json: h.json,
+                })
+                .collect();
             let last = records.last().map(|(id, _)| id.clone()).unwrap_or_default();
             self.apply(&items).await?;
             if self.tables.get(&source).is_some_and(|t| t.parked.is_none()) {
@@ -685,17 +729,28 @@ impl ClickHouseSink {
     }
 }
 
-/// A parked change as an item (its op, names and id are in its envelope).
-fn parked_item<'a>(id: &str, json: &'a [u8]) -> Option<Item<'a>> {
+/// A parked change's envelope with its op and names (which may need unescaping).
+struct Parked<'a> {
+    op: Op,
+    schema: Cow<'a, str>,
+    table: Cow<'a, str>,
+    id: ChangeId,
+    json: &'a [u8],
+}
+
+fn parked_head<'a>(id: &str, json: &'a [u8]) -> Option<Parked<'a>> {
     #[derive(Deserialize)]
     struct Head<'a> {
-        op: &'a str,
-        schema: &'a str,
-        table: &'a str,
+        #[serde(borrow)]
+        op: Cow<'a, str>,
+        #[serde(borrow)]
+        schema: Cow<'a, str>,
+        #[serde(borrow)]
+        table: Cow<'a, str>,
     }
     let head: Head<'a> = serde_json::from_slice(json).ok()?;
-    Some(Item {
-        op: Op::from_name(head.op)?,
+    Some(Parked {
+        op: Op::from_name(&head.op)?,
         schema: head.schema,
         table: head.table,
         id: id.parse().ok()?,
@@ -726,8 +781,12 @@ fn encode_change(table: &mut Table, item: &Item<'_>) -> Result<(), RowError> {
         .map_err(|_| RowError::Park("a record in the log is not a change envelope".into()))?;
     let version = item.id.commit_lsn.0;
     if let Some(key) = &env.key {
-        let names: Vec<&str> = key.0.iter().map(|(n, _)| n.as_ref()).collect();
-        if names != table.key.iter().map(String::as_str).collect::<Vec<_>>() {
+        // The record's key comes in column order, the table's in primary-key order.
+        let mut names: Vec<&str> = key.0.iter().map(|(n, _)| n.as_ref()).collect();
+        let mut ours: Vec<&str> = table.key.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        ours.sort_unstable();
+        if names != ours {
             return Err(RowError::Park(format!(
                 "the primary key changed from ({}) to ({}); ClickHouse orders the table by it, so drop the ClickHouse table {} and run `sluice backfill --table {}.{}`, then restart the pipeline",
                 table.key.join(", "), names.join(", "), table.target, item.schema, item.table

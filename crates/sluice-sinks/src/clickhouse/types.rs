@@ -228,10 +228,11 @@ fn numeric(pg: &str, profile: Profile) -> ChType {
 
 /// The type of a column the catalog did not list (added and dropped again before Sluice
 /// asked), from one value's JSON form.
-pub fn guess_type(json: &str) -> ChType {
+pub fn guess_type(json: &str, profile: Profile) -> ChType {
     let t = json.trim_start();
     let ty = match t.as_bytes().first() {
-        Some(b't' | b'f') => ChType::Bool,
+        Some(b't' | b'f') if profile.bool => ChType::Bool,
+        Some(b't' | b'f') => ChType::UInt8,
         Some(b'-' | b'0'..=b'9') if t.parse::<i64>().is_ok() => ChType::Int64,
         Some(b'-' | b'0'..=b'9') => ChType::Float64,
         Some(b'{' | b'[') => ChType::String(Text::Json),
