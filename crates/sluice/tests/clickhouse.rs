@@ -385,7 +385,7 @@ fn columns_added_and_dropped_mid_stream_and_an_unconvertible_change_parks_only_i
 }
 
 #[test]
-fn a_wrong_password_stops_at_once_and_a_table_without_a_key_is_refused() {
+fn a_wrong_password_stops_at_once_tls_takes_its_ca_and_a_table_without_a_key_is_refused() {
     let pg = PgServer::start().unwrap();
     pg.psql("CREATE TABLE k (id int PRIMARY KEY); CREATE TABLE nokey (v int);")
         .unwrap();
@@ -404,6 +404,26 @@ fn a_wrong_password_stops_at_once_and_a_table_without_a_key_is_refused() {
     assert!(text.contains("refused the credentials"), "{text}");
     assert!(text.contains("user and password"), "{text}");
     assert!(!text.contains("wrong-password"), "{text}");
+    // TLS: the server's CA in ca_file is trusted; without it the check says to set it.
+    let tls = ClickHouseServer::builder().tls().start().unwrap();
+    let https = |ca: &str| {
+        format!(
+            "[[sinks]]\nname = \"ch\"\ntype = \"clickhouse\"\nurl = {:?}\n{ca}\n",
+            tls.https_url()
+        )
+    };
+    let t = Pipeline::new(&pg, "cht", &["public.k"], "");
+    t.add_config(&https(&format!("ca_file = {:?}", tls.ca_file())));
+    let out = t.command("check");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ClickHouse 18.16"), "{text}");
+    let u = Pipeline::new(&pg, "chu", &["public.k"], "");
+    u.add_config(&https(""));
+    let out = u.command("check");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("ca_file"), "{text}");
     let q = Pipeline::new(&pg, "chq", &["public.nokey"], "");
     q.add_config(&ch_sink(
         &ch,
