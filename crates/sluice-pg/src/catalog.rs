@@ -712,7 +712,8 @@ pub async fn tables_without_primary_key(
 /// The columns of `tables` (`schema.table`), each with the kind of value its JSON form
 /// holds: what a typed encoding (a sink's packages) and a routing template need to know
 /// of a table before its first record arrives. Domains are taken as their base type;
-/// anything not built in is text.
+/// anything not built in is text. Generated columns are left out: neither the stream nor
+/// a snapshot carries them.
 pub async fn columns(
     conn: &mut Connection,
     tables: &[String],
@@ -737,7 +738,7 @@ pub async fn columns(
                 WHERE i.indrelid = c.oid AND i.indisprimary) \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid \
-             WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              ORDER BY 1, a.attnum",
         )

@@ -123,9 +123,31 @@ impl Column {
     fn stage_expr(&self, staged: &str) -> String {
         match self.conv.native() {
             Some(_) => staged.to_owned(),
-            None => format!("{staged}::{}", self.ty),
+            None => format!("{staged}::{}", without_length(&self.ty)),
         }
     }
+}
+
+/// A type without its length modifier: an explicit cast to `varchar(10)` (or `char(n)`,
+/// `bit(n)`) cuts a longer value silently, where the INSERT's assignment to the column
+/// refuses it, as the streamed path does.
+fn without_length(ty: &str) -> String {
+    let (base, array) = match ty.strip_suffix("[]") {
+        Some(b) => (b, "[]"),
+        None => (ty, ""),
+    };
+    let bare = if base.starts_with("character varying") {
+        "character varying"
+    } else if base.starts_with("character") {
+        "bpchar"
+    } else if base.starts_with("bit varying") {
+        "bit varying"
+    } else if base.starts_with("bit") {
+        "varbit"
+    } else {
+        return ty.to_owned();
+    };
+    format!("{bare}{array}")
 }
 
 /// A target table as the statements need it.
@@ -476,6 +498,17 @@ mod tests {
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lengths_are_left_to_the_column() {
+        assert_eq!(
+            super::without_length("character varying(10)"),
+            "character varying"
+        );
+        assert_eq!(super::without_length("character(3)[]"), "bpchar[]");
+        assert_eq!(super::without_length("bit(4)"), "varbit");
+        assert_eq!(super::without_length("numeric(12,2)"), "numeric(12,2)");
     }
 
     #[test]

@@ -98,7 +98,10 @@ pub(super) async fn unknown_types(
             text_array(types.iter().copied())
         ))
         .await?;
-    Ok(rows.into_iter().filter_map(|mut r| r.remove(0)).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
 }
 
 /// The target type of a source column: its own, or text where the target lacks it (an
