@@ -18,18 +18,20 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_core::{ChangeId, ColumnInfo, Fault, Op};
 use sluice_log::RecordBatch;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::http::{ChError, Http};
 use super::rowbinary::{self, Unfit};
 use super::types::{self, ChType, Column, Profile};
-use crate::Sink;
+use crate::{InFlight, Sink};
 
 /// Pending rows of one table are sent once they reach this size.
 const FLUSH_BYTES: usize = 32 << 20;
@@ -155,6 +157,35 @@ pub struct ClickHouseSink {
     pub(super) reported: BTreeSet<String>,
     /// Changes parked in this batch: (table, id, record).
     parked: Vec<(String, String, Vec<u8>)>,
+    /// The last started batch's inserts: `Some(true)` once done, `Some(false)` if they
+    /// failed. Anything this sink sends to ClickHouse waits for it first ([`Self::gate`]).
+    prev: std::sync::Mutex<Option<Done>>,
+    /// A started batch's insert was refused: the next batches go the synchronous way,
+    /// which parks the table (an insert in flight cannot: its changes are gone by then).
+    degraded: Arc<AtomicBool>,
+}
+
+/// Whether a started batch's inserts are done (`None`: still in flight).
+type Done = watch::Receiver<Option<bool>>;
+
+/// Waits until the batch behind `done` is done: `Err` if its inserts failed.
+async fn wait_done(mut done: Done) -> Result<(), Fault> {
+    loop {
+        match *done.borrow_and_update() {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                return Err(Fault::transient(
+                    "an earlier batch's insert failed: going on from the cursor",
+                ))
+            }
+            None => {}
+        }
+        if done.changed().await.is_err() {
+            return Err(Fault::transient(
+                "an earlier batch's insert ended without an answer",
+            ));
+        }
+    }
 }
 
 impl ClickHouseSink {
@@ -170,11 +201,26 @@ impl ClickHouseSink {
             catalog,
             reported: BTreeSet::new(),
             parked: Vec::new(),
+            prev: std::sync::Mutex::new(None),
+            degraded: Arc::new(AtomicBool::new(false)),
         }
     }
 
     fn fault(&self, e: &ChError) -> Fault {
         e.fault(&self.settings.sink)
+    }
+
+    /// Waits for the batch started before this one to be inserted (see
+    /// [`Sink::start`]): what this batch sends must come after it.
+    async fn gate(&self) -> Result<(), Fault> {
+        let done = self.prev.lock().ok().and_then(|p| p.clone());
+        if let Some(done) = done {
+            wait_done(done).await?;
+            if let Ok(mut p) = self.prev.lock() {
+                *p = None;
+            }
+        }
+        Ok(())
     }
 
     /// The target's name of a source table (unquoted).
@@ -259,6 +305,7 @@ impl ClickHouseSink {
         key: &[String],
         table: &mut Table,
     ) -> Result<Option<String>, Fault> {
+        self.gate().await?;
         let existing = super::schema::read_target(&self.http, &self.settings.db, name)
             .await
             .map_err(|e| self.fault(&e))?;
@@ -283,6 +330,7 @@ impl ClickHouseSink {
     /// Runs DDL statements in order; `Some(reason)` when ClickHouse refuses one (the table
     /// is then parked by the caller), a fault when the server cannot be reached.
     async fn run_ddl(&self, statements: &[String]) -> Result<Option<String>, Fault> {
+        self.gate().await?;
         for sql in statements {
             match self.http.query(sql).await {
                 Ok(_) => {}
@@ -299,6 +347,23 @@ impl ClickHouseSink {
 
     /// Applies `items` of one batch in order.
     async fn apply(&mut self, items: &[Item<'_>]) -> Result<(), Fault> {
+        let mut pending = HashMap::new();
+        self.encode(items, &mut pending).await?;
+        let sources: Vec<String> = pending.keys().cloned().collect();
+        for source in sources {
+            self.flush(&source, items, &mut pending).await?;
+        }
+        self.store_parked().await
+    }
+
+    /// Applies `items` up to their last rows, which are left pending: what it takes to
+    /// get there (tables, schema changes, TOAST look-ups, a truncate, full inserts) is
+    /// done; `pending` says which changes each table's pending rows hold.
+    async fn encode(
+        &mut self,
+        items: &[Item<'_>],
+        pending: &mut HashMap<String, Vec<usize>>,
+    ) -> Result<(), Fault> {
         // Every table of the batch is open before the TOAST look-ups, which need its columns.
         for item in items.iter().filter(|i| i.op != Op::Message) {
             let source = format!("{}.{}", item.schema, item.table);
@@ -308,8 +373,6 @@ impl ClickHouseSink {
             }
         }
         self.prefetch(items).await?;
-        // Indexes of each table's changes that are pending (for parking a failed insert).
-        let mut pending: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             if item.op == Op::Message {
                 continue;
@@ -324,7 +387,7 @@ impl ClickHouseSink {
                 continue;
             }
             if item.op == Op::Truncate {
-                self.flush(&source, items, &mut pending).await?;
+                self.flush(&source, items, pending).await?;
                 if self.tables[&source].parked.is_some() {
                     self.park(&source, item);
                     continue;
@@ -340,17 +403,13 @@ impl ClickHouseSink {
                 }
                 continue;
             }
-            self.add_row(&source, item, items, &mut pending).await?;
+            self.add_row(&source, item, items, pending).await?;
             pending.entry(source.clone()).or_default().push(i);
             if self.tables[&source].pending.len() >= FLUSH_BYTES {
-                self.flush(&source, items, &mut pending).await?;
+                self.flush(&source, items, pending).await?;
             }
         }
-        let sources: Vec<String> = pending.keys().cloned().collect();
-        for source in sources {
-            self.flush(&source, items, &mut pending).await?;
-        }
-        self.store_parked().await
+        Ok(())
     }
 
     /// Encodes one change into its table's pending rows, applying the schema changes it
@@ -549,6 +608,9 @@ impl ClickHouseSink {
             t.known.clear();
             t.toast_cols.clear();
         }
+        if !wanted.is_empty() {
+            self.gate().await?;
+        }
         for (source, (cols, mut keys)) in wanted {
             keys.sort();
             keys.dedup();
@@ -632,6 +694,7 @@ impl ClickHouseSink {
         let rows = std::mem::take(&mut table.pending);
         table.rows = 0;
         let sql = types::insert(&table.target, &table.columns);
+        self.gate().await?;
         match self.http.insert(&sql, rows).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_table_level() => {
@@ -660,25 +723,33 @@ impl ClickHouseSink {
 
     /// Inserts this batch's parked changes.
     async fn store_parked(&mut self) -> Result<(), Fault> {
-        if self.parked.is_empty() {
+        let Some(rows) = self.parked_rows() else {
             return Ok(());
+        };
+        let sql = super::schema::park_insert(&self.settings.database);
+        self.gate().await?;
+        let res = self.http.insert(&sql, rows).await;
+        res.map_err(|e| self.fault(&e))
+    }
+
+    /// This batch's parked changes as rows of `sluice_parked` (and no longer pending).
+    fn parked_rows(&mut self) -> Option<Vec<u8>> {
+        if self.parked.is_empty() {
+            return None;
         }
         let mut rows = Vec::new();
-        for (table, id, record) in &self.parked {
+        for (table, id, record) in std::mem::take(&mut self.parked) {
             for field in [
                 self.settings.pipeline.as_bytes(),
                 self.settings.sink.as_bytes(),
                 table.as_bytes(),
                 id.as_bytes(),
-                record,
+                &record,
             ] {
                 rowbinary::bytes(field, &mut rows);
             }
         }
-        let sql = super::schema::park_insert(&self.settings.database);
-        let res = self.http.insert(&sql, rows).await;
-        self.parked.clear();
-        res.map_err(|e| self.fault(&e))
+        Some(rows)
     }
 
     /// Applies the changes parked at earlier runs, table by table, then marks them done.
@@ -930,28 +1001,100 @@ fn write_default(ty: &ChType, out: &mut Vec<u8>) -> Result<(), String> {
     }
 }
 
+fn items(batch: &RecordBatch) -> Vec<Item<'_>> {
+    batch
+        .iter()
+        .map(|r| Item {
+            op: r.op,
+            schema: r.schema,
+            table: r.table,
+            id: r.id,
+            json: r.json,
+        })
+        .collect()
+}
+
+impl ClickHouseSink {
+    /// Forgets what a failed batch left pending: it starts over from the cursor.
+    fn clear(&mut self) {
+        self.parked.clear();
+        for t in self.tables.values_mut() {
+            t.pending.clear();
+            t.rows = 0;
+        }
+    }
+}
+
 impl Sink for ClickHouseSink {
     async fn deliver(&mut self, batch: &RecordBatch) -> Result<(), Fault> {
-        let items: Vec<Item<'_>> = batch
-            .iter()
-            .map(|r| Item {
-                op: r.op,
-                schema: r.schema,
-                table: r.table,
-                id: r.id,
-                json: r.json,
-            })
-            .collect();
-        let res = self.apply(&items).await;
+        let res = self.apply(&items(batch)).await;
         if res.is_err() {
-            // A failed batch starts over from the cursor: nothing of it may linger.
-            self.parked.clear();
-            for t in self.tables.values_mut() {
-                t.pending.clear();
+            self.clear();
+        }
+        res
+    }
+
+    /// Encodes the batch here and sends its last inserts from a task of their own, so
+    /// the next batch is read and encoded while ClickHouse takes these. The next
+    /// batch's inserts (and anything else it sends) wait for these first, and do not go
+    /// at all if these failed: batches are applied in the order they started.
+    async fn start(&mut self, batch: &RecordBatch) -> Result<InFlight, Fault> {
+        if self.degraded.load(Ordering::Acquire) {
+            // The synchronous way parks a table whose rows are refused.
+            self.gate().await?;
+            self.deliver(batch).await?;
+            self.degraded.store(false, Ordering::Release);
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
+        let items = items(batch);
+        let mut pending = HashMap::new();
+        if let Err(e) = self.encode(&items, &mut pending).await {
+            self.clear();
+            return Err(e);
+        }
+        let mut inserts = Vec::new();
+        for source in pending.keys() {
+            if let Some(t) = self.tables.get_mut(source).filter(|t| t.rows > 0) {
+                inserts.push((
+                    types::insert(&t.target, &t.columns),
+                    std::mem::take(&mut t.pending),
+                ));
                 t.rows = 0;
             }
         }
-        res
+        if let Some(rows) = self.parked_rows() {
+            inserts.push((super::schema::park_insert(&self.settings.database), rows));
+        }
+        let (tx, done) = watch::channel(None);
+        let before = self.prev.lock().ok().and_then(|mut p| p.replace(done));
+        let (http, degraded, sink) = (
+            self.http.clone(),
+            self.degraded.clone(),
+            self.settings.sink.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let res = async {
+                if let Some(before) = before {
+                    wait_done(before).await?;
+                }
+                for (sql, rows) in inserts {
+                    http.insert(&sql, rows).await.map_err(|e| {
+                        if e.is_table_level() || e.is_unknown_table() {
+                            degraded.store(true, Ordering::Release);
+                        }
+                        e.fault(&sink)
+                    })?;
+                }
+                Ok(())
+            }
+            .await;
+            let _ = tx.send(Some(res.is_ok()));
+            res
+        });
+        Ok(Box::pin(async move {
+            task.await
+                .map_err(|e| Fault::transient(format!("an insert task ended: {e}")))?
+        }))
     }
 }
 
