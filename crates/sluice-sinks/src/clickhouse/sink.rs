@@ -12,6 +12,9 @@
 //!   later change is inserted later, and ClickHouse keeps the last inserted row of equal
 //!   versions. A replay re-inserts a suffix of the same rows in the same order, so it
 //!   collapses into the same state.
+//! - A batch's last inserts go from a task of their own while the next batch is
+//!   encoded; everything the next batch sends waits for them ([`ClickHouseSink::gate`])
+//!   and is not sent if they failed, so batches reach ClickHouse in log order.
 //! - Once a table is parked, every later change of it is parked too (in log order), so
 //!   the parked changes are always a suffix of the table's history and can be applied
 //!   again, whole, at any start.
