@@ -407,6 +407,17 @@ fn a_wrong_target_password_or_database_stops_check_and_run_with_the_fix() {
         !text.contains("the-right-one"),
         "the password leaked: {text}"
     );
+
+    // A target schema that does not exist yet (the start creates it): the check passes.
+    let p = Pipeline::new(&source, "newschema", &["public.pw"], "");
+    pg_sink(
+        &p,
+        &target.url("postgres", "postgres"),
+        "schema = \"reporting\"",
+    );
+    let out = p.command("check");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
 }
 
 #[test]

@@ -86,7 +86,10 @@ impl PostgresConfig {
                 ));
             }
         }
-        let (_, temp) = target::may_create(conn, &positions_schema, true).await?;
+        // The TEMP privilege is the database's; the schema may not exist yet (the start
+        // creates it), and asking about a missing schema's privileges is an error.
+        let exists = target::schema_exists(conn, &positions_schema).await?;
+        let (_, temp) = target::may_create(conn, &positions_schema, exists).await?;
         if !temp {
             out.push(Finding::fail(
                 finding_for(
