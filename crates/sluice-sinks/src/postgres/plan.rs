@@ -26,6 +26,9 @@ use super::sql::Shape;
 
 /// Rows per statement at most (a batch is bounded too; this bounds one statement's text).
 const MAX_ROWS: usize = 5000;
+/// Bytes of row values per statement at most: wide rows would otherwise make one
+/// statement larger than the server takes (1 GB), which no retry could fix.
+const MAX_BYTES: usize = 16 << 20;
 
 /// Where a change is in the log: what a table's stored position holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,8 @@ pub(super) struct Group<'a> {
     pub old: Option<(Vec<String>, String)>,
     /// The rows' keys (checked for upserts and patches).
     keys: HashSet<String>,
+    /// Bytes of the rows' values so far.
+    bytes: usize,
 }
 
 /// Why a record cannot be applied (names no value).
@@ -337,12 +342,23 @@ struct Entry<'a> {
     key: Option<String>,
 }
 
+impl Entry<'_> {
+    /// Bytes of the row's values (its JSON, or its staged values).
+    fn len(&self) -> usize {
+        let row = self.row.as_ref().map_or(0, |r| r.len());
+        let staged: usize = self.values.iter().flatten().map(|v| v.get().len()).sum();
+        row + staged
+    }
+}
+
 struct Groups<'a>(Vec<Group<'a>>);
 
 impl<'a> Groups<'a> {
     /// A group of its own (moves, truncates).
     fn single(&mut self, e: Entry<'a>, old: Option<(Vec<String>, String)>) {
+        let bytes = e.len();
         self.0.push(Group {
+            bytes,
             table: e.table,
             kind: e.kind,
             cols: e.cols,
@@ -361,10 +377,12 @@ impl<'a> Groups<'a> {
                 && g.kind == e.kind
                 && g.cols == e.cols
                 && g.rows.len() < MAX_ROWS
+                && g.bytes + e.len() <= MAX_BYTES
                 && !(unique && e.key.as_ref().is_some_and(|k| g.keys.contains(k)))
         });
         match self.0.last_mut() {
             Some(g) if fits => {
+                g.bytes += e.len();
                 g.rows.extend(e.row);
                 g.values.extend(e.values);
                 g.keys.extend(e.key);
@@ -456,6 +474,21 @@ mod tests {
             groups[0].rows[0], r#"{"id":1,"v":"a","big":"x"}"#,
             "the row image as the record carries it"
         );
+    }
+
+    #[test]
+    fn wide_rows_split_a_statement_at_its_byte_budget() {
+        let wide = "x".repeat(6 << 20);
+        let json: Vec<String> = (1..=3)
+            .map(|i| {
+                format!(r#"{{"key":{{"id":{i}}},"after":{{"id":{i},"v":"{wide}","big":null}}}}"#)
+            })
+            .collect();
+        let changes: Vec<Change> = json.iter().map(|j| change(Op::Insert, j)).collect();
+        let sh = shape();
+        let groups = plan(&changes, &|_| &sh).unwrap();
+        let sizes: Vec<usize> = groups.iter().map(|g| g.rows.len()).collect();
+        assert_eq!(sizes, vec![2, 1]);
     }
 
     #[test]
