@@ -24,9 +24,10 @@ pub const DELETED: &str = "_sluice_deleted";
 /// that keeps every value exactly (text), never one that rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Profile {
-    /// `DateTime64` (20.1).
+    /// `DateTime64` over 1900-2299 (22.8; from 20.1 it exists but spans 1925-2283, and a
+    /// value outside would be stored wrong, so those releases get text).
     pub datetime64: bool,
-    /// `Date32` (21.9).
+    /// `Date32` over 1900-2299 (22.8; from 21.9 it spans 1925-2283).
     pub date32: bool,
     /// `Bool` (21.12).
     pub bool: bool,
@@ -48,8 +49,8 @@ impl Profile {
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         Profile {
-            datetime64: v >= (20, 1),
-            date32: v >= (21, 9),
+            datetime64: v >= (22, 8),
+            date32: v >= (22, 8),
             bool: v >= (21, 12),
             max_decimal: if v >= (20, 8) { 76 } else { 38 },
         }
@@ -431,6 +432,15 @@ mod tests {
         assert_eq!(o("boolean"), "Nullable(UInt8)");
         assert_eq!(o("numeric(40,2)"), "Nullable(String)");
         assert_eq!(Profile::of_version("24.8.4.13"), Profile::CURRENT);
+        let mid = Profile::of_version("21.12.4");
+        assert_eq!(
+            map_column(&col("date", None), mid, false).ty.sql(),
+            "Nullable(String)"
+        );
+        assert_eq!(
+            map_column(&col("boolean", None), mid, false).ty.sql(),
+            "Nullable(Bool)"
+        );
     }
 
     #[test]
