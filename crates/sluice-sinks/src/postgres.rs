@@ -352,6 +352,14 @@ pub fn classify(e: PgError, target: &str) -> Fault {
                     "grant the sink's user CREATE on the target schema and SELECT, INSERT, UPDATE, DELETE, TRUNCATE on its tables (sluice check lists what is missing)",
                 )
             }
+            // A trigger's RAISE on the target: its text is the trigger's and may quote
+            // the row, so only the condition is said.
+            _ if code.starts_with("P0") => {
+                return definite(
+                    format!("a trigger on the target raised an error (SQLSTATE {code})"),
+                    "disable or fix the target tables' triggers: the sink writes rows as the source has them",
+                );
+            }
             _ if code.starts_with("22") || code.starts_with("23") => {
                 // The server's text quotes the value: only the condition is said.
                 return definite(
@@ -550,8 +558,13 @@ impl PostgresSink {
                 if session.positions[t].is_some_and(|p| p.covers(&r)) {
                     continue;
                 }
+                // serde_json's message may quote the text it read: only the place is said.
                 let parsed = Parsed::parse(r.op, r.json).map_err(|e| {
-                    Fault::fatal(format!("record {} is not a change envelope", r.id)).caused_by(e)
+                    Fault::fatal(format!(
+                        "record {} is not a change envelope (at byte column {})",
+                        r.id,
+                        e.column()
+                    ))
                 })?;
                 changes.push(Change {
                     table: t,
@@ -779,6 +792,10 @@ mod tests {
             "{f}"
         );
         assert!(f.to_string().contains("SQLSTATE 22P02"), "{f}");
+        let f = classify(server("P0001", "order s3cr3t is not allowed"), "a@h:1/d");
+        assert!(!f.is_transient());
+        assert!(!f.to_string().contains("s3cr3t"), "{f}");
+        assert!(f.to_string().contains("trigger"), "{f}");
         assert!(classify(server("57P01", "terminating connection"), "x").is_transient());
         assert!(classify(server("42P01", "relation does not exist"), "x").is_transient());
         assert!(!classify(server("42501", "permission denied for table t"), "x").is_transient());
