@@ -434,3 +434,41 @@ fn a_wrong_password_stops_at_once_tls_takes_its_ca_and_a_table_without_a_key_is_
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("without a primary key"), "{text}");
 }
+
+#[test]
+fn a_clickhouse_restart_mid_stream_loses_nothing() {
+    let pg = PgServer::start().unwrap();
+    pg.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text);")
+        .unwrap();
+    let mut ch = ClickHouseServer::start().unwrap();
+    let mut p = Pipeline::new(&pg, "chr", &["public.t"], "");
+    p.add_config(&ch_sink(&ch, ""));
+    p.start();
+    p.wait_streaming(&pg);
+    let rows = 20_000;
+    let writer = insert_batches(vec![pg.url("postgres", "postgres")], rows);
+    let count = |ch: &ClickHouseServer| {
+        ch.query("SELECT count() FROM default.t FINAL WHERE _sluice_deleted = 0")
+            .map(|s| s.trim().parse::<i64>().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    wait_until(WAIT, "some rows in ClickHouse", || {
+        (count(&ch) > 1_000).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    // Down while rows keep coming: inserts in flight fail, the sink waits it out and
+    // starts again from its cursor once the server is back.
+    ch.kill();
+    let seen = p.records().len();
+    wait_until(WAIT, "the stream to go on meanwhile", || {
+        (p.records().len() > seen + 2_000).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+    ch.start_again().unwrap();
+    writer.join().unwrap();
+    wait_until(WAIT, "every row in ClickHouse", || {
+        (count(&ch) == rows).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}\n{}", count(&ch), p.logs()));
+    p.stop();
+}

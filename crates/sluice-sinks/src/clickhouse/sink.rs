@@ -162,7 +162,7 @@ pub struct ClickHouseSink {
     parked: Vec<(String, String, Vec<u8>)>,
     /// The last started batch's inserts: `Some(true)` once done, `Some(false)` if they
     /// failed. Anything this sink sends to ClickHouse waits for it first ([`Self::gate`]).
-    prev: std::sync::Mutex<Option<Done>>,
+    prev: Arc<std::sync::Mutex<Option<Done>>>,
     /// A started batch's insert was refused: the next batches go the synchronous way,
     /// which parks the table (an insert in flight cannot: its changes are gone by then).
     degraded: Arc<AtomicBool>,
@@ -204,7 +204,7 @@ impl ClickHouseSink {
             catalog,
             reported: BTreeSet::new(),
             parked: Vec::new(),
-            prev: std::sync::Mutex::new(None),
+            prev: Arc::new(std::sync::Mutex::new(None)),
             degraded: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -215,13 +215,17 @@ impl ClickHouseSink {
 
     /// Waits for the batch started before this one to be inserted (see
     /// [`Sink::start`]): what this batch sends must come after it.
+    ///
+    /// A failure is reported once and then forgotten: the runner answers it by starting
+    /// again from its cursor, and that attempt must not wait on the failed batch again.
     async fn gate(&self) -> Result<(), Fault> {
         let done = self.prev.lock().ok().and_then(|p| p.clone());
         if let Some(done) = done {
-            wait_done(done).await?;
+            let res = wait_done(done).await;
             if let Ok(mut p) = self.prev.lock() {
                 *p = None;
             }
+            res?;
         }
         Ok(())
     }
@@ -1094,9 +1098,20 @@ impl Sink for ClickHouseSink {
             let _ = tx.send(Some(res.is_ok()));
             res
         });
+        let prev = self.prev.clone();
         Ok(Box::pin(async move {
-            task.await
-                .map_err(|e| Fault::transient(format!("an insert task ended: {e}")))?
+            let res = task
+                .await
+                .map_err(|e| Fault::transient(format!("an insert task ended: {e}")))
+                .and_then(|r| r);
+            if res.is_err() {
+                // The runner learns of the failure here and starts again from its
+                // cursor: what it starts then must not wait on the failed batches.
+                if let Ok(mut p) = prev.lock() {
+                    *p = None;
+                }
+            }
+            res
         }))
     }
 }
