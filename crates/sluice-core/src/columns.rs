@@ -53,11 +53,15 @@ pub struct ColumnInfo {
 /// The catalog is read *now*, which may be later than the records being delivered: a
 /// sink treats the answer as the newest schema, never as the schema of an older record.
 pub trait Catalog: Send + Sync {
-    /// The columns of `tables` (`schema.table`) as the source lists them now.
+    /// The columns of `tables` (`schema.table`) as the source lists them now; a fault
+    /// keeps the source's class (a server that is down is transient, a refused login is
+    /// not).
     fn columns<'a>(
         &'a self,
         tables: &'a [String],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Columns, String>> + Send + 'a>>;
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Columns, crate::Fault>> + Send + 'a>,
+    >;
 }
 
 impl std::fmt::Debug for dyn Catalog {

@@ -801,15 +801,20 @@ impl sluice_core::Catalog for SourceCatalog {
         &'a self,
         tables: &'a [String],
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<sluice_core::Columns, String>> + Send + 'a>,
+        Box<
+            dyn std::future::Future<Output = Result<sluice_core::Columns, sluice_core::Fault>>
+                + Send
+                + 'a,
+        >,
     > {
         Box::pin(async move {
+            let fault = |e| sluice_core::Fault::of("reading the source's catalog", e);
             let mut conn = Connection::connect(&self.conninfo, false)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(fault)?;
             let read = columns(&mut conn, tables).await;
             conn.close().await;
-            let mut out = read.map_err(|e| e.to_string())?;
+            let mut out = read.map_err(fault)?;
             without_excluded(&mut out, &self.exclusions);
             Ok(out)
         })

@@ -125,9 +125,8 @@ impl TableMap {
 
 impl PostgresConfig {
     /// The target's connection parameters (the `password` setting wins over the url's).
-    fn conninfo(&self) -> Result<ConnInfo, String> {
-        let mut info =
-            ConnInfo::parse_with_env(&self.url, |_| None).map_err(|e| format!("url: {e}"))?;
+    fn conninfo(&self) -> Result<ConnInfo, sluice_pgwire::conninfo::ConnInfoError> {
+        let mut info = ConnInfo::parse_with_env(&self.url, |_| None)?;
         if let Some(p) = &self.password {
             info.password = Some(p.expose().to_owned());
         }
@@ -234,7 +233,7 @@ impl SinkSpec for PostgresConfig {
             Ok(i) => i,
             Err(e) => {
                 out.push(Finding::fail(
-                    finding_for(name, e),
+                    finding_for(name, format_args!("url: {e}")),
                     "write url as postgres://user@host:port/db",
                 ));
                 return out;
@@ -286,9 +285,12 @@ impl SinkSpec for PostgresConfig {
     }
 
     async fn build(&self, ctx: &Context<'_>) -> Result<Built, Fault> {
-        let conninfo = self
-            .conninfo()
-            .map_err(|e| Fault::definite(e, "write url as postgres://user@host:port/db"))?;
+        let conninfo = self.conninfo().map_err(|e| {
+            Fault::definite(
+                format!("url: {e}"),
+                "write url as postgres://user@host:port/db",
+            )
+        })?;
         let maps = self.maps(ctx.tables);
         let mut sink = PostgresSink::new(PostgresOptions {
             conninfo,

@@ -38,8 +38,9 @@ impl Catalog for FakeCatalog {
     fn columns<'a>(
         &'a self,
         tables: &'a [String],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Columns, String>> + Send + 'a>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Columns, sluice_core::Fault>> + Send + 'a>,
+    > {
         let all = self.0.lock().unwrap().clone();
         Box::pin(async move {
             Ok(all

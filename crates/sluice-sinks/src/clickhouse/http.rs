@@ -33,6 +33,39 @@ pub enum ChError {
     Certificate(String),
 }
 
+/// A client that cannot be made: each names the setting to change.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The url does not parse (the parser's reason).
+    #[error("url: {0}")]
+    Url(String),
+    #[error("url: the scheme must be http or https")]
+    Scheme,
+    #[error("ca_file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("no trusted certificate authority found on this system for an https:// url")]
+    NoRoots,
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl SetupError {
+    /// What the operator changes.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            SetupError::Url(_) | SetupError::Scheme => "write url as http://host:8123 or https://host:8443",
+            SetupError::CaFile { .. } => "point ca_file at a readable PEM file of the server's CA",
+            SetupError::NoRoots => "set ca_file to the CA that signed the server's certificate, or install the system's CA bundle",
+            SetupError::Tls(_) | SetupError::Client(_) => "check the url and ca_file",
+        }
+    }
+}
+
 /// Exception codes that mean the request can never succeed as written: the data or the
 /// statement does not fit the table (a table-level stop, not a retry).
 const TABLE_LEVEL: &[u32] = &[
@@ -96,18 +129,17 @@ impl Http {
         user: Option<String>,
         password: Option<Secret>,
         ca: Option<&std::path::Path>,
-    ) -> Result<Http, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("url: {e}"))?;
+    ) -> Result<Http, SetupError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| SetupError::Url(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err("url: the scheme must be http or https".into());
+            return Err(SetupError::Scheme);
         }
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls(ca)?)
+            .use_preconfigured_tls(tls(ca, parsed.scheme() == "https")?)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .build()?;
         Ok(Http {
             client,
             url: parsed.as_str().trim_end_matches('/').into(),
@@ -203,29 +235,33 @@ fn network(e: reqwest::Error) -> ChError {
     }
 }
 
-/// Client TLS: the CA in `ca`, or the system's roots.
-fn tls(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+/// Client TLS: the CA in `ca`, or the system's roots (none found is an error when the
+/// url needs them, rather than a client that trusts nothing).
+fn tls(ca: Option<&std::path::Path>, https: bool) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            let bad = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::CaFile {
+                path: path.to_owned(),
+                source,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.into()))? {
                 roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                    .add(cert.map_err(|e| bad(e.into()))?)
+                    .map_err(|e| bad(e.into()))?;
             }
         }
         None => {
             let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 && https {
+                return Err(SetupError::NoRoots);
+            }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }

@@ -2,8 +2,8 @@
 //! ClickHouse's HTTP interface, created from the source's schema and changed with it.
 //!
 //! Layout: `types` (the type mapping and every statement, pure), `rowbinary` (values as
-//! RowBinary), `http` (the client and its error classes), `schema` (existing tables and
-//! parked changes), `sink` (the running sink).
+//! RowBinary), `rows` (a change as its table's rows), `http` (the client and its error
+//! classes), `schema` (existing tables and parked changes), `sink` (the running sink).
 //!
 //! Invariants:
 //! - The cursor moves only over changes ClickHouse holds: inserted into their table, or
@@ -19,6 +19,7 @@
 
 mod http;
 mod rowbinary;
+mod rows;
 mod schema;
 mod sink;
 pub mod types;
@@ -111,12 +112,7 @@ impl ClickHouseConfig {
             self.password.clone(),
             ca.as_deref(),
         )
-        .map_err(|e| {
-            Fault::definite(
-                finding_for(&self.name, &e),
-                format!("fix sink {:?}'s url or ca_file", self.name),
-            )
-        })
+        .map_err(|e| Fault::definite(finding_for(&self.name, &e), e.fix()))
     }
 
     /// The server's release, which decides the types it can store.

@@ -125,14 +125,35 @@ fn parse_type(t: &str) -> Option<ChType> {
     })
 }
 
+/// Why an existing table cannot take the source's rows; each says the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("the ClickHouse table is ordered by ({there}) but the source's primary key is ({key}); drop the ClickHouse table (Sluice creates it again) and run `sluice backfill --table` for it, then restart")]
+    OrderBy { there: String, key: String },
+    #[error("the ClickHouse table lacks {column}: it is not one Sluice created; drop it or set the sink's table_name to another name")]
+    NotOurs { column: &'static str },
+    #[error("column {column} is {there} in ClickHouse, which cannot hold NULL; make it Nullable (ALTER TABLE ... MODIFY COLUMN {quoted} Nullable(...)) or drop the ClickHouse table, then restart")]
+    NotNullable {
+        column: String,
+        quoted: String,
+        there: String,
+    },
+    #[error("column {column} is {there} in ClickHouse but Sluice writes {ours} there; change it (ALTER TABLE ... MODIFY COLUMN {quoted} {ours}) or drop the ClickHouse table, then restart")]
+    Type {
+        column: String,
+        quoted: String,
+        there: String,
+        ours: String,
+    },
+}
+
 /// How Sluice writes into `there`, or why it cannot.
-pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Plan, String> {
+pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Plan, Mismatch> {
     if there.order_by != key {
-        return Err(format!(
-            "the ClickHouse table is ordered by ({}) but the source's primary key is ({}); drop the ClickHouse table (Sluice creates it again) and run `sluice backfill --table` for it, then restart",
-            there.order_by.join(", "),
-            key.join(", ")
-        ));
+        return Err(Mismatch::OrderBy {
+            there: there.order_by.join(", "),
+            key: key.join(", "),
+        });
     }
     let types: HashMap<&str, &str> = there
         .columns
@@ -141,9 +162,7 @@ pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Pl
         .collect();
     for own in [types::VERSION, types::DELETED] {
         if !types.contains_key(own) {
-            return Err(format!(
-                "the ClickHouse table lacks {own}: it is not one Sluice created; drop it or set the sink's table_name to another name"
-            ));
+            return Err(Mismatch::NotOurs { column: own });
         }
     }
     let mut plan = Plan {
@@ -164,11 +183,11 @@ pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Pl
         let ty = match existing {
             Some(t) if t == c.ty => c.ty.clone(),
             Some(t) if !holds_null(&t) => {
-                return Err(format!(
-                    "column {} is {text} in ClickHouse, which cannot hold NULL; make it Nullable (ALTER TABLE ... MODIFY COLUMN {} Nullable(...)) or drop the ClickHouse table, then restart",
-                    c.name,
-                    types::quote(&c.name)
-                ))
+                return Err(Mismatch::NotNullable {
+                    column: c.name.clone(),
+                    quoted: types::quote(&c.name),
+                    there: text.to_string(),
+                })
             }
             // Text holds anything: the value is written as its text.
             Some(t) if matches!(t.inner(), ChType::String(_)) => match c.ty.inner() {
@@ -182,13 +201,12 @@ pub fn reconcile(there: &Target, wanted: &[Column], key: &[String]) -> Result<Pl
                 c.ty.clone()
             }
             _ => {
-                return Err(format!(
-                    "column {} is {text} in ClickHouse but Sluice writes {} there; change it (ALTER TABLE ... MODIFY COLUMN {} {}) or drop the ClickHouse table, then restart",
-                    c.name,
-                    c.ty.sql(),
-                    types::quote(&c.name),
-                    c.ty.sql()
-                ))
+                return Err(Mismatch::Type {
+                    column: c.name.clone(),
+                    quoted: types::quote(&c.name),
+                    there: text.to_string(),
+                    ours: c.ty.sql(),
+                })
             }
         };
         plan.columns.push(Column {
@@ -357,10 +375,12 @@ mod tests {
         assert_eq!(plan.add, vec![col("new", ChType::Uuid.nullable())]);
         assert!(reconcile(&there, &wanted, &["n".into()])
             .unwrap_err()
+            .to_string()
             .contains("ordered by (id)"));
         let wrong = vec![col("id", ChType::Int64), col("n", ChType::Uuid.nullable())];
         assert!(reconcile(&there, &wrong, &["id".into()])
             .unwrap_err()
+            .to_string()
             .contains("column n"));
     }
 }

@@ -29,10 +29,11 @@ use serde_json::value::RawValue;
 use sluice_core::{ChangeId, ColumnInfo, Fault, Op};
 use sluice_log::RecordBatch;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::http::{ChError, Http};
 use super::rowbinary::{self, Unfit};
+use super::rows::{encode_change, sql_literal, Envelope, RowError};
 use super::types::{self, ChType, Column, Profile};
 use crate::{InFlight, Sink};
 
@@ -55,33 +56,49 @@ pub struct Settings {
 }
 
 /// A change as the sink applies it: from the log or from `sluice_parked`.
-struct Item<'a> {
-    op: Op,
-    schema: &'a str,
-    table: &'a str,
-    id: ChangeId,
-    json: &'a [u8],
+pub(super) struct Item<'a> {
+    pub(super) op: Op,
+    pub(super) schema: &'a str,
+    pub(super) table: &'a str,
+    pub(super) id: ChangeId,
+    pub(super) json: &'a [u8],
+}
+
+impl Item<'_> {
+    /// Sets `buf` to `schema.table` of this change, unless it holds that already.
+    fn source_into(&self, buf: &mut String) {
+        let same = buf.len() == self.schema.len() + 1 + self.table.len()
+            && buf.starts_with(self.schema)
+            && buf.ends_with(self.table)
+            && buf.as_bytes()[self.schema.len()] == b'.';
+        if !same {
+            buf.clear();
+            buf.push_str(self.schema);
+            buf.push('.');
+            buf.push_str(self.table);
+        }
+    }
 }
 
 /// One target table.
 pub struct Table {
     /// `` `db`.`name` ``.
-    target: String,
+    pub(super) target: String,
     /// The columns Sluice writes, in the insert's order.
-    columns: Vec<Column>,
-    index: HashMap<String, usize>,
-    key: Vec<String>,
+    pub(super) columns: Vec<Column>,
+    pub(super) index: HashMap<String, usize>,
+    pub(super) key: Vec<String>,
     /// Why the table is parked, with the fix.
-    parked: Option<String>,
+    pub(super) parked: Option<String>,
     /// RowBinary rows not yet inserted, and how many.
-    pending: Vec<u8>,
-    rows: usize,
+    pub(super) pending: Vec<u8>,
+    pub(super) rows: usize,
     /// The latest values of columns whose TOASTed value updates in this batch leave
     /// unchanged, by key (the key columns' RowBinary): read from ClickHouse before the
     /// batch, then kept current by the batch's own rows.
-    known: HashMap<Vec<u8>, HashMap<String, Vec<u8>>>,
+    pub(super) known: HashMap<Vec<u8>, HashMap<String, Vec<u8>>>,
     /// Those columns.
-    toast_cols: BTreeSet<String>,
+    pub(super) toast_cols: BTreeSet<String>,
 }
 
 impl Table {
@@ -93,61 +110,6 @@ impl Table {
             .collect();
         self.columns = columns;
     }
-}
-
-/// The envelope's parts a row is made of.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    key: Option<Image<'a>>,
-    #[serde(borrow)]
-    before: Option<Image<'a>>,
-    #[serde(borrow)]
-    after: Option<Image<'a>>,
-    #[serde(borrow, default)]
-    unchanged_toast: Vec<Cow<'a, str>>,
-}
-
-/// A row image's columns in order, values still JSON text.
-struct Image<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Image<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a row as a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<Image<'a>, A::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some(entry) = m.next_entry::<Cow<'a, str>, &'a RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(Image(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-impl Image<'_> {
-    fn get(&self, name: &str) -> Option<&RawValue> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-    }
-}
-
-/// Why a row could not be written as it is.
-enum RowError {
-    /// Columns the target does not have yet.
-    NewColumns(Vec<String>),
-    /// A value the column's type cannot hold.
-    Unfit { column: String, unfit: Unfit },
-    /// The table cannot take this change (its reason and fix).
-    Park(String),
 }
 
 /// The sink.
@@ -328,7 +290,7 @@ impl ClickHouseSink {
                     adds.chain(plan.widen.iter().map(|c| types::modify_column(target, c)))
                         .collect()
                 }
-                Err(reason) => return Ok(Some(reason)),
+                Err(reason) => return Ok(Some(reason.to_string())),
             },
         };
         self.run_ddl(&statements).await
@@ -372,8 +334,10 @@ impl ClickHouseSink {
         pending: &mut HashMap<String, Vec<usize>>,
     ) -> Result<(), Fault> {
         // Every table of the batch is open before the TOAST look-ups, which need its columns.
+        // A batch is mostly runs of one table: its name is built once per run, not per row.
+        let mut source = String::new();
         for item in items.iter().filter(|i| i.op != Op::Message) {
-            let source = format!("{}.{}", item.schema, item.table);
+            item.source_into(&mut source);
             if !self.tables.contains_key(&source) {
                 let cols = self.catalog_columns(&source).await?;
                 self.open_table(&source, &cols).await?;
@@ -384,7 +348,7 @@ impl ClickHouseSink {
             if item.op == Op::Message {
                 continue;
             }
-            let source = format!("{}.{}", item.schema, item.table);
+            item.source_into(&mut source);
             if !self.tables.contains_key(&source) {
                 let cols = self.catalog_columns(&source).await?;
                 self.open_table(&source, &cols).await?;
@@ -411,7 +375,12 @@ impl ClickHouseSink {
                 continue;
             }
             self.add_row(&source, item, items, pending).await?;
-            pending.entry(source.clone()).or_default().push(i);
+            match pending.get_mut(&source) {
+                Some(waiting) => waiting.push(i),
+                None => {
+                    pending.insert(source.clone(), vec![i]);
+                }
+            }
             if self.tables[&source].pending.len() >= FLUSH_BYTES {
                 self.flush(&source, items, pending).await?;
             }
@@ -468,12 +437,10 @@ impl ClickHouseSink {
             return Ok(Vec::new());
         };
         let tables = [source.to_owned()];
-        let cols = catalog.columns(&tables).await.map_err(|e| {
-            Fault::transient(format!(
-                "sink {:?}: reading the source's catalog: {e}",
-                self.settings.sink
-            ))
-        })?;
+        let cols = catalog
+            .columns(&tables)
+            .await
+            .map_err(|e| e.within(format_args!("sink {:?}", self.settings.sink)))?;
         Ok(cols.get(source).cloned().unwrap_or_default())
     }
 
@@ -834,178 +801,6 @@ fn parked_head<'a>(id: &str, json: &'a [u8]) -> Option<Parked<'a>> {
         id: id.parse().ok()?,
         json,
     })
-}
-
-/// A key value as a SQL literal: numbers as they are, anything else as a string.
-fn sql_literal(json: &str) -> String {
-    if json.starts_with('"') {
-        let s: String = serde_json::from_str(json).unwrap_or_default();
-        types::literal(&s)
-    } else if json
-        .bytes()
-        .all(|c| c.is_ascii_digit() || b"-+.eE".contains(&c))
-        && !json.is_empty()
-    {
-        json.to_owned()
-    } else {
-        types::literal(json)
-    }
-}
-
-/// Writes a change as one row (two for an update that moved its key) into the table's
-/// pending rows, or says what stands in the way.
-fn encode_change(table: &mut Table, item: &Item<'_>) -> Result<(), RowError> {
-    let env: Envelope<'_> = serde_json::from_slice(item.json)
-        .map_err(|_| RowError::Park("a record in the log is not a change envelope".into()))?;
-    let version = item.id.commit_lsn.0;
-    if let Some(key) = &env.key {
-        // The record's key comes in column order, the table's in primary-key order.
-        let mut names: Vec<&str> = key.0.iter().map(|(n, _)| n.as_ref()).collect();
-        let mut ours: Vec<&str> = table.key.iter().map(String::as_str).collect();
-        names.sort_unstable();
-        ours.sort_unstable();
-        if names != ours {
-            return Err(RowError::Park(format!(
-                "the primary key changed from ({}) to ({}); ClickHouse orders the table by it, so drop the ClickHouse table {} and run `sluice backfill --table {}.{}`, then restart the pipeline",
-                table.key.join(", "), names.join(", "), table.target, item.schema, item.table
-            )));
-        }
-    }
-    let mark = table.pending.len();
-    let res = match item.op {
-        Op::Delete => {
-            let image = env
-                .key
-                .as_ref()
-                .or(env.before.as_ref())
-                .ok_or_else(|| RowError::Park("a delete without its key".into()))?;
-            write_row(table, image, None, &[], version, true)
-        }
-        _ => {
-            let after = env
-                .after
-                .as_ref()
-                .ok_or_else(|| RowError::Park("a change without its row".into()))?;
-            let mut old = None;
-            if item.op == Op::Update {
-                if let Some(before) = &env.before {
-                    let moved = table.key.iter().any(|k| {
-                        before.get(k).map(RawValue::get) != after.get(k).map(RawValue::get)
-                    });
-                    old = Some(before);
-                    if moved {
-                        write_row(table, before, None, &[], version, true)?;
-                    }
-                }
-            }
-            write_row(table, after, old, &env.unchanged_toast, version, false)
-        }
-    };
-    if res.is_err() {
-        table.pending.truncate(mark);
-    }
-    res
-}
-
-/// The RowBinary of `image`'s key columns (the key of [`Table::known`]).
-fn key_bytes(table: &Table, image: &Image<'_>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    for k in &table.key {
-        let ty = &table.columns[*table.index.get(k)?].ty;
-        rowbinary::encode(ty, image.get(k)?.get(), &mut out).ok()?;
-    }
-    Some(out)
-}
-
-/// One RowBinary row: every column of the insert, then the version and the deleted flag.
-/// A column the update left unchanged (TOAST) takes its latest known value (`old`: the
-/// image its key was read from, for an update that moved its key).
-fn write_row(
-    table: &mut Table,
-    image: &Image<'_>,
-    old: Option<&Image<'_>>,
-    unchanged: &[Cow<'_, str>],
-    version: u64,
-    deleted: bool,
-) -> Result<(), RowError> {
-    let mut values: Vec<Option<&RawValue>> = vec![None; table.columns.len()];
-    let mut new = Vec::new();
-    for (pos, (name, value)) in image.0.iter().enumerate() {
-        let i = match table.columns.get(pos) {
-            Some(c) if c.name == *name => pos,
-            _ => match table.index.get(name.as_ref()) {
-                Some(&i) => i,
-                None => {
-                    new.push(name.to_string());
-                    continue;
-                }
-            },
-        };
-        values[i] = Some(value);
-    }
-    if !new.is_empty() {
-        return Err(RowError::NewColumns(new));
-    }
-    let key = key_bytes(table, image);
-    let prior = if unchanged.is_empty() || deleted {
-        None
-    } else {
-        let found = [old.and_then(|o| key_bytes(table, o)), key.clone()]
-            .into_iter()
-            .flatten()
-            .find_map(|k| table.known.get(&k).cloned());
-        if found.is_none() {
-            warn!(table = %table.target, "an update left a TOASTed value unchanged but the row is not in ClickHouse: written as NULL");
-        }
-        Some(found.unwrap_or_default())
-    };
-    let mut remembered = HashMap::new();
-    let out = &mut table.pending;
-    for (col, value) in table.columns.iter().zip(&values) {
-        let start = out.len();
-        match value {
-            Some(v) if !deleted || table.key.contains(&col.name) => {
-                rowbinary::encode(&col.ty, v.get(), out).map_err(|unfit| RowError::Unfit {
-                    column: col.name.clone(),
-                    unfit,
-                })?
-            }
-            _ => match prior.as_ref().and_then(|p| p.get(&col.name)) {
-                Some(bytes) if unchanged.iter().any(|u| *u == col.name) => {
-                    out.extend_from_slice(bytes)
-                }
-                _ => write_default(&col.ty, out).map_err(RowError::Park)?,
-            },
-        }
-        if table.toast_cols.contains(&col.name) {
-            remembered.insert(col.name.clone(), out[start..].to_vec());
-        }
-    }
-    out.extend_from_slice(&version.to_le_bytes());
-    out.push(u8::from(deleted));
-    // A delete keeps its key's known values: an update that moved its key deletes the old
-    // key first and then reads them for the new row.
-    if let (Some(k), false) = (key, deleted || table.toast_cols.is_empty()) {
-        table.known.insert(k, remembered);
-    }
-    Ok(())
-}
-
-/// A column with no value in the change (dropped in the source, or a delete's non-key
-/// column): `NULL`.
-fn write_default(ty: &ChType, out: &mut Vec<u8>) -> Result<(), String> {
-    match ty {
-        ChType::Nullable(_) => {
-            out.push(1);
-            Ok(())
-        }
-        // No NULL array in ClickHouse: an empty one.
-        ChType::Array(_) => {
-            out.push(0);
-            Ok(())
-        }
-        _ => Err("a change lacks a value for a key column".into()),
-    }
 }
 
 fn items(batch: &RecordBatch) -> Vec<Item<'_>> {

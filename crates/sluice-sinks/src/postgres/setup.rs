@@ -134,9 +134,7 @@ impl PostgresSink {
         let mut cols = catalog
             .columns(std::slice::from_ref(&name))
             .await
-            .map_err(|e| {
-                Fault::transient(format!("postgres: cannot read the source's catalog: {e}"))
-            })?;
+            .map_err(|e| e.within("postgres"))?;
         Ok(cols.remove(&name))
     }
 
