@@ -166,8 +166,17 @@ struct Envelope<'a> {
     message: Option<&'a RawValue>,
 }
 
-/// A row image: its columns in order, each value still JSON text.
-struct Row<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A row image: its columns in order, each value still JSON text; names are borrowed
+/// from the record unless they had escapes. Shared with the ClickHouse sink.
+pub(crate) struct Row<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl Row<'_> {
+    /// The value of column `name`.
+    #[cfg_attr(not(feature = "clickhouse"), allow(dead_code))]
+    pub(crate) fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -39,37 +39,9 @@ pub(super) struct Envelope<'a> {
     pub unchanged_toast: Vec<Cow<'a, str>>,
 }
 
-/// A row image's columns in order, values still JSON text.
-pub(super) struct Image<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Image<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a row as a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<Image<'a>, A::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some(entry) = m.next_entry::<Cow<'a, str>, &'a RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(Image(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-impl Image<'_> {
-    pub fn get(&self, name: &str) -> Option<&RawValue> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-    }
-}
+/// A row image's columns in order, values still JSON text (the packages' reader: names
+/// are borrowed, not copied, per row).
+pub(super) type Image<'a> = crate::package::Row<'a>;
 
 /// Why a row could not be written as it is.
 pub(super) enum RowError {
