@@ -27,6 +27,9 @@ use crate::{free_port, wait_until};
 /// How long a server may take to answer after it was started.
 const READY: Duration = Duration::from_secs(30);
 
+/// How long a server asked to stop may take before it is killed.
+const STOP: Duration = Duration::from_secs(10);
+
 /// The virtualenv `scripts/install-deps.sh --tests` fills with pinned test tools:
 /// `$SLUICE_TOOLS/venv`, by default `~/.cache/sluice-tools/venv`.
 pub fn tools_venv() -> Option<PathBuf> {
@@ -76,18 +79,8 @@ pub(crate) struct Daemon<S: Spec> {
 }
 
 impl<S: Spec> Daemon<S> {
-    pub(crate) fn start(mut spec: S) -> Result<Daemon<S>> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("sluice-{}-", spec.name()))
-            .tempdir()
-            .context("cannot create a temporary directory")?;
-        spec.prepare(dir.path())?;
-        let mut d = Daemon {
-            spec,
-            port: 0,
-            dir,
-            child: None,
-        };
+    pub(crate) fn start(spec: S) -> Result<Daemon<S>> {
+        let mut d = Daemon::new(spec)?;
         let mut last = None;
         // A port taken between free_port() and the server's bind: try another.
         for _ in 0..5 {
@@ -99,6 +92,29 @@ impl<S: Spec> Daemon<S> {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("{} did not start", d.spec.name())))
+    }
+
+    /// A server with its directory made and prepared but not started, nor its port
+    /// chosen: for a caller that chooses ports itself (the nodes of a cluster must all
+    /// know each other's) and then calls [`Daemon::spawn`].
+    pub(crate) fn new(mut spec: S) -> Result<Daemon<S>> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-{}-", spec.name()))
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        spec.prepare(dir.path())?;
+        Ok(Daemon {
+            spec,
+            port: 0,
+            dir,
+            child: None,
+        })
+    }
+
+    /// Whether the server was started and not killed or stopped since (it may have
+    /// exited on its own).
+    pub(crate) fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -162,6 +178,29 @@ impl<S: Spec> Daemon<S> {
 
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asks the server to shut down (SIGTERM, through `kill(1)`: std has no other
+    /// signal than SIGKILL) and waits for it a bounded time, then kills it.
+    pub(crate) fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let asked = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let ended = asked
+            && wait_until(STOP, "the server to stop", || {
+                c.try_wait().ok().flatten().map(|_| ())
+            })
+            .is_ok();
+        if !ended {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -6,8 +6,9 @@
 //! [`RedisServer::start`] and [`NatsServer::start`] do the same for `redis-server` (with an
 //! append-only file synced on every write, so a restart keeps the data) and `nats-server`
 //! with JetStream; [`NatsServer::builder`] adds a user and password or a token, and TLS
-//! with a private CA. [`KafkaServer::start`] runs tansu, a Kafka-protocol broker kept in
-//! memory. NATS and Kafka come from the test tools' virtualenv (`$SLUICE_TOOLS/venv`, by
+//! with a private CA. [`NatsCluster::start`] runs several `nats-server`s as one JetStream
+//! cluster whose nodes a test can kill and start again. [`KafkaServer::start`] runs
+//! tansu, a Kafka-protocol broker kept in memory. NATS and Kafka come from the test tools' virtualenv (`$SLUICE_TOOLS/venv`, by
 //! default `~/.cache/sluice-tools/venv`, made by `scripts/install-deps.sh --tests`), NATS
 //! from `PATH` when that has none.
 //!
@@ -23,6 +24,7 @@ mod clickhouse;
 mod daemon;
 mod kafka;
 mod nats;
+mod nats_cluster;
 mod receiver;
 
 pub use certs::{make_certs, Certs};
@@ -30,6 +32,7 @@ pub use clickhouse::{ClickHouseServer, ClickHouseServerBuilder};
 pub use daemon::{tools_venv, RedisServer};
 pub use kafka::KafkaServer;
 pub use nats::{NatsServer, NatsServerBuilder};
+pub use nats_cluster::NatsCluster;
 pub use receiver::{Behaviour, Received, WebhookReceiver};
 pub use sluice_pgtemp::{free_port, pg_bin, pg_bindir, wait_until, PgServer, PgServerBuilder};
 

@@ -125,10 +125,7 @@ impl Spec for Nats {
     }
 
     fn program(&self) -> PathBuf {
-        tools_venv()
-            .map(|v| v.join("bin/nats-server"))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| "nats-server".into())
+        nats_program()
     }
 
     fn prepare(&mut self, dir: &Path) -> Result<()> {
@@ -148,13 +145,26 @@ impl Spec for Nats {
     }
 
     fn answers(&self, port: u16) -> bool {
-        let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO {")
+        sends_info(port)
     }
+}
+
+/// The tools virtualenv's `nats-server` when it is there, else the one on `PATH`.
+pub(crate) fn nats_program() -> PathBuf {
+    tools_venv()
+        .map(|v| v.join("bin/nats-server"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "nats-server".into())
+}
+
+/// Whether a NATS server on `port` greets a new connection with its `INFO {` line.
+pub(crate) fn sends_info(port: u16) -> bool {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO {")
 }
 
 /// A private `nats-server` with JetStream, storing in its own directory.
