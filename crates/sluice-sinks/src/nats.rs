@@ -24,7 +24,7 @@
 //!   pipeline at once with the fix; a server that is down or restarting is waited out.
 //! - Logs name the stream and subjects' pattern, never a credential or a row value.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -193,10 +193,6 @@ impl NatsConfig {
         Route::parse(&self.subject, Flavor::Nats)
     }
 
-    fn path(&self, base: &Path, p: &str) -> PathBuf {
-        base.join(p)
-    }
-
     /// The subjects a stream must take: the template's pattern for this pipeline.
     fn pattern(&self, pipeline: &str) -> String {
         self.route()
@@ -204,55 +200,28 @@ impl NatsConfig {
             .unwrap_or_default()
     }
 
-    async fn options(&self, ctx: &Context<'_>) -> Result<ConnectOptions, Fault> {
-        let mut o = ConnectOptions::new()
-            .name(format!("sluice {}/{}", ctx.pipeline, self.name))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .request_timeout(Some(CONNECT_TIMEOUT));
-        if let Some(t) = &self.token {
-            o = o.token(t.expose().to_owned());
+    fn connection(&self) -> Connection<'_> {
+        Connection {
+            owner: format!("sink {:?}", self.name),
+            url: &self.url,
+            token: self.token.as_ref(),
+            user: self.user.as_deref(),
+            password: self.password.as_ref(),
+            nkey_seed: self.nkey_seed.as_ref(),
+            credentials: self.credentials.as_ref(),
+            credentials_file: self.credentials_file.as_deref(),
+            tls: self.tls,
+            ca_file: self.ca_file.as_deref(),
         }
-        if let (Some(u), Some(p)) = (&self.user, &self.password) {
-            o = o.user_and_password(u.clone(), p.expose().to_owned());
-        }
-        if let Some(seed) = &self.nkey_seed {
-            o = o.nkey(seed.expose().to_owned());
-        }
-        let unreadable = |what: &str, e: std::io::Error| {
-            Fault::definite(
-                format!("nats: the {what} cannot be read"),
-                format!(
-                    "give sink {:?} a readable {what} (JWT and seed, as nsc writes it)",
-                    self.name
-                ),
-            )
-            .caused_by(e)
-        };
-        if let Some(c) = &self.credentials {
-            o = o
-                .credentials(c.expose())
-                .map_err(|e| unreadable("credentials", e))?;
-        }
-        if let Some(f) = &self.credentials_file {
-            o = o
-                .credentials_file(self.path(ctx.base_dir, f))
-                .await
-                .map_err(|e| unreadable("credentials_file", e))?;
-        }
-        if let Some(ca) = &self.ca_file {
-            o = o.add_root_certificates(self.path(ctx.base_dir, ca));
-        }
-        if self.tls || self.ca_file.is_some() {
-            o = o.require_tls(true);
-        }
-        Ok(o)
     }
 
     async fn connect(&self, ctx: &Context<'_>) -> Result<async_nats::Client, Fault> {
-        let o = self.options(ctx).await?;
-        o.connect(self.url.as_str())
+        self.connection()
+            .connect(
+                ctx.base_dir,
+                format!("sluice {}/{}", ctx.pipeline, self.name),
+            )
             .await
-            .map_err(|e| classify_connect(&self.name, e))
     }
 
     /// The stream, checked (or, when `create` and `create_stream`, created): it exists
@@ -363,6 +332,89 @@ impl NatsConfig {
     }
 }
 
+/// How to reach and authenticate to NATS: the NATS sink's connection settings, which a
+/// JetStream log (`[log.jetstream]`) has too.
+pub struct Connection<'a> {
+    /// Whose settings these are, for messages (`sink "x"`, `[log.jetstream]`).
+    pub owner: String,
+    pub url: &'a str,
+    pub token: Option<&'a Secret>,
+    pub user: Option<&'a str>,
+    pub password: Option<&'a Secret>,
+    pub nkey_seed: Option<&'a Secret>,
+    pub credentials: Option<&'a Secret>,
+    /// Relative to the configuration's directory.
+    pub credentials_file: Option<&'a str>,
+    pub tls: bool,
+    /// Relative to the configuration's directory.
+    pub ca_file: Option<&'a str>,
+}
+
+impl Connection<'_> {
+    /// Connects as `client_name`; a refusal no retry fixes is definite, with its fix.
+    pub async fn connect(
+        &self,
+        base_dir: &Path,
+        client_name: String,
+    ) -> Result<async_nats::Client, Fault> {
+        let o = self.options(base_dir, client_name).await?;
+        // The client parses one address per string: a list is split here.
+        let servers: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        o.connect(servers)
+            .await
+            .map_err(|e| classify_connect(&self.owner, e))
+    }
+
+    async fn options(&self, base_dir: &Path, name: String) -> Result<ConnectOptions, Fault> {
+        let mut o = ConnectOptions::new()
+            .name(name)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .request_timeout(Some(CONNECT_TIMEOUT));
+        if let Some(t) = self.token {
+            o = o.token(t.expose().to_owned());
+        }
+        if let (Some(u), Some(p)) = (self.user, self.password) {
+            o = o.user_and_password(u.to_owned(), p.expose().to_owned());
+        }
+        if let Some(seed) = self.nkey_seed {
+            o = o.nkey(seed.expose().to_owned());
+        }
+        let unreadable = |what: &str, e: std::io::Error| {
+            Fault::definite(
+                format!("nats: the {what} cannot be read"),
+                format!(
+                    "give {} a readable {what} (JWT and seed, as nsc writes it)",
+                    self.owner
+                ),
+            )
+            .caused_by(e)
+        };
+        if let Some(c) = self.credentials {
+            o = o
+                .credentials(c.expose())
+                .map_err(|e| unreadable("credentials", e))?;
+        }
+        if let Some(f) = self.credentials_file {
+            o = o
+                .credentials_file(base_dir.join(f))
+                .await
+                .map_err(|e| unreadable("credentials_file", e))?;
+        }
+        if let Some(ca) = self.ca_file {
+            o = o.add_root_certificates(base_dir.join(ca));
+        }
+        if self.tls || self.ca_file.is_some() {
+            o = o.require_tls(true);
+        }
+        Ok(o)
+    }
+}
+
 /// What [`NatsConfig::ensure_stream`] found.
 enum Stream {
     /// It exists and takes the sink's subjects.
@@ -378,24 +430,24 @@ fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 /// A connection failure: what only the operator can fix stops the pipeline.
-fn classify_connect(sink: &str, e: async_nats::ConnectError) -> Fault {
+fn classify_connect(owner: &str, e: async_nats::ConnectError) -> Fault {
     let definite = |what: &str, fix: String| Fault::definite(format!("nats: {what}"), fix);
     let fault = match e.kind() {
         ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => definite(
             "the server refused the credentials",
-            format!("check sink {sink:?}'s token, user and password, nkey_seed or credentials"),
+            format!("check {owner}'s token, user and password, nkey_seed or credentials"),
         ),
         ConnectErrorKind::Tls => definite(
             "TLS failed: the server's certificate is not trusted, or the server does not speak TLS",
-            format!("set sink {sink:?}'s ca_file to the CA that signed the server's certificate, or check the URL"),
+            format!("set {owner}'s ca_file to the CA that signed the server's certificate, or check the URL"),
         ),
         ConnectErrorKind::ServerParse => definite(
             "the URL cannot be parsed",
-            format!("give sink {sink:?} a url like nats://host:4222"),
+            format!("give {owner} a url like nats://host:4222"),
         ),
         _ if untrusted_certificate(&e) => definite(
             "TLS failed: the server's certificate is not trusted",
-            format!("set sink {sink:?}'s ca_file to the CA that signed the server's certificate"),
+            format!("set {owner}'s ca_file to the CA that signed the server's certificate"),
         ),
         _ => Fault::transient("nats: the server cannot be reached"),
     };
