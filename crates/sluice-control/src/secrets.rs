@@ -1,6 +1,6 @@
 //! Which values of a pipeline's configuration are secret, decided in one place: the
 //! settings each sink type declares secret (its configuration type's `Secret` fields, as
-//! `sluice_sinks::sink_types` describes them), and any string that holds a password (a
+//! `sluice_sinks::sink_types` describes them; `[log.jetstream]` has the NATS sink's), and any string that holds a password (a
 //! URL's `user:password@`, a connection string's `password=`). No field name decides it.
 //!
 //! Invariants:
@@ -17,6 +17,10 @@ use serde_json::Value;
 
 /// What an answer shows in place of a secret.
 pub const REDACTED: &str = "<redacted>";
+
+/// `[log.jetstream]` has the NATS sink's connection settings: its secrets are the ones
+/// that sink type declares.
+const LOG_CONNECTION: &str = "nats";
 
 /// The secret settings of each sink type.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +100,14 @@ fn walk<E>(
                         }
                         Value::Array(each)
                     }
+                    (Value::Object(log), None) if top && k == "log" => {
+                        let mut each = serde_json::Map::with_capacity(log.len());
+                        for (lk, lv) in log {
+                            let kind = (lk == "jetstream").then_some(LOG_CONNECTION);
+                            each.insert(lk.clone(), walk(lv, kind, false, declared, f)?);
+                        }
+                        Value::Object(each)
+                    }
                     (v, Some(kind)) if !v.is_null() && declared.is_secret(kind, k) => {
                         f(Found::Setting(v))?
                     }
@@ -148,6 +160,9 @@ fn restore(new: &Value, old: &Value, sink_type: Option<&str>, declared: &Declare
                         (Some(Value::Array(old_sinks)), None) if k == "sinks" => {
                             restore_sinks(v, old_sinks, declared)
                         }
+                        (Some(Value::Object(old_log)), None) if k == "log" => {
+                            restore_log(v, old_log, declared)
+                        }
                         (Some(ov), Some(kind)) if v == REDACTED && declared.is_secret(kind, k) => {
                             ov.clone()
                         }
@@ -169,6 +184,25 @@ fn restore(new: &Value, old: &Value, sink_type: Option<&str>, declared: &Declare
         ),
         _ => new.clone(),
     }
+}
+
+/// `[log]`: its `jetstream` section has the NATS sink's secret settings.
+fn restore_log(new: &Value, old: &serde_json::Map<String, Value>, declared: &Declared) -> Value {
+    let Value::Object(n) = new else {
+        return new.clone();
+    };
+    Value::Object(
+        n.iter()
+            .map(|(k, v)| {
+                let kind = (k == "jetstream").then_some(LOG_CONNECTION);
+                let v = match old.get(k) {
+                    Some(ov) => restore(v, ov, kind, declared),
+                    None => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 /// Each sink of `new` against the stored sink of the same name and type.
@@ -256,6 +290,26 @@ mod tests {
         assert!(r.contains("user=app"), "{r}");
         // A name is no declaration: an unknown type's `password` is not a setting of any.
         assert!(r.contains("not-declared"), "{r}");
+    }
+
+    #[test]
+    fn the_jetstream_logs_connection_secrets_are_the_nats_sinks() {
+        let declared = Declared::new(&[("nats", &["password", "token"])]);
+        let config = json!({
+            "log": {"backend": "jetstream", "max_bytes": 5,
+                    "jetstream": {"url": "nats://h:4222", "user": "u", "password": "pw", "token": "t"}},
+            "sinks": []
+        });
+        let shown = redact(&config, &declared);
+        assert_eq!(shown["log"]["jetstream"]["password"], REDACTED);
+        assert_eq!(shown["log"]["jetstream"]["token"], REDACTED);
+        assert_eq!(shown["log"]["jetstream"]["user"], "u");
+        assert_eq!(shown["log"]["max_bytes"], 5);
+        let mut sent_back = shown.clone();
+        sent_back["log"]["jetstream"]["user"] = json!("v");
+        let kept = restore_secrets(&sent_back, &config, &declared);
+        assert_eq!(kept["log"]["jetstream"]["password"], "pw");
+        assert_eq!(kept["log"]["jetstream"]["user"], "v");
     }
 
     #[test]

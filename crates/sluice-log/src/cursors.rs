@@ -73,7 +73,8 @@ pub struct CursorStore {
 }
 
 impl CursorStore {
-    pub(crate) fn open(path: &Path) -> Result<CursorStore, LogError> {
+    /// Opens (or creates) the cursors' database at `path`.
+    pub fn open(path: &Path) -> Result<CursorStore, LogError> {
         let shown = path.display().to_string();
         let db = Database::create(path).map_err(|e| LogError::state(shown.clone(), e))?;
         let store = CursorStore {
@@ -111,7 +112,7 @@ impl CursorStore {
     }
 
     /// The furthest stored position (a fresh log starts there).
-    pub(crate) fn max_position(&self) -> u64 {
+    pub fn max_position(&self) -> u64 {
         self.stored()
             .ok()
             .and_then(|m| m.values().max().copied())

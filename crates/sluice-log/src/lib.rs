@@ -43,6 +43,9 @@ pub enum LogError {
     Expired { from: u64, first: u64 },
     #[error("the log was closed")]
     Closed,
+    /// A failure of a log kept elsewhere (a JetStream stream), classified where it arose.
+    #[error("{0}")]
+    Backend(sluice_core::Fault),
 }
 
 #[cfg(test)]
@@ -66,10 +69,14 @@ impl LogError {
     }
 }
 
-/// Into the one error policy: the log is local disk, so a failure of it is definite (its
-/// message says what to check); a closed log only ends a reader.
+/// Into the one error policy: the embedded log is local disk, so a failure of it is
+/// definite (its message says what to check); a closed log only ends a reader; a remote
+/// backend's failure keeps the class it was given.
 impl From<LogError> for sluice_core::Fault {
     fn from(e: LogError) -> sluice_core::Fault {
-        sluice_core::Fault::fatal("the log").caused_by(e)
+        match e {
+            LogError::Backend(fault) => fault,
+            e => sluice_core::Fault::fatal("the log").caused_by(e),
+        }
     }
 }

@@ -63,6 +63,11 @@ impl RecordBatch {
         self.entries.is_empty()
     }
 
+    /// Bytes of the envelopes held.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn clear(&mut self) {
         self.buf.clear();
         self.entries.clear();

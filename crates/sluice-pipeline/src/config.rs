@@ -72,7 +72,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    /// Disk budget of the log in bytes (default: unbounded).
+    /// `embedded` (default): segments in the data_dir; `jetstream`: a NATS JetStream
+    /// stream, set in `[log.jetstream]`.
+    #[serde(default)]
+    pub backend: LogBackendKind,
+    /// The stream and the NATS connection of `backend = "jetstream"`.
+    #[serde(default)]
+    pub jetstream: Option<crate::jetstream_log::JetStreamSection>,
+    /// Budget of the log in bytes (default: unbounded): the embedded log's disk, a
+    /// JetStream stream's `max_bytes`.
     #[serde(default)]
     pub max_bytes: Option<u64>,
     /// When the budget is reached: `"pause_source"` (default: stop reading the slot until
@@ -95,6 +103,8 @@ pub struct LogSection {
 impl Default for LogSection {
     fn default() -> Self {
         LogSection {
+            backend: LogBackendKind::Embedded,
+            jetstream: None,
             max_bytes: None,
             on_full: OnFull::PauseSource,
             segment_bytes: default_segment_bytes(),
@@ -114,6 +124,15 @@ fn default_retention() -> u64 {
 
 fn default_shed_after() -> u64 {
     5
+}
+
+/// Which log a pipeline keeps its changes in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogBackendKind {
+    #[default]
+    Embedded,
+    Jetstream,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -452,6 +471,21 @@ impl Config {
 
     /// `[log]`.
     fn validate_log(&self, errs: &mut Vec<String>) {
+        match (self.log.backend, &self.log.jetstream) {
+            (LogBackendKind::Jetstream, None) => errs.push(
+                "log.backend = \"jetstream\" needs a [log.jetstream] section with the NATS url".into(),
+            ),
+            (LogBackendKind::Embedded, Some(_)) => errs.push(
+                "[log.jetstream] is set but log.backend is \"embedded\": set log.backend = \"jetstream\", or remove the section".into(),
+            ),
+            (LogBackendKind::Jetstream, Some(js)) => {
+                js.validate(errs);
+                if self.log.on_full == OnFull::ShedSink {
+                    errs.push("log.on_full = \"shed_sink\" is not available with the jetstream log: use \"pause_source\" (a full stream refuses new records until sinks catch up)".into());
+                }
+            }
+            (LogBackendKind::Embedded, None) => {}
+        }
         if self.log.segment_bytes < 4096 {
             errs.push("log.segment_bytes must be at least 4096".into());
         }
@@ -634,5 +668,28 @@ path = "changes.jsonl"
         assert_eq!(c.sinks[1].deletes_delivered(), ["public.orders"]);
         let c = Config::parse(&hook("outbox_tables = [\"public.orders\"]")).unwrap();
         assert!(c.sinks[1].deletes_delivered().is_empty());
+    }
+
+    #[test]
+    fn a_jetstream_log_needs_its_section_and_pauses_the_source_when_full() {
+        let with = |log: &str| {
+            Config::parse(&format!("{EXAMPLE}\n{log}"))
+                .unwrap()
+                .validate()
+        };
+        let ok = "[log]\nbackend = \"jetstream\"\n[log.jetstream]\nurl = \"nats://a:4222,nats://b:4222\"\nreplicas = 3\n";
+        with(ok).unwrap();
+        let errs = with("[log]\nbackend = \"jetstream\"\n").unwrap_err();
+        assert!(errs[0].contains("[log.jetstream]"), "{errs:?}");
+        let errs = with("[log.jetstream]\nurl = \"nats://a:4222\"\n").unwrap_err();
+        assert!(errs[0].contains("backend"), "{errs:?}");
+        let errs = with(&ok.replace("[log]\n", "[log]\non_full = \"shed_sink\"\n")).unwrap_err();
+        assert!(errs[0].contains("pause_source"), "{errs:?}");
+        let errs = with(&ok.replace(
+            "replicas = 3",
+            "replicas = 7\npartitions = 0\nstream = \"a.b\"",
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
     }
 }

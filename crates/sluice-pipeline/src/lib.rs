@@ -13,6 +13,7 @@
 pub mod config;
 mod directory;
 mod gauges;
+pub mod jetstream_log;
 mod lock;
 pub mod outbox_clean;
 mod output;

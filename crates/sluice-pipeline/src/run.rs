@@ -21,7 +21,7 @@ use sluice_sinks::sse::SseFeed;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, OnFull};
+use crate::config::{Config, LogBackendKind, OnFull};
 use crate::directory::{Directory, Endpoints, NotReady};
 use crate::gauges::Gauges;
 use crate::lock::DataDirLock;
@@ -115,8 +115,35 @@ struct Backend {
     held: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
+/// Opens the configured log, with the delivery state beside its cursors.
+async fn open_log(config: &Config, base: &Path, data_dir: &Path) -> Result<Backend, Fault> {
+    match (config.log.backend, &config.log.jetstream) {
+        (LogBackendKind::Jetstream, Some(js)) => {
+            let opened = js
+                .open(
+                    &config.pipeline.name,
+                    config.log.max_bytes.unwrap_or(0),
+                    Duration::from_secs(config.log.retention_secs),
+                    base,
+                    data_dir,
+                )
+                .await?;
+            let state = RedbState::open(opened.cursors.clone())?;
+            Ok(Backend {
+                held: crate::jetstream_log::held(&opened.cursors),
+                log: Arc::new(opened.log),
+                writer: Box::new(opened.writer),
+                state,
+                last: opened.last,
+                last_change: opened.last_change,
+            })
+        }
+        _ => open_embedded(config, data_dir),
+    }
+}
+
 /// Opens the embedded log in `data_dir/log`, with the delivery state beside its cursors.
-fn open_log(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
+fn open_embedded(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
     let (log, writer, last) = Log::open(LogConfig {
         dir: data_dir.join("log"),
         segment_bytes: config.log.segment_bytes,
@@ -249,7 +276,7 @@ pub async fn run(
         last,
         last_change,
         held,
-    } = open_log(config, &data_dir)?;
+    } = open_log(config, base, &data_dir).await?;
     let output = LogOutput::start(&config.pipeline.name, &log, writer, last_change)?;
     let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
     let source_catalog: Arc<dyn sluice_core::Catalog> = Arc::new(catalog::SourceCatalog {

@@ -96,6 +96,18 @@ fn wait_cache_identical(p: &Pipeline, pg: &PgServer, redis: &RedisServer, table:
 
 #[test]
 fn redis_matches_the_table_through_kill9_and_a_redis_restart() {
+    redis_through_kill9("cache", None);
+}
+
+/// The same with the pipeline's log in JetStream, and the NATS server restarted too.
+#[test]
+fn redis_matches_the_table_through_kill9_with_the_jetstream_log() {
+    let mut nats = sluice_testkit::NatsServer::start().unwrap();
+    let url = nats.url();
+    redis_through_kill9("cachejs", Some((&url, &mut nats)));
+}
+
+fn redis_through_kill9(name: &str, mut jetstream: Option<(&str, &mut sluice_testkit::NatsServer)>) {
     let pg = PgServer::start().unwrap();
     let mut redis = RedisServer::start().unwrap();
     pg.psql(TOAST_TABLE).unwrap();
@@ -103,8 +115,11 @@ fn redis_matches_the_table_through_kill9_and_a_redis_restart() {
     // Rows from before the pipeline arrive through the initial snapshot.
     pg.psql("INSERT INTO public.c (id, v, n) SELECT g, 'seed', g FROM generate_series(1, 100) g")
         .unwrap();
-    let mut p = Pipeline::new(&pg, "cache", &["public.c"], "");
+    let mut p = Pipeline::new(&pg, name, &["public.c"], "");
     redis_sink(&p, &redis, "\"public.c\"");
+    if let Some((url, _)) = &jetstream {
+        p.use_jetstream_log(url, 1);
+    }
     p.start();
     p.wait_streaming(&pg);
     let writer = Writer::start(&pg, "public.c", 150, "cache-kill9");
@@ -114,6 +129,11 @@ fn redis_matches_the_table_through_kill9_and_a_redis_restart() {
         p.kill9();
         if round == 2 {
             redis.restart().unwrap();
+        }
+        if round == 3 {
+            if let Some((_, nats)) = jetstream.as_mut() {
+                nats.restart().unwrap();
+            }
         }
         p.start();
         p.wait_streaming(&pg);

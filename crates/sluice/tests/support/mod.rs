@@ -201,6 +201,56 @@ impl Pipeline {
 
     /// Every change id in the stopped pipeline's log, in log order, as (commit LSN,
     /// ordinal). Opens the log files directly: the pipeline must not be running.
+    /// Keeps the pipeline's log in a JetStream stream on `url` (with `replicas`).
+    pub fn use_jetstream_log(&self, url: &str, replicas: usize) {
+        self.add_config(&format!(
+            "[log]\nbackend = \"jetstream\"\n[log.jetstream]\nurl = {url:?}\nreplicas = {replicas}\n"
+        ));
+    }
+
+    /// The ids in the pipeline's JetStream log, in log order (read with the log's own
+    /// reader, as the sinks read it).
+    pub fn jetstream_log_ids(&self, url: &str) -> Vec<(u64, u64)> {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let state = tempfile::tempdir().expect("tempdir");
+        rt.block_on(async {
+            use sluice_log::LogBackend;
+            let client = async_nats::connect(url).await.expect("connect to NATS");
+            let opened = sluice_jetstream::open(
+                client,
+                sluice_jetstream::Settings {
+                    stream: format!("SLUICE_LOG_{}", self.name),
+                    subject_prefix: format!("sluice.log.{}", self.name),
+                    partitions: 16,
+                    replicas: 1,
+                    file_storage: true,
+                    max_bytes: 0,
+                    retention: Duration::from_secs(3600),
+                    state_dir: state.path().to_owned(),
+                },
+            )
+            .await
+            .expect("open the JetStream log");
+            let log = opened.log;
+            let end = log.durable_end();
+            let mut reader = log.reader(log.first()).expect("read the log");
+            let mut batch = sluice_log::RecordBatch::default();
+            let mut ids = Vec::new();
+            while reader.position() < end {
+                tokio::time::timeout(WAIT, reader.wait())
+                    .await
+                    .expect("the log's records within the wait")
+                    .expect("read the log");
+                batch.clear();
+                reader
+                    .read(&mut batch, 10_000, 64 << 20, &mut |_, _, _| true)
+                    .expect("read the log");
+                ids.extend(batch.iter().map(|r| (r.id.commit_lsn.0, r.id.ordinal)));
+            }
+            ids
+        })
+    }
+
     pub fn log_ids(&self) -> Vec<(u64, u64)> {
         assert!(
             self.child.is_none(),

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The log in NATS JetStream ([log] backend = "jetstream") against pg_recvlogical, in one run.
+#
+#   bash bench/jetstream_log.sh      # RUNS=3 rounds; ROWS=1000000
+#
+# ROWS rows in 1,000-row transactions (loaded by ../shared/reference/bench.sh), then RUNS
+# rounds, each draining slots made at the same point in turn:
+#   pg_recvlogical (to a file, no fsync), then
+#   Sluice with its log in a one-node JetStream (file storage) and a file sink:
+#     "producer": until the slot's confirmed position reaches the end, which Sluice moves
+#                 only over groups JetStream acknowledged (the time to get the changes
+#                 into the stream);
+#     "through":  until the file sink holds every row (`run --until-lsn`: the changes
+#                 also read back from the stream and written out, fsync'd).
+# Each round uses a stream of its own. Ratios are taken per round; the median is the figure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${ROWS:-1000000}
+NATS_PORT=${NATS_PORT:-24223}
+bash scripts/install-deps.sh --tests
+source bench/common.sh
+VENV=${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}/venv
+bash "$REF/start_pg.sh" >/dev/null
+WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+"$VENV/bin/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/jetstream" >"$WORK/nats.log" 2>&1 &
+NATS_PID=$!
+trap 'kill $NATS_PID 2>/dev/null; wait $NATS_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.1; done
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+
+# Pipeline $1 reading bench_js_pub into a file sink, its log in JetStream.
+config() {
+  mkdir -p "$WORK/$1"
+  { toml_head "$1" bench_js_pub bench_js
+    printf '[[sinks]]\nname = "out"\ntype = "file"\npath = "changes.jsonl"\n'
+    printf '[log]\nbackend = "jetstream"\n[log.jetstream]\nurl = "%s"\n' "$NATS_URL"
+  } > "$WORK/$1/sluice.toml"
+}
+
+# Seconds until slot sluice_$1's confirmed position reaches LSN $2 (Sluice running,
+# stopped after).
+producer_drain() {
+  local name=$1 end=$2 t0 t1 pid
+  t0=$(now)
+  "$SLUICE" run -c "$WORK/$name/sluice.toml" 2>"$WORK/$name/log" &
+  pid=$!
+  until [ "$(q "SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'sluice_$name'")" = t ]; do
+    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name/log" >&2; exit 1; }
+    sleep 0.02
+  done
+  t1=$(now)
+  kill -INT "$pid"; wait "$pid" || true
+  q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
+  echo "$t1 - $t0" | bc -l
+}
+
+# Seconds for `run --until-lsn $2` to finish with every row in the file sink.
+through_drain() {
+  local name=$1 end=$2 t0 t1 got
+  t0=$(now)
+  "$SLUICE" run -c "$WORK/$name/sluice.toml" --until-lsn "$end" 2>"$WORK/$name/log" || { cat "$WORK/$name/log" >&2; exit 1; }
+  t1=$(now)
+  got=$(wc -l < "$WORK/$name/changes.jsonl")
+  [ "$got" -ge "$ROWS" ] || { echo "sluice delivered $got of $ROWS rows" >&2; exit 1; }
+  q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
+  echo "$t1 - $t0" | bc -l
+}
+
+echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), $("$VENV/bin/nats-server" --version)"
+extra=$(for i in $(seq 1 "$RUNS"); do printf "ref_p%s,sluice_jp%s,ref_t%s,sluice_jt%s," "$i" "$i" "$i" "$i"; done); extra=${extra%,}
+line=$(ROWS=$ROWS BATCH=1000 DRAINS=1 EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_js PUB=bench_js_pub SLOT=ref_js \
+  bash "$REF/bench.sh" "$CONN")
+end=$(sed -n 's/.*end_lsn=\([^ ]*\).*/\1/p' <<<"$line")
+ref_p=""; sl_p=""; ref_t=""; sl_t=""
+for i in $(seq 1 "$RUNS"); do
+  ref_p="$ref_p $(ref_drain "ref_p$i" "$end" bench_js_pub)"
+  config "jp$i"
+  sl_p="$sl_p $(producer_drain "jp$i" "$end")"
+  ref_t="$ref_t $(ref_drain "ref_t$i" "$end" bench_js_pub)"
+  config "jt$i"
+  sl_t="$sl_t $(through_drain "jt$i" "$end")"
+done
+report_pairs "producer into JetStream" "$ROWS" "$ref_p" "$sl_p"
+report_pairs "through JetStream to a file sink" "$ROWS" "$ref_t" "$sl_t"
+echo "JetStream's store: $(du -sb "$WORK/jetstream" | cut -f1) bytes for $((RUNS * 2)) copies of $ROWS rows"
+q "DROP PUBLICATION bench_js_pub; DROP TABLE bench_js"

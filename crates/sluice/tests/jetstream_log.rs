@@ -1,0 +1,128 @@
+//! End to end: the pipeline's log in NATS JetStream (`[log] backend = "jetstream"`).
+//! The crash and cache tests run against it too (kill9.rs, cache.rs); these cover what
+//! only this backend has: a replicated stream that loses a server mid-load, and the
+//! refusals of a log that can never work.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sluice_testkit::{NatsCluster, NatsServer};
+use support::recovery::*;
+use support::workload::{wait_identical, Writer};
+use support::*;
+
+const TABLE: &str = "CREATE TABLE public.w (id bigint PRIMARY KEY, v text, n int)";
+
+/// Every change id in the log once, and the sink equal to the table.
+fn assert_complete(p: &Pipeline, url: &str) {
+    let ids = p.jetstream_log_ids(url);
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<_> = ids.iter().filter(|id| !seen.insert(**id)).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} of {} ids are in the log twice: {:?}",
+        repeated.len(),
+        ids.len(),
+        &repeated[..repeated.len().min(5)]
+    );
+    assert!(!ids.is_empty(), "the log holds the changes");
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ids, "the log is in commit order");
+    check_ids(&p.records());
+}
+
+#[test]
+fn a_three_node_cluster_loses_a_server_mid_load_and_the_pipeline_loses_nothing() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    let mut p = Pipeline::new(&pg, "jscluster", &["public.w"], "");
+    p.use_jetstream_log(&cluster.urls(), 3);
+    p.start();
+    p.wait_streaming(&pg);
+    let writer = Writer::start(&pg, "public.w", 400, "jscluster");
+    std::thread::sleep(Duration::from_millis(800));
+    // Whichever server it is, one of three may go: the stream keeps a quorum.
+    let victim = 1;
+    cluster.kill(victim);
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.start_again(victim).unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = writer.finish();
+    assert!(writes > 100, "the workload ran: {writes} statements");
+    wait_identical(&p, &pg, "w");
+    eprintln!(
+        "caught up {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    p.stop();
+    assert_complete(&p, &cluster.url(0));
+}
+
+#[test]
+fn a_nats_restart_mid_load_is_waited_out_and_nothing_is_lost() {
+    let mut nats = NatsServer::start().unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    let mut p = Pipeline::new(&pg, "jsrestart", &["public.w"], "");
+    p.use_jetstream_log(&nats.url(), 1);
+    p.start();
+    p.wait_streaming(&pg);
+    let writer = Writer::start(&pg, "public.w", 300, "jsrestart");
+    std::thread::sleep(Duration::from_millis(700));
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    nats.start_again().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let writes = writer.finish();
+    assert!(writes > 100, "the workload ran: {writes} statements");
+    wait_identical(&p, &pg, "w");
+    p.stop();
+    assert_complete(&p, &nats.url());
+}
+
+#[test]
+fn a_log_that_can_never_work_stops_at_once_with_its_fix() {
+    let nats = NatsServer::builder()
+        .user("sluice", "right-pw")
+        .start()
+        .unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    let p = Pipeline::new(&pg, "jsauth", &["public.w"], "");
+    p.add_config(&format!(
+        "[log]\nbackend = \"jetstream\"\n[log.jetstream]\nurl = {:?}\nuser = \"sluice\"\npassword = \"wrong-pw-42\"\n",
+        nats.url()
+    ));
+    let started = Instant::now();
+    let out = p.command("run");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a refused login is not retried: {:?}",
+        started.elapsed()
+    );
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(
+        text.contains("[log.jetstream]"),
+        "the fix names the section: {text}"
+    );
+    assert!(
+        !text.contains("wrong-pw-42"),
+        "no secret in the output: {text}"
+    );
+
+    // A configuration that names no stream settings is refused before anything starts.
+    let q = Pipeline::new(&pg, "jsbad", &["public.w"], "");
+    q.add_config("[log]\nbackend = \"jetstream\"\n");
+    let out = q.command("run");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("[log.jetstream]"), "{text}");
+}
