@@ -23,5 +23,5 @@ mod reader;
 mod writer;
 
 pub use group::GroupError;
-pub use log::{open, JetStreamLog, Opened, Settings};
+pub use log::{check, open, JetStreamLog, Opened, Settings};
 pub use writer::JsWriter;

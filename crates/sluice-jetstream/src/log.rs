@@ -255,52 +255,35 @@ pub async fn open(client: async_nats::Client, settings: Settings) -> Result<Open
     })
 }
 
-/// The stream, created if missing; an existing one must take the log's subjects.
-async fn ensure_stream(js: &jetstream::Context, s: &Settings) -> Result<stream::Stream, Fault> {
+/// What `sluice check` finds of the log's stream: it exists and takes the log's subjects,
+/// or it is missing (the start creates it). Creates nothing.
+pub async fn check(client: async_nats::Client, settings: &Settings) -> Result<String, Fault> {
+    let js = jetstream::new(client);
+    Ok(match existing(&js, settings).await? {
+        Some(_) => format!("the log's stream {:?} takes its subjects", settings.stream),
+        None => format!(
+            "the log's stream {:?} does not exist yet: the start creates it ({} replicas)",
+            settings.stream, settings.replicas
+        ),
+    })
+}
+
+/// The stream if it exists; it must take the log's subjects.
+async fn existing(js: &jetstream::Context, s: &Settings) -> Result<Option<stream::Stream>, Fault> {
     let subjects = format!("{}.*", s.subject_prefix);
     match js.get_stream(&s.stream).await {
-        Ok(mut st) => {
-            let info = st.info().await.map_err(|e| {
-                Fault::transient("jetstream log: the stream did not answer").caused_by(e)
-            })?;
-            if !info.config.subjects.contains(&subjects) {
+        Ok(st) => {
+            let config = info(&st).await?.config;
+            if !config.subjects.contains(&subjects) {
                 return Err(Fault::definite(
-                    format!("jetstream log: stream {:?} takes {:?}, not {subjects:?}", s.stream, info.config.subjects),
+                    format!("jetstream log: stream {:?} takes {:?}, not {subjects:?}", s.stream, config.subjects),
                     "give the pipeline a stream of its own: set [log.jetstream] stream to a name no other stream has, or subject_prefix to this stream's",
                 ));
             }
-            Ok(st)
+            Ok(Some(st))
         }
-        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            let config = stream::Config {
-                name: s.stream.clone(),
-                subjects: vec![subjects],
-                storage: if s.file_storage {
-                    stream::StorageType::File
-                } else {
-                    stream::StorageType::Memory
-                },
-                num_replicas: s.replicas,
-                max_bytes: if s.max_bytes == 0 {
-                    -1
-                } else {
-                    s.max_bytes.min(i64::MAX as u64) as i64
-                },
-                discard: stream::DiscardPolicy::New,
-                duplicate_window: Duration::from_secs(120),
-                metadata: [(PARTITIONS_KEY.to_owned(), s.partitions.to_string())].into(),
-                ..Default::default()
-            };
-            js.create_stream(config).await.map_err(|e| {
-                use jetstream::context::CreateStreamErrorKind as K;
-                let what = format!("jetstream log: stream {:?} could not be created", s.stream);
-                match e.kind() {
-                    K::TimedOut | K::JetStreamUnavailable => Fault::transient(what),
-                    _ => Fault::definite(what, "check [log.jetstream]: replicas at most the cluster's servers, the user's JetStream permissions, the account's storage limits"),
-                }
-                .caused_by(e)
-            })
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+            Ok(None)
         }
         Err(e) => Err(Fault::transient(format!(
             "jetstream log: stream {:?} could not be looked up",
@@ -308,6 +291,41 @@ async fn ensure_stream(js: &jetstream::Context, s: &Settings) -> Result<stream::
         ))
         .caused_by(e)),
     }
+}
+
+/// The stream, created if missing.
+async fn ensure_stream(js: &jetstream::Context, s: &Settings) -> Result<stream::Stream, Fault> {
+    if let Some(st) = existing(js, s).await? {
+        return Ok(st);
+    }
+    let config = stream::Config {
+        name: s.stream.clone(),
+        subjects: vec![format!("{}.*", s.subject_prefix)],
+        storage: if s.file_storage {
+            stream::StorageType::File
+        } else {
+            stream::StorageType::Memory
+        },
+        num_replicas: s.replicas,
+        max_bytes: if s.max_bytes == 0 {
+            -1
+        } else {
+            s.max_bytes.min(i64::MAX as u64) as i64
+        },
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        metadata: [(PARTITIONS_KEY.to_owned(), s.partitions.to_string())].into(),
+        ..Default::default()
+    };
+    js.create_stream(config).await.map_err(|e| {
+        use jetstream::context::CreateStreamErrorKind as K;
+        let what = format!("jetstream log: stream {:?} could not be created", s.stream);
+        match e.kind() {
+            K::TimedOut | K::JetStreamUnavailable => Fault::transient(what),
+            _ => Fault::definite(what, "check [log.jetstream]: replicas at most the cluster's servers, the user's JetStream permissions, the account's storage limits"),
+        }
+        .caused_by(e)
+    })
 }
 
 /// Where the writer goes on from (the last whole group), and the oldest position held.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_core::Fault;
+use sluice_core::{ErrorClass, Fault, Finding};
 use sluice_sinks::nats::Connection;
 use sluice_sinks::Secret;
 
@@ -166,6 +166,31 @@ impl JetStreamSection {
             max_bytes,
             retention,
             state_dir: data_dir.join("jetstream"),
+        }
+    }
+
+    /// `sluice check`'s finding: the servers reachable with these credentials, the stream
+    /// there (or to be created) and taking the log's subjects.
+    pub async fn finding(&self, pipeline: &str, max_bytes: u64, base_dir: &Path) -> Finding {
+        let settings = self.settings(pipeline, max_bytes, Duration::ZERO, base_dir);
+        let checked = async {
+            let client = self
+                .connection()
+                .connect(base_dir, format!("sluice {pipeline}/check"))
+                .await?;
+            sluice_jetstream::check(client, &settings).await
+        };
+        match checked.await {
+            Ok(what) => Finding::pass(format!("log: {what}")),
+            Err(f) => {
+                let what = format!("log: {f}");
+                let fix = f.fix.clone().unwrap_or_else(|| "check that the NATS servers in [log.jetstream] url are up and have JetStream enabled".into());
+                if f.class == ErrorClass::Definite {
+                    Finding::fail(what, fix)
+                } else {
+                    Finding::warn(what, fix)
+                }
+            }
         }
     }
 

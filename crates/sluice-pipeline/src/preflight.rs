@@ -1,6 +1,7 @@
 //! Preflight: everything checked before a pipeline starts, and what `sluice check` prints.
 //! The source's checks (wal_level, privileges, slot, publication), the tables that need a
-//! primary key, the outbox tables whose rows are deleted, and every sink's health check.
+//! primary key, the outbox tables whose rows are deleted, every sink's health check and
+//! a JetStream log's.
 //!
 //! Invariant: a blocking finding is one only the operator can fix (a wrong password, a
 //! missing privilege); a start refuses on one and names its fix. Non-blocking ones (a
@@ -13,7 +14,7 @@ use sluice_pg::catalog::{self, CheckSpec};
 use sluice_pg::{ConnInfo, Connection, PgError};
 use sluice_sinks::Context;
 
-use crate::config::Config;
+use crate::config::{Config, LogBackendKind};
 
 /// What the source's checks run against.
 pub fn spec(config: &Config) -> Result<CheckSpec, PgError> {
@@ -58,7 +59,8 @@ pub async fn key_findings(
     Ok(out)
 }
 
-/// Every sink's health check (reachable, authenticated, writable).
+/// Every sink's health check (reachable, authenticated, writable), and the JetStream
+/// log's when the pipeline has one.
 pub async fn sink_findings(
     config: &Config,
     base_dir: &Path,
@@ -81,6 +83,10 @@ pub async fn sink_findings(
             reset: None,
         };
         out.extend(s.check(&ctx).await);
+    }
+    if let (LogBackendKind::Jetstream, Some(js)) = (config.log.backend, &config.log.jetstream) {
+        let max_bytes = config.log.max_bytes.unwrap_or(0);
+        out.push(js.finding(&config.pipeline.name, max_bytes, base_dir).await);
     }
     out
 }
