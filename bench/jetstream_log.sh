@@ -11,7 +11,8 @@
 #                 only over groups JetStream acknowledged (the time to get the changes
 #                 into the stream);
 #     "through":  until the file sink holds every row (`run --until-lsn`: the changes
-#                 also read back from the stream and written out, fsync'd).
+#                 also read back from the stream and written out, fsync'd), with the CPU
+#                 of Sluice and of nats-server.
 # Each round uses a stream of its own. Ratios are taken per round; the median is the figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,12 +55,18 @@ producer_drain() {
   echo "$t1 - $t0" | bc -l
 }
 
-# Seconds for `run --until-lsn $2` to finish with every row in the file sink.
+# CPU seconds (user + system) nats-server has used so far.
+nats_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$NATS_PID/stat"; }
+
+# Seconds for `run --until-lsn $2` to finish with every row in the file sink; Sluice's and
+# nats-server's CPU seconds of the round go to $WORK/cpu.
 through_drain() {
-  local name=$1 end=$2 t0 t1 got
+  local name=$1 end=$2 t0 t1 got n0
+  n0=$(nats_cpu)
   t0=$(now)
-  "$SLUICE" run -c "$WORK/$name/sluice.toml" --until-lsn "$end" 2>"$WORK/$name/log" || { cat "$WORK/$name/log" >&2; exit 1; }
+  /usr/bin/time -f "%U %S" -o "$WORK/$name/cpu" "$SLUICE" run -c "$WORK/$name/sluice.toml" --until-lsn "$end" 2>"$WORK/$name/log" || { cat "$WORK/$name/log" >&2; exit 1; }
   t1=$(now)
+  printf "%s %s\n" "$(awk '{ print $1 + $2 }' "$WORK/$name/cpu")" "$(echo "$(nats_cpu) - $n0" | bc -l)" >> "$WORK/cpu"
   got=$(wc -l < "$WORK/$name/changes.jsonl")
   [ "$got" -ge "$ROWS" ] || { echo "sluice delivered $got of $ROWS rows" >&2; exit 1; }
   q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
@@ -82,5 +89,6 @@ for i in $(seq 1 "$RUNS"); do
 done
 report_pairs "producer into JetStream" "$ROWS" "$ref_p" "$sl_p"
 report_pairs "through JetStream to a file sink" "$ROWS" "$ref_t" "$sl_t"
+echo "CPU per through round (Sluice, nats-server; seconds): $(awk '{ printf "%.1f+%.1f ", $1, $2 }' "$WORK/cpu")"
 echo "JetStream's store: $(du -sb "$WORK/jetstream" | cut -f1) bytes for $((RUNS * 2)) copies of $ROWS rows"
 q "DROP PUBLICATION bench_js_pub; DROP TABLE bench_js"

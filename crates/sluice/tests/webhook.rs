@@ -349,6 +349,17 @@ fn outbox_events_are_delivered_if_and_only_if_their_transaction_commits() {
 
 #[test]
 fn kill9_during_retries_loses_and_reorders_nothing() {
+    kill9_during_retries("hookkill", None);
+}
+
+/// The same with the pipeline's log in JetStream: the delivery engine reads it unchanged.
+#[test]
+fn kill9_during_retries_with_the_jetstream_log_loses_and_reorders_nothing() {
+    let nats = sluice_testkit::NatsServer::start().unwrap();
+    kill9_during_retries("hookkilljs", Some(&nats.url()));
+}
+
+fn kill9_during_retries(name: &str, jetstream: Option<&str>) {
     let pg = PgServer::start().unwrap();
     setup(&pg);
     let mut rng = Rng::from_env("webhook_kill9");
@@ -357,12 +368,15 @@ fn kill9_during_retries_loses_and_reorders_nothing() {
         fail_rate: 0.3,
         ..Behaviour::default()
     });
-    let mut p = Pipeline::new(&pg, "hookkill", &["public.t"], "snapshot = \"never\"");
+    let mut p = Pipeline::new(&pg, name, &["public.t"], "snapshot = \"never\"");
     p.add_config(&hook_config(
         &rx.url(),
         "",
         "max_attempts = 0\nmax_age_secs = 0",
     ));
+    if let Some(url) = jetstream {
+        p.use_jetstream_log(url, 1);
+    }
     p.start();
     p.wait_streaming(&pg);
     pg.psql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 300) g")
