@@ -79,6 +79,8 @@ impl GroupHead {
         let mut n = || it.next()?.parse::<u64>().ok();
         let (first_seq, first_offset, records) = (n()?, n()?, n()?);
         let (durable, last, c_lsn, c_ord) = (n()?, n()?, n()?, n()?);
+        // Damage must not overflow a position later.
+        first_offset.checked_add(records)?;
         Some(GroupHead {
             first_seq,
             first_offset,

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub first: AtomicU64,
     pub bytes: AtomicU64,
     pub paused: AtomicBool,
+    /// Set at shutdown: a writer waiting out a failed publish gives up.
+    pub closing: AtomicBool,
     /// The largest message body the writer makes.
     pub max_message: usize,
     /// Recent groups: first position → (first sequence, when stored).
@@ -186,13 +188,23 @@ pub struct Opened {
     pub cursors: Arc<CursorStore>,
 }
 
+impl Opened {
+    /// Whether anything of this log is still alive (the writer's thread, a reader, the
+    /// cursors' file): a restart of the pipeline waits for it to be gone.
+    pub fn held(&self) -> Box<dyn Fn() -> bool + Send + Sync> {
+        let shared = Arc::downgrade(&self.log.shared);
+        let cursors = Arc::downgrade(&self.cursors);
+        Box::new(move || shared.strong_count() > 0 || cursors.strong_count() > 0)
+    }
+}
+
 /// Opens (or creates) the log's stream and reads where it ends.
 pub async fn open(client: async_nats::Client, settings: Settings) -> Result<Opened, Fault> {
     let max_message = client
         .server_info()
         .max_payload
         .saturating_sub(4096)
-        .max(64 * 1024);
+        .max(1024);
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(16_384)
         .build(client);
@@ -210,7 +222,8 @@ pub async fn open(client: async_nats::Client, settings: Settings) -> Result<Open
         .config
         .metadata
         .get(PARTITIONS_KEY)
-        .and_then(|p| p.parse().ok())
+        .and_then(|p| p.parse::<u32>().ok())
+        .map(|p| p.clamp(1, 1024))
     {
         partitions = p;
     }
@@ -229,6 +242,7 @@ pub async fn open(client: async_nats::Client, settings: Settings) -> Result<Open
         first: AtomicU64::new(0),
         bytes: AtomicU64::new(info.state.bytes),
         paused: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
         max_message,
         index: Mutex::new(BTreeMap::new()),
     });
@@ -250,7 +264,12 @@ pub async fn open(client: async_nats::Client, settings: Settings) -> Result<Open
         },
         last: tail.last_lsn,
         last_change: tail.last_change,
-        writer: JsWriter { shared, tail },
+        writer: JsWriter {
+            shared,
+            tail,
+            epoch: fastrand::u64(..),
+            stored_through: info.state.last_sequence,
+        },
         cursors,
     })
 }
@@ -280,6 +299,12 @@ async fn existing(js: &jetstream::Context, s: &Settings) -> Result<Option<stream
                     "give the pipeline a stream of its own: set [log.jetstream] stream to a name no other stream has, or subject_prefix to this stream's",
                 ));
             }
+            if let Some(why) = drops_records(&config) {
+                return Err(Fault::definite(
+                    format!("jetstream log: stream {:?} {why}: it could drop records no sink has read", s.stream),
+                    "let Sluice create the log's stream (drop this one, or name another in [log.jetstream] stream), or set it to discard = new without max_age or per-subject limits",
+                ));
+            }
             Ok(Some(st))
         }
         Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
@@ -290,6 +315,20 @@ async fn existing(js: &jetstream::Context, s: &Settings) -> Result<Option<stream
             s.stream
         ))
         .caused_by(e)),
+    }
+}
+
+/// Why an existing stream's limits could delete unread records, if they could.
+fn drops_records(c: &stream::Config) -> Option<&'static str> {
+    let limited = c.max_bytes > 0 || c.max_messages > 0;
+    if c.max_age > Duration::ZERO {
+        Some("expires messages by age (max_age)")
+    } else if c.max_messages_per_subject > 0 {
+        Some("keeps a limited number of messages per subject")
+    } else if limited && c.discard == stream::DiscardPolicy::Old {
+        Some("discards old messages at its limits (discard = old)")
+    } else {
+        None
     }
 }
 
@@ -346,14 +385,27 @@ async fn read_tail(
     if state.messages == 0 {
         return Ok((empty, floor));
     }
-    let (mut head, _) = shared.message(state.last_sequence).await?;
-    if !whole(shared, &head, state.last_sequence).await? {
-        tracing::warn!(stream = %shared.settings.stream, first_seq = head.first_seq, "jetstream log: the last group is incomplete (the writer stopped mid-group); its records are written again");
-        if head.first_seq <= state.first_sequence {
-            return Ok((empty, floor));
+    // The last whole group: a crash loop can leave several short groups in a row (each
+    // run dying in its first group), and none of them counts.
+    let mut end_seq = state.last_sequence;
+    let head = loop {
+        let (head, _) = shared.message(end_seq).await?;
+        if whole(shared, &head, end_seq).await? {
+            break head;
         }
-        head = shared.message(head.first_seq - 1).await?.0;
-    }
+        tracing::warn!(stream = %shared.settings.stream, first_seq = head.first_seq, "jetstream log: a group is incomplete (the writer stopped mid-group); its records are written again");
+        if head.first_seq <= state.first_sequence {
+            let at = head.first_offset.max(floor);
+            return Ok((
+                Tail {
+                    next_offset: at,
+                    ..empty
+                },
+                at,
+            ));
+        }
+        end_seq = head.first_seq - 1;
+    };
     let (first_head, _) = shared.message(state.first_sequence).await?;
     let first = if first_head.first_seq == state.first_sequence {
         first_head.first_offset
@@ -407,22 +459,18 @@ async fn housekeeping(shared: Weak<Shared>, cursors: Weak<CursorStore>) {
 async fn purge(shared: &Shared, cursors: &CursorStore) -> Result<(), Fault> {
     let state = info(&shared.stream).await?.state;
     shared.bytes.store(state.bytes, Ordering::Release);
-    let Some(min) = Cursors::all(cursors)
-        .iter()
-        .filter(|c| !c.is_shed())
-        .map(|c| c.persisted())
-        .min()
-    else {
+    // The stored cursors, not only those registered so far: a sink still starting holds
+    // the log as well.
+    let Some(min) = cursors.min_stored()? else {
         return Ok(());
     };
     // The newest group that starts at or below every cursor, stored before the retention.
     let keep = {
         let index = shared.index.lock().expect("index lock");
-        let cutoff = Instant::now().checked_sub(shared.settings.retention);
         index
             .range(..=min)
             .rev()
-            .find(|(_, (_, at))| cutoff.is_some_and(|c| *at <= c))
+            .find(|(_, (_, at))| at.elapsed() >= shared.settings.retention)
             .map(|(offset, (seq, _))| (*offset, *seq))
     };
     let Some((offset, seq)) = keep else {
@@ -432,10 +480,17 @@ async fn purge(shared: &Shared, cursors: &CursorStore) -> Result<(), Fault> {
     if seq <= state.first_sequence {
         return Ok(());
     }
+    // Readers learn the new start before the records go: one that starts meanwhile gets
+    // `Expired`, not a gap.
+    shared.first.fetch_max(offset, Ordering::AcqRel);
     shared.stream.purge().sequence(seq).await.map_err(|e| {
         Fault::transient("jetstream log: purging read messages failed").caused_by(e)
     })?;
-    shared.first.fetch_max(offset, Ordering::AcqRel);
+    shared
+        .index
+        .lock()
+        .expect("index lock")
+        .retain(|&o, _| o >= offset);
     Ok(())
 }
 
@@ -472,5 +527,7 @@ impl LogBackend for JetStreamLog {
         self.shared.paused.load(Ordering::Acquire)
     }
 
-    fn closing(&self) {}
+    fn closing(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+    }
 }

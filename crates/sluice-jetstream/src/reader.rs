@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use sluice_core::{Backoff, Fault, Op};
@@ -27,6 +27,8 @@ use crate::log::Shared;
 
 /// Whole groups read ahead of the consumer of this reader.
 const READ_AHEAD: usize = 16;
+/// Bytes one pull asks the server for (a message may be larger: it still comes).
+const READ_BYTES: usize = 8 << 20;
 
 /// A whole group, its frames in position order.
 struct Group {
@@ -82,6 +84,13 @@ impl JsReader {
             };
             if g.head.end_offset() <= self.next {
                 continue;
+            }
+            if g.head.first_offset > self.next {
+                // Positions are dense: a gap is records purged under this reader.
+                return Err(LogError::Expired {
+                    from: self.next,
+                    first: g.head.first_offset,
+                });
             }
             let skip = self.next.saturating_sub(g.head.first_offset) as usize;
             self.next = self.next.max(g.head.first_offset);
@@ -206,18 +215,29 @@ async fn follow(
             at,
         )
     };
+    // A plain consumer, made again by this reader from where it got to after any failure
+    // (an ordered consumer makes itself again from the stream's start when it had
+    // delivered nothing yet: a whole re-read for a reader waiting at the end).
     let consumer = shared
         .stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             filter_subject: format!("{}.*", shared.settings.subject_prefix),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: seq,
             },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
             ..Default::default()
         })
         .await
         .map_err(|e| passing(e.into(), from))?;
     let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(64)
+        .max_bytes_per_batch(READ_BYTES)
+        .heartbeat(Duration::from_secs(5))
         .messages()
         .await
         .map_err(|e| passing(e.into(), from))?;

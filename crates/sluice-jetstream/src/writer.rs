@@ -6,8 +6,17 @@
 //!   (`Nats-Expected-Last-Sequence`): this writer is the stream's only producer (the
 //!   pipeline's advisory lock), so it knows the sequence each message gets, and the server
 //!   stores a message only right after its predecessor. What the stream holds is
-//!   therefore always a prefix of what was published, and a second producer's publishes
-//!   are refused rather than interleaved.
+//!   therefore always a prefix of what was published.
+//! - Each `Nats-Msg-Id` carries this writer's random epoch and the sequence: a repeat of
+//!   its own publish is dropped by the server, and a message at a sequence this writer
+//!   did not see acknowledged counts as stored only once its id is checked to be this
+//!   writer's. Another writer's message there (a second producer, a killed process whose
+//!   last publish landed late) stops the run: nothing is counted that is not there.
+//! - At most `MESSAGES_IN_FLIGHT` messages await acknowledgement (each holds one of the
+//!   client's permits, and only the oldest group's are polled); a failed publish's
+//!   futures are dropped before anything is sent again.
+//! - A stream that ends below what it acknowledged (memory storage restarted, a purge by
+//!   hand) is a definite failure, never waited out.
 //! - The durable end (the position to read below, the LSN PostgreSQL may be told) moves
 //!   only when every message of a group, and of every group before it, is acknowledged.
 //! - A publish that fails for a passing reason (a server restarting, a leader election, a
@@ -38,6 +47,10 @@ use crate::log::Shared;
 
 /// Groups published and not yet acknowledged before the writer waits for the oldest.
 const GROUPS_IN_FLIGHT: usize = 64;
+/// Messages published and not yet acknowledged before the writer waits: each holds one
+/// of the client's acknowledgement permits (`log.rs` allows twice as many), and only the
+/// oldest group's are polled.
+const MESSAGES_IN_FLIGHT: usize = 4096;
 /// How long an acknowledgement may take before the writer looks at the stream.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +98,11 @@ pub(crate) struct Tail {
 pub struct JsWriter {
     pub(crate) shared: Arc<Shared>,
     pub(crate) tail: Tail,
+    /// This writer's own mark in every `Nats-Msg-Id`, so a message is known to be its
+    /// own (another writer's at the same sequence is not).
+    pub(crate) epoch: u64,
+    /// Every message up to this sequence was acknowledged to this writer.
+    pub(crate) stored_through: u64,
 }
 
 impl LogWriter for JsWriter {
@@ -126,7 +144,7 @@ impl JsWriter {
                         Err(e) => self.recover(&mut flight, e).await?,
                     }
                 }
-                append = rx.recv(), if open && flight.len() < GROUPS_IN_FLIGHT => match append {
+                append = rx.recv(), if open && room(&flight) => match append {
                     Some(mut a) => {
                         let mut g = self.group(&mut a)?;
                         a.bytes.clear();
@@ -272,7 +290,7 @@ impl JsWriter {
             let publish = Publish::build()
                 .payload(m.body.clone())
                 .headers(m.headers.clone())
-                .message_id(format!("{}/{}", self.shared.settings.stream, m.seq))
+                .message_id(self.message_id(m.seq))
                 .expected_last_sequence(m.seq - 1);
             let future = self
                 .shared
@@ -295,8 +313,16 @@ impl JsWriter {
         Ok(())
     }
 
+    /// The `Nats-Msg-Id` of this writer's message at `seq`.
+    fn message_id(&self, seq: u64) -> String {
+        format!("{}/{:016x}/{seq}", self.shared.settings.stream, self.epoch)
+    }
+
     /// A group is stored: its end is durable.
-    fn complete(&self, g: Group) {
+    fn complete(&mut self, g: Group) {
+        if let Some(m) = g.messages.last() {
+            self.stored_through = self.stored_through.max(m.seq);
+        }
         if let Some(head) = g.head {
             self.shared.stored(&head);
         }
@@ -312,18 +338,24 @@ impl JsWriter {
 
     /// After a failed publish: waits the failure out, then publishes what the stream does
     /// not hold again, oldest first. Returns only once every group in flight is sent
-    /// again (or a definite failure).
-    async fn recover(&self, flight: &mut VecDeque<Group>, first: Fault) -> Result<(), Fault> {
+    /// again, or with a failure no retry fixes: another writer's messages where this
+    /// one's should be, or a stream that lost messages it had acknowledged.
+    async fn recover(&mut self, flight: &mut VecDeque<Group>, first: Fault) -> Result<(), Fault> {
         if first.class == sluice_core::ErrorClass::Definite {
             return Err(first);
         }
-        if first.message.contains("maximum") || first.message.contains("insufficient") {
+        if first.message == FULL {
             self.shared.paused.store(true, Ordering::Release);
         }
         tracing::warn!(stream = %self.shared.settings.stream, error = %first, "jetstream log: a publish failed; publishing again from what the stream holds");
         let mut backoff =
             Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5)).start();
         loop {
+            if self.shared.closing.load(Ordering::Acquire) {
+                return Err(Fault::transient(
+                    "jetstream log: stopped while the stream did not take records (they are sent again at the next start)",
+                ));
+            }
             tokio::time::sleep(backoff.next_delay()).await;
             let last = match self.shared.last_sequence().await {
                 Ok(last) => last,
@@ -332,27 +364,60 @@ impl JsWriter {
                     continue;
                 }
             };
-            let mut failed = None;
-            for g in flight.iter_mut() {
-                for (m, ack) in g.messages.iter().zip(g.acks.iter_mut()) {
-                    if m.seq <= last {
-                        *ack = None;
-                    }
-                }
-                if let Err(e) = self.send(g, last).await {
-                    failed = Some(e);
-                    break;
-                }
+            if last < self.stored_through {
+                return Err(Fault::definite(
+                    format!("jetstream log: stream {:?} no longer holds messages it acknowledged (it ends at {last}, {} were stored)", self.shared.settings.stream, self.stored_through),
+                    "the stream lost data (memory storage or a single replica restarted, or it was purged by hand): records past the sinks' cursors may be gone; re-snapshot the pipeline (sluice backfill) after checking the stream's storage and replicas",
+                ));
             }
-            match failed {
-                None => return Ok(()),
-                Some(e) if e.class == sluice_core::ErrorClass::Definite => return Err(e),
-                Some(e) => {
+            match self.resend(flight, last).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.class == sluice_core::ErrorClass::Definite => return Err(e),
+                Err(e) => {
                     tracing::debug!(error = %e, "jetstream log: publishing again failed; waiting")
                 }
             }
         }
     }
+
+    /// Publishes again every message in flight past `last`, once the ones at or below it
+    /// are checked to be this writer's.
+    async fn resend(&self, flight: &mut VecDeque<Group>, last: u64) -> Result<(), Fault> {
+        for g in flight.iter_mut() {
+            for (m, ack) in g.messages.iter().zip(g.acks.iter_mut()) {
+                // Dropped before anything is sent again: each holds a client permit.
+                let unanswered = ack.take().is_some();
+                if m.seq <= last && unanswered {
+                    self.check_own(m.seq).await?;
+                }
+            }
+        }
+        for g in flight.iter_mut() {
+            self.send(g, last).await?;
+        }
+        Ok(())
+    }
+
+    /// The message stored at `seq` must be this writer's.
+    async fn check_own(&self, seq: u64) -> Result<(), Fault> {
+        let m = self.shared.stream.get_raw_message(seq).await.map_err(|e| {
+            Fault::transient(format!("jetstream log: message {seq} could not be read")).caused_by(e)
+        })?;
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+        if id.as_deref() == Some(self.message_id(seq).as_str()) {
+            return Ok(());
+        }
+        Err(Fault::definite(
+            format!("jetstream log: another writer's message is at sequence {seq} of stream {:?}", self.shared.settings.stream),
+            "run one producer per pipeline (a second `sluice run` of it on another machine waits as a standby), and let nothing else publish to the log's subjects",
+        ))
+    }
+}
+
+/// Whether another group may be sent: few enough groups and messages in flight.
+fn room(flight: &VecDeque<Group>) -> bool {
+    let messages: usize = flight.iter().map(|g| g.messages.len()).sum();
+    flight.is_empty() || (flight.len() < GROUPS_IN_FLIGHT && messages < MESSAGES_IN_FLIGHT)
 }
 
 /// Waits until every message of `g` is acknowledged. Cancel-safe: an acknowledgement
@@ -385,6 +450,18 @@ fn classify(e: jetstream::context::PublishError) -> Fault {
             "raise max_payload in the NATS servers' configuration (up to 64 MB) and start the pipeline again",
         )
         .caused_by(e),
+        _ if full(&e) => Fault::transient(FULL).caused_by(e),
         _ => Fault::transient("jetstream log: a publish was not stored").caused_by(e),
     }
+}
+
+/// The message of a publish refused by a full stream.
+const FULL: &str = "jetstream log: the stream is at its max_bytes; the source waits for the sinks";
+
+/// Whether the stream refused a publish for its limits (`discard = new`).
+fn full(e: &jetstream::context::PublishError) -> bool {
+    let text = e.to_string();
+    text.contains("maximum bytes")
+        || text.contains("maximum messages")
+        || text.contains("insufficient resources")
 }

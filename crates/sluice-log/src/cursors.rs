@@ -196,6 +196,26 @@ impl CursorStore {
             .collect()
     }
 
+    /// The lowest stored position of every cursor in the database (registered in this run
+    /// or not yet), shed ones aside.
+    pub fn min_stored(&self) -> Result<Option<u64>, LogError> {
+        let shed: Vec<String> = {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(SHED).map_err(|e| self.err(e))?;
+            let mut names = Vec::new();
+            for row in t.iter().map_err(|e| self.err(e))? {
+                names.push(row.map_err(|e| self.err(e))?.0.value().to_owned());
+            }
+            names
+        };
+        Ok(self
+            .stored()?
+            .into_iter()
+            .filter(|(name, _)| !shed.contains(name))
+            .map(|(_, at)| at)
+            .min())
+    }
+
     /// The lowest persisted position of a cursor that holds the log.
     pub(crate) fn min_persisted(&self) -> Option<u64> {
         self.all()

@@ -5,7 +5,6 @@
 //! embedded log keeps them beside its segments.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -213,10 +212,4 @@ impl JetStreamSection {
         )
         .await
     }
-}
-
-/// Keeps the cursors' store alive for [`Arc::downgrade`] checks.
-pub fn held(cursors: &Arc<sluice_log::CursorStore>) -> Box<dyn Fn() -> bool + Send + Sync> {
-    let files = Arc::downgrade(cursors);
-    Box::new(move || files.strong_count() > 0)
 }

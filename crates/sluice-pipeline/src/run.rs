@@ -130,7 +130,7 @@ async fn open_log(config: &Config, base: &Path, data_dir: &Path) -> Result<Backe
                 .await?;
             let state = RedbState::open(opened.cursors.clone())?;
             Ok(Backend {
-                held: crate::jetstream_log::held(&opened.cursors),
+                held: opened.held(),
                 log: Arc::new(opened.log),
                 writer: Box::new(opened.writer),
                 state,
