@@ -17,6 +17,7 @@ mod lsn;
 pub mod metric;
 mod record;
 mod stats;
+mod store;
 mod tables;
 pub mod time;
 
@@ -30,5 +31,6 @@ pub use record::{
     push_decimal_min, ChangeRecord, EnvelopeTemplate, LogicalMessage, Op, OUTBOX_PREFIX,
 };
 pub use stats::SinkStats;
+pub use store::{StateStore, StoreError};
 pub use tables::TablePatterns;
 pub use time::{format_rfc3339_micros, pg_epoch_to_unix_micros};

@@ -14,14 +14,18 @@
 //! - The stream holds a prefix of what the writer published (each publish names the
 //!   sequence it follows), and readers return whole groups only: a crash mid-group
 //!   leaves records that no reader returns and the next writer writes again.
-//! - The cursors and the delivery state (waiting rooms, dead letters) are kept in the
-//!   pipeline's data directory, as for the embedded log.
+//! - The source's state (plans, the slot's record) is in a key-value bucket beside the
+//!   stream (`state.rs`), so an instance on another machine that takes over the pipeline
+//!   finds the slot it made; the cursors and the delivery state (waiting rooms, dead
+//!   letters) are kept in the pipeline's data directory, as for the embedded log.
 
 mod group;
 mod log;
 mod reader;
+mod state;
 mod writer;
 
 pub use group::GroupError;
 pub use log::{check, open, JetStreamLog, Opened, Settings};
+pub use state::{open_state, Connect, KvState};
 pub use writer::JsWriter;

@@ -46,6 +46,16 @@ const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duratio
 /// How long a stop waits for the rest of a transaction that is partly in the output.
 const FINISH_TRANSACTION: Duration = Duration::from_secs(5);
 
+/// A state store shared with the source.
+#[derive(Clone)]
+pub struct SharedStore(pub Arc<dyn sluice_core::StateStore>);
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedStore({})", self.0.location())
+    }
+}
+
 /// What the source needs to know.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -71,6 +81,11 @@ pub struct SourceConfig {
     pub chunk_rows: u64,
     /// The pipeline state file (snapshot and backfill progress).
     pub state_path: std::path::PathBuf,
+    /// Where the state is kept instead of `state_path` (a JetStream log's bucket).
+    pub state_store: Option<SharedStore>,
+    /// The run holds the pipeline's advisory lock itself (a JetStream log: its sinks must
+    /// not deliver before it is the active instance), so sessions do not take it.
+    pub lock_held: bool,
     pub progress: Arc<Progress>,
     /// This pipeline's heartbeats as they come through the stream.
     pub arrivals: Arc<crate::heartbeat::Arrivals>,
@@ -291,7 +306,7 @@ impl<O: Output> SourceWorker<O> {
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
         let cfg = self.config.clone();
         let mut catalog = Connection::connect(&cfg.conninfo, false).await?;
-        if !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
+        if !cfg.lock_held && !acquire_lock(&mut catalog, &cfg.pipeline, cancel).await? {
             return Ok(());
         }
         let state = self.prepare(&cfg)?;
@@ -354,7 +369,10 @@ impl<O: Output> SourceWorker<O> {
             self.assembler = Some(asm);
         }
         if self.state.is_none() {
-            let state = PipelineState::open(&cfg.state_path)?;
+            let state = match &cfg.state_store {
+                Some(store) => PipelineState::with_store(store.0.clone()),
+                None => PipelineState::open(&cfg.state_path)?,
+            };
             self.state = Some(Arc::new(state));
         }
         Ok(self.state.clone().expect("opened above"))
@@ -742,7 +760,7 @@ impl<O: Output> SourceWorker<O> {
 
 /// Takes the pipeline's session-level advisory lock, waiting as a standby while another
 /// instance holds it. Returns false when cancelled first.
-async fn acquire_lock(
+pub async fn acquire_lock(
     conn: &mut Connection,
     pipeline: &str,
     cancel: &CancellationToken,

@@ -1,8 +1,10 @@
 //! `[log] backend = "jetstream"`: the pipeline's log in a NATS JetStream stream
 //! (`sluice-jetstream`), with the NATS sink's connection settings.
 //!
-//! The cursors and the delivery state stay in the data directory (`jetstream/`), as the
-//! embedded log keeps them beside its segments.
+//! The source's state goes to a key-value bucket beside the stream (`{stream}_STATE`), so
+//! an instance on another machine that takes over finds the slot; the cursors and the
+//! delivery state stay in the data directory (`jetstream/`), as the embedded log keeps
+//! them beside its segments.
 
 use std::path::Path;
 use std::time::Duration;
@@ -193,7 +195,7 @@ impl JetStreamSection {
         }
     }
 
-    /// Connects and opens the log.
+    /// Connects and opens the log, and the bucket of the source's state beside it.
     pub async fn open(
         &self,
         pipeline: &str,
@@ -201,15 +203,28 @@ impl JetStreamSection {
         retention: Duration,
         base_dir: &Path,
         data_dir: &Path,
-    ) -> Result<sluice_jetstream::Opened, Fault> {
+    ) -> Result<(sluice_jetstream::Opened, sluice_jetstream::KvState), Fault> {
         let client = self
             .connection()
             .connect(base_dir, format!("sluice {pipeline}/log"))
             .await?;
-        sluice_jetstream::open(
-            client,
-            self.settings(pipeline, max_bytes, retention, data_dir),
+        let settings = self.settings(pipeline, max_bytes, retention, data_dir);
+        let bucket = format!("{}_STATE", settings.stream);
+        let (section, base, name) = (
+            self.clone(),
+            base_dir.to_owned(),
+            format!("sluice {pipeline}/state"),
+        );
+        let connect: sluice_jetstream::Connect = Box::new(move || {
+            Box::pin(async move { section.connection().connect(&base, name).await })
+        });
+        let state = sluice_jetstream::open_state(
+            connect,
+            &bucket,
+            self.replicas,
+            self.storage == Storage::File,
         )
-        .await
+        .await?;
+        Ok((sluice_jetstream::open(client, settings).await?, state))
     }
 }

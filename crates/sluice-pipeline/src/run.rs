@@ -16,6 +16,7 @@ use sluice_core::{ErrorClass, Fault, Finding, Lsn};
 use sluice_delivery::{RedbState, SharedState};
 use sluice_log::{FullPolicy, Log, LogConfig, LogWriter, SharedLog};
 use sluice_pg::catalog::{self, CheckSpec, TableRef};
+use sluice_pg::source::SharedStore;
 use sluice_pg::{Connection, SourceConfig, SourceWorker};
 use sluice_sinks::sse::SseFeed;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, LogBackendKind, OnFull};
 use crate::directory::{Directory, Endpoints, NotReady};
 use crate::gauges::Gauges;
-use crate::lock::DataDirLock;
+use crate::lock::{DataDirLock, PipelineLock};
 use crate::output::LogOutput;
 use crate::preflight;
 use crate::sinks::{self, Sinks, Undelivered};
@@ -113,13 +114,16 @@ struct Backend {
     /// Whether anything still holds the log's files open (readers, cursors, waiting
     /// rooms: anything that keeps `cursors.redb` open).
     held: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Where the source keeps its state when not in the data_dir's file (a log shared
+    /// between machines: the run then holds the pipeline's lock itself).
+    source_state: Option<SharedStore>,
 }
 
 /// Opens the configured log, with the delivery state beside its cursors.
 async fn open_log(config: &Config, base: &Path, data_dir: &Path) -> Result<Backend, Fault> {
     match (config.log.backend, &config.log.jetstream) {
         (LogBackendKind::Jetstream, Some(js)) => {
-            let opened = js
+            let (opened, source_state) = js
                 .open(
                     &config.pipeline.name,
                     config.log.max_bytes.unwrap_or(0),
@@ -136,6 +140,7 @@ async fn open_log(config: &Config, base: &Path, data_dir: &Path) -> Result<Backe
                 state,
                 last: opened.last,
                 last_change: opened.last_change,
+                source_state: Some(SharedStore(Arc::new(source_state))),
             })
         }
         _ => open_embedded(config, data_dir),
@@ -165,6 +170,7 @@ fn open_embedded(config: &Config, data_dir: &Path) -> Result<Backend, Fault> {
         last,
         last_change,
         held: Box::new(move || files.strong_count() > 0),
+        source_state: None,
     })
 }
 
@@ -218,6 +224,8 @@ fn source_config(
         }),
         chunk_rows: config.source.chunk_rows,
         state_path: data_dir.join("state.redb"),
+        state_store: None,
+        lock_held: false,
         progress,
         arrivals,
         reconnect_for: (config.source.reconnect_for_secs > 0)
@@ -269,6 +277,19 @@ pub async fn run(
         return Ok(Outcome::Done(Vec::new()));
     };
     let _metrics = crate::telemetry::install_metrics()?;
+    let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
+    // A log shared between machines: sinks deliver only once this is the active instance.
+    let pipeline_lock = if config.log.backend == LogBackendKind::Jetstream {
+        match PipelineLock::acquire(&spec.conninfo, &config.pipeline.name, &cancel).await? {
+            Some(l) => Some(l.hold(failure.clone(), cancel.clone())),
+            None => {
+                prepared.conn.close().await;
+                return Ok(Outcome::Done(Vec::new()));
+            }
+        }
+    } else {
+        None
+    };
     let Backend {
         log,
         writer,
@@ -276,9 +297,9 @@ pub async fn run(
         last,
         last_change,
         held,
+        source_state,
     } = open_log(config, base, &data_dir).await?;
     let output = LogOutput::start(&config.pipeline.name, &log, writer, last_change)?;
-    let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
     let source_catalog: Arc<dyn sluice_core::Catalog> = Arc::new(catalog::SourceCatalog {
         conninfo: spec.conninfo.clone(),
         exclusions: spec.exclusions.clone(),
@@ -306,13 +327,15 @@ pub async fn run(
     let cleaner = sinks.start_cleaner(config, &log, &state, &spec.conninfo, &failure, &cancel)?;
     let progress = Arc::new(sluice_pg::snapshot::Progress::default());
     let arrivals = Arc::new(sluice_pg::heartbeat::Arrivals::default());
-    let source_config = source_config(
+    let mut source_config = source_config(
         config,
         &prepared,
         &data_dir,
         progress.clone(),
         arrivals.clone(),
     );
+    source_config.lock_held = pipeline_lock.is_some();
+    source_config.state_store = source_state;
     prepared.conn.close().await;
     let committer = spawn_committer(log.clone(), sinks.abort.clone());
     let (worker, status) = SourceWorker::new(source_config, output)?;

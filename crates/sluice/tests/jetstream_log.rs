@@ -87,6 +87,50 @@ fn a_nats_restart_mid_load_is_waited_out_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_standby_on_another_machine_takes_over_when_the_producer_dies_and_nothing_is_lost() {
+    let nats = NatsServer::start().unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    // Two instances of one pipeline, each with a data_dir of its own (as on two
+    // machines), sharing the log and the source's state in JetStream.
+    let mut a = Pipeline::new(&pg, "jsfail", &["public.w"], "");
+    a.use_jetstream_log(&nats.url(), 1);
+    let mut b = Pipeline::new(&pg, "jsfail", &["public.w"], "");
+    b.use_jetstream_log(&nats.url(), 1);
+    a.start();
+    a.wait_streaming(&pg);
+    b.start();
+    wait_until(WAIT, "B to wait as a standby", || {
+        b.logs().contains("waiting as a standby").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    let writer = Writer::start(&pg, "public.w", 300, "jsfail");
+    a.wait_records(200);
+    assert!(b.records().is_empty(), "a standby delivers nothing");
+    a.kill9();
+    let killed = Instant::now();
+    // B finds the slot A made (its record is in the shared state) and goes on from it.
+    wait_until(WAIT, "B to take over", || {
+        b.logs()
+            .contains("took over as the active instance")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    b.wait_streaming(&pg);
+    eprintln!(
+        "B streaming {:.1} s after A was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let writes = writer.finish();
+    assert!(writes > 100, "the workload ran: {writes} statements");
+    // B's sink read the shared log from its start: it alone holds every change.
+    wait_identical(&b, &pg, "w");
+    b.stop();
+    assert!(!b.logs().contains("unknown slot"), "{}", b.logs());
+    assert_complete(&b, &nats.url());
+}
+
+#[test]
 fn a_log_that_can_never_work_stops_at_once_with_its_fix() {
     let nats = NatsServer::builder()
         .user("sluice", "right-pw")
