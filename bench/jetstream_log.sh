@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The log in NATS JetStream ([log] backend = "jetstream") against pg_recvlogical, in one run.
 #
-#   bash bench/jetstream_log.sh      # RUNS=3 rounds; ROWS=1000000
+#   bash bench/jetstream_log.sh      # RUNS=3 rounds; ROWS=1000000; ONLY=failover: that part
 #
 # ROWS rows in 1,000-row transactions (loaded by ../shared/reference/bench.sh), then RUNS
 # rounds, each draining slots made at the same point in turn:
@@ -14,6 +14,10 @@
 #                 also read back from the stream and written out, fsync'd), with the CPU
 #                 of Sluice and of nats-server.
 # Each round uses a stream of its own. Ratios are taken per round; the median is the figure.
+# Then failover, RUNS times: instance A streams 10,000 rows into a file sink while B, the
+# same pipeline with a data_dir of its own, waits as a standby; A is killed (SIGKILL),
+# one row is inserted, and the script times until B's slot session is active and until
+# B's file sink holds that row (B's sink first delivers what the stream still holds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-1000000}
@@ -74,6 +78,7 @@ through_drain() {
 }
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(q 'SELECT version()' | cut -d, -f1), $("$VENV/bin/nats-server" --version)"
+if [ "${ONLY:-}" != failover ]; then
 extra=$(for i in $(seq 1 "$RUNS"); do printf "ref_p%s,sluice_jp%s,ref_t%s,sluice_jt%s," "$i" "$i" "$i" "$i"; done); extra=${extra%,}
 line=$(ROWS=$ROWS BATCH=1000 DRAINS=1 EXTRA_SLOTS=$extra KEEP=1 TABLE=bench_js PUB=bench_js_pub SLOT=ref_js \
   bash "$REF/bench.sh" "$CONN")
@@ -92,3 +97,39 @@ report_pairs "through JetStream to a file sink" "$ROWS" "$ref_t" "$sl_t"
 echo "CPU per through round (Sluice, nats-server; seconds): $(awk '{ printf "%.1f+%.1f ", $1, $2 }' "$WORK/cpu")"
 echo "JetStream's store: $(du -sb "$WORK/jetstream" | cut -f1) bytes for $((RUNS * 2)) copies of $ROWS rows"
 q "DROP PUBLICATION bench_js_pub; DROP TABLE bench_js"
+fi
+
+# ---- failover ---------------------------------------------------------------------
+# Waits (bounded) until command $2 succeeds; fails with $1.
+await() { for _ in $(seq 1 3000); do eval "$2" && return 0; sleep 0.01; done; echo "timed out: $1" >&2; exit 1; }
+q "CREATE TABLE bench_fo (id bigint PRIMARY KEY, v text); CREATE PUBLICATION bench_fo_pub FOR TABLE bench_fo"
+active=""; delivered=""
+for i in $(seq 1 "$RUNS"); do
+  name="fo$i"
+  for d in a b; do
+    mkdir -p "$WORK/$name$d"
+    { toml_head "$name" bench_fo_pub bench_fo
+      printf '[[sinks]]\nname = "out"\ntype = "file"\npath = "changes.jsonl"\n'
+      printf '[log]\nbackend = "jetstream"\n[log.jetstream]\nurl = "%s"\n' "$NATS_URL"
+    } > "$WORK/$name$d/sluice.toml"
+  done
+  "$SLUICE" run -c "$WORK/${name}a/sluice.toml" 2>"$WORK/${name}a/log" & a_pid=$!
+  await "A streaming" "[ \"\$(q \"SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_$name'\")\" = t ]"
+  "$SLUICE" run -c "$WORK/${name}b/sluice.toml" 2>"$WORK/${name}b/log" & b_pid=$!
+  await "B waiting" "grep -q 'waiting as a standby' '$WORK/${name}b/log'"
+  q "INSERT INTO bench_fo SELECT g + $i * 1000000, 'x' FROM generate_series(1, 10000) g"
+  await "A delivering" "[ \"\$(wc -l < '$WORK/${name}a/changes.jsonl' 2>/dev/null || echo 0)\" -ge 10000 ]"
+  kill -KILL "$a_pid"; wait "$a_pid" 2>/dev/null || true
+  t0=$(now)
+  q "INSERT INTO bench_fo VALUES (-$i, 'marker')"
+  await "B active" "grep -q 'took over as the active instance' '$WORK/${name}b/log'"
+  t1=$(now)
+  await "B delivering the row" "grep -q '\"id\":-$i' '$WORK/${name}b/changes.jsonl' 2>/dev/null"
+  t2=$(now)
+  kill -INT "$b_pid"; wait "$b_pid" 2>/dev/null || true
+  q "SELECT pg_drop_replication_slot('sluice_$name')" >/dev/null
+  active="$active $(echo "$t1 - $t0" | bc -l)"; delivered="$delivered $(echo "$t2 - $t0" | bc -l)"
+done
+printf "failover (kill -9 of the active instance): standby active after %.2f s, the next change delivered after %.2f s (medians; rounds: %s / %s)\n" \
+  "$(printf "%s\n" $active | median)" "$(printf "%s\n" $delivered | median)" "$(echo $active | tr ' ' ',')" "$(echo $delivered | tr ' ' ',')"
+q "DROP PUBLICATION bench_fo_pub; DROP TABLE bench_fo"
