@@ -57,12 +57,22 @@ impl DataDirLock {
 /// from the shared log before it is the active instance. The source then takes no lock of
 /// its own.
 ///
-/// Invariant: while the run goes on, the lock's session is alive; a session lost (the
-/// database restarted, the network failed) stops the run at once, since another instance
-/// may hold the lock by then.
+/// Invariants:
+/// - Waiting for the lock outlasts a database that restarts (connection failures are
+///   retried); only cancellation ends the wait.
+/// - While the run goes on, the lock is held. When its session ends (the database
+///   restarted, the network failed), the lock is taken again at once if it is free; if
+///   another instance holds it by then, the run stops, so two instances never deliver
+///   from the shared log together. (The stream itself refuses a second writer.)
 pub struct PipelineLock {
     conn: sluice_pg::Connection,
+    conninfo: sluice_pg::ConnInfo,
+    pipeline: String,
 }
+
+/// Waits after a failed attempt to reach the database.
+const RETRY: sluice_core::Backoff =
+    sluice_core::Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
 
 impl PipelineLock {
     /// Waits as a standby until the lock is free; `None` when cancelled first.
@@ -71,16 +81,40 @@ impl PipelineLock {
         pipeline: &str,
         cancel: &CancellationToken,
     ) -> Result<Option<PipelineLock>, Fault> {
-        let mut conn = sluice_pg::Connection::connect(conninfo, false).await?;
-        if !sluice_pg::source::acquire_lock(&mut conn, pipeline, cancel).await? {
-            conn.close().await;
-            return Ok(None);
+        let mut retry = RETRY.start();
+        loop {
+            let attempt = async {
+                let mut conn = sluice_pg::Connection::connect(conninfo, false).await?;
+                let held = sluice_pg::source::acquire_lock(&mut conn, pipeline, cancel).await?;
+                Ok::<_, sluice_pg::PgError>((conn, held))
+            };
+            match attempt.await {
+                Ok((conn, true)) => {
+                    return Ok(Some(PipelineLock {
+                        conn,
+                        conninfo: conninfo.clone(),
+                        pipeline: pipeline.to_owned(),
+                    }))
+                }
+                Ok((conn, false)) => {
+                    conn.close().await;
+                    return Ok(None);
+                }
+                Err(e) if e.class() == sluice_core::ErrorClass::Transient => {
+                    tracing::warn!(error = %e, "the pipeline's lock: the database cannot be reached; trying again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(retry.next_delay()) => {}
+            }
         }
-        Ok(Some(PipelineLock { conn }))
     }
 
-    /// Keeps the lock's session alive until `cancel`; if it is lost, records why in
-    /// `failure` and cancels the run.
+    /// Keeps the lock until `cancel`; if it cannot be kept (another instance took it, or
+    /// a definite error), records why in `failure` and cancels the run.
     pub fn hold(
         mut self,
         failure: crate::sinks::FailureSlot,
@@ -93,14 +127,58 @@ impl PipelineLock {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                if let Err(e) = self.conn.query("SELECT 1").await {
-                    let fault = Fault::transient("lost the pipeline's lock (its database session ended): stopped, so that no two instances deliver from the shared log; start it again to wait as a standby").caused_by(e);
-                    failure.lock().expect("failure lock").get_or_insert(fault);
-                    cancel.cancel();
-                    return;
+                if self.conn.query("SELECT 1").await.is_ok() {
+                    continue;
+                }
+                tracing::warn!("the pipeline's lock: its session ended; taking the lock again");
+                match self.take_again(&cancel).await {
+                    Ok(true) => tracing::info!("the pipeline's lock: held again"),
+                    Ok(false) => return,
+                    Err(fault) => {
+                        failure.lock().expect("failure lock").get_or_insert(fault);
+                        cancel.cancel();
+                        return;
+                    }
                 }
             }
             self.conn.close().await;
         })
+    }
+
+    /// A new session with the lock: `Ok(false)` when cancelled first, an error when
+    /// another instance holds the lock.
+    async fn take_again(&mut self, cancel: &CancellationToken) -> Result<bool, Fault> {
+        let (a, b) = sluice_pg::source::lock_keys(&self.pipeline);
+        let mut retry = RETRY.start();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(retry.next_delay()) => {}
+            }
+            let Ok(mut conn) = sluice_pg::Connection::connect(&self.conninfo, false).await else {
+                continue;
+            };
+            match conn
+                .query(&format!("SELECT pg_try_advisory_lock({a}, {b})"))
+                .await
+            {
+                Ok(rows)
+                    if rows
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .as_deref()
+                        == Some("t") =>
+                {
+                    self.conn = conn;
+                    return Ok(true);
+                }
+                Ok(_) => {
+                    conn.close().await;
+                    return Err(Fault::transient("another instance of the pipeline took its lock while this one's database session was down: stopped, so that no two instances deliver from the shared log; start it again to wait as a standby"));
+                }
+                Err(_) => continue,
+            }
+        }
     }
 }

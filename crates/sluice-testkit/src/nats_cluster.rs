@@ -370,8 +370,9 @@ mod tests {
 
     const READY: Duration = Duration::from_secs(20);
 
-    /// Sends a JetStream API request to the node on `port` and returns its answer.
-    fn js_request(port: u16, subject: &str, body: &serde_json::Value) -> serde_json::Value {
+    /// Sends a JetStream API request to the node on `port` and returns its answer;
+    /// `None` when none came within 10 s (a node just back may not answer yet).
+    fn js_request(port: u16, subject: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
@@ -387,7 +388,16 @@ mod tests {
         .unwrap();
         loop {
             line.clear();
-            r.read_line(&mut line).unwrap();
+            if let Err(e) = r.read_line(&mut line) {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{subject}: {e}"
+                );
+                return None;
+            }
             assert!(!line.starts_with("-ERR"), "{subject}: {line}");
             if line.starts_with("PING") {
                 s.write_all(b"PONG\r\n").unwrap();
@@ -395,7 +405,7 @@ mod tests {
                 let len: usize = msg.split_whitespace().last().unwrap().parse().unwrap();
                 let mut payload = vec![0; len + 2];
                 r.read_exact(&mut payload).unwrap();
-                return serde_json::from_slice(&payload[..len]).unwrap();
+                return Some(serde_json::from_slice(&payload[..len]).unwrap());
             }
         }
     }
@@ -409,7 +419,11 @@ mod tests {
             "storage": "file",
         });
         let subject = format!("$JS.API.STREAM.CREATE.{name}");
-        let info = js_request(nats.port(i), &subject, &config);
+        // A node that was just started again may time the first request out while it
+        // catches up: asked again, within a bound.
+        let info = (0..3)
+            .find_map(|_| js_request(nats.port(i), &subject, &config))
+            .unwrap_or_else(|| panic!("{subject}: no answer from node {i} in 30 s"));
         assert!(info.get("error").is_none(), "{info}");
         assert_eq!(info["config"]["num_replicas"], 3, "{info}");
         let replicas = info["cluster"]["replicas"].as_array();
@@ -452,7 +466,8 @@ mod tests {
         eprintln!("{:?}: n0 back, {} leads", t.elapsed(), nats.name(leader));
         // Through the node that came back: it is a peer again and knows stream A.
         create_r3(&nats, 0, "B");
-        let info = js_request(nats.port(0), "$JS.API.STREAM.INFO.A", &json!({}));
+        let info = js_request(nats.port(0), "$JS.API.STREAM.INFO.A", &json!({}))
+            .expect("n0 answers once it made stream B");
         assert_eq!(info["config"]["name"], "A", "{info}");
         eprintln!("{:?}: stream B made through n0", t.elapsed());
 

@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use support::recovery::*;
 use support::*;
 
-fn survives_server_restart(crash: bool) {
+fn survives_server_restart(crash: bool, jetstream: Option<&str>) {
     let started = Instant::now();
     let pg = PgServer::start().unwrap();
     pg.psql("CREATE TABLE public.r (id int PRIMARY KEY, v int NOT NULL)")
         .unwrap();
     let mut p = Pipeline::new(&pg, "restart", &["public.r"], "");
+    if let Some(url) = jetstream {
+        p.use_jetstream_log(url, 1);
+    }
     p.start();
     p.wait_streaming(&pg);
     let pid = p.pid().unwrap();
@@ -58,6 +61,16 @@ fn survives_server_restart(crash: bool) {
         "no reconnect in the log:\n{}",
         p.logs()
     );
+    if jetstream.is_some() {
+        // The run's own hold on the pipeline's lock lost its session and took it again.
+        wait_until(WAIT, "the pipeline's lock held again", || {
+            log_of(&p, 0)
+                .contains("the pipeline's lock: held again")
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
+        assert!(alive(pid), "sluice exited:\n{}", p.logs());
+    }
     p.stop();
 
     assert_whole_lines(&p);
@@ -74,12 +87,20 @@ fn survives_server_restart(crash: bool) {
 
 #[test]
 fn reconnects_after_the_server_restarts() {
-    survives_server_restart(false);
+    survives_server_restart(false, None);
 }
 
 #[test]
 fn reconnects_after_the_server_crashes() {
-    survives_server_restart(true);
+    survives_server_restart(true, None);
+}
+
+/// With the log in JetStream the run holds the pipeline's lock itself: its session ends
+/// with the crash, and the lock is taken again rather than the run stopped.
+#[test]
+fn reconnects_after_the_server_crashes_with_the_jetstream_log() {
+    let nats = sluice_testkit::NatsServer::start().unwrap();
+    survives_server_restart(true, Some(&nats.url()));
 }
 
 // ---------------------------------------------------------------------------------------
