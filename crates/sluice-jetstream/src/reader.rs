@@ -7,6 +7,9 @@
 //!   dropped when the next group starts, and its records come again in that group.
 //! - Records are returned in position order and only below the durable end the writer
 //!   published, as the embedded log's readers do.
+//! - `read` returns what has been received (it never waits) and `log_end` is the end of
+//!   that, so a consumer that finds itself "at the end" waits (`wait`) instead of asking
+//!   again and again for records still on their way.
 //! - A server that is down or electing a leader is waited out (the consumer is made
 //!   again from the next group); only a damaged message ends the reader with an error.
 
@@ -38,6 +41,8 @@ struct Group {
 
 pub(crate) struct JsReader {
     next: u64,
+    /// The end of the records received so far: what can be read without waiting.
+    at_hand: u64,
     end: watch::Receiver<End>,
     groups: mpsc::Receiver<Result<Group, LogError>>,
     current: Option<(Group, usize)>,
@@ -58,6 +63,7 @@ impl JsReader {
         let task = tokio::spawn(fetch(shared, from, tx));
         JsReader {
             next: from,
+            at_hand: from,
             end,
             groups,
             current: None,
@@ -82,6 +88,7 @@ impl JsReader {
                     Err(_) => return Ok(false),
                 },
             };
+            self.at_hand = self.at_hand.max(g.head.end_offset());
             if g.head.end_offset() <= self.next {
                 continue;
             }
@@ -109,7 +116,9 @@ impl LogRead for JsReader {
     }
 
     fn log_end(&self) -> u64 {
-        self.end.borrow().next
+        // What can be read without waiting: the consumer loops ask for more only while
+        // this is ahead of them, and wait otherwise.
+        self.end.borrow().next.min(self.at_hand)
     }
 
     fn wait(&mut self) -> Waiting<'_> {
@@ -128,7 +137,11 @@ impl LogRead for JsReader {
                     continue;
                 }
                 match self.groups.recv().await {
-                    Some(g) => self.ahead.push_back(g?),
+                    Some(g) => {
+                        let g = g?;
+                        self.at_hand = self.at_hand.max(g.head.end_offset());
+                        self.ahead.push_back(g);
+                    }
                     None => return Err(LogError::Closed),
                 }
             }

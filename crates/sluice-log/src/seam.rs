@@ -33,12 +33,15 @@ pub type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send 
 pub trait LogRead: Send {
     /// The position of the next record this reader returns.
     fn position(&self) -> u64;
-    /// The durable end of the log, for lag.
+    /// The end of what this reader can read now without waiting: the durable end for a
+    /// log on local disk; for a remote log, at most that, as far as it has received.
     fn log_end(&self) -> u64;
     /// Waits until a record is there to read. Cancel-safe.
     fn wait(&mut self) -> Waiting<'_>;
-    /// Reads up to `max_records` (or about `max_bytes`) durable records into `batch`,
-    /// keeping those `keep` accepts; `batch.next` is the position after the last read.
+    /// Reads up to `max_records` (or about `max_bytes`) durable records that are at hand
+    /// into `batch`, without waiting, keeping those `keep` accepts; `batch.next` is the
+    /// position after the last read. Nothing read (a remote log's records still on their
+    /// way) means: [`LogRead::wait`], then read again.
     fn read(
         &mut self,
         batch: &mut RecordBatch,

@@ -41,6 +41,8 @@ fn error_event(data: serde_json::Value) -> Bytes {
 }
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long catching up waits for records a remote log has not delivered yet.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// What one client takes: the sink's tables, narrowed by its query.
 struct Filter {
@@ -296,8 +298,13 @@ impl Client {
                 return self.fail(&e).await;
             }
             if batch.next <= self.next {
-                // Nothing durable to read below `to`: cannot happen; do not spin.
-                return Err(End::Stop);
+                // Nothing at hand below `to`: a remote log's records are still on their
+                // way. Waited for, bounded; the client resumes with its last id.
+                match tokio::time::timeout(CATCH_UP_WAIT, reader.wait()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => return self.fail(&e).await,
+                    Err(_) => return Err(End::Stop),
+                }
             }
             self.next = batch.next;
             if batch.is_empty() {

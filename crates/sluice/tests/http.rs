@@ -199,8 +199,23 @@ fn a_reload_of_one_pipeline_keeps_the_sse_clients_of_another_connected() {
 
 #[test]
 fn sse_clients_resume_after_a_disconnect_without_gaps_or_repeats() {
+    sse_resume(None);
+}
+
+/// The same with the log in JetStream: the feed waits at the stream's end and a client
+/// resumes at a position the reader finds in the stream.
+#[test]
+fn sse_clients_resume_with_the_jetstream_log() {
+    let nats = sluice_testkit::NatsServer::start().unwrap();
+    sse_resume(Some(&nats.url()));
+}
+
+fn sse_resume(jetstream: Option<&str>) {
     let pg = PgServer::start().unwrap();
     let mut p = sse_pipeline(&pg, "sse", "");
+    if let Some(url) = jetstream {
+        p.use_jetstream_log(url, 1);
+    }
     p.start();
     p.wait_streaming(&pg);
     let addr = p.server_addr();

@@ -489,12 +489,27 @@ fn slot_stats(pg: &PgServer, slot: &str) -> (u64, u64) {
 
 #[test]
 fn large_transactions_are_streamed_and_arrive_whole_only_when_committed() {
+    large_transactions(None);
+}
+
+/// The same with the log in JetStream (a transaction's hand-offs as groups of many
+/// messages).
+#[test]
+fn large_transactions_arrive_whole_with_the_jetstream_log() {
+    let nats = sluice_testkit::NatsServer::start().unwrap();
+    large_transactions(Some(&nats.url()));
+}
+
+fn large_transactions(jetstream: Option<&str>) {
     let pg = PgServer::builder()
         .setting("logical_decoding_work_mem", "64kB")
         .start()
         .unwrap();
     big_table(&pg);
     let mut p = Pipeline::new(&pg, "streamed", &["public.big"], "");
+    if let Some(url) = jetstream {
+        p.use_jetstream_log(url, 1);
+    }
     p.start();
     p.wait_streaming(&pg);
     let half = ROWS / 2;
