@@ -440,7 +440,12 @@ impl<T: Target> Engine<T> {
     ) -> Result<(), DeliveryError> {
         while self.outstanding.len() < self.policy.window && !consumer.at_end() {
             let room = (self.policy.window - self.outstanding.len()).min(1000);
+            let before = consumer.position();
             consumer.read(batch, room)?;
+            if batch.next <= before {
+                // Nothing at hand yet (a remote log): the loop's wait takes it from here.
+                break;
+            }
             let mut dead = Vec::new();
             for r in batch.iter() {
                 if self.finished_before(r.offset) {

@@ -7,9 +7,10 @@
 //!   dropped when the next group starts, and its records come again in that group.
 //! - Records are returned in position order and only below the durable end the writer
 //!   published, as the embedded log's readers do.
-//! - `read` returns what has been received (it never waits) and `log_end` is the end of
-//!   that, so a consumer that finds itself "at the end" waits (`wait`) instead of asking
-//!   again and again for records still on their way.
+//! - `read` returns what has been received (it never waits); a read that moves nothing
+//!   while the durable end is ahead means records on their way, and the consumer waits
+//!   (`wait`) rather than asking again. `log_end` is the durable end, as for the embedded
+//!   log: a drain runs until the reader reaches it.
 //! - A server that is down or electing a leader is waited out (the consumer is made
 //!   again from the next group); only a damaged message ends the reader with an error.
 
@@ -41,8 +42,6 @@ struct Group {
 
 pub(crate) struct JsReader {
     next: u64,
-    /// The end of the records received so far: what can be read without waiting.
-    at_hand: u64,
     end: watch::Receiver<End>,
     groups: mpsc::Receiver<Result<Group, LogError>>,
     current: Option<(Group, usize)>,
@@ -63,7 +62,6 @@ impl JsReader {
         let task = tokio::spawn(fetch(shared, from, tx));
         JsReader {
             next: from,
-            at_hand: from,
             end,
             groups,
             current: None,
@@ -88,7 +86,6 @@ impl JsReader {
                     Err(_) => return Ok(false),
                 },
             };
-            self.at_hand = self.at_hand.max(g.head.end_offset());
             if g.head.end_offset() <= self.next {
                 continue;
             }
@@ -116,9 +113,7 @@ impl LogRead for JsReader {
     }
 
     fn log_end(&self) -> u64 {
-        // What can be read without waiting: the consumer loops ask for more only while
-        // this is ahead of them, and wait otherwise.
-        self.end.borrow().next.min(self.at_hand)
+        self.end.borrow().next
     }
 
     fn wait(&mut self) -> Waiting<'_> {
@@ -139,7 +134,6 @@ impl LogRead for JsReader {
                 match self.groups.recv().await {
                     Some(g) => {
                         let g = g?;
-                        self.at_hand = self.at_hand.max(g.head.end_offset());
                         self.ahead.push_back(g);
                     }
                     None => return Err(LogError::Closed),

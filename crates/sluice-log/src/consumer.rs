@@ -161,11 +161,23 @@ impl Consumer {
             }
         }
         let max = self.max_records;
-        match self.read(batch, max) {
-            // Records were deleted under a reader the budget detached meanwhile.
-            Err(_) if self.cursor.is_shed() => Ok(Step::Shed),
-            Err(e) => Err(e),
-            Ok(()) => Ok(Step::Read),
+        loop {
+            let before = self.reader.position();
+            match self.read(batch, max) {
+                // Records were deleted under a reader the budget detached meanwhile.
+                Err(_) if self.cursor.is_shed() => return Ok(Step::Shed),
+                Err(e) => return Err(e),
+                // Nothing at hand below the durable end: a remote log's records are on
+                // their way. Waited for, not asked for again in a loop.
+                Ok(()) if batch.next <= before => {
+                    tokio::select! {
+                        biased;
+                        _ = until.abort.cancelled() => return Ok(Step::Stopped),
+                        r = self.reader.wait() => r?,
+                    }
+                }
+                Ok(()) => return Ok(Step::Read),
+            }
         }
     }
 

@@ -33,8 +33,7 @@ pub type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send 
 pub trait LogRead: Send {
     /// The position of the next record this reader returns.
     fn position(&self) -> u64;
-    /// The end of what this reader can read now without waiting: the durable end for a
-    /// log on local disk; for a remote log, at most that, as far as it has received.
+    /// The durable end of the log, for lag and drains.
     fn log_end(&self) -> u64;
     /// Waits until a record is there to read. Cancel-safe.
     fn wait(&mut self) -> Waiting<'_>;

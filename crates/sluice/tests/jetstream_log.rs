@@ -170,3 +170,43 @@ fn a_log_that_can_never_work_stops_at_once_with_its_fix() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("[log.jetstream]"), "{text}");
 }
+
+/// `run --until-lsn` stops once everything up to the LSN is confirmed and the sinks have
+/// delivered what the log holds: with a remote log the drain runs to the durable end, not
+/// to what a reader happens to have received.
+#[test]
+fn run_until_an_lsn_delivers_everything_the_log_holds() {
+    let nats = NatsServer::start().unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    let mut p = Pipeline::new(&pg, "jsuntil", &["public.w"], "");
+    p.use_jetstream_log(&nats.url(), 1);
+    p.start();
+    p.wait_streaming(&pg);
+    p.stop();
+    // Enough that the sink is still reading when the source reaches the LSN.
+    let (rows, txns) = (300_000, 300);
+    let sql: String = (0..txns)
+        .map(|t| {
+            let from = t * (rows / txns) + 1;
+            format!(
+                "INSERT INTO public.w SELECT g, 'v', 0 FROM generate_series({from}, {}) g;",
+                from + rows / txns - 1
+            )
+        })
+        .collect();
+    pg.psql(&sql).unwrap();
+    let end = pg.psql("SELECT pg_current_wal_lsn()").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--until-lsn", end.trim(), "-c"])
+        .arg(&p.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let records = p.records();
+    let inserted = records.iter().filter(|r| r["op"] == "insert").count();
+    assert_eq!(
+        inserted, rows as usize,
+        "every row in the sink when the run ends"
+    );
+}
