@@ -101,6 +101,41 @@ async fn prepare(config: &Config, base: &Path) -> Result<Result<Prepared, Outcom
     }))
 }
 
+/// What keeps this run the pipeline's only active instance while it lives: the data_dir's
+/// lock and, with a log shared between machines, the pipeline's PostgreSQL lock, held
+/// before the log is opened or a sink started.
+struct Locks {
+    _data_dir: DataDirLock,
+    pipeline: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Locks {
+    /// Waits for both as a standby; `None` when cancelled first. Losing the pipeline's
+    /// lock for good records the reason in `failure` and cancels the run.
+    async fn take(
+        config: &Config,
+        data_dir: &Path,
+        spec: &CheckSpec,
+        cancel: &CancellationToken,
+        failure: &sinks::FailureSlot,
+    ) -> Result<Option<Locks>, Fault> {
+        let Some(data_dir) = DataDirLock::acquire(data_dir, cancel).await? else {
+            return Ok(None);
+        };
+        if config.log.backend != LogBackendKind::Jetstream {
+            return Ok(Some(Locks {
+                _data_dir: data_dir,
+                pipeline: None,
+            }));
+        }
+        let lock = PipelineLock::acquire(&spec.conninfo, &config.pipeline.name, cancel).await?;
+        Ok(lock.map(|l| Locks {
+            _data_dir: data_dir,
+            pipeline: Some(l.hold(failure.clone(), cancel.clone())),
+        }))
+    }
+}
+
 /// A run's log behind the seam: the only place that knows which backend it is.
 struct Backend {
     log: SharedLog,
@@ -272,24 +307,12 @@ pub async fn run(
     let spec = prepared.spec.clone();
     info!(pipeline = %config.pipeline.name, tables = prepared.tables.len(), slot = %spec.slot, publication = %spec.publication, "starting");
     let data_dir = data_dir(config, base)?;
-    let Some(_lock) = DataDirLock::acquire(&data_dir, &cancel).await? else {
+    let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
+    let Some(locks) = Locks::take(config, &data_dir, &spec, &cancel, &failure).await? else {
         prepared.conn.close().await;
         return Ok(Outcome::Done(Vec::new()));
     };
     let _metrics = crate::telemetry::install_metrics()?;
-    let failure: Arc<Mutex<Option<Fault>>> = Arc::default();
-    // A log shared between machines: sinks deliver only once this is the active instance.
-    let pipeline_lock = if config.log.backend == LogBackendKind::Jetstream {
-        match PipelineLock::acquire(&spec.conninfo, &config.pipeline.name, &cancel).await? {
-            Some(l) => Some(l.hold(failure.clone(), cancel.clone())),
-            None => {
-                prepared.conn.close().await;
-                return Ok(Outcome::Done(Vec::new()));
-            }
-        }
-    } else {
-        None
-    };
     let Backend {
         log,
         writer,
@@ -334,7 +357,7 @@ pub async fn run(
         progress.clone(),
         arrivals.clone(),
     );
-    source_config.lock_held = pipeline_lock.is_some();
+    source_config.lock_held = locks.pipeline.is_some();
     source_config.state_store = source_state;
     prepared.conn.close().await;
     let committer = spawn_committer(log.clone(), sinks.abort.clone());

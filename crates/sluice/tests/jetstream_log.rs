@@ -51,11 +51,23 @@ fn a_three_node_cluster_loses_a_server_mid_load_and_the_pipeline_loses_nothing()
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     cluster.start_again(victim).unwrap();
-    cluster.wait_ready(Duration::from_secs(60)).unwrap();
+    cluster.wait_ready(Duration::from_secs(120)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let writes = writer.finish();
     assert!(writes > 100, "the workload ran: {writes} statements");
-    wait_identical(&p, &pg, "w");
+    // Elections and the writer's retries take longer on a loaded machine than the
+    // usual wait allows (it once ran out beside the 5M-row test): a longer bound.
+    let want = table_state(&pg, "w");
+    wait_until(
+        Duration::from_secs(180),
+        "the sink to match the table",
+        || {
+            let mut got = replay(&p.records());
+            got.retain(|k, _| k.starts_with("public.w:"));
+            (got == want).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
     eprintln!(
         "caught up {:.1} s after the kill",
         killed.elapsed().as_secs_f64()
