@@ -530,4 +530,12 @@ impl LogBackend for JetStreamLog {
     fn closing(&self) {
         self.shared.closing.store(true, Ordering::Release);
     }
+
+    fn describe(&self) -> String {
+        let s = &self.shared.settings;
+        format!(
+            "JetStream stream {}, {} partitions, replicas: {}",
+            s.stream, s.partitions, s.replicas
+        )
+    }
 }

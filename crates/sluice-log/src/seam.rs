@@ -68,6 +68,8 @@ pub trait LogBackend: Send + Sync + 'static {
     fn paused(&self) -> bool;
     /// Lets a writer waiting on the budget finish (at shutdown).
     fn closing(&self);
+    /// Where the log is, for people (the status): a directory, a stream.
+    fn describe(&self) -> String;
 }
 
 /// The consumers' positions in one log.
@@ -143,6 +145,10 @@ impl LogBackend for Log {
 
     fn closing(&self) {
         Log::closing(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded, in {}", self.inner.config.dir.display())
     }
 }
 

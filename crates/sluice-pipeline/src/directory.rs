@@ -72,6 +72,8 @@ pub struct PipelineStatus {
     /// `reserved`, `extended`, `unreserved`, `lost` (PostgreSQL 13+), or `missing` when
     /// the slot is gone.
     pub slot_wal_status: Option<String>,
+    /// Where the log is: the embedded log's directory, or the JetStream stream.
+    pub log: String,
     pub log_bytes: u64,
     pub log_records: u64,
     /// The log is at its disk budget and the source waits.

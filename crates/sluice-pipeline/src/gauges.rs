@@ -100,6 +100,7 @@ impl Gauges {
                 Some(s) if s.exists => s.wal_status.clone(),
                 _ => None,
             },
+            log: self.log.describe(),
             log_bytes: self.log.bytes(),
             log_records: end.saturating_sub(self.log.first()),
             log_paused: self.log.paused(),

@@ -222,3 +222,44 @@ fn run_until_an_lsn_delivers_everything_the_log_holds() {
         "every row in the sink when the run ends"
     );
 }
+
+/// Through the management API: a pipeline whose log is in JetStream says so in its
+/// status, and the log's NATS credentials are sealed and never shown.
+#[test]
+fn the_api_shows_where_the_log_is_and_never_its_credentials() {
+    use serde_json::json;
+    use support::server::Server;
+    let nats = NatsServer::builder()
+        .token("tok-3c1f-secret")
+        .start()
+        .unwrap();
+    let pg = PgServer::start().unwrap();
+    pg.psql(TABLE).unwrap();
+    let server = Server::new();
+    let admin = server.admin_token();
+    let config = json!({
+        "pipeline": {"name": "jsapi"},
+        "source": {"url": pg.url("postgres", "postgres"), "tables": ["public.w"], "status_interval_secs": 1},
+        "sinks": [{"name": "queue", "type": "pull"}],
+        "log": {"backend": "jetstream", "jetstream": {"url": nats.url(), "token": "tok-3c1f-secret"}}
+    });
+    let (code, v) = server.call("POST", "/v1/pipelines", Some(&admin), Some(&config));
+    assert_eq!(code, 201, "{v}\n{}", server.logs());
+    server.wait_state(&admin, "jsapi", "running");
+    let v = wait_until(WAIT, "the status", || {
+        let (_, v) = server.call("GET", "/v1/pipelines/jsapi", Some(&admin), None);
+        v["status"]["log"].as_str().is_some().then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    assert_eq!(
+        v["status"]["log"], "JetStream stream SLUICE_LOG_jsapi, 16 partitions, replicas: 1",
+        "{v}"
+    );
+    assert_eq!(
+        v["config"]["log"]["jetstream"]["token"], "<redacted>",
+        "{v}"
+    );
+    let text = v.to_string();
+    assert!(!text.contains("tok-3c1f-secret"), "{text}");
+    assert!(!server.logs().contains("tok-3c1f-secret"));
+}
