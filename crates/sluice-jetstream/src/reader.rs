@@ -13,6 +13,9 @@
 //!   log: a drain runs until the reader reaches it.
 //! - A server that is down or electing a leader is waited out (the consumer is made
 //!   again from the next group); only a damaged message ends the reader with an error.
+//! - No message is skipped: the consumer acknowledges nothing, so one lost on its way
+//!   would be passed over; a gap in its consumer sequence makes the reader start again
+//!   from its last whole group.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -251,9 +254,25 @@ async fn follow(
     let mut next = from;
     let mut building: Option<(GroupHead, Vec<(u32, Bytes)>)> = None;
     let mut large: Option<(u32, BytesMut)> = None;
+    let mut delivered = 0u64;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| passing(e.into(), next))?;
-        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let (seq, consumer_seq) = m
+            .info()
+            .map(|i| (i.stream_sequence, i.consumer_sequence))
+            .unwrap_or((0, 0));
+        // A consumer that acknowledges nothing moves on over a message lost on its way
+        // (a connection dropped mid-pull): its sequence shows the gap, and the reader
+        // starts again from its last whole group rather than skip records.
+        delivered += 1;
+        if consumer_seq != delivered {
+            return Err(Stop::Passing(
+                Fault::transient(format!(
+                    "jetstream log: the reader missed a message (consumer sequence {consumer_seq}, expected {delivered})"
+                )),
+                next,
+            ));
+        }
         let head = m
             .headers
             .as_ref()
