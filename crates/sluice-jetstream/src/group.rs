@@ -168,21 +168,40 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The partition of a whole frame: its table and key's hash, modulo `partitions`.
-pub fn partition(frame: &[u8], partitions: u32) -> u32 {
-    let Some(body) = frame.get(FRAME_HEADER..) else {
-        return 0;
-    };
-    let Ok((head, json_at)) = frame::parse_body(body) else {
-        return 0;
-    };
+/// Where the writer sends one frame, read with one look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The whole frame's length.
+    pub len: usize,
+    /// Its table and key's hash, modulo the partitions.
+    pub partition: u32,
+    pub id: ChangeId,
+    /// A change, not a snapshot read.
+    pub change: bool,
+}
+
+/// The frame at the start of `buf` as the writer routes it. The frames are the
+/// process's own (the log's framing, on the source's side), so their CRC is not
+/// computed again here; readers check it. `None`: not a whole frame.
+pub fn route(buf: &[u8], partitions: u32) -> Option<Routed> {
+    let n = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    let body = buf.get(FRAME_HEADER..FRAME_HEADER.checked_add(n)?)?;
+    let (head, json_at) = frame::parse_body(body).ok()?;
     let key = key_json(&body[json_at..]).unwrap_or(b"null");
     let mut h = crc32c::crc32c(head.schema.as_bytes());
     h = crc32c::crc32c_append(h, &[0]);
     h = crc32c::crc32c_append(h, head.table.as_bytes());
     h = crc32c::crc32c_append(h, &[0]);
     h = crc32c::crc32c_append(h, key);
-    h % partitions.max(1)
+    Some(Routed {
+        len: FRAME_HEADER + n,
+        partition: h % partitions.max(1),
+        id: ChangeId {
+            commit_lsn: head.commit_lsn,
+            ordinal: head.ordinal,
+        },
+        change: head.op != Op::Read,
+    })
 }
 
 /// The `key` member's JSON in an envelope. It is the first `,"key":` in the text: only
@@ -194,16 +213,6 @@ fn key_json(envelope: &[u8]) -> Option<&[u8]> {
     let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<IgnoredAny>();
     values.next()?.ok()?;
     Some(rest[..values.byte_offset()].trim_ascii())
-}
-
-/// Whether a frame is a change (not a snapshot read), and its id.
-pub fn change_of(frame: &[u8]) -> Option<(ChangeId, bool)> {
-    let (head, _) = frame::parse_body(frame.get(FRAME_HEADER..)?).ok()?;
-    let id = ChangeId {
-        commit_lsn: head.commit_lsn,
-        ordinal: head.ordinal,
-    };
-    Some((id, head.op != Op::Read))
 }
 
 /// Builds one message body: records (index, frame) in order.
@@ -334,13 +343,21 @@ mod tests {
 
     #[test]
     fn one_key_one_partition_and_keys_spread() {
-        let p = |k: &str, o| partition(&framed(&record(Op::Update, Some(k), o)), 16);
+        let p = |k: &str, o| {
+            route(&framed(&record(Op::Update, Some(k), o)), 16)
+                .unwrap()
+                .partition
+        };
         assert_eq!(p("{\"id\":1}", 1), p("{\"id\":1}", 9));
         let used: std::collections::HashSet<u32> =
             (0..200).map(|i| p(&format!("{{\"id\":{i}}}"), 1)).collect();
         assert!(used.len() > 12, "{used:?}");
         assert!(used.iter().all(|&x| x < 16));
-        assert_eq!(partition(b"short", 16), 0);
+        assert_eq!(route(b"short", 16), None);
+        let f = framed(&record(Op::Read, Some("{\"id\":1}"), 4));
+        let r = route(&f, 16).unwrap();
+        assert_eq!((r.len, r.change, r.id.ordinal), (f.len(), false, 4));
+        assert_eq!(route(&f[..f.len() - 1], 16), None, "a frame cut short");
     }
 
     #[test]
@@ -367,6 +384,6 @@ mod tests {
         let last = flipped.len() - 2;
         flipped[last] ^= 1;
         assert!(records(5, &Bytes::from(flipped)).is_err());
-        assert_eq!(change_of(&frames[1]).map(|c| c.1), Some(true));
+        assert_eq!(route(&frames[1], 4).map(|r| r.change), Some(true));
     }
 }

@@ -38,7 +38,7 @@ use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice_core::{Backoff, ChangeId, Fault, Framing, Lsn};
-use sluice_log::frame::{self, Frames};
+use sluice_log::frame::Frames;
 use sluice_log::{Append, End, LogError, LogWriter};
 use tokio::sync::{mpsc, oneshot};
 
@@ -173,22 +173,18 @@ impl JsWriter {
         let mut last_change = self.tail.last_change;
         let mut last_lsn = self.tail.last_lsn;
         while at < a.bytes.len() {
-            let len = match frame::check(&a.bytes[at..]) {
-                frame::Decoded::Frame { len } => len,
-                _ => {
-                    return Err(Fault::fatal(
-                        "the JetStream log was handed a damaged frame (a bug: report it)",
-                    ))
-                }
+            let Some(r) = group::route(&a.bytes[at..], partitions) else {
+                return Err(Fault::fatal(
+                    "the JetStream log was handed a damaged frame (a bug: report it)",
+                ));
             };
+            let len = r.len;
             let f = &a.bytes[at..at + len];
-            if let Some((id, change)) = group::change_of(f) {
-                last_lsn = id.commit_lsn;
-                if change {
-                    last_change = Some(id);
-                }
+            last_lsn = r.id.commit_lsn;
+            if r.change {
+                last_change = Some(r.id);
             }
-            let p = &mut pieces[group::partition(f, partitions) as usize];
+            let p = &mut pieces[r.partition as usize];
             if len + 8 > shared.max_message {
                 // Larger than a message may be: it goes in parts of its own.
                 p.push(Piece::Parts(index, Bytes::copy_from_slice(f)));

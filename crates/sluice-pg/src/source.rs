@@ -758,6 +758,19 @@ impl<O: Output> SourceWorker<O> {
     }
 }
 
+/// Takes the pipeline's session-level advisory lock if it is free, on `conn`'s session.
+pub async fn try_lock(conn: &mut Connection, pipeline: &str) -> Result<bool, PgError> {
+    let (a, b) = lock_keys(pipeline);
+    let rows = conn
+        .query(&format!("SELECT pg_try_advisory_lock({a}, {b})"))
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        == Some("t"))
+}
+
 /// Takes the pipeline's session-level advisory lock, waiting as a standby while another
 /// instance holds it. Returns false when cancelled first.
 pub async fn acquire_lock(
@@ -765,17 +778,9 @@ pub async fn acquire_lock(
     pipeline: &str,
     cancel: &CancellationToken,
 ) -> Result<bool, PgError> {
-    let (a, b) = lock_keys(pipeline);
-    let sql = format!("SELECT pg_try_advisory_lock({a}, {b})");
     let mut announced = false;
     loop {
-        let rows = conn.query(&sql).await?;
-        if rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .as_deref()
-            == Some("t")
-        {
+        if try_lock(conn, pipeline).await? {
             if announced {
                 info!(pipeline, "source: took over as the active instance");
             }

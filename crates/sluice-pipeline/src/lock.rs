@@ -148,7 +148,6 @@ impl PipelineLock {
     /// A new session with the lock: `Ok(false)` when cancelled first, an error when
     /// another instance holds the lock.
     async fn take_again(&mut self, cancel: &CancellationToken) -> Result<bool, Fault> {
-        let (a, b) = sluice_pg::source::lock_keys(&self.pipeline);
         let mut retry = RETRY.start();
         loop {
             tokio::select! {
@@ -159,21 +158,12 @@ impl PipelineLock {
             let Ok(mut conn) = sluice_pg::Connection::connect(&self.conninfo, false).await else {
                 continue;
             };
-            match conn
-                .query(&format!("SELECT pg_try_advisory_lock({a}, {b})"))
-                .await
-            {
-                Ok(rows)
-                    if rows
-                        .first()
-                        .and_then(|r| r.first().cloned().flatten())
-                        .as_deref()
-                        == Some("t") =>
-                {
+            match sluice_pg::source::try_lock(&mut conn, &self.pipeline).await {
+                Ok(true) => {
                     self.conn = conn;
                     return Ok(true);
                 }
-                Ok(_) => {
+                Ok(false) => {
                     conn.close().await;
                     return Err(Fault::transient("another instance of the pipeline took its lock while this one's database session was down: stopped, so that no two instances deliver from the shared log; start it again to wait as a standby"));
                 }

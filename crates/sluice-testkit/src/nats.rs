@@ -136,12 +136,7 @@ impl Spec for Nats {
     }
 
     fn command(&self, port: u16, dir: &Path) -> Result<Command> {
-        let conf = dir.join("nats.conf");
-        let text = serde_json::to_string_pretty(&self.config(port, dir))?;
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-        let mut cmd = Command::new(self.program());
-        cmd.arg("-c").arg(conf);
-        Ok(cmd)
+        configured(&self.program(), &self.config(port, dir), dir)
     }
 
     fn answers(&self, port: u16) -> bool {
@@ -150,6 +145,21 @@ impl Spec for Nats {
 }
 
 /// The tools virtualenv's `nats-server` when it is there, else the one on `PATH`.
+/// `program` started with `config`, written whole to `nats.conf` in `dir` (JSON, which
+/// the NATS config format accepts).
+pub(crate) fn configured(
+    program: &Path,
+    config: &serde_json::Value,
+    dir: &Path,
+) -> Result<Command> {
+    let conf = dir.join("nats.conf");
+    let text = serde_json::to_string_pretty(config)?;
+    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.arg("-c").arg(conf);
+    Ok(cmd)
+}
+
 pub(crate) fn nats_program() -> PathBuf {
     tools_venv()
         .map(|v| v.join("bin/nats-server"))

@@ -37,7 +37,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::json;
 
 use crate::daemon::{Daemon, Spec};
-use crate::nats::{nats_program, sends_info};
+use crate::nats::{configured, nats_program, sends_info};
 use crate::{free_port, wait_until};
 
 /// The cluster's name, in every node's `cluster` block.
@@ -88,12 +88,7 @@ impl Spec for Node {
     }
 
     fn command(&self, port: u16, dir: &Path) -> Result<Command> {
-        let conf = dir.join("nats.conf");
-        let text = serde_json::to_string_pretty(&self.config(port, dir))?;
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-        let mut cmd = Command::new(self.program());
-        cmd.arg("-c").arg(conf);
-        Ok(cmd)
+        configured(&self.program(), &self.config(port, dir), dir)
     }
 
     fn answers(&self, port: u16) -> bool {
@@ -304,7 +299,7 @@ impl NatsCluster {
             || match self.leader_of(&live) {
                 Ok(i) => Some(i),
                 Err(e) => {
-                    why = e;
+                    why = format!("{e:#}");
                     None
                 }
             },
@@ -314,18 +309,18 @@ impl NatsCluster {
 
     /// The index of the meta leader all of `live` agree on and which has them all as
     /// current peers, or why there is none yet.
-    fn leader_of(&self, live: &[usize]) -> Result<usize, String> {
+    fn leader_of(&self, live: &[usize]) -> Result<usize> {
         let mut leader: Option<(String, usize)> = None;
         for &i in live {
-            let jsz = self.jsz(i).map_err(|e| format!("{}: {e:#}", name(i)))?;
+            let jsz = self.jsz(i).with_context(|| name(i))?;
             let said = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
             if said.is_empty() {
-                return Err(format!("{} knows no meta leader", name(i)));
+                return Err(anyhow::anyhow!("{} knows no meta leader", name(i)));
             }
             match &leader {
                 None => leader = Some((said.to_owned(), i)),
                 Some((l, j)) if l != said => {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "{} says {l} leads, {} says {said}",
                         name(*j),
                         name(i)
@@ -335,15 +330,15 @@ impl NatsCluster {
             }
         }
         let Some((l, _)) = leader else {
-            return Err("no node is running".into());
+            return Err(anyhow::anyhow!("no node is running"));
         };
         let Some(&at) = live.iter().find(|&&i| name(i) == l) else {
-            return Err(format!("the meta leader, {l}, is not running"));
+            return Err(anyhow::anyhow!("the meta leader, {l}, is not running"));
         };
         // Only the leader lists the peers, with whether each is up to date.
-        let jsz = self.jsz(at).map_err(|e| format!("{l}: {e:#}"))?;
+        let jsz = self.jsz(at).with_context(|| l.clone())?;
         if jsz["meta_cluster"]["leader"] != l.as_str() {
-            return Err(format!("{l} no longer leads"));
+            return Err(anyhow::anyhow!("{l} no longer leads"));
         }
         let replicas = jsz["meta_cluster"]["replicas"].as_array();
         for &i in live.iter().filter(|&&i| i != at) {
@@ -353,7 +348,10 @@ impl NatsCluster {
                 .find(|r| r["name"] == name(i).as_str());
             let current = peer.is_some_and(|r| r["current"] == true && r["offline"] != true);
             if !current {
-                return Err(format!("{l} leads but {} is not a current peer", name(i)));
+                return Err(anyhow::anyhow!(
+                    "{l} leads but {} is not a current peer",
+                    name(i)
+                ));
             }
         }
         Ok(at)
